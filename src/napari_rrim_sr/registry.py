@@ -1,0 +1,361 @@
+"""Backbone and weights registry, filled through the pluggy hooks of :mod:`.hookspecs`.
+
+Discovery order: the built-in plugin, then every entry point of the ``napari_rrim_sr`` group.
+``NAPARI_RRIM_SR_PLUGINS`` restricts discovery (for reproducible tests and debugging):
+
+* unset: all installed plugins;
+* ``none`` or empty: built-in backbones only;
+* ``a,b``: only the entry points named ``a`` and ``b``.
+
+Weights come from three places: the shipped ``weights/`` folder, the per-user data folder
+(``NAPARI_RRIM_SR_WEIGHTS_DIR`` or platformdirs' user data dir), and plugins' weights hook.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pluggy
+
+from . import hookspecs
+from .errors import RegistryError, WeightsError
+
+log = logging.getLogger(__name__)
+
+PLUGINS_ENV = "NAPARI_RRIM_SR_PLUGINS"
+WEIGHTS_DIR_ENV = "NAPARI_RRIM_SR_WEIGHTS_DIR"
+BUILTIN_PLUGIN_NAME = "builtin"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the engine, the trainer and the GUI need to know about an architecture.
+
+    ``builder(**hparams)`` returns a ``torch.nn.Module``; ``hparams`` are ``defaults`` updated
+    with the caller's values, always including ``in_channels``, ``out_channels`` and ``scale``
+    for generators. A generator maps ``(N, C_in, H, W)`` floats in 0..1 to
+    ``(N, C_out, scale*H, scale*W)``.
+    """
+
+    id: str
+    builder: Callable[..., Any]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    scales: tuple[int, ...] = (4,)
+    channels: tuple[int, ...] = (1, 3)
+    #: ``detect(state_dict) -> dict | None``: the hparams that make ``state_dict`` load, or None.
+    detect: Callable[[Mapping[str, Any]], dict | None] | None = None
+    #: reduced precisions the architecture runs correctly in (fp32 always works).
+    half_precisions: frozenset[str] = frozenset({"bf16", "fp16"})
+    #: input height and width must be a multiple of this (the engine pads to it).
+    size_multiple: int = 1
+    description: str = ""
+    kind: str = "generator"  # or "discriminator"
+    #: filled in by the registry: the plugin that registered it.
+    source: str = ""
+
+    def resolve_hparams(self, **overrides: Any) -> dict:
+        hp = dict(self.defaults)
+        hp.update({k: v for k, v in overrides.items() if v is not None})
+        if self.kind == "generator":
+            scale = int(hp.get("scale", self.scales[-1]))
+            if scale not in self.scales:
+                raise RegistryError(
+                    f"backbone {self.id!r} supports scales {list(self.scales)}, not {scale}"
+                )
+            for key in ("in_channels", "out_channels"):
+                ch = int(hp.get(key, 3))
+                if ch not in self.channels:
+                    raise RegistryError(
+                        f"backbone {self.id!r} supports {list(self.channels)} channels, "
+                        f"not {key}={ch}"
+                    )
+        return hp
+
+    def build(self, **hparams: Any):
+        """Build a freshly initialised module with ``defaults`` updated by ``hparams``."""
+        return self.builder(**self.resolve_hparams(**hparams))
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """A weights file known to the registry (its metadata read, its tensors not loaded)."""
+
+    id: str
+    backbone: str
+    scale: int
+    in_channels: int
+    out_channels: int
+    path: Path
+    source: str  # "shipped", "user" or the contributing plugin's name
+    description: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        from .weights_io import file_sha256
+
+        return file_sha256(self.path)
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "backbone": self.backbone,
+            "scale": self.scale,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "source": self.source,
+            "description": self.description,
+        }
+
+
+def shipped_weights_dir() -> Path:
+    """The package's ``weights/`` folder (root ``weights/`` in a checkout, inside the wheel)."""
+    return Path(__file__).resolve().parent / "weights"
+
+
+def user_weights_dir(create: bool = False) -> Path:
+    env = os.environ.get(WEIGHTS_DIR_ENV)
+    if env:
+        path = Path(env).expanduser()
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_data_dir("napari-rrim-sr", appauthor=False)) / "weights"
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _allowed_plugins() -> set[str] | None:
+    """Entry-point names allowed by ``NAPARI_RRIM_SR_PLUGINS``; None means all."""
+    raw = os.environ.get(PLUGINS_ENV)
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw.lower() in ("", "none", "0", "builtin"):
+        return set()
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+class Registry:
+    """Collects backbones and weights from the built-in plugin and installed plugins."""
+
+    def __init__(self, discover: bool = True):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        #: (plugin name, message) for plugins that failed to load or to answer a hook.
+        self.failed: list[tuple[str, str]] = []
+        self._lock = threading.RLock()
+        self._backbones: dict[str, BackboneSpec] | None = None
+        self._weights: list[WeightsEntry] | None = None
+        from . import builtin_backbones
+
+        self.pm.register(builtin_backbones, name=BUILTIN_PLUGIN_NAME)
+        if discover:
+            self.discover()
+
+    # -- plugins -------------------------------------------------------------------------
+    def discover(self) -> None:
+        """Load the ``napari_rrim_sr`` entry points allowed by the environment."""
+        allowed = _allowed_plugins()
+        for ep in importlib_metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+            if allowed is not None and ep.name not in allowed:
+                continue
+            if self.pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not break the product
+                msg = f"could not import plugin {ep.name!r} ({ep.value}): {type(exc).__name__}: {exc}"
+                log.warning(msg)
+                self.failed.append((ep.name, msg))
+                continue
+            self.register_plugin(plugin, name=ep.name)
+
+    def register_plugin(self, plugin: Any, name: str | None = None) -> str:
+        """Register a module or object with hook implementations at run time."""
+        with self._lock:
+            registered = self.pm.register(plugin, name=name)
+            if registered is None:
+                raise RegistryError(f"plugin {name!r} is already registered")
+            self._backbones = None
+            self._weights = None
+            return registered
+
+    def unregister_plugin(self, name: str) -> None:
+        with self._lock:
+            self.pm.unregister(name=name)
+            self._backbones = None
+            self._weights = None
+
+    def _call(self, hook_name: str):
+        """Call a hook on each plugin separately so one failure names its plugin."""
+        for name, plugin in list(self.pm.list_name_plugin()):
+            impls = [
+                impl
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls()
+                if impl.plugin is plugin
+            ]
+            for impl in impls:
+                try:
+                    result = impl.function()
+                except Exception as exc:
+                    msg = f"plugin {name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
+                    log.warning(msg)
+                    self.failed.append((name, msg))
+                    continue
+                yield name, list(result or [])
+
+    # -- backbones -----------------------------------------------------------------------
+    def backbones(self) -> dict[str, BackboneSpec]:
+        with self._lock:
+            if self._backbones is None:
+                found: dict[str, BackboneSpec] = {}
+                for plugin_name, specs in self._call("napari_rrim_sr_backbones"):
+                    for spec in specs:
+                        if not isinstance(spec, BackboneSpec):
+                            raise RegistryError(
+                                f"plugin {plugin_name!r} returned {type(spec).__name__}, "
+                                "expected napari_rrim_sr.registry.BackboneSpec"
+                            )
+                        if spec.id in found:
+                            raise RegistryError(
+                                f"backbone id {spec.id!r} is registered twice: by plugin "
+                                f"{found[spec.id].source!r} and by plugin {plugin_name!r}"
+                            )
+                        found[spec.id] = _with_source(spec, plugin_name)
+                self._backbones = found
+            return dict(self._backbones)
+
+    def backbone(self, backbone_id: str) -> BackboneSpec:
+        specs = self.backbones()
+        try:
+            return specs[backbone_id]
+        except KeyError:
+            raise RegistryError(
+                f"unknown backbone {backbone_id!r}; registered: {', '.join(sorted(specs))}"
+            ) from None
+
+    def build(self, backbone_id: str, **hparams: Any):
+        return self.backbone(backbone_id).build(**hparams)
+
+    # -- weights -------------------------------------------------------------------------
+    def weights(self, refresh: bool = False) -> list[WeightsEntry]:
+        """All known weights: shipped, then user, then plugin-contributed."""
+        with self._lock:
+            if self._weights is None or refresh:
+                entries: list[WeightsEntry] = []
+                seen: dict[str, WeightsEntry] = {}
+
+                def add(path: Path, source: str) -> None:
+                    try:
+                        entry = entry_from_file(path, source)
+                    except WeightsError as exc:
+                        log.warning("skipping weights file: %s", exc)
+                        self.failed.append((source, str(exc)))
+                        return
+                    if entry.id in seen:
+                        other = seen[entry.id]
+                        log.warning(
+                            "weights id %r from %s (%s) shadows %s (%s)",
+                            entry.id, source, path, other.source, other.path,
+                        )
+                        entries.remove(other)
+                    seen[entry.id] = entry
+                    entries.append(entry)
+
+                for path in _weights_files(shipped_weights_dir()):
+                    add(path, "shipped")
+                for path in _weights_files(user_weights_dir()):
+                    add(path, "user")
+                for plugin_name, paths in self._call("napari_rrim_sr_weights"):
+                    for path in paths:
+                        add(Path(path), plugin_name)
+                self._weights = entries
+            return list(self._weights)
+
+    def find_weights(self, weights_id: str) -> WeightsEntry:
+        entries = self.weights()
+        for entry in entries:
+            if entry.id == weights_id:
+                return entry
+        known = ", ".join(e.id for e in entries) or "none installed"
+        raise RegistryError(f"unknown weights {weights_id!r}; available: {known}")
+
+    def default_weights(self, channels: int, scale: int = 4) -> WeightsEntry | None:
+        """The preferred weights for ``channels``-channel input (see issue: defaults)."""
+        preferred = {1: "rrim-x4-gray", 3: "rrim-x4-rgb-psnr"}.get(channels)
+        entries = [e for e in self.weights() if e.scale == scale]
+        for entry in entries:
+            if entry.id == preferred:
+                return entry
+        for entry in entries:
+            if entry.in_channels == channels and not entry.id.endswith("-gan"):
+                return entry
+        for entry in entries:  # a 3-channel model on gray data, or the reverse, per channel
+            if not entry.id.endswith("-gan"):
+                return entry
+        return entries[0] if entries else None
+
+
+def _with_source(spec: BackboneSpec, source: str) -> BackboneSpec:
+    from dataclasses import replace
+
+    return replace(spec, source=source)
+
+
+def _weights_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" and p.is_file())
+
+
+def entry_from_file(path: Path, source: str) -> WeightsEntry:
+    """Read a weights file's metadata (not its tensors) into a :class:`WeightsEntry`."""
+    from .weights_io import read_metadata
+
+    meta = read_metadata(path)
+    if not meta:
+        raise WeightsError(path, "no napari-rrim-sr metadata; load it explicitly with a backbone id")
+    try:
+        return WeightsEntry(
+            id=str(meta.get("name") or Path(path).stem),
+            backbone=str(meta["backbone"]),
+            scale=int(meta["scale"]),
+            in_channels=int(meta["in_channels"]),
+            out_channels=int(meta["out_channels"]),
+            path=Path(path),
+            source=source,
+            description=str(meta.get("description", "")),
+            metadata=meta,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(path, f"incomplete metadata ({exc})") from None
+
+
+_registry: Registry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry (discovered once)."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = Registry()
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry (tests, or after installing a plugin)."""
+    global _registry
+    with _registry_lock:
+        _registry = None
