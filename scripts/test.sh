@@ -11,7 +11,7 @@ ls /usr/lib/*/libxkbcommon-x11.so.0 >/dev/null 2>&1 || need_apt=1
 if [ "$need_apt" = 1 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "[test] installing xvfb and Mesa GL (apt-get)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libxcb-xkb1 libdbus-1-3 >/dev/null
   else
     echo "[test] xvfb-run or Mesa GL missing and not root: GUI tests will be skipped" >&2
   fi

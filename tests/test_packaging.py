@@ -55,3 +55,11 @@ def test_editable_install_finds_the_root_manifest_and_weights():
     pkg = Path(napari_rrim_sr.__file__).resolve().parent
     assert (pkg / "napari.yaml").resolve().read_bytes() == (ROOT / "napari.yaml").read_bytes()
     assert shipped_weights_dir().resolve() == (ROOT / "weights").resolve()
+
+
+def test_wheel_contains_sample_data(wheel):
+    samples = ROOT / "src" / "napari_rrim_sr" / "_napari" / "samples"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for p in samples.iterdir():
+        assert f"napari_rrim_sr/_napari/samples/{p.name}" in names, p.name

@@ -1,0 +1,9 @@
+"""napari integration: widgets, the Layers ▸ Transform menu command, reader, writer, samples.
+
+Everything here may import Qt and napari; the logic it wires lives in the Qt-free
+:mod:`napari_rrim_sr.layers` and :mod:`napari_rrim_sr.bundle`.
+"""
+
+PLUGIN_NAME = "napari-rrim-sr"
+UPSCALE_WIDGET_NAME = "Upscale (RRIM x4)"
+METRICS_WIDGET_NAME = "Super-resolution metrics"

@@ -1,0 +1,472 @@
+"""``bench``: engine throughput (fp32 / bf16 / fp16), tiling overhead, seam error, peak memory,
+against bicubic and ESRGAN's RRDBNet (23 blocks x 64 features) in the same process.
+
+Speed does not depend on the weights, so without trained weights a randomly initialised
+default-size RRIM is measured. Timings are best-of-``repeat`` after one warm-up run (the first
+oneDNN/cuDNN call builds kernels), which also makes them robust to other load on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure speed, tiling overhead, seam error and memory",
+        description="Benchmark the engine: output megapixels/s for fp32 and bf16 (fp16 on GPU), "
+        "untiled vs tiled at the default tile, seam error, peak memory, and throughput per "
+        "multiply-accumulate against bicubic and an ESRGAN-size RRDBNet in the same process.",
+    )
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
+    p.add_argument("--size", type=int, default=None, metavar="N",
+                   help="input edge for the throughput runs (default 256; --quick 96)")
+    p.add_argument("--tile-size", type=int, default=None, metavar="N",
+                   help="input edge for tiled-vs-untiled (default 768; --quick 320)")
+    p.add_argument("--mem-size", type=int, default=None, metavar="N",
+                   help="edge of the uint16 image of the memory test (default 4096; --quick 1024; 0 = skip)")
+    p.add_argument("--quick", action="store_true", help="small sizes, one timed run each")
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 2; --quick 1)")
+    p.add_argument("--model", metavar="ID|PATH", default=None,
+                   help="model to measure (default: installed default weights, else a random default RRIM)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads")
+    p.add_argument("--sweep", action="store_true", help="also time several tile sizes (to choose the default)")
+    p.add_argument("--no-rrdbnet", action="store_true", help="skip the RRDBNet comparison (slow on CPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def _data_dir() -> Path | None:
+    env = os.environ.get("NAPARI_RRIM_SR_DATA")
+    cands = [Path(env)] if env else []
+    here = Path(__file__).resolve()
+    cands += [here.parents[3].parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    for c in cands:
+        if c.is_dir():
+            return c
+    return None
+
+
+def photo(size: int, channels: int = 3) -> tuple[np.ndarray, str]:
+    """A real photograph (centre crop, tiled by reflection if small), or smooth noise."""
+    d = _data_dir()
+    src = None
+    if d is not None:
+        for p in sorted((d / "train" / "SunHays80").glob("*.jpg"))[:1] + sorted((d / "val" / "Kodak24").glob("*.png"))[:1]:
+            src = p
+            break
+    if src is not None:
+        from PIL import Image
+
+        with Image.open(src) as im:
+            a = np.asarray(im.convert("RGB"))
+        reps = (int(np.ceil(size / a.shape[0])), int(np.ceil(size / a.shape[1])))
+        if reps != (1, 1):
+            a = np.pad(a, ((0, max(0, size - a.shape[0])), (0, max(0, size - a.shape[1])), (0, 0)), mode="symmetric")
+        y0, x0 = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
+        a = a[y0 : y0 + size, x0 : x0 + size]
+        name = src.name
+    else:
+        from scipy.ndimage import gaussian_filter
+
+        rng = np.random.default_rng(0)
+        a = gaussian_filter(rng.random((size, size, 3)), (2, 2, 0))
+        a = ((a - a.min()) / np.ptp(a) * 255).astype(np.uint8)
+        name = "synthetic smooth noise"
+    if channels == 1:
+        a = a.mean(-1).astype(np.uint8)
+    return np.ascontiguousarray(a), name
+
+
+def _best(fn, repeat: int) -> float:
+    fn()  # warm-up: kernel selection, weight re-layout
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", "") == "cuda":
+        torch.cuda.synchronize()
+
+
+def _cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except Exception:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _macs(loaded, channels: int) -> float:
+    import torch
+
+    from ..models.complexity import count_macs_per_pixel
+    from ..registry import get_registry
+
+    try:
+        with torch.device("meta"):
+            m = get_registry().build(loaded.backbone, **loaded.hparams)
+        return count_macs_per_pixel(m, channels, size=64)
+    except Exception:
+        return count_macs_per_pixel(loaded.module, channels, size=32)
+
+
+def _random_default(backbone: str = "rrim", **hp):
+    import torch
+
+    from ..registry import get_registry
+    from ..weights_io import LoadedModel
+
+    torch.manual_seed(0)
+    spec = get_registry().backbone(backbone)
+    hp = spec.resolve_hparams(**hp)
+    module = spec.build(**hp)
+    desc = ", ".join(f"{k}={v}" for k, v in hp.items() if k not in ("in_channels", "out_channels", "scale"))
+    return LoadedModel.from_module(module, backbone, hp, id=f"{backbone} ({desc}; random init)")
+
+
+# ---------------------------------------------------------------------------------------
+# measurements
+
+
+def measure_throughput(loaded, device, precisions, size: int, repeat: int, threads=None) -> list[dict]:
+    """Engine MP/s (untiled, uint8 RGB in/out) and bare-module MP/s per precision."""
+    import torch
+
+    from .. import devices
+    from ..engine import Upscaler
+
+    img, _ = photo(size, loaded.in_channels if loaded.in_channels == 3 else 1)
+    rows = []
+    macs = _macs(loaded, loaded.in_channels)
+    out_mp = (size * loaded.scale) ** 2 / 1e6
+    for prec in precisions:
+        up = Upscaler(loaded, device=device, precision=prec, threads=threads)
+        x = torch.from_numpy(img.astype(np.float32) / 255)
+        x = (x.permute(2, 0, 1)[None] if x.ndim == 3 else x[None, None]).to(up.device)
+        if up.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def bare():
+            up._run(x, up.precision)
+            _sync(up.device)
+
+        def eng():
+            up.upscale(img, tile=0)
+            _sync(up.device)
+
+        with devices.num_threads(threads):
+            t_bare = _best(bare, repeat)
+        t_eng = _best(eng, repeat)
+        peak_gpu = None
+        if up.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            eng()
+            peak_gpu = torch.cuda.max_memory_allocated() / 2**20
+        rows.append({
+            "model": loaded.id, "backbone": loaded.backbone, "precision": up.precision,
+            "size": size, "out_mp": out_mp, "engine_s": t_eng, "module_s": t_bare,
+            "engine_mp_s": out_mp / t_eng, "module_mp_s": out_mp / t_bare,
+            "macs_per_lr_px": macs, "engine_gmac_s": macs * size * size / t_eng / 1e9,
+            "engine_overhead": t_eng / t_bare - 1.0, "gpu_peak_mib": peak_gpu,
+        })
+        up.close()
+    return rows
+
+
+def measure_nchw_fp32(loaded, size: int, repeat: int, threads=None) -> dict:
+    """The bare module in torch's default layout (NCHW) and fp32: the naive baseline that the
+    engine's channels_last fp32 and bf16 paths are compared with."""
+    import copy
+
+    import torch
+
+    from .. import devices
+
+    img, _ = photo(size, 3 if loaded.in_channels == 3 else 1)
+    m = copy.deepcopy(loaded.module).cpu().float().to(memory_format=torch.contiguous_format).eval()
+    x = torch.from_numpy(img.astype(np.float32) / 255)
+    x = (x.permute(2, 0, 1)[None] if x.ndim == 3 else x[None, None]).contiguous()
+
+    def bare():
+        with torch.inference_mode():
+            m(x)
+
+    with devices.num_threads(threads):
+        t = _best(bare, repeat)
+    out_mp = (size * loaded.scale) ** 2 / 1e6
+    return {"model": loaded.id, "precision": "fp32 NCHW (module only)", "size": size, "module_s": t,
+            "module_mp_s": out_mp / t}
+
+
+def measure_bicubic(size: int, repeat: int) -> dict:
+    from ..engine import upscale_bicubic
+
+    img, _ = photo(size, 3)
+    t = _best(lambda: upscale_bicubic(img, 4), repeat)
+    out_mp = (size * 4) ** 2 / 1e6
+    return {"model": "bicubic (MATLAB imresize, numpy float64)", "size": size, "out_mp": out_mp,
+            "engine_s": t, "engine_mp_s": out_mp / t}
+
+
+def measure_tiling(loaded, device, precision, size: int, repeat: int, tiles=(None,), threads=None) -> list[dict]:
+    """Untiled time once, then each tile size (None = the device default) on the same image."""
+    from ..engine import BORDER_MARGIN, DEFAULT_OVERLAP, Upscaler, _resolve_tile
+    from ..tiling import TileGrid
+
+    img, _ = photo(size, 3)
+    up = Upscaler(loaded, device=device, precision=precision, threads=threads)
+    t_untiled = _best(lambda: (up.upscale(img, tile=0), _sync(up.device)), repeat)
+    rows = []
+    for tile in tiles:
+        t_tile = _resolve_tile(tile, up.device)
+        t_tiled = _best(lambda: (up.upscale(img, tile=t_tile), _sync(up.device)), repeat)
+        g = TileGrid.make(size, size, t_tile, DEFAULT_OVERLAP, min(BORDER_MARGIN, DEFAULT_OVERLAP // 2), up.scale)
+        rows.append({"size": size, "precision": up.precision, "tile": t_tile, "overlap": DEFAULT_OVERLAP,
+                     "default": tile is None,
+                     "grid": f"{len(g.ys)}x{len(g.xs)} tiles of {g.tile_h}x{g.tile_w}",
+                     "untiled_s": t_untiled, "tiled_s": t_tiled, "overhead": t_tiled / t_untiled - 1.0})
+    up.close()
+    return rows
+
+
+def measure_seam(loaded, device, size: int, tile=None, threads=None) -> dict:
+    """Max |tiled - untiled| in fp32 on 0..1 float data of a real photo (odd size)."""
+    from ..engine import Upscaler, _resolve_tile
+
+    img, name = photo(size, 3)
+    img = img[: size - 3, : size - 1 - size % 2].astype(np.float32) / 255  # odd sizes
+    up = Upscaler(loaded, device=device, precision="fp32", threads=threads)
+    t = _resolve_tile(tile, up.device)
+    t = min(t, max(64, size // 2))  # at least 2x2 tiles even at --quick sizes
+    a = up.upscale(img, tile=0)
+    b = up.upscale(img, tile=t)
+    up.close()
+    return {"image": f"{name} crop {img.shape[1]}x{img.shape[0]}", "tile": t, "max_abs": float(np.abs(a - b).max()),
+            "mean_abs": float(np.abs(a - b).mean())}
+
+
+_MEM_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, time, tracemalloc
+    import numpy as np, torch
+    from napari_rrim_sr.registry import Registry
+    from napari_rrim_sr.weights_io import LoadedModel, load_model
+    from napari_rrim_sr.engine import Upscaler
+    size, spec, tile, threads = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    torch.manual_seed(0)
+    if spec.startswith("random:"):
+        hp = json.loads(spec[7:])
+        m = LoadedModel.from_module(Registry(discover=False).build("rrim", **hp), "rrim", hp,
+                                    id="rrim " + spec[7:] + " random init")
+    else:
+        m = load_model(spec)
+    up = Upscaler(m, device="cpu", channels=1, threads=None if threads == "none" else int(threads))
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 4096, size=(size, size), dtype=np.uint16)
+    t = None if tile == "default" else int(tile)
+    up.upscale(img[:300, :300], tile=t)  # warm-up: kernels, thread pools, one full tile
+    def status(key):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024
+    try:  # reset the kernel's peak-RSS counter (VmHWM) so it measures this run only
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        how = "VmHWM after reset"
+    except OSError:
+        how = "ru_maxrss (process lifetime)"
+    base = status("VmRSS")
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = up.upscale(img, tile=t)
+    dt = time.perf_counter() - t0
+    _, tm_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    peak = status("VmHWM") if how.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"size": size, "model": m.id, "precision": up.precision, "tile": up.last_run["tile"],
+                      "input_mib": img.nbytes / 2**20, "output_mib": out.nbytes / 2**20,
+                      "rss_before_mib": base, "peak_rss_mib": peak, "tracemalloc_peak_mib": tm_peak / 2**20,
+                      "seconds": dt, "peak_measure": how}))
+    """
+)
+
+
+def measure_memory(size: int, spec: str, tile="default", threads=None) -> dict:
+    """Peak RSS of a fresh process upscaling a size x size uint16 image (ru_maxrss) and the
+    numpy-side peak (tracemalloc); overhead = peak - (RSS before the run + output)."""
+    cmd = [sys.executable, "-c", _MEM_CHILD, str(size), spec, str(tile), str(threads or "none")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if res.returncode != 0:
+        return {"size": size, "error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    r["overhead_mib"] = r["peak_rss_mib"] - r["rss_before_mib"] - r["output_mib"]
+    return r
+
+
+# ---------------------------------------------------------------------------------------
+# command
+
+
+def run(args) -> int:
+    import torch
+
+    from .. import devices
+    from ..engine import DEFAULT_OVERLAP, DEFAULT_TILE, resolve_model
+    from ..errors import InputError, RRIMError
+
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        raise InputError(f"{args.json}: file exists; not overwriting (use --overwrite)")
+    quick = args.quick
+    size = args.size or (96 if quick else 256)
+    tsize = args.tile_size or (320 if quick else 768)
+    msize = args.mem_size if args.mem_size is not None else (1024 if quick else 4096)
+    repeat = args.repeat or (1 if quick else 2)
+    dev = devices.resolve_device(args.device)
+    load0 = os.getloadavg()
+    try:
+        model = resolve_model(args.model, 3)
+        spec_for_child = str(model.path) if model.path else None
+    except RRIMError as exc:
+        if args.model is not None:
+            raise
+        print(f"note: {exc.__class__.__name__}: no trained weights; measuring a randomly initialised "
+              "default-size RRIM (speed does not depend on the weights)", file=sys.stderr)
+        model = _random_default("rrim")
+        spec_for_child = None
+    if dev.type == "cuda":
+        precisions = ["fp32", "bf16", "fp16"]
+    elif dev.type == "cpu":
+        precisions = ["fp32", "bf16"]
+    else:
+        precisions = ["fp32"]
+    auto_prec = devices.resolve_precision("auto", dev)
+    env = {
+        "device": devices.describe(dev, auto_prec), "cpu": _cpu_name(), "torch": torch.__version__,
+        "threads": args.threads or torch.get_num_threads(), "python": platform.python_version(),
+        "cpu_bf16_native": devices.cpu_bf16_native(), "load_avg_start": load0,
+        "command": "python -m napari_rrim_sr " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["bench"]),
+        "default_tile": DEFAULT_TILE.get(dev.type), "overlap": DEFAULT_OVERLAP,
+    }
+    if dev.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(dev)
+    print(f"device: {env['device']} | {env['cpu']} | torch {env['torch']}", file=sys.stderr)
+
+    res: dict = {"env": env}
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"[1/5] throughput of {model.id}, {size}x{size} RGB input ...")
+    res["throughput"] = measure_throughput(model, dev, precisions, size, repeat, args.threads)
+    if dev.type == "cpu":
+        res["nchw_fp32"] = measure_nchw_fp32(model, size, repeat, args.threads)
+    if not args.no_rrdbnet:
+        log("[2/5] throughput of RRDBNet 23x64 (ESRGAN) ...")
+        rrdb = _random_default("rrdbnet")
+        res["throughput"] += measure_throughput(rrdb, dev, precisions, size, repeat, args.threads)
+    res["bicubic"] = measure_bicubic(size, repeat)
+    log(f"[3/5] tiled vs untiled, {tsize}x{tsize} ...")
+    sweep = (128, 192, 384, 512) if args.sweep else ()
+    rows = measure_tiling(model, dev, "auto", tsize, repeat, tiles=(None,) + sweep, threads=args.threads)
+    res["tiling"] = rows[0]
+    res["tile_sweep"] = rows[1:]
+    log("[4/5] seam error (fp32) ...")
+    res["seam"] = measure_seam(model, dev, min(tsize, 400), threads=args.threads)
+    if dev.type == "cpu" and msize > 0:
+        log(f"[5/5] peak memory, {msize}x{msize} uint16 in a fresh process (default tile) ...")
+        spec = spec_for_child or "random:" + json.dumps({"in_channels": 1, "out_channels": 1})
+        res["memory"] = [measure_memory(msize, spec, threads=args.threads)]
+    env["load_avg_end"] = os.getloadavg()
+    res["ratios"] = _ratios(res)
+    print(format_report(res))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(res, fh, indent=2, default=str)
+        log(f"wrote {args.json}")
+    return 0
+
+
+def _ratios(res: dict) -> dict:
+    t = res["throughput"]
+    first = t[0]["model"]
+    mine = {r["precision"]: r for r in t if r["model"] == first}
+    other = {r["precision"]: r for r in t if r["model"] != first}
+    out: dict = {}
+    if "bf16" in mine and "fp32" in mine:
+        out["bf16_over_fp32_engine"] = mine["bf16"]["engine_mp_s"] / mine["fp32"]["engine_mp_s"]
+        out["bf16_over_fp32_module"] = mine["bf16"]["module_mp_s"] / mine["fp32"]["module_mp_s"]
+    if "bf16" in mine and res.get("nchw_fp32"):
+        out["bf16_module_over_nchw_fp32_module"] = mine["bf16"]["module_mp_s"] / res["nchw_fp32"]["module_mp_s"]
+    if "fp16" in mine and "fp32" in mine:
+        out["fp16_over_fp32_engine"] = mine["fp16"]["engine_mp_s"] / mine["fp32"]["engine_mp_s"]
+    out["tiled_over_untiled_time"] = res["tiling"]["tiled_s"] / res["tiling"]["untiled_s"]
+    out["seam_max_abs"] = res["seam"]["max_abs"]
+    for p, r in mine.items():
+        if p in other:
+            out[f"gmac_s_ratio_vs_rrdbnet_{p}"] = r["engine_gmac_s"] / other[p]["engine_gmac_s"]
+    return out
+
+
+def format_report(res: dict) -> str:
+    env = res["env"]
+    lines = [f"device: {env['device']}; CPU: {env['cpu']}; torch {env['torch']}; threads {env['threads']}",
+             f"load average at start {tuple(round(v, 2) for v in env['load_avg_start'])}, "
+             f"at end {tuple(round(v, 2) for v in env.get('load_avg_end', ()))}", ""]
+    lines += ["| model | precision | input | engine MP/s (out) | module-only MP/s | engine overhead "
+              "| MACs / LR px | engine GMAC/s |",
+              "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in res["throughput"]:
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['size']}² | {r['engine_mp_s']:.3f} | {r['module_mp_s']:.3f} "
+            f"| {100 * r['engine_overhead']:+.1f}% | {r['macs_per_lr_px'] / 1e6:.2f} M | {r['engine_gmac_s']:.1f} |")
+    n = res.get("nchw_fp32")
+    if n:
+        lines.append(f"| {n['model']} | {n['precision']} | {n['size']}² | | {n['module_mp_s']:.3f} | | | |")
+    b = res["bicubic"]
+    lines.append(f"| {b['model']} | float64 | {b['size']}² | {b['engine_mp_s']:.3f} | | | | |")
+    t = res["tiling"]
+    lines += ["", "| tiling | precision | input | grid | untiled s | tiled s | overhead |", "|---|---|---|---|---:|---:|---:|",
+              f"| default tile {t['tile']}, overlap {t['overlap']} | {t['precision']} | {t['size']}² | {t['grid']} "
+              f"| {t['untiled_s']:.2f} | {t['tiled_s']:.2f} | {100 * t['overhead']:+.1f}% |"]
+    for s in res.get("tile_sweep", []):
+        lines.append(f"| tile {s['tile']} | {s['precision']} | {s['size']}² | {s['grid']} | {s['untiled_s']:.2f} "
+                     f"| {s['tiled_s']:.2f} | {100 * s['overhead']:+.1f}% |")
+    s = res["seam"]
+    lines += ["", f"seam error (fp32, 0..1 data, {s['image']}, tile {s['tile']}): max {s['max_abs']:.2e}, "
+              f"mean {s['mean_abs']:.2e}"]
+    if res.get("memory"):
+        lines += ["", "| memory test | precision | tile | input MiB | output MiB | RSS before MiB | peak RSS MiB "
+                  "| overhead MiB | numpy peak (tracemalloc) MiB | s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for m in res["memory"]:
+            if "error" in m:
+                lines.append(f"| {m['size']}² | error: {m['error']} |")
+                continue
+            lines.append(
+                f"| {m['size']}² uint16, {m['model']} | {m['precision']} | {m['tile']} | {m['input_mib']:.0f} "
+                f"| {m['output_mib']:.0f} | {m['rss_before_mib']:.0f} | {m['peak_rss_mib']:.0f} "
+                f"| {m['overhead_mib']:.0f} | {m['tracemalloc_peak_mib']:.0f} | {m['seconds']:.1f} |")
+    lines += ["", "ratios (same process): " + ", ".join(f"{k} = {v:.3g}" for k, v in res["ratios"].items())]
+    return "\n".join(lines)

@@ -1,0 +1,435 @@
+"""Reading and writing images for the CLI: PNG/JPEG via pillow, TIFF (multi-page, OME, ImageJ,
+16-bit, float) via tifffile, keeping dtype, axes, pixel size and our provenance.
+
+Why here and not in the engine: the engine works on arrays; files add axes metadata (which
+axes are Z/T/C, whether 4 samples are RGBA or RGB+NIR), physical pixel sizes that must shrink
+by the upscaling factor, and the rule that an output never silently replaces a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+PROVENANCE_KEY = "napari_rrim_sr"
+PIL_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+TIFF_SUFFIXES = {".tif": "tiff", ".tiff": "tiff"}
+SUFFIXES = tuple(PIL_SUFFIXES) + tuple(TIFF_SUFFIXES)
+#: TIFF tags that make a file a GeoTIFF (ModelPixelScale, ModelTiepoint, GeoKeyDirectory)
+_GEOTIFF_TAGS = (33550, 33922, 34735)
+#: GeoTIFF and GDAL tags carried over to outputs (code -> TIFF type), georeferencing kept
+_GEOTIFF_TAG_TYPES = {33550: 12, 33922: 12, 34264: 12, 34735: 3, 34736: 12, 34737: 2, 42112: 2, 42113: 2}
+_MICRO = {"µm", "\u00b5m", "um", "micron", "microns", "micrometer", "\\u00B5m"}
+
+
+def format_for(path) -> str:
+    suffix = Path(path).suffix.lower()
+    fmt = PIL_SUFFIXES.get(suffix) or TIFF_SUFFIXES.get(suffix)
+    if fmt is None:
+        raise InputError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}"
+        )
+    return fmt
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+
+
+def read_image(path) -> tuple[np.ndarray, dict]:
+    """Read an image file into an array and an ``info`` dict.
+
+    ``info`` holds: ``path``, ``format``, ``shape``, ``dtype``, ``axes`` (tifffile letters such
+    as ``"YX"``, ``"ZYX"``, ``"YXS"``; S = colour samples), ``spatial_axes`` and ``rgb`` (what
+    the engine should use), ``pixel_size`` ((y, x) or None) and ``unit``, ``dpi`` (PNG/JPEG),
+    ``provenance`` (ours, if the file was written by napari-rrim-sr), ``photometric``,
+    ``extrasamples`` and ``warnings`` (things the user should know, e.g. a mode conversion).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: no such file")
+    if not p.is_file():
+        raise InputError(f"{path}: not a file")
+    fmt = format_for(p)
+    try:
+        if fmt == "tiff":
+            arr, info = _read_tiff(p)
+        else:
+            arr, info = _read_pil(p)
+    except InputError:
+        raise
+    except Exception as exc:  # corrupt / truncated / not what the suffix says
+        raise InputError(f"{path}: cannot read as {fmt.upper()} ({type(exc).__name__}: {exc})") from None
+    info.update(path=str(p), format=fmt, shape=tuple(arr.shape), dtype=str(arr.dtype))
+    if arr.size == 0:
+        raise InputError(f"{path}: the image is empty (shape {arr.shape})")
+    axes = info.get("axes") or ""
+    if "Y" in axes and "X" in axes:
+        info["spatial_axes"] = (axes.index("Y"), axes.index("X"))
+    else:
+        info.setdefault("spatial_axes", None)
+    return arr, info
+
+
+def _read_pil(p: Path) -> tuple[np.ndarray, dict]:
+    from PIL import Image
+
+    warnings: list[str] = []
+    with Image.open(p) as im:
+        im.load()
+        mode = im.mode
+        meta = dict(im.info)
+        n_frames = getattr(im, "n_frames", 1)
+        if n_frames > 1:
+            warnings.append(f"{n_frames} frames: only the first is read")
+        if mode == "1":
+            im = im.convert("L")
+        elif mode == "P":
+            im = im.convert("RGBA" if "transparency" in meta else "RGB")
+            warnings.append("palette image converted to RGB(A)")
+        elif mode in ("LA", "PA"):
+            im = im.convert("RGBA")
+            warnings.append(f"{mode} image converted to RGBA")
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+            im = im.convert("RGB")
+            warnings.append(f"{mode} image converted to RGB")
+        arr = np.asarray(im)
+        if mode in ("RGB", "RGBA") and p.suffix.lower() == ".png" and _png_bit_depth(p) == 16:
+            warnings.append("16-bit RGB PNG: pillow reads it as 8-bit; convert to 16-bit TIFF to keep precision")
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    rgb = arr.ndim == 3
+    info: dict[str, Any] = {
+        "axes": "YXS" if rgb else "YX",
+        "rgb": rgb,
+        "mode": mode,
+        "dpi": tuple(float(v) for v in meta["dpi"]) if "dpi" in meta else None,
+        "pixel_size": None,
+        "unit": None,
+        "photometric": "rgb" if rgb else "minisblack",
+        "extrasamples": ("unassalpha",) if rgb and arr.shape[-1] == 4 else (),
+        "warnings": warnings,
+        "provenance": _parse_provenance(meta.get(PROVENANCE_KEY), wrapped=False)
+        or _parse_provenance(meta.get("comment"), wrapped=True),
+    }
+    if info["dpi"]:
+        info["pixel_size"] = (2.54 / info["dpi"][1], 2.54 / info["dpi"][0])
+        info["unit"] = "cm"
+    return arr, info
+
+
+def _png_bit_depth(p: Path) -> int | None:
+    with open(p, "rb") as fh:
+        head = fh.read(26)
+    if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n":
+        return head[24]
+    return None
+
+
+def _parse_provenance(raw, wrapped: bool) -> dict | None:
+    """Our provenance from a PNG text chunk (the JSON itself) or a JPEG comment (JSON with our
+    key at the top level: a foreign JSON comment is not ours)."""
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    try:
+        obj = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if wrapped:
+        inner = obj.get(PROVENANCE_KEY)
+        return inner if isinstance(inner, dict) else None
+    return obj
+
+
+def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
+    import tifffile
+
+    warnings: list[str] = []
+    with tifffile.TiffFile(p) as tf:
+        if not tf.series:
+            raise InputError(f"{p}: TIFF has no image data")
+        series = tf.series[0]
+        if len(tf.series) > 1:
+            warnings.append(f"{len(tf.series)} image series: only the first is read")
+        arr = series.asarray()
+        axes = series.axes
+        page = tf.pages[0]
+        photometric = getattr(page.photometric, "name", str(page.photometric)).lower()
+        extrasamples = tuple(getattr(e, "name", str(e)).lower() for e in (page.extrasamples or ()))
+        is_geo = any(t in page.tags for t in _GEOTIFF_TAGS)
+        pixel_size, unit = _tiff_pixel_size(tf, page)
+        provenance = None
+        if tf.shaped_metadata:
+            shaped = tf.shaped_metadata[0]
+            provenance = shaped.get(PROVENANCE_KEY)
+            if shaped.get("pixel_size") and shaped.get("unit"):  # ours: exact, with its unit
+                pixel_size, unit = tuple(float(v) for v in shaped["pixel_size"]), shaped["unit"]
+        geotags = []
+        for code, dtype in _GEOTIFF_TAG_TYPES.items():
+            tag = page.tags.get(code)
+            if tag is not None:
+                value = tag.value
+                geotags.append((code, dtype, value))
+        info: dict[str, Any] = {
+            "ome": bool(tf.is_ome),
+            "imagej": bool(tf.is_imagej),
+            "geotiff": is_geo,
+            "geotags": geotags,
+            "photometric": photometric,
+            "extrasamples": extrasamples,
+            "compression": getattr(page.compression, "name", str(page.compression)).lower(),
+            "pixel_size": pixel_size,
+            "unit": unit,
+            "provenance": provenance,
+            "warnings": warnings,
+            "dpi": None,
+        }
+    # colour samples must be the last axis for the engine (planar TIFFs come as SYX)
+    if "S" in axes and axes.index("S") != len(axes) - 1:
+        k = axes.index("S")
+        arr = np.ascontiguousarray(np.moveaxis(arr, k, -1))
+        axes = axes[:k] + axes[k + 1 :] + "S"
+    n_s = arr.shape[-1] if axes.endswith("S") else 0
+    rgb = axes.endswith("S") and n_s in (3, 4) and photometric == "rgb"
+    if rgb and n_s == 4 and is_geo:
+        # remote-sensing products store NIR as a 4th sample and often tag it as alpha:
+        # treat the samples as independent bands (per-channel upscaling) rather than RGBA
+        rgb = False
+        warnings.append("GeoTIFF with 4 samples: treated as 4 bands (e.g. RGB+NIR), not RGBA")
+    if axes.endswith("S") and not rgb:
+        axes = axes[:-1] + "C"
+    info["axes"] = axes
+    info["rgb"] = rgb
+    return arr, info
+
+
+def _tiff_pixel_size(tf, page) -> tuple[tuple[float, float] | None, str | None]:
+    """(y, x) pixel size and unit from OME, ImageJ or the resolution tags, if stated."""
+    try:
+        if tf.is_ome and tf.ome_metadata:
+            import re
+
+            xml = tf.ome_metadata
+            px = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', xml)
+            py = re.search(r'PhysicalSizeY="([0-9.eE+-]+)"', xml)
+            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
+            if px and py:
+                return (float(py.group(1)), float(px.group(1))), (unit.group(1) if unit else "µm")
+        xr = page.tags.get("XResolution")
+        yr = page.tags.get("YResolution")
+        if xr is None or yr is None:
+            return None, None
+        xres = xr.value[0] / xr.value[1]
+        yres = yr.value[0] / yr.value[1]
+        if xres <= 0 or yres <= 0 or (xres == 1 and yres == 1):
+            return None, None  # tifffile's default (1, 1) carries no information
+        unit = None
+        if tf.is_imagej and tf.imagej_metadata:
+            unit = tf.imagej_metadata.get("unit")
+            if isinstance(unit, str):
+                unit = unit.encode().decode("unicode_escape") if "\\u" in unit else unit
+        if unit is None:
+            ru = page.tags.get("ResolutionUnit")
+            code = int(ru.value) if ru is not None else 2
+            unit = {2: "inch", 3: "cm"}.get(code)
+            if unit is None:
+                return None, None
+        return (1.0 / yres, 1.0 / xres), unit
+    except Exception:  # metadata is a courtesy: never fail a read over it
+        return None, None
+
+
+# ---------------------------------------------------------------------------------------
+# writing
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def write_image(path, array, *, like: dict | None = None, metadata: dict | None = None,
+                scale: int | float | None = None, overwrite: bool = False,
+                axes: str | None = None, rgb: bool | None = None) -> Path:
+    """Write ``array`` in the format of ``path``'s suffix, keeping its dtype.
+
+    ``like`` is the ``info`` of the source image (from :func:`read_image`): its axes, colour
+    interpretation and pixel size are carried over, the pixel size divided by ``scale``.
+    ``metadata`` (our provenance) goes into the TIFF ImageDescription JSON, a PNG text chunk or
+    a JPEG comment, under the key ``napari_rrim_sr``.
+
+    Never overwrites an existing file unless ``overwrite=True``, and always refuses to write
+    over the source file named by ``like["path"]``. The file is written under a temporary name
+    and moved into place, so a failure leaves no truncated output.
+    """
+    p = Path(path)
+    fmt = format_for(p)
+    arr = np.asarray(array)
+    like = dict(like or {})
+    src = like.get("path")
+    if src and _same_file(p, Path(src)):
+        raise InputError(f"{p}: the output path is the input file; choose another output folder or name")
+    if p.exists() and not overwrite:
+        raise InputError(f"{p}: file exists; not overwriting (use overwrite=True / --overwrite)")
+    if arr.size == 0:
+        raise InputError(f"{p}: refusing to write an empty image (shape {arr.shape})")
+    if arr.dtype.kind in "bcOUS":
+        raise InputError(f"{p}: cannot write dtype {arr.dtype}")
+    if not p.parent.exists():
+        raise InputError(f"{p.parent}: output folder does not exist")
+    prov = _jsonable(metadata) if metadata else None
+    tmp = p.with_name(f".{p.stem}.{uuid.uuid4().hex[:8]}.tmp{p.suffix}")
+    try:
+        if fmt == "tiff":
+            _write_tiff(tmp, arr, like, prov, scale, axes, rgb)
+        else:
+            _write_pil(tmp, arr, fmt, like, prov, scale)
+        _commit(tmp, p, overwrite)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def _commit(tmp: Path, dest: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, dest)
+        return
+    try:
+        os.link(tmp, dest)  # atomic "create only if absent": never clobbers a file made meanwhile
+    except FileExistsError:
+        raise InputError(f"{dest}: file exists; not overwriting (use overwrite=True / --overwrite)") from None
+    except OSError:  # filesystems without hard links
+        if dest.exists():
+            raise InputError(f"{dest}: file exists; not overwriting") from None
+        os.replace(tmp, dest)
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def _scaled_pixel_size(like: dict, scale) -> tuple[tuple[float, float] | None, str | None]:
+    ps, unit = like.get("pixel_size"), like.get("unit")
+    if not ps:
+        return None, unit
+    f = float(scale or 1)
+    return (float(ps[0]) / f, float(ps[1]) / f), unit
+
+
+def _write_pil(tmp: Path, arr: np.ndarray, fmt: str, like: dict, prov, scale) -> None:
+    from PIL import Image, PngImagePlugin
+
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    ok_shape = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))
+    if not ok_shape:
+        raise InputError(f"{fmt.upper()} holds a 2-D gray, RGB or RGBA image, not shape {arr.shape}; write a .tif")
+    if fmt == "jpeg":
+        if arr.dtype != np.uint8 or (arr.ndim == 3 and arr.shape[-1] == 4):
+            raise InputError(f"JPEG holds 8-bit gray or RGB only (got {arr.dtype}, shape {arr.shape}); write a .tif or .png")
+    elif arr.dtype == np.uint16:
+        if arr.ndim == 3:
+            raise InputError("PNG via pillow cannot hold 16-bit RGB(A); write a .tif")
+    elif arr.dtype != np.uint8:
+        raise InputError(f"{fmt.upper()} cannot hold {arr.dtype} data; write a .tif to keep the dtype")
+    im = Image.fromarray(np.ascontiguousarray(arr))
+    kw: dict[str, Any] = {}
+    dpi = like.get("dpi")
+    if dpi and scale:
+        kw["dpi"] = (float(dpi[0]) * float(scale), float(dpi[1]) * float(scale))
+    text = json.dumps({PROVENANCE_KEY: prov}) if prov else None
+    if fmt == "png":
+        if text:
+            info = PngImagePlugin.PngInfo()
+            info.add_text(PROVENANCE_KEY, json.dumps(prov))
+            kw["pnginfo"] = info
+        im.save(tmp, format="PNG", **kw)
+    else:
+        if text:
+            kw["comment"] = text.encode("utf-8")
+        im.save(tmp, format="JPEG", quality=95, subsampling=0, **kw)
+
+
+def _write_tiff(tmp: Path, arr: np.ndarray, like: dict, prov, scale, axes, rgb) -> None:
+    import tifffile
+
+    if axes is None:
+        axes = like.get("axes") if like.get("shape") is not None and len(like["shape"]) == arr.ndim else None
+    if rgb is None:
+        rgb = bool(like.get("rgb")) if like else (arr.ndim >= 3 and arr.shape[-1] in (3, 4))
+    if axes is not None and len(axes) != arr.ndim:
+        raise InputError(f"axes {axes!r} do not match an array with {arr.ndim} dimensions")
+    rgb = bool(rgb) and arr.ndim >= 3 and arr.shape[-1] in (3, 4)
+    if rgb and axes is not None and not axes.endswith("S"):
+        axes = axes[:-1] + "S"
+    meta: dict[str, Any] = {}
+    if axes:
+        meta["axes"] = axes
+    kw: dict[str, Any] = {"photometric": "rgb" if rgb else "minisblack"}
+    if rgb and arr.shape[-1] == 4:
+        extra = tuple(like.get("extrasamples") or ()) or ("unassalpha",)
+        kw["extrasamples"] = [e for e in extra][:1]
+    elif not rgb and arr.ndim >= 3 and like.get("photometric") == "rgb" and arr.shape[-1] in (3, 4):
+        # bands written as separate planes would lose the sample layout: keep them contig
+        kw["photometric"] = "minisblack"
+    ps, unit = _scaled_pixel_size(like, scale)
+    if ps:
+        meta["pixel_size"] = list(ps)
+        meta["unit"] = unit
+        u = (unit or "").strip()
+        if u in _MICRO:
+            kw["resolution"] = (1e4 / ps[1], 1e4 / ps[0])
+            kw["resolutionunit"] = "CENTIMETER"
+        elif u in ("cm", "centimeter"):
+            kw["resolution"] = (1.0 / ps[1], 1.0 / ps[0])
+            kw["resolutionunit"] = "CENTIMETER"
+        elif u in ("inch", "in"):
+            kw["resolution"] = (1.0 / ps[1], 1.0 / ps[0])
+            kw["resolutionunit"] = "INCH"
+    if scale:
+        meta["upscaled_by"] = scale
+    extratags = []
+    for code, dtype, value in like.get("geotags") or ():
+        if code == 33550 and scale:  # ModelPixelScale: ground size of a pixel shrinks
+            value = (float(value[0]) / float(scale), float(value[1]) / float(scale)) + tuple(value[2:])
+        elif code == 34264 and scale:  # ModelTransformation: scale the raster->model matrix
+            v = list(value)
+            for i in (0, 1, 4, 5):
+                v[i] = float(v[i]) / float(scale)
+            value = tuple(v)
+        if isinstance(value, str):
+            extratags.append((code, dtype, 0, value, True))
+        else:
+            vals = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value,)
+            extratags.append((code, dtype, len(vals), vals, True))
+    if extratags:
+        kw["extratags"] = extratags
+    if prov:
+        meta[PROVENANCE_KEY] = prov
+    tifffile.imwrite(tmp, arr, metadata=meta, **kw)

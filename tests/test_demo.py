@@ -1,0 +1,96 @@
+"""``napari-rrim-sr demo --headless``: writes images and a report, imports no Qt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+NO_QT = (
+    "import sys\n"
+    "from napari_rrim_sr.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "qt = sorted(m for m in sys.modules if m.split('.')[0] in ('PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'qtpy', 'napari', 'vispy'))\n"
+    "print('QT-MODULES:', qt)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _run(args, env_weights_dir, tmp_path):
+    env = dict(os.environ, NAPARI_RRIM_SR_WEIGHTS_DIR=str(env_weights_dir),
+               NAPARI_RRIM_SR_PLUGINS="none", QT_QPA_PLATFORM="offscreen")
+    return subprocess.run([sys.executable, "-c", NO_QT, *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=600)
+
+
+def test_headless_demo_writes_report_without_qt(tmp_path, tiny_weights_files):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for p in tiny_weights_files.values():
+        (weights / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "demo"
+    proc = _run(["demo", "--headless", "-o", str(out), "--samples", "microscopy,photo",
+                 "--size", "48"], weights, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "QT-MODULES: []" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert not report["untrained"]
+    assert [r["sample"] for r in report["samples"]] == ["microscopy", "photo"]
+    micro, photo = report["samples"]
+    assert micro["model"]["model_id"] == "tiny-rrim-x4-gray"
+    assert photo["model"]["model_id"].startswith("tiny-rrim-x4-rgb")
+    assert micro["output_shape"] == [192, 192] and photo["output_shape"] == [192, 192, 3]
+    for r in report["samples"]:
+        assert set(r["metrics"]) >= {"model", "bicubic", "convention"}
+        assert np.isfinite(r["metrics"]["bicubic"]["psnr"])
+        assert r["seconds"]["rrim"] > 0 and r["device"]
+        for f in r["files"].values():
+            assert (out / f).is_file(), f
+    md = (out / "report.md").read_text()
+    assert "| PSNR (dB) |" in md and "tiny-rrim-x4-gray" in md and "UNTRAINED" not in md
+    # the result TIFFs open in napari's reader with provenance
+    from napari_rrim_sr.bundle import read_layer_tiff
+
+    data, kw, _ = read_layer_tiff(out / "microscopy_rrim_x4.tif")
+    assert data.dtype == np.uint16 and data.shape == (192, 192)
+    assert kw["metadata"]["napari_rrim_sr"]["model_id"] == "tiny-rrim-x4-gray"
+    assert kw["metadata"]["napari_rrim_sr"]["metrics"]["model"]["psnr"] == pytest.approx(
+        micro["metrics"]["model"]["psnr"])
+    # refuses to overwrite an existing report
+    again = _run(["demo", "--headless", "-o", str(out), "--samples", "photo", "--size", "32"],
+                 weights, tmp_path)
+    assert again.returncode == 1 and "already holds a demo report" in again.stderr
+
+
+def test_headless_demo_without_weights(tmp_path):
+    empty = tmp_path / "none"
+    empty.mkdir()
+    out = tmp_path / "demo"
+    proc = _run(["demo", "--headless", "-o", str(out), "--samples", "microscopy", "--size", "32"],
+                empty, tmp_path)
+    assert proc.returncode == 1
+    assert "No trained weights" in proc.stderr and "--allow-untrained" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "report.json").exists()
+
+    proc = _run(["demo", "--headless", "-o", str(out), "--samples", "microscopy", "--size", "32",
+                 "--allow-untrained"], empty, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOMLY INITIALISED" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["untrained"] and report["samples"][0]["untrained"]
+    assert "UNTRAINED" in report["samples"][0]["model"]["model_id"]
+    assert "NO TRAINED WEIGHTS" in (out / "report.md").read_text()
+
+
+def test_demo_cli_help_lists_options():
+    from napari_rrim_sr.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
+    for opt in ("--headless", "--output", "--allow-untrained", "--samples", "--size"):
+        assert opt in text

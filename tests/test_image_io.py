@@ -1,0 +1,146 @@
+"""Image files: dtype/axes/pixel size kept, provenance written, nothing ever overwritten."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.image_io import read_image, write_image
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+PROV = {"model": {"model_id": "tiny", "weights_sha256": "ab" * 32}, "scale": 4}
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+@pytest.mark.parametrize(
+    "name,arr",
+    [
+        ("gray8.png", np.arange(35 * 21, dtype=np.uint32).reshape(35, 21).astype(np.uint8)),
+        ("gray16.png", (np.arange(35 * 21, dtype=np.uint32).reshape(35, 21) * 97).astype(np.uint16)),
+        ("rgb.png", np.random.default_rng(0).integers(0, 255, (17, 19, 3), dtype=np.uint8)),
+        ("rgba.png", np.random.default_rng(1).integers(0, 255, (17, 19, 4), dtype=np.uint8)),
+        ("stack16.tif", np.random.default_rng(2).integers(0, 4095, (3, 17, 19), dtype=np.uint16)),
+        ("float.tif", np.random.default_rng(3).random((17, 19)).astype(np.float32)),
+        ("signed.tif", np.random.default_rng(4).integers(-3000, 3000, (17, 19)).astype(np.int16)),
+        ("rgb16.tif", np.random.default_rng(5).integers(0, 65535, (17, 19, 3), dtype=np.uint16)),
+    ],
+)
+def test_round_trip_keeps_dtype_values_and_provenance(tmp_path, name, arr):
+    p = write_image(tmp_path / name, arr, metadata=PROV)
+    back, info = read_image(p)
+    assert back.dtype == arr.dtype
+    np.testing.assert_array_equal(back, arr)
+    assert info["provenance"] == PROV
+    assert info["rgb"] == (arr.ndim == 3 and arr.shape[-1] in (3, 4) and name != "stack16.tif")
+
+
+def test_jpeg_comment_provenance(tmp_path):
+    arr = np.random.default_rng(6).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    p = write_image(tmp_path / "x.jpg", arr, metadata=PROV)
+    back, info = read_image(p)
+    assert back.shape == arr.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - arr).mean() < 40  # lossy, but the same picture
+    assert info["provenance"] == PROV
+
+
+def test_stack_axes_and_scaled_pixel_size_survive(tmp_path):
+    import tifffile
+
+    arr = np.random.default_rng(7).integers(0, 255, (4, 12, 10), dtype=np.uint8)
+    src = tmp_path / "ome.ome.tif"
+    tifffile.imwrite(src, arr, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.3,
+                                                  "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    a, info = read_image(src)
+    assert info["axes"] == "ZYX" and info["spatial_axes"] == (1, 2)
+    assert info["pixel_size"] == pytest.approx((0.3, 0.2)) and info["unit"] == "µm"
+    out = write_image(tmp_path / "up.tif", a, like=info, scale=4, metadata=PROV)
+    b, info2 = read_image(out)
+    assert info2["axes"] == "ZYX"
+    assert info2["pixel_size"] == pytest.approx((0.075, 0.05)) and info2["unit"] == "µm"
+    with tifffile.TiffFile(out) as tf:  # resolution tags for other readers: px per cm
+        xres = tf.pages[0].tags["XResolution"].value
+        assert xres[0] / xres[1] == pytest.approx(1e4 / 0.05, rel=1e-4)
+
+
+def test_real_microscopy_and_satellite_files(tmp_path):
+    a, info = read_image(need(DATA / "microscopy" / "stardist_samples" / "img2d.tif"))
+    assert a.dtype == np.uint16 and a.shape == (512, 512) and info["axes"] == "YX"
+    b, info = read_image(need(DATA / "microscopy" / "bioimage_notebooks" / "IXMtest_A02_s9.tif"))
+    assert b.shape == (3, 395, 695) and info["axes"] == "CYX" and not info["rgb"]
+    c, info = read_image(need(DATA / "microscopy" / "bioimage_notebooks" / "hela-cells.tif"))
+    assert info["rgb"] and info["unit"] == "µm" and info["pixel_size"][0] == pytest.approx(0.0515, rel=1e-2)
+    naip = sorted(need(DATA / "satellite" / "opengeos_naip").glob("*.tif"))[0]
+    d, info = read_image(naip)
+    assert d.shape[-1] == 4 and not info["rgb"] and info["axes"] == "YXC"  # RGB+NIR bands, not RGBA
+    assert any("4 bands" in w for w in info["warnings"])
+    out = write_image(tmp_path / "naip.tif", d[:20, :30], like=info, scale=4)
+    _, info2 = read_image(out)
+    geo = {code: v for code, _, v in info2["geotags"]}
+    orig = {code: v for code, _, v in info["geotags"]}
+    assert geo[33550][0] == pytest.approx(orig[33550][0] / 4)  # ground pixel size / 4
+    assert geo[33922] == orig[33922]  # same tie point: still georeferenced
+
+
+def test_never_overwrites(tmp_path):
+    arr = np.zeros((8, 8), np.uint8)
+    p = tmp_path / "a.png"
+    write_image(p, arr)
+    before = p.read_bytes()
+    with pytest.raises(InputError, match="exists"):
+        write_image(p, arr + 1)
+    assert p.read_bytes() == before
+    write_image(p, arr + 1, overwrite=True)
+    assert read_image(p)[0].max() == 1
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temp files left
+
+
+def test_refuses_to_write_over_the_input(tmp_path):
+    arr = np.zeros((8, 8), np.uint16)
+    src = write_image(tmp_path / "in.tif", arr)
+    a, info = read_image(src)
+    before = src.read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="input file"):
+            write_image(tmp_path / "." / "in.tif", a + 5, like=info, overwrite=overwrite)
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "name,arr,match",
+    [
+        ("x.png", np.zeros((4, 4, 3), np.uint16), "16-bit RGB"),
+        ("x.png", np.zeros((4, 4), np.float32), "tif"),
+        ("x.jpg", np.zeros((4, 4), np.uint16), "JPEG"),
+        ("x.png", np.zeros((2, 4, 5), np.uint8), "shape"),
+        ("x.bmp", np.zeros((4, 4), np.uint8), "unsupported"),
+        ("x.tif", np.zeros((0, 4), np.uint8), "empty"),
+        ("x.tif", np.zeros((4, 4), bool), "dtype"),
+    ],
+)
+def test_write_errors(tmp_path, name, arr, match):
+    with pytest.raises(InputError, match=match):
+        write_image(tmp_path / name, arr)
+    assert not (tmp_path / name).exists()
+
+
+def test_unreadable_files(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(InputError, match="broken.png: cannot read"):
+        read_image(bad)
+    trunc = tmp_path / "trunc.tif"
+    write_image(trunc, np.zeros((64, 64), np.uint16))
+    trunc.write_bytes(trunc.read_bytes()[:100])
+    with pytest.raises(InputError, match="trunc.tif"):
+        read_image(trunc)
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "missing.tif")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="unsupported file type"):
+        read_image(tmp_path / "notes.txt")

@@ -1,0 +1,317 @@
+"""Qt-free layer logic: names, world alignment, appearance, provenance, the upscale job."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from napari_rrim_sr import layers as L
+from napari_rrim_sr.errors import InputError
+
+
+# -- names -----------------------------------------------------------------------------------
+
+def test_result_names_round_trip():
+    assert L.result_name("cells", "rrim") == "cells RRIM x4"
+    assert L.result_name("cells", "bicubic") == "cells bicubic x4"
+    assert L.result_name("a b", "rrim", 2) == "a b RRIM x2"
+    assert L.parse_result_name("my cells RRIM x4") == ("my cells", "rrim", 4)
+    assert L.parse_result_name("cells") is None
+    assert L.sibling_name("cells RRIM x4", "bicubic") == "cells bicubic x4"
+    assert L.sibling_name("cells", "bicubic") is None
+    with pytest.raises(ValueError):
+        L.result_name("x", "nearest")
+
+
+# -- geometry --------------------------------------------------------------------------------
+
+def test_upscaled_geometry_formula():
+    scale, translate = L.upscaled_geometry((2.0, 0.5, 3.0), (1.0, 10.0, -4.0), 4)
+    assert scale == (2.0, 0.125, 0.75)  # non-spatial axis keeps its scale
+    # t - s/2 + s/8 on spatial axes, unchanged elsewhere
+    assert translate == pytest.approx((1.0, 10.0 - 0.25 + 0.0625, -4.0 - 1.5 + 0.375))
+    scale, translate = L.upscaled_geometry((1.0, 1.0), (0.0, 0.0), 2)
+    assert translate == pytest.approx((-0.25, -0.25))
+
+
+def test_sub_pixels_tile_the_source_pixel():
+    """The f x f result pixels under source pixel i exactly cover its world interval."""
+    s, t, f = 1.7, -3.2, 4
+    (ns,), (nt,) = (v[1:] for v in L.upscaled_geometry((1.0, s), (0.0, t), f))
+    for i in (0, 5, 11):
+        lo_src, hi_src = t + (i - 0.5) * s, t + (i + 0.5) * s
+        subs = [(nt + (j - 0.5) * ns, nt + (j + 0.5) * ns) for j in range(f * i, f * i + f)]
+        assert subs[0][0] == pytest.approx(lo_src)
+        assert subs[-1][1] == pytest.approx(hi_src)
+        for (a0, a1), (b0, b1) in zip(subs, subs[1:]):
+            assert a1 == pytest.approx(b0)
+
+
+@pytest.mark.parametrize("shape,pos", [((15, 17), (6, 9)), ((16, 16), (0, 15)), ((9, 30), (4, 2))])
+def test_single_bright_pixel_maps_to_centre_of_its_block(shape, pos):
+    """Engine bicubic of a one-pixel image: the response's centroid, mapped to world space with
+    the result geometry, is the source pixel's world centre (and so is the 4x4 block centre)."""
+    from napari_rrim_sr.engine import upscale_bicubic
+
+    scale, translate = (0.7, 1.3), (5.0, -2.0)
+    img = np.zeros(shape, dtype=np.float32)
+    img[pos] = 1.0
+    up = upscale_bicubic(img, 4)
+    assert up.shape == (shape[0] * 4, shape[1] * 4)
+    nscale, ntrans = L.upscaled_geometry(scale, translate, 4)
+    src_world = L.world_centre(scale, translate, pos)
+    block_centre = np.array(pos) * 4 + 1.5
+    np.testing.assert_allclose(L.world_centre(nscale, ntrans, block_centre), src_world, atol=1e-12)
+    if 0 < pos[0] < shape[0] - 1 and 0 < pos[1] < shape[1] - 1:  # away from mirrored borders
+        yy, xx = np.indices(up.shape)
+        w = up.astype(np.float64)
+        centroid = np.array([(w * yy).sum(), (w * xx).sum()]) / w.sum()
+        np.testing.assert_allclose(L.world_centre(nscale, ntrans, centroid), src_world, atol=1e-9)
+    # the brightest result pixels are the 2x2 at the block's centre
+    top = np.argwhere(up >= up.max() - 1e-6)
+    np.testing.assert_array_equal(np.sort(top[:, 0]) // 4, [pos[0]] * len(top))
+
+
+def test_alignment_with_rotation_and_shear_matches_napari():
+    napari_layers = pytest.importorskip("napari.layers")
+    src = napari_layers.Image(np.zeros((6, 7)), scale=(0.5, 2.0), translate=(3.0, 1.0),
+                              rotate=25.0, shear=[0.3])
+    info = L.source_info(src)
+    out = np.zeros((24, 28))
+    kw = L.result_layer_kwargs(info, out, kind="rrim")
+    res = napari_layers.Image(out, scale=kw["scale"], translate=kw["translate"],
+                              rotate=kw["rotate"], shear=kw["shear"])
+    for pos in [(0, 0), (2, 5), (5, 6)]:
+        centre = np.array(pos) * 4 + 1.5
+        np.testing.assert_allclose(res.data_to_world(centre), src.data_to_world(pos), atol=1e-9)
+        np.testing.assert_allclose(L.world_centre(info["scale"], info["translate"], pos,
+                                                  info["rotate"], info["shear"]),
+                                   src.data_to_world(pos), atol=1e-9)
+
+
+def test_current_slice_geometry_and_index():
+    idx = L.current_slice_index((5, 3, 10, 12), 4, (3.6, -2, 4.0, 4.0))
+    assert idx == {0: 4, 1: 0}  # rounded and clamped, spatial axes skipped
+    assert L.slice_key(4, idx) == (slice(4, 5), slice(0, 1), slice(None), slice(None))
+    scale, translate = L.upscaled_geometry((2.0, 1.0, 1.0), (10.0, 0.0, 0.0), 4, slice_index={0: 3})
+    assert scale == (2.0, 0.25, 0.25)
+    assert translate[0] == pytest.approx(16.0)  # placed at its slice: t + 3 * s
+    with pytest.raises(ValueError):
+        L.upscaled_geometry((1.0, 1.0), (0.0, 0.0), 4, slice_index={1: 0})
+
+
+# -- layer kwargs ----------------------------------------------------------------------------
+
+def _info(**kw):
+    base = dict(name="img", ndim=2, rgb=False, shape=(4, 5), dtype=np.dtype(np.uint16),
+                scale=(1.0, 1.0), translate=(0.0, 0.0), contrast_limits=(10.0, 900.0),
+                colormap="viridis", blending="additive", gamma=0.8, opacity=0.5)
+    base.update(kw)
+    return base
+
+
+def test_result_layer_kwargs_copy_appearance_and_record():
+    data = np.zeros((16, 20), np.uint16)
+    kw = L.result_layer_kwargs(_info(), data, kind="bicubic", record={"kind": "bicubic"})
+    assert kw["name"] == "img bicubic x4"
+    assert kw["contrast_limits"] == (10.0, 900.0)
+    assert kw["colormap"] == "viridis" and kw["blending"] == "additive"
+    assert kw["gamma"] == 0.8 and kw["opacity"] == 0.5
+    assert kw["metadata"] == {L.META_KEY: {"kind": "bicubic"}}
+    # another dtype: contrast limits are not meaningful any more
+    kw = L.result_layer_kwargs(_info(), data.astype(np.float32), kind="rrim")
+    assert "contrast_limits" not in kw
+    # RGB: no colormap; wrong dimensionality refused
+    kw = L.result_layer_kwargs(_info(rgb=True), np.zeros((16, 20, 3), np.uint16), kind="rrim")
+    assert kw["rgb"] and "colormap" not in kw
+    with pytest.raises(InputError):
+        L.result_layer_kwargs(_info(), np.zeros((2, 16, 20), np.uint16), kind="rrim")
+
+
+# -- normalisation and memory ----------------------------------------------------------------
+
+def test_auto_normalization_rules():
+    assert L.auto_normalization(np.uint8, 0, 255) == {"normalization": "dtype"}
+    assert L.auto_normalization(np.uint8, 0, 20) == {"normalization": "dtype"}  # dark photo
+    assert L.auto_normalization(np.uint16, 0, 60000) == {"normalization": "dtype"}
+    assert L.auto_normalization(np.uint16, 3, 4095) == {"normalization": "range"}  # 12-bit data
+    assert L.auto_normalization(np.uint16, 0, 235) == {"normalization": "range"}
+    assert L.auto_normalization(np.float32) == {"normalization": "range"}
+    with pytest.raises(InputError):
+        L.auto_normalization(np.bool_)
+    assert L.normalization_kwargs("percentile", np.uint16, percentiles=(1, 99)) == {
+        "normalization": "percentile", "percentiles": (1.0, 99.0)}
+    with pytest.raises(InputError):
+        L.normalization_kwargs("percentile", np.uint16, percentiles=(50, 10))
+    with pytest.raises(InputError):
+        L.normalization_kwargs("dtype", np.float32)
+
+
+def test_memory_check_and_estimate():
+    assert L.output_nbytes((3, 100, 100), np.uint16) == 3 * 100 * 100 * 16 * 2
+    L.check_fits_in_memory(1000, "x", suggestion="s", available=10_000)
+    with pytest.raises(InputError, match="tick 'Current slice only'"):
+        L.check_fits_in_memory(10_000, "Upscaling the stack", available=10_000,
+                               suggestion="tick 'Current slice only'")
+    assert L.available_memory() is None or L.available_memory() > 0
+
+
+# -- network interpolation -------------------------------------------------------------------
+
+def test_interpolation_pair_and_state_dicts():
+    torch = pytest.importorskip("torch")
+    ids = ["rrim-x4-rgb-psnr", "rrim-x4-rgb-gan", "rrim-x4-gray", "other-psnr"]
+    assert L.interpolation_pair("rrim-x4-rgb-gan", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
+    assert L.interpolation_pair("rrim-x4-rgb-psnr", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
+    assert L.interpolation_pair("other-psnr", ids) is None  # no partner
+    assert L.interpolation_pair("rrim-x4-gray", ids) is None
+    a = {"w": torch.zeros(2), "n": torch.tensor([3])}
+    b = {"w": torch.ones(2), "n": torch.tensor([3])}
+    mid = L.interpolate_state_dicts(a, b, 0.25)
+    assert torch.allclose(mid["w"], torch.full((2,), 0.25)) and int(mid["n"]) == 3
+    with pytest.raises(InputError):
+        L.interpolate_state_dicts(a, {"w": torch.ones(3), "n": torch.tensor([3])}, 0.5)
+    with pytest.raises(ValueError):
+        L.interpolate_state_dicts(a, b, 1.5)
+
+
+# -- metrics helpers -------------------------------------------------------------------------
+
+def test_metrics_table_and_data_range():
+    res = {"model": {"rmse": 2.0, "psnr": 30.0, "ssim": 0.9, "fsim": 0.95},
+           "bicubic": {"rmse": 3.0, "psnr": 28.5, "ssim": 0.85, "fsim": 0.9}, "convention": "c"}
+    t = L.metrics_table(res)
+    assert t["index"] == ["RMSE", "PSNR (dB)", "SSIM", "FSIM"]
+    assert t["columns"] == ["RRIM", "bicubic", "RRIM - bicubic"]
+    assert t["data"][1] == [30.0, 28.5, 1.5]
+    assert L.metrics_table({"model": {"psnr": 1.0}})["columns"] == ["RRIM"]
+    ref = np.array([[0, 4095]], np.uint16)
+    assert L.metrics_data_range(np.uint16, ref) == 4095  # 12-bit data in uint16
+    assert L.metrics_data_range(np.uint8, np.array([[0, 10]], np.uint8)) == 255
+    assert L.metrics_data_range(np.uint16, np.array([[0, 60000]], np.uint16)) == 65535
+
+
+def test_compare_arrays_averages_planes():
+    from napari_rrim_sr.metrics import compare
+
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, size=(2, 24, 24)).astype(np.uint8)
+    sr = np.clip(hr.astype(int) + rng.integers(-9, 10, size=hr.shape), 0, 255).astype(np.uint8)
+    got = L.compare_arrays(sr, hr, rgb=False, data_range=255)
+    per = [compare(sr[i], hr[i], data_range=255) for i in range(2)]
+    assert got["psnr"] == pytest.approx(np.mean([p["psnr"] for p in per]))
+    assert "mean over 2 planes" in got["convention"]
+    with pytest.raises(InputError, match="differ in shape"):
+        L.compare_arrays(sr[:, :20], hr, rgb=False, data_range=255)
+    err = L.error_map(np.full((2, 2, 3), 5, np.uint8), np.zeros((2, 2, 3), np.uint8), rgb=True)
+    assert err.shape == (2, 2) and float(err.max()) == 5.0
+
+
+# -- the upscale job -------------------------------------------------------------------------
+
+def _drain(gen):
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        return stop.value, events
+
+
+def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 4096, size=(2, 20, 24), dtype=np.uint16)
+    before = data.copy()
+    data.flags.writeable = False  # any write into the source would raise
+    src = _info(name="stack", ndim=3, shape=data.shape, scale=(3.0, 1.0, 1.0),
+                translate=(0.0, 0.0, 0.0), contrast_limits=(0, 4095))
+    job = L.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=32,
+                       bicubic=True, metrics=True)
+    res, events = _drain(L.run_upscale(job))
+    np.testing.assert_array_equal(data, before)
+    assert res.sr.shape == res.bicubic.shape == (2, 80, 96) and res.sr.dtype == np.uint16
+    assert events[-1].message == "self-check metrics"
+    assert any(e.tiles_total > 0 and e.tiles_done == e.tiles_total for e in events)
+    assert res.normalization["mode"] == "range"  # 12-bit values in uint16
+    kw = res.layer_kwargs("rrim")
+    rec = kw["metadata"][L.META_KEY]
+    entry = tiny_registry.find_weights("tiny-rrim-x4-gray")
+    assert rec["model_id"] == entry.id and rec["weights_sha256"] == entry.sha256
+    assert rec["tile"] == 32 and rec["overlap"] == 16 and rec["elapsed_s"] > 0
+    assert set(rec["metrics"]) == {"model", "bicubic", "convention"}
+    assert kw["scale"] == (3.0, 0.25, 0.25)
+    bkw = res.layer_kwargs("bicubic")
+    assert bkw["metadata"][L.META_KEY]["model_id"] is None
+
+
+def test_run_upscale_on_dask_equals_numpy(tiny_registry):
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 256, size=(2, 16, 18), dtype=np.uint8)
+    src = _info(name="s", ndim=3, shape=data.shape, dtype=np.dtype(np.uint8),
+                scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
+    res_np, _ = _drain(L.run_upscale(L.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
+                                                  bicubic=True)))
+    lazy = da.from_array(data, chunks=(1, 16, 18))
+    res_da, _ = _drain(L.run_upscale(L.UpscaleJob(source=src, data=lazy, weights_id="tiny-rrim-x4-gray",
+                                                  bicubic=True)))
+    np.testing.assert_array_equal(res_da.sr, res_np.sr)
+    np.testing.assert_array_equal(res_da.bicubic, res_np.bicubic)
+
+
+def test_closing_a_run_stops_between_tiles_and_releases_memory(tiny_registry, monkeypatch):
+    from napari_rrim_sr import devices
+
+    released = []
+    real = devices.release_memory
+    monkeypatch.setattr(devices, "release_memory", lambda d=None: (released.append(d), real(d)))
+    data = np.zeros((64, 64), np.uint8)
+    job = L.UpscaleJob(source=_info(shape=data.shape, dtype=np.dtype(np.uint8)), data=data,
+                       weights_id="tiny-rrim-x4-gray", tile=32)
+    gen = L.run_upscale(job)
+    first = next(gen)
+    second = next(gen)
+    assert first.tiles_total > 2 and second.tiles_done <= 1
+    gen.close()
+    assert released, "closing the run must release device memory"
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_no_weights_message_names_the_user_folder(isolated_registry):
+    from napari_rrim_sr.registry import user_weights_dir
+
+    msg = L.no_weights_message()
+    assert "No trained weights" in msg and str(user_weights_dir()) in msg
+    with pytest.raises(InputError, match="No trained weights"):
+        L.load_job_model(None)
+
+
+def test_layers_module_imports_no_qt():
+    import subprocess
+
+    code = ("import sys, napari_rrim_sr.layers, napari_rrim_sr.bundle; "
+            "bad = [m for m in sys.modules if m.startswith(('qtpy', 'PyQt5', 'PySide', 'napari.', 'magicgui'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_self_check_follows_the_evaluate_protocol(tiny_registry, rgb):
+    from napari_rrim_sr.evaluate import evaluate
+    from napari_rrim_sr.weights_io import load_model
+
+    rng = np.random.default_rng(5)
+    plane = rng.integers(0, 256, size=(42, 45, 3) if rgb else (42, 45), dtype=np.uint8)
+    model = load_model("tiny-rrim-x4-rgb" if rgb else "tiny-rrim-x4-gray")
+    res, imgs = L.self_check_images(plane, model, rgb=rgb, normalization="dtype", precision="fp32")
+    ev = evaluate(plane, model, data_range=255, normalization="dtype", precision="fp32")
+    for which in ("model", "bicubic"):
+        for key in ("rmse", "psnr", "ssim", "fsim"):
+            assert res[which][key] == pytest.approx(ev[which][key], rel=1e-6), (which, key)
+    assert imgs["hr"].shape[:2] == (40, 44) and imgs["lr"].shape[:2] == (10, 11)
+    assert imgs["model"].shape == imgs["bicubic"].shape == imgs["hr"].shape
+    assert ("Y channel" in res["convention"]) is rgb  # the SR convention for RGB

@@ -1,0 +1,402 @@
+"""The upscale and metrics widgets in a real napari viewer (run under xvfb-run).
+
+Models are the tiny randomly initialised RRIMs of ``conftest.tiny_registry``, contributed
+through the weights hook; runs are on small images so the whole module takes seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("qtpy")
+
+from napari_rrim_sr import layers as L  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, tiny_registry):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Record the notifications the widgets show (instead of napari's notification manager)."""
+    from napari_rrim_sr._napari import menu, widgets
+
+    got = {"error": [], "info": []}
+    monkeypatch.setattr(widgets, "show_error", lambda m: got["error"].append(m))
+    monkeypatch.setattr(widgets, "show_info", lambda m: got["info"].append(m))
+    monkeypatch.setattr(menu, "show_info", lambda m: got["info"].append(m))
+    return got
+
+
+def _upscale_widget(viewer):
+    from napari_rrim_sr._napari.widgets import UpscaleWidget
+
+    w = UpscaleWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Upscale (RRIM x4)")
+    return w
+
+
+def _run(qtbot, widget, **settings):
+    for key, value in settings.items():
+        getattr(widget, key).value = value
+    worker = widget.run()
+    assert worker is not None, widget.status.value
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    return worker
+
+
+def _shown(widget) -> bool:
+    """Whether a magicgui widget is set visible (the viewer window itself is not shown)."""
+    return not widget.native.isHidden()
+
+
+def _gray(shape=(40, 48), seed=0, hi=60000):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, hi, size=shape, dtype=np.uint16)
+
+
+def test_upscale_2d_gray_uint16(viewer, qtbot, notes, tiny_registry):
+    data = _gray()
+    before = data.copy()
+    src = viewer.add_image(data, name="cells", scale=(0.5, 2.0), translate=(10.0, -3.0),
+                           colormap="magma", contrast_limits=(100, 50000), blending="additive")
+    w = _upscale_widget(viewer)
+    assert w.source.value is src
+    assert w.model.value == "tiny-rrim-x4-gray"  # default for 1-channel data
+    _run(qtbot, w, tile=16, add_bicubic=True)
+    assert not notes["error"], notes["error"]
+    names = [lay.name for lay in viewer.layers]
+    assert names == ["cells", "cells bicubic x4", "cells RRIM x4"]
+    sr, bic = viewer.layers["cells RRIM x4"], viewer.layers["cells bicubic x4"]
+    for lay in (sr, bic):
+        assert lay.data.dtype == np.uint16
+        assert lay.data.shape == (160, 192)
+        np.testing.assert_allclose(lay.scale, (0.125, 0.5))
+        # t - s/2 + s/8 per spatial axis
+        np.testing.assert_allclose(lay.translate, (10 - 0.25 + 0.0625, -3 - 1.0 + 0.25))
+        assert lay.colormap.name == "magma"
+        assert tuple(lay.contrast_limits) == (100, 50000)
+        assert lay.blending == "additive"
+    rec = sr.metadata[L.META_KEY]
+    entry = tiny_registry.find_weights("tiny-rrim-x4-gray")
+    assert rec["model_id"] == "tiny-rrim-x4-gray"
+    assert rec["weights_sha256"] == entry.sha256
+    assert rec["tile"] == 16 and rec["precision"] in ("fp32", "bf16")
+    assert rec["elapsed_s"] > 0 and rec["device"] == "cpu"
+    assert bic.metadata[L.META_KEY]["kind"] == "bicubic"
+    # the source layer is untouched
+    assert src.data is data
+    np.testing.assert_array_equal(src.data, before)
+    assert viewer.layers.selection.active is sr
+    assert "Added 'cells RRIM x4'" in w.status.value
+
+
+def test_upscale_rgb_uint8(viewer, qtbot, notes):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, size=(24, 28, 3), dtype=np.uint8)
+    before = data.copy()
+    viewer.add_image(data, name="photo", rgb=True)
+    w = _upscale_widget(viewer)
+    assert w.model.value == "tiny-rrim-x4-rgb"  # default for RGB data
+    viewer.add_image(_gray((8, 8)), name="gray")
+    w.source.value = viewer.layers["gray"]
+    assert w.model.value == "tiny-rrim-x4-gray"  # defaults follow the source...
+    w.model.value = "tiny-rrim-x4-rgb-gan"
+    w.source.value = viewer.layers["photo"]
+    assert w.model.value == "tiny-rrim-x4-rgb-gan"  # ...until the user picks a model
+    w.model.value = "tiny-rrim-x4-rgb"
+    viewer.layers.remove("gray")
+    _run(qtbot, w, add_bicubic=False)
+    assert not notes["error"], notes["error"]
+    assert [lay.name for lay in viewer.layers] == ["photo", "photo RRIM x4"]
+    sr = viewer.layers["photo RRIM x4"]
+    assert sr.rgb and sr.data.dtype == np.uint8 and sr.data.shape == (96, 112, 3)
+    np.testing.assert_allclose(sr.scale, (0.25, 0.25))
+    np.testing.assert_allclose(sr.translate, (-0.375, -0.375))
+    np.testing.assert_array_equal(viewer.layers["photo"].data, before)
+
+
+def test_upscale_3d_stack_current_slice_then_full(viewer, qtbot, notes):
+    data = _gray((3, 20, 24), seed=2)
+    before = data.copy()
+    viewer.add_image(data, name="stack", scale=(2.0, 0.5, 0.5), translate=(1.0, 0.0, 0.0))
+    viewer.dims.set_point(0, 1.0 + 2.0 * 2)  # world z of slice 2
+    w = _upscale_widget(viewer)
+    assert _shown(w.current_slice)
+    _run(qtbot, w, current_slice=True, add_bicubic=True, tile=0)
+    assert not notes["error"], notes["error"]
+    one = viewer.layers["stack RRIM x4"]
+    assert one.data.shape == (1, 80, 96)
+    np.testing.assert_allclose(one.scale, (2.0, 0.125, 0.125))
+    np.testing.assert_allclose(one.translate, (1.0 + 2 * 2.0, -0.1875, -0.1875))
+    assert one.metadata[L.META_KEY]["slice_index"] == {"0": 2}
+    slice_result = one.data.copy()
+    viewer.layers.remove(one)
+    viewer.layers.remove("stack bicubic x4")
+
+    _run(qtbot, w, current_slice=False, add_bicubic=True, tile=0)
+    full = viewer.layers["stack RRIM x4"]
+    bic = viewer.layers["stack bicubic x4"]
+    assert full.data.shape == bic.data.shape == (3, 80, 96)
+    np.testing.assert_allclose(full.scale, (2.0, 0.125, 0.125))
+    np.testing.assert_allclose(full.translate, (1.0, -0.1875, -0.1875))
+    assert full.metadata[L.META_KEY]["slices"] == "all"
+    # the current-slice run is the same computation as that plane of the full run
+    # (data using the uint16 range -> dtype normalisation in both)
+    np.testing.assert_allclose(full.data[2].astype(int), slice_result[0].astype(int), atol=1)
+    np.testing.assert_array_equal(viewer.layers["stack"].data, before)
+
+
+def test_cancel_stops_within_a_tile_and_adds_no_layer(viewer, qtbot, notes):
+    viewer.add_image(_gray((96, 96), seed=3), name="big")
+    w = _upscale_widget(viewer)
+    w.tile.value = 32  # several tiles
+    w.add_bicubic.value = True
+    seen = []
+
+    def on_progress(p):
+        seen.append(p)
+        if p.tiles_done >= 1 and not w._cancelled:
+            seen.append("cancel")
+            w.cancel()
+
+    worker = w.run()
+    worker.yielded.connect(on_progress)
+    with qtbot.waitSignal(worker.aborted, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert [lay.name for lay in viewer.layers] == ["big"]
+    assert "Cancelled" in w.status.value
+    i = seen.index("cancel")
+    tiles_total = seen[0].tiles_total
+    assert tiles_total > 4
+    after = [p for p in seen[i + 1:] if p != "cancel"]
+    # the worker checks for cancellation between tiles: at most the tile in flight finishes
+    assert len(after) <= 1, after
+    last = (after or [seen[i - 1]])[-1]
+    assert last.tiles_done < tiles_total
+    assert w.last_result is None
+    assert w.run_button.enabled and not w.cancel_button.enabled
+
+
+def test_layers_align_in_world_coordinates(viewer, qtbot, notes):
+    """A single bright source pixel lands on the centre of its 4x4 block in world space."""
+    data = np.zeros((15, 17), dtype=np.uint16)
+    data[6, 9] = 60000
+    src = viewer.add_image(data, name="dot", scale=(0.7, 1.3), translate=(5.0, -2.0))
+    w = _upscale_widget(viewer)
+    _run(qtbot, w, add_bicubic=True, normalization="dtype")
+    bic = viewer.layers["dot bicubic x4"]
+    sr = viewer.layers["dot RRIM x4"]
+    np.testing.assert_allclose(sr.scale, bic.scale)
+    np.testing.assert_allclose(sr.translate, bic.translate)
+    weights = bic.data.astype(float)
+    yy, xx = np.indices(weights.shape)
+    centroid_data = np.array([(weights * yy).sum(), (weights * xx).sum()]) / weights.sum()
+    np.testing.assert_allclose(bic.data_to_world(centroid_data), src.data_to_world((6, 9)), atol=1e-6)
+    # the 4x4 block of sub-pixels under the source pixel is centred on it
+    block_centre = np.array([6 * 4 + 1.5, 9 * 4 + 1.5])
+    np.testing.assert_allclose(sr.data_to_world(block_centre), src.data_to_world((6, 9)), atol=1e-9)
+
+
+def test_no_weights_is_a_plain_message(make_napari_viewer, isolated_registry, qtbot, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(_gray((16, 16)), name="img")
+    w = _upscale_widget(viewer)
+    assert w.model.value is None
+    assert "No trained weights are installed" in w.model_info.value
+    assert not w.run_button.enabled
+    assert w.run() is None
+    assert len(notes["error"]) == 1 and "No trained weights are installed" in notes["error"][0]
+    assert "Traceback" not in notes["error"][0]
+    assert len(viewer.layers) == 1
+
+
+def test_too_large_for_memory_suggests_current_slice(viewer, qtbot, notes, monkeypatch):
+    viewer.add_image(_gray((4, 16, 16)), name="stack")
+    w = _upscale_widget(viewer)
+    w.current_slice.value = False
+    monkeypatch.setattr(L, "available_memory", lambda: 100_000)
+    assert w.run() is None
+    assert len(notes["error"]) == 1
+    assert "Current slice only" in notes["error"][0] and "memory" in notes["error"][0]
+    assert len(viewer.layers) == 1
+
+
+def test_errors_in_the_worker_are_notifications(viewer, qtbot, notes, monkeypatch):
+    viewer.add_image(_gray((16, 16)), name="img")
+    w = _upscale_widget(viewer)
+    from napari_rrim_sr import engine
+
+    def boom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine.Upscaler, "upscale_iter", boom)
+    released = []
+    from napari_rrim_sr import devices
+
+    real_release = devices.release_memory
+    monkeypatch.setattr(devices, "release_memory", lambda d=None: (released.append(d), real_release(d)))
+    _run(qtbot, w)
+    assert len(notes["error"]) == 1
+    assert "ran out of memory" in notes["error"][0] and "smaller tile" in notes["error"][0]
+    assert released, "device memory must be released after an error"
+    assert len(viewer.layers) == 1
+    assert w.run_button.enabled
+
+
+def test_interpolation_slider_between_psnr_and_gan(viewer, qtbot, notes, tiny_registry):
+    rng = np.random.default_rng(4)
+    viewer.add_image(rng.integers(0, 256, size=(16, 20, 3), dtype=np.uint8), name="rgb", rgb=True)
+    w = _upscale_widget(viewer)
+    w.model.value = "tiny-rrim-x4-rgb"
+    assert not _shown(w.alpha)
+    w.model.value = "tiny-rrim-x4-rgb-gan"
+    assert _shown(w.alpha) and w.alpha.value == 1.0
+    w.model.value = "tiny-rrim-x4-rgb-psnr"
+    assert _shown(w.alpha) and w.alpha.value == 0.0
+    _run(qtbot, w, alpha=0.5, add_bicubic=False)
+    rec = viewer.layers["rgb RRIM x4"].metadata[L.META_KEY]
+    assert rec["interpolation_alpha"] == 0.5
+    assert [d["id"] for d in rec["interpolated_from"]] == ["tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan"]
+    # alpha=0.5 differs from both end points
+    out_mid = viewer.layers["rgb RRIM x4"].data.astype(int)
+    viewer.layers.remove("rgb RRIM x4")
+    _run(qtbot, w, alpha=0.0)
+    out_psnr = viewer.layers["rgb RRIM x4"].data.astype(int)
+    assert viewer.layers["rgb RRIM x4"].metadata[L.META_KEY]["model_id"] == "tiny-rrim-x4-rgb-psnr"
+    assert np.abs(out_mid - out_psnr).max() > 0
+
+
+def test_menu_command_docks_widget_preset_to_active_layer(viewer, qtbot, notes):
+    from napari._app_model import get_app_model
+
+    a = viewer.add_image(_gray((8, 8)), name="a")
+    b = viewer.add_image(_gray((8, 8), seed=5), name="b")
+    viewer.layers.selection.active = a
+    app = get_app_model()
+    items = [getattr(i, "command", None) for i in app.menus.get_menu("napari/layers/transform")]
+    assert "napari-rrim-sr.upscale" in [c.id for c in items if c is not None]
+    widget = app.commands.execute_command("napari-rrim-sr.upscale").result()
+    assert widget.source.value is a
+    dock = viewer.window._dock_widgets
+    assert any("Upscale (RRIM x4)" in name for name in dock)
+    viewer.layers.selection.active = b
+    again = app.commands.execute_command("napari-rrim-sr.upscale").result()
+    assert again is widget and widget.source.value is b  # the docked widget is reused
+    # a labels layer is not upscaled: a plain message, the source stays an image layer
+    labels = viewer.add_labels(np.zeros((8, 8), np.uint8), name="masks")
+    viewer.layers.selection.active = labels
+    app.commands.execute_command("napari-rrim-sr.upscale").result()
+    assert any("Labels layer" in m and "image layers" in m for m in notes["info"]), notes
+    assert widget.source.value is b
+    assert labels not in widget.source.choices
+
+
+def test_percentile_normalisation_fields(viewer, qtbot, notes):
+    viewer.add_image(_gray((20, 20), seed=9), name="img")
+    w = _upscale_widget(viewer)
+    assert not _shown(w.p_low) and not _shown(w.p_high)
+    w.normalization.value = "percentile"
+    assert _shown(w.p_low) and _shown(w.p_high)
+    w.p_low.value, w.p_high.value = 1.0, 99.0
+    _run(qtbot, w, add_bicubic=False)
+    assert not notes["error"], notes["error"]
+    norm = viewer.layers["img RRIM x4"].metadata[L.META_KEY]["normalization"]
+    assert norm["mode"] == "percentile" and norm["percentiles"] == [1.0, 99.0]
+    w.p_low.value, w.p_high.value = 60.0, 40.0  # impossible: refused with a message
+    assert w.run() is None
+    assert "percentiles" in notes["error"][-1]
+
+
+def test_metrics_widget_compare_and_error_maps(viewer, qtbot, notes):
+    from napari_rrim_sr._napari.widgets import MetricsWidget
+    from napari_rrim_sr.metrics import compare
+
+    rng = np.random.default_rng(6)
+    hr = rng.integers(0, 256, size=(40, 44), dtype=np.uint8)
+    sr = np.clip(hr.astype(int) + rng.integers(-5, 6, size=hr.shape), 0, 255).astype(np.uint8)
+    bic = np.clip(hr.astype(int) + rng.integers(-20, 21, size=hr.shape), 0, 255).astype(np.uint8)
+    viewer.add_image(hr, name="hr")
+    viewer.add_image(bic, name="x bicubic x4")
+    viewer.add_image(sr, name="x RRIM x4")
+    w = MetricsWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.sr_layer.value = viewer.layers["x RRIM x4"]
+    assert w.bicubic_layer.value is viewer.layers["x bicubic x4"]  # sibling preselected
+    w.reference.value = viewer.layers["hr"]
+    w.error_maps.value = True
+    w.border.value = 4
+    worker = w.compute()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert not notes["error"], notes["error"]
+    value = w.table.value
+    assert list(value["index"]) == ["RMSE", "PSNR (dB)", "SSIM", "FSIM"]
+    assert list(value["columns"]) == ["RRIM", "bicubic", "RRIM - bicubic"]
+    expect = compare(sr, hr, data_range=255, border=4)
+    expect_b = compare(bic, hr, data_range=255, border=4)
+    got = w.last_result
+    assert got["model"]["psnr"] == pytest.approx(expect["psnr"])
+    assert got["bicubic"]["ssim"] == pytest.approx(expect_b["ssim"])
+    assert float(value["data"][1][0]) == pytest.approx(expect["psnr"], abs=1e-3)
+    assert float(value["data"][1][2]) == pytest.approx(expect["psnr"] - expect_b["psnr"], abs=2e-3)
+    assert got["model"]["psnr"] > got["bicubic"]["psnr"]
+    assert "4 px border" in w.convention.value
+    maps = [lay for lay in viewer.layers if lay.name.startswith("|")]
+    assert len(maps) == 2
+    np.testing.assert_allclose(maps[0].data, np.abs(sr.astype(np.float32) - hr))
+
+
+def test_metrics_widget_self_check_and_shape_mismatch(viewer, qtbot, notes):
+    from napari_rrim_sr._napari.widgets import MetricsWidget
+
+    rng = np.random.default_rng(7)
+    viewer.add_image(rng.integers(0, 256, size=(32, 36), dtype=np.uint8), name="src")
+    viewer.add_image(rng.integers(0, 256, size=(8, 9), dtype=np.uint8), name="small")
+    w = MetricsWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    # shape mismatch: a plain message, nothing computed
+    w.sr_layer.value = viewer.layers["small"]
+    w.reference.value = viewer.layers["src"]
+    assert w.compute() is None
+    assert "differ in shape" in notes["error"][-1]
+    # self-check
+    w.mode.value = "self"
+    assert _shown(w.source) and not _shown(w.sr_layer)
+    w.source.value = viewer.layers["src"]
+    w.model.value = "tiny-rrim-x4-gray"
+    w.error_maps.value = True
+    w.compute()
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert len(notes["error"]) == 1
+    res = w.last_result
+    assert set(res) == {"model", "bicubic", "convention"}
+    assert np.isfinite(res["bicubic"]["psnr"]) and 0 < res["model"]["fsim"] <= 1
+    assert len(w.table.value["index"]) == 4
+    assert "self-check" in w.convention.value
+    maps = [lay for lay in viewer.layers if "self-check" in lay.name]
+    assert len(maps) == 2 and maps[0].data.shape == (32, 36)
+
+
+def test_upscale_widget_compute_metrics_fills_metrics_widget(viewer, qtbot, notes):
+    rng = np.random.default_rng(8)
+    viewer.add_image(rng.integers(0, 256, size=(24, 24), dtype=np.uint8), name="img")
+    w = _upscale_widget(viewer)
+    _run(qtbot, w, compute_metrics=True, add_bicubic=False)
+    assert not notes["error"], notes["error"]
+    rec = viewer.layers["img RRIM x4"].metadata[L.META_KEY]
+    assert set(rec["metrics"]) == {"model", "bicubic", "convention"}
+    docks = viewer.window._dock_widgets
+    name = next(n for n in docks if "Super-resolution metrics" in n)
+    metrics_widget = docks[name].widget()
+    assert "Self-check PSNR" in w.status.value
+    assert name and metrics_widget is not None
