@@ -10,7 +10,15 @@ bash "$ROOT/scripts/setup.sh" napari
 # shellcheck disable=SC1091
 . "${RRIM_VENV:-$ROOT/.venv}/bin/activate"
 cd "$ROOT"
-if [[ " $* " == *" --headless "* ]] && [[ " $* " != *" -o "* ]] && [[ " $* " != *" --out "* ]]; then
-  set -- "$@" --out out/demo
+if [[ " $* " == *" --headless "* ]]; then
+  if [[ " $* " != *" -o "* ]] && [[ " $* " != *" --output "* ]]; then
+    set -- "$@" --output out/demo --overwrite
+  fi
+  # Until trained weights ship (see weights/README.md), run the pipeline with a randomly
+  # initialised model, loudly labelled as such in the report, rather than stopping.
+  if [[ " $* " != *" --model "* ]] && ! python -c "from napari_rrim_sr.registry import get_registry as g; raise SystemExit(0 if g().weights() else 1)"; then
+    echo "[run] no trained weights installed: running the demo with --allow-untrained (results are NOT model quality)" >&2
+    set -- "$@" --allow-untrained
+  fi
 fi
 exec python -m napari_rrim_sr demo "$@"
