@@ -156,6 +156,6 @@ def test_bench_smoke(tmp_path, weights, capsys):
     out = capsys.readouterr().out
     assert "engine MP/s" in out and "seam error" in out and "bf16" in out
     res = json.loads(js.read_text())
-    assert {r["precision"] for r in res["throughput"]} == {"fp32", "bf16"}
+    assert {r["precision"] for r in res["throughput"]} == {"fp32", "bf16", "fp32 NCHW"}
     assert res["tiling"]["tiled_s"] > 0 and res["seam"]["max_abs"] < 1e-2
     assert res["ratios"]["bf16_over_fp32_engine"] > 0

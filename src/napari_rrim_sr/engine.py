@@ -801,7 +801,7 @@ def _bicubic_iter(image, layout, planes, writer, s, h_out, step, total):
 
 _CACHE: "OrderedDict[tuple, Upscaler]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 1
+_CACHE_SIZE = 2  # e.g. the gray and the RGB default models of a mixed batch
 
 
 def _model_key(model) -> tuple | None:
@@ -818,7 +818,7 @@ def _model_key(model) -> tuple | None:
 
 
 def get_upscaler(model=None, *, device="auto", precision="auto", threads=None, channels: int = 3) -> Upscaler:
-    """An :class:`Upscaler`, cached for ids/paths (one at a time, so a GPU holds one model).
+    """An :class:`Upscaler`, cached for ids/paths (the two most recent: a GPU holds few models).
 
     In-memory ``LoadedModel`` objects are not cached: their weights may change between calls
     (training validation), and building an Upscaler for them is cheap.

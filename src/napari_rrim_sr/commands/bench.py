@@ -30,13 +30,13 @@ def register(sub) -> None:
     )
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     p.add_argument("--size", type=int, default=None, metavar="N",
-                   help="input edge for the throughput runs (default 256; --quick 96)")
+                   help="input edge for the throughput runs (default 192; --quick 96)")
     p.add_argument("--tile-size", type=int, default=None, metavar="N",
                    help="input edge for tiled-vs-untiled (default 768; --quick 320)")
     p.add_argument("--mem-size", type=int, default=None, metavar="N",
                    help="edge of the uint16 image of the memory test (default 4096; --quick 1024; 0 = skip)")
     p.add_argument("--quick", action="store_true", help="small sizes, one timed run each")
-    p.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 2; --quick 1)")
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per case, best kept (default 3; --quick 1)")
     p.add_argument("--model", metavar="ID|PATH", default=None,
                    help="model to measure (default: installed default weights, else a random default RRIM)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -94,6 +94,7 @@ def photo(size: int, channels: int = 3) -> tuple[np.ndarray, str]:
 
 
 def _best(fn, repeat: int) -> float:
+    """Best-of-``repeat`` seconds after one warm-up run."""
     fn()  # warm-up: kernel selection, weight re-layout
     best = float("inf")
     for _ in range(repeat):
@@ -153,74 +154,92 @@ def _random_default(backbone: str = "rrim", **hp):
 # measurements
 
 
-def measure_throughput(loaded, device, precisions, size: int, repeat: int, threads=None) -> list[dict]:
-    """Engine MP/s (untiled, uint8 RGB in/out) and bare-module MP/s per precision."""
-    import torch
-
-    from .. import devices
-    from ..engine import Upscaler
-
-    img, _ = photo(size, loaded.in_channels if loaded.in_channels == 3 else 1)
-    rows = []
-    macs = _macs(loaded, loaded.in_channels)
-    out_mp = (size * loaded.scale) ** 2 / 1e6
-    for prec in precisions:
-        up = Upscaler(loaded, device=device, precision=prec, threads=threads)
-        x = torch.from_numpy(img.astype(np.float32) / 255)
-        x = (x.permute(2, 0, 1)[None] if x.ndim == 3 else x[None, None]).to(up.device)
-        if up.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-
-        def bare():
-            up._run(x, up.precision)
-            _sync(up.device)
-
-        def eng():
-            up.upscale(img, tile=0)
-            _sync(up.device)
-
-        with devices.num_threads(threads):
-            t_bare = _best(bare, repeat)
-        t_eng = _best(eng, repeat)
-        peak_gpu = None
-        if up.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            eng()
-            peak_gpu = torch.cuda.max_memory_allocated() / 2**20
-        rows.append({
-            "model": loaded.id, "backbone": loaded.backbone, "precision": up.precision,
-            "size": size, "out_mp": out_mp, "engine_s": t_eng, "module_s": t_bare,
-            "engine_mp_s": out_mp / t_eng, "module_mp_s": out_mp / t_bare,
-            "macs_per_lr_px": macs, "engine_gmac_s": macs * size * size / t_eng / 1e9,
-            "engine_overhead": t_eng / t_bare - 1.0, "gpu_peak_mib": peak_gpu,
-        })
-        up.close()
-    return rows
+def _interleaved(cases: dict, repeat: int) -> dict:
+    """Best-of-``repeat`` seconds per case, the cases taking turns (one warm-up run each first):
+    on a shared machine, load spikes then hit every case alike instead of one of them."""
+    for f in cases.values():
+        f()
+    best = {k: float("inf") for k in cases}
+    for _ in range(repeat):
+        for k, f in cases.items():
+            t0 = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
 
 
-def measure_nchw_fp32(loaded, size: int, repeat: int, threads=None) -> dict:
-    """The bare module in torch's default layout (NCHW) and fp32: the naive baseline that the
-    engine's channels_last fp32 and bf16 paths are compared with."""
+def measure_throughput(models, device, precisions, size: int, repeat: int, threads=None) -> list[dict]:
+    """Per model and precision: engine MP/s (untiled, uint8 RGB in and out, all conversions
+    included) and the bare module on the tensor the engine gives it (the image with its 4-px
+    reflect border), so "engine overhead" is the engine's own work; on CPU also the first
+    model's bare module in torch's default NCHW fp32 layout (the naive baseline). MP/s always
+    count the image's output pixels. All cases interleaved."""
     import copy
 
     import torch
 
     from .. import devices
+    from ..engine import Upscaler
 
-    img, _ = photo(size, 3 if loaded.in_channels == 3 else 1)
-    m = copy.deepcopy(loaded.module).cpu().float().to(memory_format=torch.contiguous_format).eval()
-    x = torch.from_numpy(img.astype(np.float32) / 255)
-    x = (x.permute(2, 0, 1)[None] if x.ndim == 3 else x[None, None]).contiguous()
+    dev = devices.resolve_device(device)
+    cases: dict = {}
+    meta: dict = {}
+    keep = []
+    from ..engine import BORDER_MARGIN, DEFAULT_OVERLAP
 
-    def bare():
-        with torch.inference_mode():
-            m(x)
+    pad = min(BORDER_MARGIN, DEFAULT_OVERLAP // 2)
+    for i, loaded in enumerate(models):
+        img, _ = photo(size, 3 if loaded.in_channels == 3 else 1)
+        # the bare module gets the input the engine feeds it: the image plus its reflect border
+        padded = np.pad(img, ((pad, pad), (pad, pad)) + ((0, 0),) * (img.ndim - 2), mode="reflect")
+        x0 = torch.from_numpy(padded.astype(np.float32) / 255)
+        x0 = x0.permute(2, 0, 1)[None] if x0.ndim == 3 else x0[None, None]
+        for prec in precisions:
+            up = Upscaler(loaded, device=dev, precision=prec, threads=threads)
+            keep.append(up)
+            x = x0.to(up.device)
+            if up.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
 
-    with devices.num_threads(threads):
-        t = _best(bare, repeat)
-    out_mp = (size * loaded.scale) ** 2 / 1e6
-    return {"model": loaded.id, "precision": "fp32 NCHW (module only)", "size": size, "module_s": t,
-            "module_mp_s": out_mp / t}
+            def bare(up=up, x=x):
+                with devices.num_threads(threads):
+                    up._run(x, up.precision)
+                _sync(up.device)
+
+            def eng(up=up, img=img):
+                up.upscale(img, tile=0)
+                _sync(up.device)
+
+            cases[(loaded.id, up.precision, "engine")] = eng
+            cases[(loaded.id, up.precision, "module")] = bare
+            meta[(loaded.id, up.precision)] = loaded
+        if dev.type == "cpu" and i == 0:
+            m = copy.deepcopy(loaded.module).cpu().float().to(memory_format=torch.contiguous_format).eval()
+            xc = x0.contiguous()
+
+            def nchw(m=m, xc=xc):
+                with torch.inference_mode(), devices.num_threads(threads):
+                    m(xc)
+
+            cases[(loaded.id, "fp32 NCHW", "module")] = nchw
+            meta[(loaded.id, "fp32 NCHW")] = loaded
+    t = _interleaved(cases, repeat)
+    for up in keep:
+        up.close()
+    rows = []
+    for (mid, prec), loaded in meta.items():
+        macs = _macs(loaded, loaded.in_channels)
+        out_mp = (size * loaded.scale) ** 2 / 1e6
+        t_mod = t[(mid, prec, "module")]
+        t_eng = t.get((mid, prec, "engine"))
+        row = {"model": mid, "backbone": loaded.backbone, "precision": prec, "size": size, "out_mp": out_mp,
+               "module_s": t_mod, "module_mp_s": out_mp / t_mod, "macs_per_lr_px": macs,
+               "module_gmac_s": macs * size * size / t_mod / 1e9}
+        if t_eng is not None:
+            row.update(engine_s=t_eng, engine_mp_s=out_mp / t_eng,
+                       engine_gmac_s=macs * size * size / t_eng / 1e9, engine_overhead=t_eng / t_mod - 1.0)
+        rows.append(row)
+    return rows
 
 
 def measure_bicubic(size: int, repeat: int) -> dict:
@@ -234,22 +253,24 @@ def measure_bicubic(size: int, repeat: int) -> dict:
 
 
 def measure_tiling(loaded, device, precision, size: int, repeat: int, tiles=(None,), threads=None) -> list[dict]:
-    """Untiled time once, then each tile size (None = the device default) on the same image."""
+    """Untiled vs each tile size (None = the device default) on the same image, interleaved."""
     from ..engine import BORDER_MARGIN, DEFAULT_OVERLAP, Upscaler, _resolve_tile
     from ..tiling import TileGrid
 
     img, _ = photo(size, 3)
     up = Upscaler(loaded, device=device, precision=precision, threads=threads)
-    t_untiled = _best(lambda: (up.upscale(img, tile=0), _sync(up.device)), repeat)
+    sizes = [_resolve_tile(t, up.device) for t in tiles]
+    cases = {0: lambda: (up.upscale(img, tile=0), _sync(up.device))}
+    for t in sizes:
+        cases[t] = lambda t=t: (up.upscale(img, tile=t), _sync(up.device))
+    best = _interleaved(cases, repeat)
     rows = []
-    for tile in tiles:
-        t_tile = _resolve_tile(tile, up.device)
-        t_tiled = _best(lambda: (up.upscale(img, tile=t_tile), _sync(up.device)), repeat)
+    for tile, t_tile in zip(tiles, sizes):
         g = TileGrid.make(size, size, t_tile, DEFAULT_OVERLAP, min(BORDER_MARGIN, DEFAULT_OVERLAP // 2), up.scale)
         rows.append({"size": size, "precision": up.precision, "tile": t_tile, "overlap": DEFAULT_OVERLAP,
                      "default": tile is None,
                      "grid": f"{len(g.ys)}x{len(g.xs)} tiles of {g.tile_h}x{g.tile_w}",
-                     "untiled_s": t_untiled, "tiled_s": t_tiled, "overhead": t_tiled / t_untiled - 1.0})
+                     "untiled_s": best[0], "tiled_s": best[t_tile], "overhead": best[t_tile] / best[0] - 1.0})
     up.close()
     return rows
 
@@ -343,10 +364,10 @@ def run(args) -> int:
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise InputError(f"{args.json}: file exists; not overwriting (use --overwrite)")
     quick = args.quick
-    size = args.size or (96 if quick else 256)
+    size = args.size or (96 if quick else 192)
     tsize = args.tile_size or (320 if quick else 768)
     msize = args.mem_size if args.mem_size is not None else (1024 if quick else 4096)
-    repeat = args.repeat or (1 if quick else 2)
+    repeat = args.repeat or (1 if quick else 3)
     dev = devices.resolve_device(args.device)
     load0 = os.getloadavg()
     try:
@@ -379,14 +400,11 @@ def run(args) -> int:
 
     res: dict = {"env": env}
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"[1/5] throughput of {model.id}, {size}x{size} RGB input ...")
-    res["throughput"] = measure_throughput(model, dev, precisions, size, repeat, args.threads)
-    if dev.type == "cpu":
-        res["nchw_fp32"] = measure_nchw_fp32(model, size, repeat, args.threads)
-    if not args.no_rrdbnet:
-        log("[2/5] throughput of RRDBNet 23x64 (ESRGAN) ...")
-        rrdb = _random_default("rrdbnet")
-        res["throughput"] += measure_throughput(rrdb, dev, precisions, size, repeat, args.threads)
+    log(f"[1/5] throughput of {model.id}" + ("" if args.no_rrdbnet else " and RRDBNet 23x64")
+        + f", {size}x{size} RGB input, cases interleaved ...")
+    models = [model] if args.no_rrdbnet else [model, _random_default("rrdbnet")]
+    res["throughput"] = measure_throughput(models, dev, precisions, size, repeat, args.threads)
+    log("[2/5] bicubic ...")
     res["bicubic"] = measure_bicubic(size, repeat)
     log(f"[3/5] tiled vs untiled, {tsize}x{tsize} ...")
     sweep = (128, 192, 384, 512) if args.sweep else ()
@@ -418,15 +436,15 @@ def _ratios(res: dict) -> dict:
     if "bf16" in mine and "fp32" in mine:
         out["bf16_over_fp32_engine"] = mine["bf16"]["engine_mp_s"] / mine["fp32"]["engine_mp_s"]
         out["bf16_over_fp32_module"] = mine["bf16"]["module_mp_s"] / mine["fp32"]["module_mp_s"]
-    if "bf16" in mine and res.get("nchw_fp32"):
-        out["bf16_module_over_nchw_fp32_module"] = mine["bf16"]["module_mp_s"] / res["nchw_fp32"]["module_mp_s"]
+    if "bf16" in mine and "fp32 NCHW" in mine:
+        out["bf16_engine_over_nchw_fp32_module"] = mine["bf16"]["engine_mp_s"] / mine["fp32 NCHW"]["module_mp_s"]
     if "fp16" in mine and "fp32" in mine:
         out["fp16_over_fp32_engine"] = mine["fp16"]["engine_mp_s"] / mine["fp32"]["engine_mp_s"]
     out["tiled_over_untiled_time"] = res["tiling"]["tiled_s"] / res["tiling"]["untiled_s"]
     out["seam_max_abs"] = res["seam"]["max_abs"]
     for p, r in mine.items():
-        if p in other:
-            out[f"gmac_s_ratio_vs_rrdbnet_{p}"] = r["engine_gmac_s"] / other[p]["engine_gmac_s"]
+        if p in other and "engine_gmac_s" in r:
+            out[f"gmac_s_per_mac_vs_rrdbnet_{p}"] = r["engine_gmac_s"] / other[p]["engine_gmac_s"]
     return out
 
 
@@ -439,12 +457,13 @@ def format_report(res: dict) -> str:
               "| MACs / LR px | engine GMAC/s |",
               "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in res["throughput"]:
-        lines.append(
-            f"| {r['model']} | {r['precision']} | {r['size']}² | {r['engine_mp_s']:.3f} | {r['module_mp_s']:.3f} "
-            f"| {100 * r['engine_overhead']:+.1f}% | {r['macs_per_lr_px'] / 1e6:.2f} M | {r['engine_gmac_s']:.1f} |")
-    n = res.get("nchw_fp32")
-    if n:
-        lines.append(f"| {n['model']} | {n['precision']} | {n['size']}² | | {n['module_mp_s']:.3f} | | | |")
+        if "engine_mp_s" in r:
+            lines.append(
+                f"| {r['model']} | {r['precision']} | {r['size']}² | {r['engine_mp_s']:.3f} | {r['module_mp_s']:.3f} "
+                f"| {100 * r['engine_overhead']:+.1f}% | {r['macs_per_lr_px'] / 1e6:.2f} M | {r['engine_gmac_s']:.1f} |")
+        else:
+            lines.append(f"| {r['model']} | {r['precision']} (module only) | {r['size']}² | | {r['module_mp_s']:.3f} "
+                         f"| | {r['macs_per_lr_px'] / 1e6:.2f} M | ({r['module_gmac_s']:.1f}) |")
     b = res["bicubic"]
     lines.append(f"| {b['model']} | float64 | {b['size']}² | {b['engine_mp_s']:.3f} | | | | |")
     t = res["tiling"]
