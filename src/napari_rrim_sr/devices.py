@@ -147,7 +147,7 @@ def autocast(device, precision: str):
 
 def use_channels_last(device, precision: str) -> bool:
     """channels_last (NHWC) is the layout oneDNN's fast CPU convolutions use, in fp32 as well as
-    bf16 (measured ~1.3x faster for fp32 RRIM on AVX-512; docs/benchmarks.md), and what cuDNN's
+    bf16 (measured 1.45x faster for fp32 RRIM on AVX-512; docs/benchmarks.md), and what cuDNN's
     tensor cores want for reduced precision on GPU."""
     dev_type = getattr(device, "type", str(device))
     return dev_type == "cpu" or (dev_type == "cuda" and precision != "fp32")

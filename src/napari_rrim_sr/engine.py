@@ -62,9 +62,11 @@ from .tiling import TileGrid, read_window
 
 log = logging.getLogger(__name__)
 
-#: default tile edge (input pixels) per device type; the CPU value was chosen by measurement
-#: (docs/benchmarks.md): the smallest tile whose overhead against an untiled run stays <= 15%.
-DEFAULT_TILE = {"cpu": 256, "cuda": 512, "mps": 256}
+#: default tile edge (input pixels) per device type. CPU: chosen by measurement (bench --sweep,
+#: docs/benchmarks.md): 128..512 px tiles all beat an untiled run on a 768-px image (whose
+#: full-size activations overflow the caches), 192 was the fastest and needs ~190 MiB of
+#: bf16 activations per tile, half of what 256 needs. GPU values are untested defaults.
+DEFAULT_TILE = {"cpu": 192, "cuda": 512, "mps": 256}
 #: default overlap between tiles (input pixels); seam error measured in docs/benchmarks.md
 DEFAULT_OVERLAP = 16
 #: reflect-padded context at the image border (input pixels, at most overlap // 2): replaces

@@ -44,7 +44,8 @@ def evaluate(hr, model, *, data_range=None, y_channel=None, border=None, scale=N
 
     Returns ``{"model": {metrics}, "bicubic": {metrics}, "convention": str, "shape": ...}``.
     ``data_range`` defaults to the dtype's range (required for floats); ``y_channel`` defaults
-    to True for RGB; ``border`` to the scale. ``engine_kw`` go to the engine (tile, precision...).
+    to True for RGB; ``border`` to the scale. ``engine_kw`` go to the engine (tile, device...);
+    precision defaults to fp32 so that scores do not depend on the hardware's bf16 support.
     """
     from .engine import Upscaler, upscale_bicubic
     from .metrics import compare, data_range_for
@@ -55,7 +56,7 @@ def evaluate(hr, model, *, data_range=None, y_channel=None, border=None, scale=N
     rgb = hr.ndim == 3
     up = upscaler or Upscaler(model, channels=3 if rgb else 1,
                               device=engine_kw.pop("device", "auto"),
-                              precision=engine_kw.pop("precision", "auto"))
+                              precision=engine_kw.pop("precision", "fp32"))
     s = int(scale or up.scale)
     if s != up.scale:
         raise InputError(f"scale {s} differs from the model's scale {up.scale}")
@@ -114,7 +115,7 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
             ch = 3 if hr.ndim == 3 else 1
             if ch not in ups:
                 ups[ch] = Upscaler(model, channels=ch, device=kw.get("device", "auto"),
-                                   precision=kw.get("precision", "auto"))
+                                   precision=kw.get("precision", "fp32"))
             ekw = {k: v for k, v in kw.items() if k not in ("device", "precision")}
             res = evaluate(hr, None, upscaler=ups[ch], **ekw)
             convention = res["convention"]

@@ -407,7 +407,8 @@ def run(args) -> int:
     log("[2/5] bicubic ...")
     res["bicubic"] = measure_bicubic(size, repeat)
     log(f"[3/5] tiled vs untiled, {tsize}x{tsize} ...")
-    sweep = (128, 192, 384, 512) if args.sweep else ()
+    default_tile = DEFAULT_TILE.get(dev.type)
+    sweep = tuple(t for t in (128, 192, 256, 384, 512) if t != default_tile) if args.sweep else ()
     rows = measure_tiling(model, dev, "auto", tsize, repeat, tiles=(None,) + sweep, threads=args.threads)
     res["tiling"] = rows[0]
     res["tile_sweep"] = rows[1:]
