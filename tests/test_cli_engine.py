@@ -159,3 +159,21 @@ def test_bench_smoke(tmp_path, weights, capsys):
     assert {r["precision"] for r in res["throughput"]} == {"fp32", "bf16", "fp32 NCHW"}
     assert res["tiling"]["tiled_s"] > 0 and res["seam"]["max_abs"] < 1e-2
     assert res["ratios"]["bf16_over_fp32_engine"] > 0
+
+
+def test_bench_kernels_splits_forward_into_convolutions(tmp_path, weights, capsys):
+    js = tmp_path / "kernels.json"
+    rc = main(["bench", "--kernels", "--model", str(weights[3]), "--size", "16", "--repeat", "1", "--no-rrdbnet",
+               "--json", str(js)])
+    assert rc == 0
+    assert "non-conv share" in capsys.readouterr().out
+    res = json.loads(js.read_text())
+    import torch
+
+    from napari_rrim_sr.weights_io import load_model
+
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in load_model(weights[3]).module.modules())
+    for row in res["kernels"]:
+        assert row["precision"] in ("fp32", "bf16")
+        assert sum(k["count"] for k in row["kernels"]) == n_convs  # every conv call accounted for once
+        assert row["total_s"] > 0 and row["conv_s"] > 0 and row["gmac_s_convs"] > 0

@@ -422,6 +422,27 @@ def test_gan_stage_runs_from_psnr_weights(tmp_path, data_dirs, iso, gan_type):
     assert meta["recipe"]["stage"] == "gan" and meta["training"]["init"]["path"] == str(init)
 
 
+def test_gray_init_from_rgb_reproduces_rgb_model_on_replicated_gray(tmp_path, data_dirs, iso):
+    """--init RGB weights for a 1-channel run: the new model starts as "RGB model on gray
+    replicated to 3 channels, outputs averaged" (the engine's rule), to float precision."""
+    from napari_rrim_sr.training.trainer import Trainer
+    from napari_rrim_sr.weights_io import load_model
+
+    init = _save_tiny(tmp_path / "rgb.safetensors", seed=5)
+    tr = Trainer(_cfg(tmp_path, data_dirs, init=str(init), channels=1, hparams={}, steps=1))
+    assert tr.cfg.hparams["in_channels"] == 1 and tr.cfg.hparams["out_channels"] == 1
+    rgb = load_model(init).module.eval()
+    gray = tr.model.eval()
+    x = torch.rand(2, 1, 12, 10)
+    with torch.no_grad():
+        want = rgb(x.repeat(1, 3, 1, 1)).mean(1, keepdim=True)
+        got = gray(x.contiguous(memory_format=torch.channels_last) if tr.channels_last else x)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ConfigError, match="channels"):
+        Trainer(_cfg(tmp_path, data_dirs, init=str(init), channels=2, hparams={}, out=str(tmp_path / "r2")))
+
+
 def test_gan_stage_needs_init_and_vgg(tmp_path, iso):
     from napari_rrim_sr.training.trainer import Trainer
 

@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads")
     p.add_argument("--sweep", action="store_true", help="also time several tile sizes (to choose the default)")
     p.add_argument("--no-rrdbnet", action="store_true", help="skip the RRDBNet comparison (slow on CPU)")
+    p.add_argument("--kernels", action="store_true",
+                   help="only: split each model's time into its convolutions (timed alone, per shape) and the "
+                        "rest, in fp32 and bf16 (where does per-MAC throughput go?)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=run)
 
@@ -354,6 +357,66 @@ def measure_memory(size: int, spec: str, tile="default", threads=None) -> dict:
 # command
 
 
+def measure_kernels(models, device, precisions, size: int, repeat: int) -> list[dict]:
+    """Per model and precision: whole-forward time vs the sum of its Conv2d calls timed alone
+    (each distinct shape once, times its count), channels_last as the engine runs them."""
+    import torch
+    from torch import nn
+
+    rows = []
+    for loaded in models:
+        m = loaded.module.to(device).eval().to(memory_format=torch.channels_last)
+        x = torch.rand(1, loaded.in_channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        calls: dict = {}
+
+        def hook(mod, inp, out, calls=calls):
+            key = (mod.in_channels, mod.out_channels, mod.kernel_size, mod.groups, tuple(inp[0].shape))
+            calls.setdefault(key, [mod, 0])[1] += 1
+
+        hs = [mod.register_forward_hook(hook) for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+        with torch.inference_mode():
+            m(x)
+        for h in hs:
+            h.remove()
+        for prec in precisions:
+            ac = torch.autocast(device.type, dtype=torch.bfloat16 if prec == "bf16" else torch.float16,
+                                enabled=prec in ("bf16", "fp16"))
+            with torch.inference_mode(), ac:
+                total = _best(lambda: (m(x), _sync(device)), repeat)
+                conv_s, macs, kinds = 0.0, 0, []
+                for (cin, cout, k, g, shape), (mod, n) in calls.items():
+                    xi = torch.rand(shape, device=device).contiguous(memory_format=torch.channels_last)
+                    t = _best(lambda mod=mod, xi=xi: (mod(xi), _sync(device)), repeat)
+                    mac = shape[2] * shape[3] * cout * (cin // g) * k[0] * k[1]
+                    conv_s += n * t
+                    macs += n * mac
+                    kinds.append({"conv": f"{cin}->{cout} {k[0]}x{k[1]} @{shape[2]}x{shape[3]}", "count": n,
+                                  "ms_each": 1e3 * t, "gmac_s": mac / t / 1e9, "share": 0.0})
+            for kd in kinds:
+                kd["share"] = kd["count"] * kd["ms_each"] / 1e3 / total
+            rows.append({"model": loaded.id, "precision": prec, "size": size, "total_s": total, "conv_s": conv_s,
+                         "non_conv_share": 1 - conv_s / total, "gmac_s_model": macs / total / 1e9,
+                         "gmac_s_convs": macs / conv_s / 1e9,
+                         "kernels": sorted(kinds, key=lambda d: -d["share"])})
+    return rows
+
+
+def format_kernels(rows: list[dict]) -> str:
+    lines = ["| model | precision | forward s | convs alone s | non-conv share | GMAC/s whole | GMAC/s convs alone |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['precision']} | {r['total_s']:.3f} | {r['conv_s']:.3f} "
+                     f"| {100 * r['non_conv_share']:.0f}% | {r['gmac_s_model']:.1f} | {r['gmac_s_convs']:.1f} |")
+    for r in rows:
+        lines += ["", f"{r['model']} {r['precision']}: largest convolution groups",
+                  "| conv (in->out kernel @input) | count | ms each | GMAC/s | share of forward |",
+                  "|---|---:|---:|---:|---:|"]
+        for k in r["kernels"][:8]:
+            lines.append(f"| {k['conv']} | {k['count']} | {k['ms_each']:.2f} | {k['gmac_s']:.1f} "
+                         f"| {100 * k['share']:.1f}% |")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     import torch
 
@@ -399,6 +462,13 @@ def run(args) -> int:
     print(f"device: {env['device']} | {env['cpu']} | torch {env['torch']}", file=sys.stderr)
 
     res: dict = {"env": env}
+    if args.kernels:
+        models = [model] if args.no_rrdbnet else [model, _random_default("rrdbnet")]
+        res["kernels"] = measure_kernels(models, dev, precisions, args.size or 128, repeat)
+        print(format_kernels(res["kernels"]))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2, default=str), encoding="utf-8")
+        return 0
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"[1/5] throughput of {model.id}" + ("" if args.no_rrdbnet else " and RRDBNet 23x64")
         + f", {size}x{size} RGB input, cases interleaved ...")

@@ -188,6 +188,27 @@ class TrainResult:
 
 # -- the trainer ------------------------------------------------------------------------------
 
+def adapt_channels(src: dict, dst: dict) -> dict:
+    """``src`` weights reshaped to ``dst``'s channel count (RGB <-> gray) so the new model computes
+    exactly what the old one did on replicated gray input averaged back (the engine's rule for a
+    3-channel model on 1-channel data): input convs sum their RGB kernels, output convs average
+    their RGB filters; the reverse direction splits/replicates. Other tensors must match."""
+    out = {}
+    for key, w in src.items():
+        target = dst.get(key)
+        if target is None or tuple(w.shape) == tuple(target.shape):
+            out[key] = w
+            continue
+        ws, ts = tuple(w.shape), tuple(target.shape)
+        if w.dim() >= 2 and ws[0] == ts[0] and ws[2:] == ts[2:] and {ws[1], ts[1]} == {1, 3}:
+            out[key] = w.sum(1, keepdim=True) if ts[1] == 1 else w.repeat(1, 3, *([1] * (w.dim() - 2))) / 3
+        elif ws[1:] == ts[1:] and {ws[0], ts[0]} == {1, 3}:
+            out[key] = w.mean(0, keepdim=True) if ts[0] == 1 else w.repeat(3, *([1] * (w.dim() - 1)))
+        else:
+            raise ConfigError(f"--init tensor {key} has shape {ws}, the model needs {ts}")
+    return out
+
+
 class Trainer:
     """Set up from a :class:`TrainConfig`; :meth:`run` trains to ``cfg.steps``.
 
@@ -286,7 +307,10 @@ class Trainer:
             self._init_model = lm
             self.init_info = {"source": str(cfg.init), "path": str(lm.path), "sha256": lm.sha256,
                               "id": lm.id, "metrics": lm.metadata.get("metrics", {})}
-            for key, want in (("channels", lm.in_channels), ("scale", lm.scale)):
+            if cfg.channels and cfg.channels != lm.in_channels and {cfg.channels, lm.in_channels} != {1, 3}:
+                raise ConfigError(f"--init {cfg.init} has channels={lm.in_channels}, the config asks {cfg.channels} "
+                                  "(only RGB <-> gray initialisation is supported)")
+            for key, want in (("scale", lm.scale),):
                 if getattr(cfg, key) and getattr(cfg, key) != want:
                     raise ConfigError(f"--init {cfg.init} has {key}={want}, the config asks {getattr(cfg, key)}")
             for k, v in cfg.hparams.items():
@@ -356,7 +380,7 @@ class Trainer:
         spec = self.registry.backbone(cfg.backbone)
         self.model = spec.build(**cfg.hparams)
         if cfg.init and getattr(self, "_init_model", None) is not None:
-            self.model.load_state_dict(self._init_model.module.state_dict())
+            self.model.load_state_dict(adapt_channels(self._init_model.module.state_dict(), self.model.state_dict()))
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
