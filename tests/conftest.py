@@ -9,16 +9,22 @@ folder at an empty directory, disables third-party plugin discovery
 * ``tiny-rrim-x4-rgb-psnr`` / ``tiny-rrim-x4-rgb-gan``: a pair of the same backbone (for the
   network-interpolation slider).
 
-Nothing here is autouse, so other test modules are unaffected unless they ask for it.
+The shipped weights in ``weights/`` are hidden from every test (``NAPARI_RRIM_SR_SHIPPED_WEIGHTS=0``,
+set here for the whole session and inherited by subprocesses) so that defaults resolve to the
+tiny test weights; ``tests/test_shipped_weights.py`` turns them back on to test them. Nothing
+else here is autouse.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from napari_rrim_sr.hookspecs import hookimpl
+
+os.environ["NAPARI_RRIM_SR_SHIPPED_WEIGHTS"] = "0"
 
 TINY_HP = {"num_feat": 8, "num_block": 1, "scale": 4}
 TINY_IDS = ("tiny-rrim-x4-gray", "tiny-rrim-x4-rgb", "tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan")

@@ -29,6 +29,7 @@ from .errors import RegistryError, WeightsError
 log = logging.getLogger(__name__)
 
 PLUGINS_ENV = "NAPARI_RRIM_SR_PLUGINS"
+SHIPPED_ENV = "NAPARI_RRIM_SR_SHIPPED_WEIGHTS"
 WEIGHTS_DIR_ENV = "NAPARI_RRIM_SR_WEIGHTS_DIR"
 BUILTIN_PLUGIN_NAME = "builtin"
 
@@ -114,6 +115,12 @@ class WeightsEntry:
             "source": self.source,
             "description": self.description,
         }
+
+
+def shipped_weights_enabled() -> bool:
+    """False when ``NAPARI_RRIM_SR_SHIPPED_WEIGHTS`` is 0/off/no/false (tests, or users who want
+    only their own weights listed)."""
+    return os.environ.get(SHIPPED_ENV, "1").strip().lower() not in ("0", "off", "no", "false", "none")
 
 
 def shipped_weights_dir() -> Path:
@@ -272,8 +279,9 @@ class Registry:
                     seen[entry.id] = entry
                     entries.append(entry)
 
-                for path in _weights_files(shipped_weights_dir()):
-                    add(path, "shipped")
+                if shipped_weights_enabled():
+                    for path in _weights_files(shipped_weights_dir()):
+                        add(path, "shipped")
                 for path in _weights_files(user_weights_dir()):
                     add(path, "user")
                 for plugin_name, paths in self._call("napari_rrim_sr_weights"):

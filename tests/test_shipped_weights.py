@@ -1,0 +1,89 @@
+"""The trained weights shipped in weights/: present, loadable, documented, and better than bicubic.
+
+Quality checks run the real models on small crops of bundled data (seconds on CPU, fp32):
+the skimage astronaut photo for the RGB models and the bundled CC0 nuclei sample for the gray
+model. Full validation numbers (Kodak24, held-out microscopy) are in docs/models.md with the
+commands that produced them; these tests only guard against shipping broken or swapped files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = {"rrim-x4-rgb-psnr": 3, "rrim-x4-rgb-gan": 3, "rrim-x4-gray": 1}
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A registry that sees the shipped weights (conftest hides them from other tests)."""
+    from napari_rrim_sr import registry
+
+    empty = tmp_path / "user"
+    empty.mkdir()
+    monkeypatch.setenv(registry.SHIPPED_ENV, "1")
+    monkeypatch.setenv(registry.WEIGHTS_DIR_ENV, str(empty))
+    monkeypatch.setenv(registry.PLUGINS_ENV, "none")
+    registry.reset_registry()
+    yield registry.get_registry()
+    registry.reset_registry()
+
+
+def _score(model_id, hr, rgb, **engine_kw):
+    from napari_rrim_sr.engine import Upscaler, upscale_bicubic
+    from napari_rrim_sr.evaluate import make_lr
+    from napari_rrim_sr.metrics import compare
+
+    hr_c, lr = make_lr(hr, 4)
+    with Upscaler(model_id, channels=3 if rgb else 1, device="cpu", precision="fp32") as up:
+        sr = up.upscale(lr, rgb=rgb, **engine_kw)
+    bic = upscale_bicubic(lr, 4, rgb=rgb)
+    kw = dict(data_range=float(hr.max()) - float(hr.min()), y_channel=rgb, border=4)
+    return compare(sr, hr_c, **kw), compare(bic, hr_c, **kw), sr
+
+
+def test_every_shipped_model_is_present_with_its_card_data(shipped):
+    from napari_rrim_sr.weights_io import read_metadata
+
+    files = {p.stem: p for p in (ROOT / "weights").glob("*.safetensors")}
+    assert set(SHIPPED) <= set(files), f"missing shipped weights: {set(SHIPPED) - set(files)}"
+    for wid, ch in SHIPPED.items():
+        entry = shipped.find_weights(wid)
+        assert entry.source == "shipped" and entry.backbone == "rrim" and entry.scale == 4
+        assert entry.in_channels == entry.out_channels == ch
+        assert files[wid].stat().st_size < 16 * 2**20  # small enough for a normal clone
+        meta = read_metadata(files[wid])
+        assert meta["recipe"]["name"] == wid
+        assert meta["metrics"] and "convention" in meta["metrics"]
+    assert "../shared/data/val" not in " ".join(read_metadata(files["rrim-x4-rgb-psnr"])["recipe"]["data"])
+    assert read_metadata(files["rrim-x4-rgb-gan"])["recipe"]["stage"] == "gan"
+    assert shipped.default_weights(3).id == "rrim-x4-rgb-psnr"
+    assert shipped.default_weights(1).id == "rrim-x4-gray"
+
+
+def test_rgb_models_beat_bicubic_on_a_photo(shipped):
+    from skimage import data
+
+    hr = data.astronaut()[40:240, 140:340]  # face, helmet, flag: edges and texture
+    psnr_m, bic, sr_p = _score("rrim-x4-rgb-psnr", hr, True)
+    gan_m, _, sr_g = _score("rrim-x4-rgb-gan", hr, True)
+    assert psnr_m["psnr"] > bic["psnr"] + 0.5 and psnr_m["ssim"] > bic["ssim"]
+    assert gan_m["psnr"] > bic["psnr"]  # the GAN stage trades PSNR for texture, but not below bicubic
+    assert sr_p.dtype == np.uint8 and sr_p.shape == (800, 800, 3)
+    # the GAN model is a different network, not a copy of the PSNR one
+    assert np.abs(sr_p.astype(int) - sr_g.astype(int)).mean() > 0.5
+
+
+def test_gray_model_beats_bicubic_on_the_nuclei_sample(shipped):
+    from napari_rrim_sr._napari.sample_data import microscopy_array
+
+    hr = microscopy_array()  # crop of stardist img2d.tif: held out of the gray model's training
+    assert hr.ndim == 2 and hr.dtype == np.uint16 and hr.max() < 1000  # 8-bit-range values in uint16
+    m, bic, sr = _score("rrim-x4-gray", hr, False, normalization="percentile")
+    assert m["psnr"] > bic["psnr"] + 0.3 and m["ssim"] > bic["ssim"]
+    assert sr.dtype == hr.dtype
