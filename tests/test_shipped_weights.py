@@ -74,7 +74,7 @@ def test_rgb_models_beat_bicubic_on_a_photo(shipped):
     gan_m, _, sr_g = _score("rrim-x4-rgb-gan", hr, True)
     assert psnr_m["psnr"] > bic["psnr"] + 0.5 and psnr_m["ssim"] > bic["ssim"]
     assert gan_m["psnr"] > bic["psnr"]  # the GAN stage trades PSNR for texture, but not below bicubic
-    assert sr_p.dtype == np.uint8 and sr_p.shape == (800, 800, 3)
+    assert sr_p.dtype == np.uint8 and sr_p.shape == (200, 200, 3)  # HR 200 -> LR 50 -> x4
     # the GAN model is a different network, not a copy of the PSNR one
     assert np.abs(sr_p.astype(int) - sr_g.astype(int)).mean() > 0.5
 

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         hr = (v.hr[..., 0] / 255.0).astype(np.float32)
         row = {"image": v.name, "shape": list(hr.shape)}
         for name, up in ups.items():
-            res = evaluate(hr, None, upscaler=up, data_range=1.0)
+            res = evaluate(hr, None, upscaler=up, data_range=1.0, normalization=(0.0, 1.0))
             row[name] = res["model"]
             row["bicubic"] = res["bicubic"]
         rows.append(row)
