@@ -466,3 +466,14 @@ def test_bicubic_bands_are_exact():
 
     np.testing.assert_allclose(engine.upscale_bicubic(plane, 3), imresize(plane, 3.0), atol=1e-12)
     np.testing.assert_allclose(engine.bicubic_rows(plane, 4, 100, 333), imresize(plane, 4.0)[100:333], atol=1e-12)
+
+
+def test_default_overlap_shrinks_for_small_tiles_but_explicit_overlap_is_kept():
+    assert engine.default_overlap(None) == engine.default_overlap(0) == engine.DEFAULT_OVERLAP
+    assert engine.default_overlap(192) == engine.DEFAULT_OVERLAP
+    assert engine.default_overlap(32) == 16 and engine.default_overlap(20) == 8
+    img = np.random.default_rng(0).integers(0, 255, (70, 50), dtype=np.uint8)
+    out = engine.upscale(img, nearest(), tile=32)  # default overlap capped at 16: runs
+    assert np.array_equal(out, np.repeat(np.repeat(img, 4, 0), 4, 1))
+    with pytest.raises(InputError, match="overlap"):
+        engine.upscale(img, nearest(), tile=32, overlap=24)
