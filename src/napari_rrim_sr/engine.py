@@ -897,7 +897,7 @@ def upscale_iter(
         percentiles: (lo, hi) percentiles for "percentile".
         bit_depth: for unsigned data stored in a wider type (12 for 12-bit in uint16).
         tile: tile edge in input pixels; None = the device default; 0 = no tiling.
-        overlap: overlap between tiles in input pixels (default 16). The image border gets
+        overlap: overlap between tiles in input pixels (default 24, at most half a small tile). The image border gets
             ``min(4, overlap // 2)`` pixels of reflect padding (also when untiled).
         blend: "cosine" or "linear" cross-fade in the overlaps.
         device, precision, threads: see :mod:`.devices`.

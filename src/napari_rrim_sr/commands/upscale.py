@@ -25,7 +25,7 @@ def register(sub) -> None:
                    "for the image's channel count")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="tile edge in input pixels (0 = no tiling; default: per device)")
-    p.add_argument("--overlap", type=int, default=None, metavar="N", help="tile overlap in input pixels (default 16)")
+    p.add_argument("--overlap", type=int, default=None, metavar="N", help="tile overlap in input pixels (default 24, capped at half a small tile)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
