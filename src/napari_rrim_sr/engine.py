@@ -70,6 +70,10 @@ DEFAULT_TILE = {"cpu": 192, "cuda": 512, "mps": 256}
 #: default overlap between tiles (input pixels). 16 gave a 1.3e-3 seam with the trained RRIM, 24
 #: gives 1.2e-4 (docs/benchmarks.md, "Seam error")
 DEFAULT_OVERLAP = 24
+#: reflect-padded context at the image border (input pixels, at most overlap // 2): replaces
+#: the network's zero padding there. Small because untiled runs pay for it too: 4 px cost 3%
+#: on a 256-px image, 8 px would cost 13%.
+BORDER_MARGIN = 4
 
 
 def default_overlap(tile_px: int | None) -> int:
@@ -77,10 +81,8 @@ def default_overlap(tile_px: int | None) -> int:
     if tile_px:
         return min(DEFAULT_OVERLAP, (int(tile_px) // 2) // 4 * 4)
     return DEFAULT_OVERLAP
-#: reflect-padded context at the image border (input pixels, at most overlap // 2): replaces
-#: the network's zero padding there. Small because untiled runs pay for it too: 4 px cost 3%
-#: on a 256-px image, 8 px would cost 13%.
-BORDER_MARGIN = 4
+
+
 #: smallest tile the out-of-memory fallback will try
 MIN_TILE = 32
 #: input rows per band in the bicubic paths (keeps float64 temporaries small)

@@ -310,9 +310,8 @@ class Trainer:
             if cfg.channels and cfg.channels != lm.in_channels and {cfg.channels, lm.in_channels} != {1, 3}:
                 raise ConfigError(f"--init {cfg.init} has channels={lm.in_channels}, the config asks {cfg.channels} "
                                   "(only RGB <-> gray initialisation is supported)")
-            for key, want in (("scale", lm.scale),):
-                if getattr(cfg, key) and getattr(cfg, key) != want:
-                    raise ConfigError(f"--init {cfg.init} has {key}={want}, the config asks {getattr(cfg, key)}")
+            if cfg.scale and cfg.scale != lm.scale:
+                raise ConfigError(f"--init {cfg.init} has scale={lm.scale}, the config asks {cfg.scale}")
             for k, v in cfg.hparams.items():
                 if k in init_hp and init_hp[k] != v and k not in ("in_channels", "out_channels", "scale"):
                     raise ConfigError(f"--hparam {k}={v!r} conflicts with the --init weights ({k}={init_hp[k]!r})")
