@@ -177,3 +177,20 @@ def test_bench_kernels_splits_forward_into_convolutions(tmp_path, weights, capsy
         assert row["precision"] in ("fp32", "bf16")
         assert sum(k["count"] for k in row["kernels"]) == n_convs  # every conv call accounted for once
         assert row["total_s"] > 0 and row["conv_s"] > 0 and row["gmac_s_convs"] > 0
+
+
+def test_self_ensemble_flag_reaches_engine_and_provenance(tmp_path, rgb_png, weights, capsys):
+    src, arr = rgb_png
+    outdir = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(outdir), "--model", str(weights[3]), "--self-ensemble",
+                 "--tile", "0", "--quiet"]) == 0
+    up, info = read_image(outdir / "photo.png")
+    assert info["provenance"]["engine"]["self_ensemble"] is True
+    from napari_rrim_sr.engine import upscale
+
+    np.testing.assert_array_equal(up, upscale(arr, str(weights[3]), tile=0, self_ensemble=True))
+    assert not np.array_equal(up, upscale(arr, str(weights[3]), tile=0))
+    js = tmp_path / "res.json"
+    assert main(["evaluate", str(src), "--model", str(weights[3]), "--self-ensemble", "--json", str(js)]) == 0
+    assert "self-ensemble" in capsys.readouterr().out
+    assert json.loads(js.read_text())["self_ensemble"] is True

@@ -75,3 +75,14 @@ def test_distributed_local_cluster_matches_in_memory():
         workers = client.run(lambda: len(engine._WORKER_UPSCALERS))
     assert np.abs(got - want).max() <= 1e-3
     assert sum(workers.values()) >= 1  # the model was rebuilt in worker processes
+
+
+def test_self_ensemble_reaches_the_chunks():
+    img = smooth_stack((40, 36))
+    m = tiny(1, seed=4)
+    lazy = engine.upscale_dask(da.from_array(img, chunks=(20, 36)), m, precision="fp32", self_ensemble=True)
+    got = lazy.compute(scheduler="synchronous")
+    want = engine.upscale(img, m, precision="fp32", tile=0, self_ensemble=True)
+    plain = engine.upscale(img, m, precision="fp32", tile=0)
+    assert np.abs(got - want).max() <= 1e-3
+    assert np.abs(got - plain).max() > 1e-3

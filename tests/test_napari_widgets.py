@@ -400,3 +400,19 @@ def test_upscale_widget_compute_metrics_fills_metrics_widget(viewer, qtbot, note
     metrics_widget = docks[name].widget()
     assert "Self-check PSNR" in w.status.value
     assert name and metrics_widget is not None
+
+
+def test_self_ensemble_checkbox_is_run_and_recorded(viewer, qtbot, notes):
+    from napari_rrim_sr import engine
+    from napari_rrim_sr.weights_io import load_model
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    viewer.add_image(data, name="photo", rgb=True)
+    w = _upscale_widget(viewer)
+    _run(qtbot, w, add_bicubic=False, self_ensemble=True, precision="fp32")
+    assert not notes["error"], notes["error"]
+    sr = viewer.layers["photo RRIM x4"]
+    assert sr.metadata["napari_rrim_sr"]["self_ensemble"] is True
+    want = engine.Upscaler(load_model("tiny-rrim-x4-rgb"), precision="fp32", self_ensemble=True).upscale(data)
+    np.testing.assert_array_equal(sr.data, want)

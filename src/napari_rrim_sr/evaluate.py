@@ -56,7 +56,8 @@ def evaluate(hr, model, *, data_range=None, y_channel=None, border=None, scale=N
     rgb = hr.ndim == 3
     up = upscaler or Upscaler(model, channels=3 if rgb else 1,
                               device=engine_kw.pop("device", "auto"),
-                              precision=engine_kw.pop("precision", "fp32"))
+                              precision=engine_kw.pop("precision", "fp32"),
+                              self_ensemble=engine_kw.pop("self_ensemble", False))
     s = int(scale or up.scale)
     if s != up.scale:
         raise InputError(f"scale {s} differs from the model's scale {up.scale}")
@@ -82,6 +83,7 @@ def evaluate(hr, model, *, data_range=None, y_channel=None, border=None, scale=N
         "shape": tuple(hr_c.shape),
         "model_id": up.model.id,
         "precision": up.precision,
+        "self_ensemble": up.self_ensemble,
     }
 
 
@@ -115,8 +117,9 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
             ch = 3 if hr.ndim == 3 else 1
             if ch not in ups:
                 ups[ch] = Upscaler(model, channels=ch, device=kw.get("device", "auto"),
-                                   precision=kw.get("precision", "fp32"))
-            ekw = {k: v for k, v in kw.items() if k not in ("device", "precision")}
+                                   precision=kw.get("precision", "fp32"),
+                                   self_ensemble=kw.get("self_ensemble", False))
+            ekw = {k: v for k, v in kw.items() if k not in ("device", "precision", "self_ensemble")}
             res = evaluate(hr, None, upscaler=ups[ch], **ekw)
             convention = res["convention"]
             rows.append({"image": str(f), "shape": res["shape"], "model": res["model"],
@@ -124,6 +127,7 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
             if progress is not None:
                 progress(i + 1, len(files), f)
         model_id = next(iter(ups.values())).model.id
+        self_ensemble = next(iter(ups.values())).self_ensemble
     finally:
         for up in ups.values():
             up.close()
@@ -131,7 +135,8 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
         which: {k: _mean([r[which][k] for r in rows]) for k in METRIC_KEYS}
         for which in ("model", "bicubic")
     }
-    return {"rows": rows, "mean": mean, "convention": convention, "model_id": model_id}
+    return {"rows": rows, "mean": mean, "convention": convention, "model_id": model_id,
+            "self_ensemble": self_ensemble}
 
 
 def _mean(values) -> float:

@@ -606,6 +606,7 @@ class UpscaleJob:
     tile: int | None = None
     normalization: str = "auto"
     percentiles: tuple[float, float] = (0.1, 99.9)
+    self_ensemble: bool = False
     bicubic: bool = True
     metrics: bool = False
 
@@ -651,7 +652,8 @@ class UpscaleResult:
             slice_index=self.job.slice_index,
             alpha=self.job.alpha if (kind == "rrim" and self.job.pair) else None,
             metrics=self.metrics,
-            extra={"overlap": self.overlap} if kind == "rrim" else None,
+            extra=({"overlap": self.overlap, "self_ensemble": self.job.self_ensemble}
+                   if kind == "rrim" else None),
         )
         return result_layer_kwargs(self.job.source, data, kind=kind, factor=self.factor,
                                    slice_index=self.job.slice_index, record=record)
@@ -717,7 +719,7 @@ def run_upscale(job: UpscaleJob, *, model=None):
     norm_kwargs = _job_normalization(job, data)
     loaded = model if model is not None else load_job_model(job.weights_id, pair=job.pair, alpha=job.alpha)
     up = engine.Upscaler(loaded, device=job.device, precision=job.precision,
-                         channels=3 if job.rgb else 1)
+                         channels=3 if job.rgb else 1, self_ensemble=job.self_ensemble)
     device = up.device
     factor = int(loaded.scale)
     out_shape = list(data.shape)
@@ -751,6 +753,7 @@ def run_upscale(job: UpscaleJob, *, model=None):
                 representative_plane(data, rgb=job.rgb), loaded, rgb=job.rgb,
                 device=job.device, precision=job.precision, tile=job.tile,
                 normalization=job.normalization, percentiles=job.percentiles,
+                self_ensemble=job.self_ensemble,
             )
         finally:
             release_memory(device)
@@ -826,6 +829,7 @@ def self_check_images(
     tile: int | None = None,
     normalization: str = "auto",
     percentiles: tuple[float, float] = (0.1, 99.9),
+    self_ensemble: bool = False,
 ) -> tuple[dict, dict]:
     """Self-check of ``model`` on one plane, by the protocol of :func:`evaluate.evaluate`
     (LR = MATLAB bicubic x1/scale of the mod-cropped plane, rounded to its dtype; the model and
@@ -851,7 +855,8 @@ def self_check_images(
         raise InputError(f"the plane {plane.shape[:2]} is too small for a x{factor} self-check")
     lo, hi = _minmax(lr) if normalization == "auto" else (None, None)
     norm = normalization_kwargs(normalization, lr.dtype, lo, hi, percentiles)
-    up = engine.Upscaler(model, device=device, precision=precision, channels=3 if rgb else 1)
+    up = engine.Upscaler(model, device=device, precision=precision, channels=3 if rgb else 1,
+                         self_ensemble=self_ensemble)
     try:
         sr = up.upscale(lr, rgb=rgb, tile=tile, overlap=overlap_for(tile), **norm)
     finally:

@@ -222,6 +222,11 @@ class UpscaleWidget(Container):
         self.current_slice = CheckBox(text="Current slice only", value=True, visible=False,
                                       tooltip="For stacks: upscale only the displayed slice "
                                               "(unticked: the whole stack).")
+        self.self_ensemble = CheckBox(
+            text="Self-ensemble (x8 time)", value=False,
+            tooltip="Average the model over the 8 rotations/flips of the input: slightly "
+                    "higher fidelity (about +0.1 dB PSNR) for eight times the compute.",
+        )
         self.add_bicubic = CheckBox(text="Add bicubic comparison", value=True)
         self.compute_metrics = CheckBox(
             text="Compute metrics (self-check)", value=False,
@@ -238,7 +243,7 @@ class UpscaleWidget(Container):
             widgets=[
                 self.source, self.model, self.rescan, self.model_info, self.alpha, self.device,
                 self.precision, self.tile, self.normalization, self.p_low, self.p_high,
-                self.current_slice, self.add_bicubic, self.compute_metrics, buttons,
+                self.current_slice, self.self_ensemble, self.add_bicubic, self.compute_metrics, buttons,
                 self.progress_bar, self.status,
             ],
             labels=True,
@@ -372,6 +377,7 @@ class UpscaleWidget(Container):
             tile=int(self.tile.value) or None,
             normalization=str(self.normalization.value),
             percentiles=percentiles,
+            self_ensemble=bool(self.self_ensemble.value),
             bicubic=bool(self.add_bicubic.value),
             metrics=bool(self.compute_metrics.value),
         )

@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="average the model over the 8 rotations/flips of the input (geometric self-ensemble): 8x the time, slightly higher fidelity")
     p.add_argument("--axes", default=None, metavar="AXES",
                    help="axes of the input, one letter per dimension, e.g. YX, ZYX, TCYX, YXS (S = "
                    "RGB(A) samples, run through the colour model), YXC (bands, per channel); "
@@ -112,7 +114,8 @@ def run(args) -> int:
             else:
                 spatial, rgb = info.get("spatial_axes"), info.get("rgb")
             up = get_upscaler(args.model, device=args.device, precision=args.precision,
-                              threads=args.threads, channels=3 if rgb else 1)
+                              threads=args.threads, channels=3 if rgb else 1,
+                              self_ensemble=args.self_ensemble)
             result = _run_with_bar(
                 up.upscale_iter(arr, spatial_axes=spatial, rgb=rgb, normalization=args.normalize,
                                 percentiles=tuple(args.percentiles), bit_depth=args.bit_depth,
