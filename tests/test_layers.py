@@ -244,6 +244,10 @@ def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
     assert kw["scale"] == (3.0, 0.25, 0.25)
     bkw = res.layer_kwargs("bicubic")
     assert bkw["metadata"][L.META_KEY]["model_id"] is None
+    # the widget allows 16-px tiles: the engine's default overlap shrinks to fit (8 px)
+    small, _ = _drain(L.run_upscale(L.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
+                                                 tile=16, bicubic=False)))
+    assert small.overlap == 8 and small.sr.shape == (2, 80, 96)
 
 
 def test_run_upscale_on_dask_equals_numpy(tiny_registry):

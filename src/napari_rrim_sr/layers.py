@@ -730,7 +730,7 @@ def run_upscale(job: UpscaleJob, *, model=None):
     t0 = _time.perf_counter()
     try:
         yield from up.upscale_iter(
-            data, spatial_axes=spatial, rgb=job.rgb, tile=job.tile, overlap=overlap_for(job.tile),
+            data, spatial_axes=spatial, rgb=job.rgb, tile=job.tile,
             out=sr, **norm_kwargs,
         )
         run_info = dict(up.last_run)
@@ -770,14 +770,6 @@ def run_upscale(job: UpscaleJob, *, model=None):
         tile=run_info.get("tile"), overlap=run_info.get("overlap"),
     )
     return result
-
-
-def overlap_for(tile: int | None, default: int = 16) -> int | None:
-    """The engine's default overlap, reduced for tiles smaller than twice that (a user's small
-    tile size stays valid instead of failing)."""
-    if not tile or tile >= 2 * default:
-        return None
-    return max(int(tile) // 4, 0)
 
 
 def _job_normalization(job: UpscaleJob, data) -> dict:
@@ -858,7 +850,7 @@ def self_check_images(
     up = engine.Upscaler(model, device=device, precision=precision, channels=3 if rgb else 1,
                          self_ensemble=self_ensemble)
     try:
-        sr = up.upscale(lr, rgb=rgb, tile=tile, overlap=overlap_for(tile), **norm)
+        sr = up.upscale(lr, rgb=rgb, tile=tile, **norm)  # engine default overlap: capped for small tiles
     finally:
         dev = up.device
         up.close()
