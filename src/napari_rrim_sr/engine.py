@@ -31,6 +31,11 @@ model's activations for one tile. ``tile=0`` runs the whole plane at once.
 **Precision.** bf16 autocast (with channels_last) where the CPU/GPU runs it natively, fp16 on
 GPU on request; a tile whose reduced-precision output contains NaN/Inf is recomputed in fp32.
 A CUDA/MPS out-of-memory error halves the tile and retries the plane.
+
+**Self-ensemble.** ``self_ensemble=True`` runs each tile through the model in its 8
+rotations/flips, maps the outputs back and averages them (geometric self-ensemble, Timofte et
+al. 2016; the "+" models of EDSR/RCAN): 8x the compute, a little more fidelity, identical
+tiling and memory (one extra output accumulator per tile).
 """
 
 from __future__ import annotations
