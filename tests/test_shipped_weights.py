@@ -58,7 +58,11 @@ def test_every_shipped_model_is_present_with_its_card_data(shipped):
         assert entry.in_channels == entry.out_channels == ch
         assert files[wid].stat().st_size < 16 * 2**20  # small enough for a normal clone
         meta = read_metadata(files[wid])
-        assert meta["recipe"]["name"] == wid
+        assert meta["name"] == wid
+        # its recipe is in the repository, and so is any file it started from (--init)
+        assert (ROOT / "training" / "recipes" / f"{meta['recipe']['name']}.toml").exists()
+        if meta["recipe"].get("init"):
+            assert (ROOT / meta["recipe"]["init"]).exists(), meta["recipe"]["init"]
         assert meta["metrics"] and "convention" in meta["metrics"]
     assert "../shared/data/val" not in " ".join(read_metadata(files["rrim-x4-rgb-psnr"])["recipe"]["data"])
     assert read_metadata(files["rrim-x4-rgb-gan"])["recipe"]["stage"] == "gan"

@@ -933,7 +933,7 @@ def upscale_iter(
         blend: "cosine" or "linear" cross-fade in the overlaps.
         device, precision, threads: see :mod:`.devices`.
         self_ensemble: average the model over the 8 rotations/flips of each tile (x8 time;
-            typically +0.05..0.15 dB PSNR, see docs/models.md).
+            +0.04 dB Y-PSNR for the shipped RGB model on Kodak24, docs/models.md).
         out: a preallocated array (np.memmap, zarr) of the result's shape and dtype.
         slices: numpy index over the non-spatial axes (e.g. ``(z,)``) to process only those
             planes. The result then holds only them, unless ``out`` has the full shape, in which

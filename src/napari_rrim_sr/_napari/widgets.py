@@ -225,7 +225,7 @@ class UpscaleWidget(Container):
         self.self_ensemble = CheckBox(
             text="Self-ensemble (x8 time)", value=False,
             tooltip="Average the model over the 8 rotations/flips of the input: slightly "
-                    "higher fidelity (about +0.1 dB PSNR) for eight times the compute.",
+                    "higher fidelity (+0.04 dB PSNR on Kodak24) for eight times the compute.",
         )
         self.add_bicubic = CheckBox(text="Add bicubic comparison", value=True)
         self.compute_metrics = CheckBox(
