@@ -1063,7 +1063,8 @@ def upscale_dask(darr, model=None, *, spatial_axes=None, rgb=None, normalization
     eagerly, over the whole array, so every chunk is normalised identically. Works on a
     ``dask.distributed`` cluster: the model travels as a :class:`ModelRef` and is built once
     per worker process. The colour axis is made a single chunk; spatial axes with chunks smaller
-    than ``depth`` are re-chunked evenly to at least ``2 * depth``.
+    than ``depth`` are re-chunked evenly to at least ``2 * depth``. The other arguments are
+    those of :func:`upscale_iter` (``self_ensemble`` included).
     """
     import dask.array as da
 

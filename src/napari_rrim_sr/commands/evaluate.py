@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from . import add_self_ensemble_flag
 
 
 def register(sub) -> None:
@@ -25,8 +26,7 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
                    help="inference precision (default fp32, so numbers do not depend on hardware)")
     p.add_argument("--tile", type=int, default=None, metavar="N", help="tile edge (0 = no tiling)")
-    p.add_argument("--self-ensemble", action="store_true",
-                   help="average the model over the 8 rotations/flips of the input (geometric self-ensemble): 8x the time, slightly higher fidelity")
+    add_self_ensemble_flag(p)
     p.add_argument("--rgb-channels", action="store_true",
                    help="metrics on all RGB channels instead of the Y channel")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")

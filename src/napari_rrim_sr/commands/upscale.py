@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError, RRIMError
+from . import add_self_ensemble_flag
 
 
 def register(sub) -> None:
@@ -29,8 +30,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
-    p.add_argument("--self-ensemble", action="store_true",
-                   help="average the model over the 8 rotations/flips of the input (geometric self-ensemble): 8x the time, slightly higher fidelity")
+    add_self_ensemble_flag(p)
     p.add_argument("--axes", default=None, metavar="AXES",
                    help="axes of the input, one letter per dimension, e.g. YX, ZYX, TCYX, YXS (S = "
                    "RGB(A) samples, run through the colour model), YXC (bands, per channel); "
