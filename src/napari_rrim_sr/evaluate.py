@@ -18,6 +18,15 @@ import numpy as np
 from .errors import InputError
 
 METRIC_KEYS = ("psnr", "ssim", "fsim", "rmse")
+#: engine keywords that configure the Upscaler itself, with evaluation's defaults (fp32, so that
+#: scores do not depend on the hardware's bf16 support)
+_UPSCALER_DEFAULTS = {"device": "auto", "precision": "fp32", "self_ensemble": False}
+
+
+def _split_engine_kw(kw: dict) -> tuple[dict, dict]:
+    """``(Upscaler constructor keywords, keywords for upscale())`` from one engine_kw dict."""
+    up_kw = {k: kw.get(k, default) for k, default in _UPSCALER_DEFAULTS.items()}
+    return up_kw, {k: v for k, v in kw.items() if k not in _UPSCALER_DEFAULTS}
 
 
 def make_lr(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,10 +63,8 @@ def evaluate(hr, model, *, data_range=None, y_channel=None, border=None, scale=N
     if hr.ndim not in (2, 3) or (hr.ndim == 3 and hr.shape[-1] != 3):
         raise InputError(f"evaluate needs a gray (H, W) or RGB (H, W, 3) image, got shape {hr.shape}")
     rgb = hr.ndim == 3
-    up = upscaler or Upscaler(model, channels=3 if rgb else 1,
-                              device=engine_kw.pop("device", "auto"),
-                              precision=engine_kw.pop("precision", "fp32"),
-                              self_ensemble=engine_kw.pop("self_ensemble", False))
+    up_kw, engine_kw = _split_engine_kw(engine_kw)
+    up = upscaler or Upscaler(model, channels=3 if rgb else 1, **up_kw)
     s = int(scale or up.scale)
     if s != up.scale:
         raise InputError(f"scale {s} differs from the model's scale {up.scale}")
@@ -106,6 +113,7 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
             files.append(p)
     if not files:
         raise InputError("no images to evaluate")
+    up_kw, ekw = _split_engine_kw(kw)
     ups: dict[int, Upscaler] = {}
     rows = []
     convention = ""
@@ -116,10 +124,7 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
                 hr = hr[..., :3]  # alpha is not part of the evaluation
             ch = 3 if hr.ndim == 3 else 1
             if ch not in ups:
-                ups[ch] = Upscaler(model, channels=ch, device=kw.get("device", "auto"),
-                                   precision=kw.get("precision", "fp32"),
-                                   self_ensemble=kw.get("self_ensemble", False))
-            ekw = {k: v for k, v in kw.items() if k not in ("device", "precision", "self_ensemble")}
+                ups[ch] = Upscaler(model, channels=ch, **up_kw)
             res = evaluate(hr, None, upscaler=ups[ch], **ekw)
             convention = res["convention"]
             rows.append({"image": str(f), "shape": res["shape"], "model": res["model"],
@@ -127,7 +132,6 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
             if progress is not None:
                 progress(i + 1, len(files), f)
         model_id = next(iter(ups.values())).model.id
-        self_ensemble = next(iter(ups.values())).self_ensemble
     finally:
         for up in ups.values():
             up.close()
@@ -136,7 +140,7 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
         for which in ("model", "bicubic")
     }
     return {"rows": rows, "mean": mean, "convention": convention, "model_id": model_id,
-            "self_ensemble": self_ensemble}
+            "self_ensemble": bool(up_kw["self_ensemble"])}
 
 
 def _mean(values) -> float:
