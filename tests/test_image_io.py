@@ -29,6 +29,8 @@ def need(path: Path) -> Path:
         ("float.tif", np.random.default_rng(3).random((17, 19)).astype(np.float32)),
         ("signed.tif", np.random.default_rng(4).integers(-3000, 3000, (17, 19)).astype(np.int16)),
         ("rgb16.tif", np.random.default_rng(5).integers(0, 65535, (17, 19, 3), dtype=np.uint16)),
+        ("rgb16.png", np.random.default_rng(8).integers(0, 65535, (17, 19, 3), dtype=np.uint16)),
+        ("rgba16.png", np.random.default_rng(9).integers(0, 65535, (17, 19, 4), dtype=np.uint16)),
     ],
 )
 def test_round_trip_keeps_dtype_values_and_provenance(tmp_path, name, arr):
@@ -38,6 +40,52 @@ def test_round_trip_keeps_dtype_values_and_provenance(tmp_path, name, arr):
     np.testing.assert_array_equal(back, arr)
     assert info["provenance"] == PROV
     assert info["rgb"] == (arr.ndim == 3 and arr.shape[-1] in (3, 4) and name != "stack16.tif")
+
+
+def _png48(path: Path, arr: np.ndarray) -> None:
+    """A 16-bit RGB PNG written byte by byte (zlib + CRCs), independent of the code under test."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = arr.shape
+    raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in arr)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"pHYs", struct.pack(">IIB", 3937, 3937, 1))  # 100 dpi
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_png_is_read_at_full_depth_and_written_back_with_dpi(tmp_path):
+    # pillow alone returns the high byte only: values 7 and 263 (0x0107) would both read as 0/1
+    arr = (np.arange(5 * 6 * 3, dtype=np.uint32).reshape(5, 6, 3) * 911 + 7).astype(np.uint16)
+    _png48(tmp_path / "in.png", arr)
+    back, info = read_image(tmp_path / "in.png")
+    assert back.dtype == np.uint16 and info["rgb"] and not info["warnings"]
+    np.testing.assert_array_equal(back, arr)
+    assert info["dpi"] == pytest.approx((100, 100), abs=0.01)
+    out = write_image(tmp_path / "out.png", back * 2, like=info, metadata=PROV, scale=4)
+    again, info2 = read_image(out)
+    np.testing.assert_array_equal(again, back * 2)
+    assert info2["provenance"] == PROV
+    assert info2["dpi"] == pytest.approx((400, 400), abs=0.01)  # 4x the pixels per inch
+    assert info2["pixel_size"] == pytest.approx((info["pixel_size"][0] / 4, info["pixel_size"][1] / 4), rel=1e-4)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "jpeg", "lzw"])
+def test_compressed_tiffs_are_read(tmp_path, compression):
+    """Microscopy and slide exports often use codecs tifffile decodes only through imagecodecs."""
+    import tifffile
+
+    arr = np.random.default_rng(10).integers(0, 255, (32, 40, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "c.tif", arr, photometric="rgb", compression=compression)
+    back, info = read_image(tmp_path / "c.tif")
+    assert back.shape == arr.shape and back.dtype == np.uint8 and info["rgb"]
+    if compression == "jpeg":
+        assert np.abs(back.astype(int) - arr).mean() < 60  # lossy, but decoded
+    else:
+        np.testing.assert_array_equal(back, arr)
 
 
 def test_jpeg_comment_provenance(tmp_path):
@@ -114,7 +162,6 @@ def test_refuses_to_write_over_the_input(tmp_path):
 @pytest.mark.parametrize(
     "name,arr,match",
     [
-        ("x.png", np.zeros((4, 4, 3), np.uint16), "16-bit RGB"),
         ("x.png", np.zeros((4, 4), np.float32), "tif"),
         ("x.jpg", np.zeros((4, 4), np.uint16), "JPEG"),
         ("x.png", np.zeros((2, 4, 5), np.uint8), "shape"),

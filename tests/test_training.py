@@ -218,6 +218,18 @@ def test_data_formats_channels_and_stacks(tmp_path):
     assert all("too small" in r for _, r in rep_big.skipped)
 
 
+def test_16bit_rgb_png_keeps_its_low_byte(tmp_path):
+    import imagecodecs
+
+    from napari_rrim_sr.training.data import decode_image
+
+    arr = (np.arange(6 * 7 * 3, dtype=np.uint32).reshape(6, 7, 3) * 733 + 5).astype(np.uint16)
+    (tmp_path / "rgb48.png").write_bytes(imagecodecs.png_encode(arr))
+    dec = decode_image(tmp_path / "rgb48.png")
+    assert dec.color and dec.planes.dtype == np.uint16  # pillow alone gives uint8 (high byte)
+    np.testing.assert_array_equal(dec.planes[0], arr)
+
+
 def test_lr_matches_full_image_bicubic_and_degradations(tmp_path):
     from PIL import Image
 

@@ -1,5 +1,6 @@
-"""Reading and writing images for the CLI: PNG/JPEG via pillow, TIFF (multi-page, OME, ImageJ,
-16-bit, float) via tifffile, keeping dtype, axes, pixel size and our provenance.
+"""Reading and writing images for the CLI: PNG/JPEG via pillow (16-bit RGB(A) PNG via
+imagecodecs), TIFF (multi-page, OME, ImageJ, 16-bit, float, any compression imagecodecs
+decodes) via tifffile, keeping dtype, axes, pixel size and our provenance.
 
 Why here and not in the engine: the engine works on arrays; files add axes metadata (which
 axes are Z/T/C, whether 4 samples are RGBA or RGB+NIR), physical pixel sizes that must shrink
@@ -101,8 +102,8 @@ def _read_pil(p: Path) -> tuple[np.ndarray, dict]:
             im = im.convert("RGB")
             warnings.append(f"{mode} image converted to RGB")
         arr = np.asarray(im)
-        if mode in ("RGB", "RGBA") and p.suffix.lower() == ".png" and _png_bit_depth(p) == 16:
-            warnings.append("16-bit RGB PNG: pillow reads it as 8-bit; convert to 16-bit TIFF to keep precision")
+    if mode in ("RGB", "RGBA") and p.suffix.lower() == ".png" and png_bit_depth(p) == 16:
+        arr = read_png16(p)  # pillow would drop the low byte of every sample
     if not arr.flags.writeable:
         arr = arr.copy()
     rgb = arr.ndim == 3
@@ -125,7 +126,21 @@ def _read_pil(p: Path) -> tuple[np.ndarray, dict]:
     return arr, info
 
 
-def _png_bit_depth(p: Path) -> int | None:
+def read_png16(path) -> np.ndarray:
+    """Decode a 16-bit PNG (any colour type) at full depth with imagecodecs' libpng.
+
+    Pillow opens 16-bit RGB(A) PNGs as 8-bit (it keeps only the high byte), so those files
+    are decoded here instead; gray and gray+alpha PNGs come back as (H, W) and (H, W, 2).
+    """
+    import imagecodecs
+
+    arr = imagecodecs.png_decode(Path(path).read_bytes())
+    if arr.dtype != np.uint16:
+        raise InputError(f"{path}: expected a 16-bit PNG, libpng decoded {arr.dtype}")
+    return arr
+
+
+def png_bit_depth(p: Path) -> int | None:
     with open(p, "rb") as fh:
         head = fh.read(26)
     if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n":
@@ -166,6 +181,9 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
         axes = series.axes
         page = tf.pages[0]
         photometric = getattr(page.photometric, "name", str(page.photometric)).lower()
+        compression = getattr(page.compression, "name", str(page.compression)).lower()
+        if photometric == "ycbcr" and compression == "jpeg":
+            photometric = "rgb"  # the JPEG codec hands back RGB samples (tifffile's default)
         extrasamples = tuple(getattr(e, "name", str(e)).lower() for e in (page.extrasamples or ()))
         is_geo = any(t in page.tags for t in _GEOTIFF_TAGS)
         pixel_size, unit = _tiff_pixel_size(tf, page)
@@ -188,7 +206,7 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
             "geotags": geotags,
             "photometric": photometric,
             "extrasamples": extrasamples,
-            "compression": getattr(page.compression, "name", str(page.compression)).lower(),
+            "compression": compression,
             "pixel_size": pixel_size,
             "unit": unit,
             "provenance": provenance,
@@ -353,10 +371,10 @@ def _write_pil(tmp: Path, arr: np.ndarray, fmt: str, like: dict, prov, scale) ->
     if fmt == "jpeg":
         if arr.dtype != np.uint8 or (arr.ndim == 3 and arr.shape[-1] == 4):
             raise InputError(f"JPEG holds 8-bit gray or RGB only (got {arr.dtype}, shape {arr.shape}); write a .tif or .png")
-    elif arr.dtype == np.uint16:
-        if arr.ndim == 3:
-            raise InputError("PNG via pillow cannot hold 16-bit RGB(A); write a .tif")
-    elif arr.dtype != np.uint8:
+    elif arr.dtype == np.uint16 and arr.ndim == 3:
+        _write_png16(tmp, arr, like, prov, scale)  # pillow cannot write 16-bit RGB(A)
+        return
+    elif arr.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{fmt.upper()} cannot hold {arr.dtype} data; write a .tif to keep the dtype")
     im = Image.fromarray(np.ascontiguousarray(arr))
     kw: dict[str, Any] = {}
@@ -374,6 +392,33 @@ def _write_pil(tmp: Path, arr: np.ndarray, fmt: str, like: dict, prov, scale) ->
         if text:
             kw["comment"] = text.encode("utf-8")
         im.save(tmp, format="JPEG", quality=95, subsampling=0, **kw)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _write_png16(tmp: Path, arr: np.ndarray, like: dict, prov, scale) -> None:
+    """16-bit RGB(A) PNG via imagecodecs, with the dpi (pHYs) and provenance (tEXt) chunks
+    pillow would have written, inserted after IHDR so any PNG reader finds them."""
+    import imagecodecs
+
+    png = bytes(imagecodecs.png_encode(np.ascontiguousarray(arr)))
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    extra = b""
+    dpi = like.get("dpi")
+    if dpi and scale:
+        import struct
+
+        ppm = [int(round(float(d) * float(scale) / 0.0254)) for d in dpi]
+        extra += _png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
+    if prov:
+        text = json.dumps(prov)  # ASCII (ensure_ascii), so tEXt's Latin-1 is enough
+        extra += _png_chunk(b"tEXt", PROVENANCE_KEY.encode("latin-1") + b"\0" + text.encode("latin-1"))
+    tmp.write_bytes(png[:ihdr_end] + extra + png[ihdr_end:])
 
 
 def _write_tiff(tmp: Path, arr: np.ndarray, like: dict, prov, scale, axes, rgb) -> None:

@@ -3,10 +3,10 @@
 * **Sources**: folders (searched recursively), single image files, or ``.txt``/``.lst`` files
   listing one image path per line (relative to the list's folder). ``exclude`` glob patterns
   leave files out (held-out images).
-* **Formats**: PNG, JPEG, BMP, WebP (Pillow) and TIFF (tifffile); 8/16-bit integer or float;
-  gray, RGB(A), multichannel and nD stacks. TIFF axes come from tifffile's series axes: a
-  colour-sample axis ``S`` is colour, every other non-spatial axis (Z, T, C, Q...) is a stack
-  of 2D gray planes sampled as independent slices.
+* **Formats**: PNG, JPEG, BMP, WebP (Pillow; 16-bit RGB PNG via imagecodecs) and TIFF
+  (tifffile); 8/16-bit integer or float; gray, RGB(A), multichannel and nD stacks. TIFF axes
+  come from tifffile's series axes: a colour-sample axis ``S`` is colour, every other
+  non-spatial axis (Z, T, C, Q...) is a stack of 2D gray planes sampled as independent slices.
 * **Channel mapping** to the model: 1-channel models get gray planes as they are, RGB(A) as
   luminance (BT.601 luma 0.299 R + 0.587 G + 0.114 B); 3-channel models get RGB as it is
   (RGBA / RGB+NIR: the first three samples) and gray planes replicated to 3 channels.
@@ -44,6 +44,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import RRIMError
+from ..image_io import png_bit_depth, read_png16
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ def _decode_pil(path: Path) -> Decoded:
             im = im.convert("RGB")
         arr = np.asarray(im)
         mode = im.mode
+    if mode in ("RGB", "RGBA") and path.suffix.lower() == ".png" and png_bit_depth(path) == 16:
+        arr = read_png16(path)  # pillow keeps only the high byte of 16-bit RGB samples
     if mode.startswith("I;16"):
         arr = arr.astype(np.uint16)
     elif mode == "I":
