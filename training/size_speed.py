@@ -5,12 +5,12 @@
 Randomly initialised weights (speed does not depend on them); best of 3 after a warm-up.
 """
 import time, torch, numpy as np
-from napari_rrim_sr.commands.bench import _random_default
+from napari_rrim_sr.commands.bench import random_model
 from napari_rrim_sr.engine import Upscaler
 torch.set_num_threads(2)
 img = (np.random.default_rng(0).random((192, 192, 3)) * 255).astype(np.uint8)
 for nf, nb in [(32, 4), (48, 6), (64, 8)]:
-    lm = _random_default("rrim", num_feat=nf, num_block=nb)
+    lm = random_model("rrim", num_feat=nf, num_block=nb)
     with Upscaler(lm, channels=3, device="cpu", precision="bf16") as up:
         up.upscale(img, rgb=True)
         best = min((lambda t0: (up.upscale(img, rgb=True), time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(3))

@@ -139,7 +139,9 @@ def _macs(loaded, channels: int) -> float:
         return count_macs_per_pixel(loaded.module, channels, size=32)
 
 
-def _random_default(backbone: str = "rrim", **hp):
+def random_model(backbone: str = "rrim", **hp):
+    """A seeded, randomly initialised model (a ``LoadedModel``) for speed and memory figures:
+    timings do not depend on the weights, so benchmarks need no trained file."""
     import torch
 
     from ..registry import get_registry
@@ -441,7 +443,7 @@ def run(args) -> int:
             raise
         print(f"note: {exc.__class__.__name__}: no trained weights; measuring a randomly initialised "
               "default-size RRIM (speed does not depend on the weights)", file=sys.stderr)
-        model = _random_default("rrim")
+        model = random_model("rrim")
         spec_for_child = None
     if dev.type == "cuda":
         precisions = ["fp32", "bf16", "fp16"]
@@ -463,7 +465,7 @@ def run(args) -> int:
 
     res: dict = {"env": env}
     if args.kernels:
-        models = [model] if args.no_rrdbnet else [model, _random_default("rrdbnet")]
+        models = [model] if args.no_rrdbnet else [model, random_model("rrdbnet")]
         res["kernels"] = measure_kernels(models, dev, precisions, args.size or 128, repeat)
         print(format_kernels(res["kernels"]))
         if args.json:
@@ -472,7 +474,7 @@ def run(args) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"[1/5] throughput of {model.id}" + ("" if args.no_rrdbnet else " and RRDBNet 23x64")
         + f", {size}x{size} RGB input, cases interleaved ...")
-    models = [model] if args.no_rrdbnet else [model, _random_default("rrdbnet")]
+    models = [model] if args.no_rrdbnet else [model, random_model("rrdbnet")]
     res["throughput"] = measure_throughput(models, dev, precisions, size, repeat, args.threads)
     log("[2/5] bicubic ...")
     res["bicubic"] = measure_bicubic(size, repeat)
