@@ -91,6 +91,27 @@ def test_cli_written_tiff_opens_with_pixel_size(tmp_path):
     assert kw["metadata"][META_KEY]["model_id"] == "m"
 
 
+def test_reader_opens_16bit_rgb_and_provenance_pngs(tmp_path):
+    import imagecodecs
+    from PIL import Image as PILImage
+
+    from napari_rrim_sr.image_io import write_image
+
+    rgb48 = (np.arange(4 * 5 * 3, dtype=np.uint32).reshape(4, 5, 3) * 2311 + 3).astype(np.uint16)
+    (tmp_path / "rgb48.png").write_bytes(imagecodecs.png_encode(rgb48))
+    ((data, kw, kind),) = get_reader(str(tmp_path / "rgb48.png"))(str(tmp_path / "rgb48.png"))
+    assert kind == "image" and kw["rgb"] and kw["name"] == "rgb48"
+    np.testing.assert_array_equal(data, rgb48)  # all 16 bits (napari's builtin keeps the high byte)
+
+    ours = write_image(tmp_path / "ours.png", np.full((6, 6, 3), 9, np.uint8), metadata={"model_id": "m"})
+    ((data, kw, _),) = get_reader(str(ours))(str(ours))
+    assert data.dtype == np.uint8 and kw["metadata"][META_KEY]["model_id"] == "m"
+
+    plain16 = tmp_path / "gray16.png"  # 16-bit gray opens fine with the builtins: not claimed
+    PILImage.fromarray(np.zeros((4, 4), np.uint16)).save(plain16)
+    assert get_reader(str(plain16)) is None
+
+
 def test_reader_declines_foreign_and_broken_paths(tmp_path):
     import tifffile
     from PIL import Image as PILImage
@@ -105,6 +126,8 @@ def test_reader_declines_foreign_and_broken_paths(tmp_path):
     empty.write_bytes(b"")
     png = tmp_path / "a.png"
     PILImage.fromarray(np.zeros((4, 4), np.uint8)).save(png)
+    fake_png = tmp_path / "fake.png"
+    fake_png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
     folder = tmp_path / "folder"
     folder.mkdir()
     bad_bundle = tmp_path / "bad_bundle"
@@ -113,7 +136,7 @@ def test_reader_declines_foreign_and_broken_paths(tmp_path):
     other_json = tmp_path / "other_json"
     other_json.mkdir()
     (other_json / "bundle.json").write_text(json.dumps({"format": "something-else"}))
-    foreign = [plain, jsondesc, corrupt, empty, png, folder, bad_bundle, other_json,
+    foreign = [plain, jsondesc, corrupt, empty, png, fake_png, folder, bad_bundle, other_json,
                tmp_path / "missing.tif", tmp_path / "missing_dir"]
     shared = Path(__file__).resolve().parents[2] / "shared/data/microscopy/stardist_samples/img2d.tif"
     if shared.exists():

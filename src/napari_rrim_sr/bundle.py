@@ -369,14 +369,44 @@ def read_bundle(path) -> list[LayerData]:
     return out
 
 
+def _png_is_ours(p: Path) -> bool:
+    """PNGs this plugin opens: 16-bit RGB(A) (napari's builtin reader keeps 8 of the 16 bits)
+    and PNGs carrying our provenance (so it reaches the layer's metadata)."""
+    from .image_io import PROVENANCE_KEY
+
+    with open(p, "rb") as fh:
+        head = fh.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return False
+    if head[24] == 16 and head[25] in (2, 6):  # bit depth 16, colour type RGB / RGBA
+        return True
+    from PIL import Image
+
+    with Image.open(p) as im:  # parses the chunks before IDAT only, where ours are written
+        return PROVENANCE_KEY in im.info
+
+
+def read_png(path) -> LayerData:
+    """``(data, kwargs, "image")`` of a PNG at full bit depth, with our provenance if present."""
+    from .image_io import read_image
+
+    data, info = read_image(path)
+    kwargs: dict[str, Any] = {"rgb": bool(info.get("rgb")), "name": Path(path).stem, "metadata": {}}
+    if isinstance(info.get("provenance"), dict):
+        kwargs["metadata"][META_KEY] = info["provenance"]
+    return data, kwargs, "image"
+
+
 def owned_reader_target(path) -> str | None:
-    """"bundle", "tiff" or None for a path napari asks about (never raises)."""
+    """"bundle", "tiff", "png" or None for a path napari asks about (never raises)."""
     try:
         p = Path(str(path))
         if p.is_dir():
             return "bundle" if is_bundle(p) else None
         if p.suffix.lower() in TIFF_SUFFIXES and p.is_file() and _tiff_record(p) is not None:
             return "tiff"
+        if p.suffix.lower() == ".png" and p.is_file() and _png_is_ours(p):
+            return "png"
     except Exception:  # noqa: BLE001
         return None
     return None

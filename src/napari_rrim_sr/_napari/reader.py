@@ -1,4 +1,5 @@
-"""npe2 reader: napari-rrim-sr layer TIFFs and comparison bundle folders.
+"""npe2 reader: napari-rrim-sr layer TIFFs, comparison bundle folders, and PNGs that napari's
+builtin reader would truncate (16-bit RGB(A)) or strip of our provenance.
 
 ``get_reader`` answers quickly and never raises: for files (or folders) that are not ours it
 returns None, so napari moves on to other readers (a foreign TIFF opens with the builtins).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..bundle import owned_reader_target, read_bundle, read_layer_tiff
+from ..bundle import owned_reader_target, read_bundle, read_layer_tiff, read_png
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def get_reader(path):
 
 
 def read_paths(paths, kinds=None) -> list:
-    """Layer data tuples for our TIFFs and bundles."""
+    """Layer data tuples for our TIFFs, bundles and PNGs."""
     kinds = kinds or [owned_reader_target(p) for p in paths]
     out = []
     for p, kind in zip(paths, kinds):
@@ -38,6 +39,8 @@ def read_paths(paths, kinds=None) -> list:
             out.extend(read_bundle(p))
         elif kind == "tiff":
             out.append(read_layer_tiff(p))
+        elif kind == "png":
+            out.append(read_png(p))
     for _, kwargs, _ in out:
         _check_colormap(kwargs)
     return out
