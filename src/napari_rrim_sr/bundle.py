@@ -372,16 +372,12 @@ def read_bundle(path) -> list[LayerData]:
 def _png_is_ours(p: Path) -> bool:
     """PNGs this plugin opens: 16-bit RGB(A) (napari's builtin reader keeps 8 of the 16 bits)
     and PNGs carrying our provenance (so it reaches the layer's metadata)."""
-    from .image_io import PROVENANCE_KEY
-
-    with open(p, "rb") as fh:
-        head = fh.read(26)
-    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n":
-        return False
-    if head[24] == 16 and head[25] in (2, 6):  # bit depth 16, colour type RGB / RGBA
-        return True
     from PIL import Image
 
+    from .image_io import PROVENANCE_KEY, is_rgb16_png
+
+    if is_rgb16_png(p):
+        return True
     with Image.open(p) as im:  # parses the chunks before IDAT only, where ours are written
         return PROVENANCE_KEY in im.info
 

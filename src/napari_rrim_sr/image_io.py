@@ -102,7 +102,7 @@ def _read_pil(p: Path) -> tuple[np.ndarray, dict]:
             im = im.convert("RGB")
             warnings.append(f"{mode} image converted to RGB")
         arr = np.asarray(im)
-    if mode in ("RGB", "RGBA") and p.suffix.lower() == ".png" and png_bit_depth(p) == 16:
+    if mode in ("RGB", "RGBA") and is_rgb16_png(p):
         arr = read_png16(p)  # pillow would drop the low byte of every sample
     if not arr.flags.writeable:
         arr = arr.copy()
@@ -140,12 +140,12 @@ def read_png16(path) -> np.ndarray:
     return arr
 
 
-def png_bit_depth(p: Path) -> int | None:
-    with open(p, "rb") as fh:
+def is_rgb16_png(path) -> bool:
+    """True for a 16-bit RGB or RGBA PNG (IHDR bit depth 16, colour type 2 or 6): the PNGs
+    pillow decodes to 8 bits, read here with :func:`read_png16` instead."""
+    with open(path, "rb") as fh:
         head = fh.read(26)
-    if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n":
-        return head[24]
-    return None
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
 
 
 def _parse_provenance(raw, wrapped: bool) -> dict | None:

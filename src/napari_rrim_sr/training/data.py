@@ -44,7 +44,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import RRIMError
-from ..image_io import png_bit_depth, read_png16
+from ..image_io import is_rgb16_png, read_png16
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _decode_pil(path: Path) -> Decoded:
             im = im.convert("RGB")
         arr = np.asarray(im)
         mode = im.mode
-    if mode in ("RGB", "RGBA") and path.suffix.lower() == ".png" and png_bit_depth(path) == 16:
+    if mode in ("RGB", "RGBA") and is_rgb16_png(path):
         arr = read_png16(path)  # pillow keeps only the high byte of 16-bit RGB samples
     if mode.startswith("I;16"):
         arr = arr.astype(np.uint16)
