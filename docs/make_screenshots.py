@@ -107,9 +107,9 @@ def main() -> int:
     _save(viewer.screenshot(canvas_only=False, flash=False), OUT / "upscale_widget.png")
 
     # the metrics widget: self-check of the source with error maps
-    for name in list(viewer.window._dock_widgets):
+    for name, inner in dict(viewer.window.dock_widgets).items():  # napari 0.6+: inner widgets
         if "Upscale (RRIM x4)" in name:
-            viewer.window.remove_dock_widget(viewer.window._dock_widgets[name])
+            viewer.window.remove_dock_widget(getattr(inner, "native", inner))
     _, met = viewer.window.add_plugin_dock_widget("napari-rrim-sr", "Super-resolution metrics")
     met.mode.value = "self"
     met.source.value = src

@@ -36,6 +36,14 @@ def notes(monkeypatch):
     return got
 
 
+def _docked(viewer) -> dict:
+    """Dock name -> inner widget, through napari's public mapping where it has one (0.6+)."""
+    win = viewer.window
+    if hasattr(type(win), "dock_widgets"):
+        return dict(win.dock_widgets)
+    return {name: dock.widget() for name, dock in win._dock_widgets.items()}
+
+
 def _upscale_widget(viewer):
     from napari_rrim_sr._napari.widgets import UpscaleWidget
 
@@ -287,8 +295,7 @@ def test_menu_command_docks_widget_preset_to_active_layer(viewer, qtbot, notes):
     assert "napari-rrim-sr.upscale" in [c.id for c in items if c is not None]
     widget = app.commands.execute_command("napari-rrim-sr.upscale").result()
     assert widget.source.value is a
-    dock = viewer.window._dock_widgets
-    assert any("Upscale (RRIM x4)" in name for name in dock)
+    assert any("Upscale (RRIM x4)" in name for name in _docked(viewer))
     viewer.layers.selection.active = b
     again = app.commands.execute_command("napari-rrim-sr.upscale").result()
     assert again is widget and widget.source.value is b  # the docked widget is reused
@@ -395,9 +402,9 @@ def test_upscale_widget_compute_metrics_fills_metrics_widget(viewer, qtbot, note
     assert not notes["error"], notes["error"]
     rec = viewer.layers["img RRIM x4"].metadata[L.META_KEY]
     assert set(rec["metrics"]) == {"model", "bicubic", "convention"}
-    docks = viewer.window._dock_widgets
+    docks = _docked(viewer)
     name = next(n for n in docks if "Super-resolution metrics" in n)
-    metrics_widget = docks[name].widget()
+    metrics_widget = docks[name]
     assert "Self-check PSNR" in w.status.value
     assert name and metrics_widget is not None
 
