@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -395,9 +397,6 @@ def _write_pil(tmp: Path, arr: np.ndarray, fmt: str, like: dict, prov, scale) ->
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    import struct
-    import zlib
-
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
@@ -411,8 +410,6 @@ def _write_png16(tmp: Path, arr: np.ndarray, like: dict, prov, scale) -> None:
     extra = b""
     dpi = like.get("dpi")
     if dpi and scale:
-        import struct
-
         ppm = [int(round(float(d) * float(scale) / 0.0254)) for d in dpi]
         extra += _png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
     if prov:
