@@ -105,7 +105,9 @@ def _read_pil(p: Path) -> tuple[np.ndarray, dict]:
             warnings.append(f"{mode} image converted to RGB")
         arr = np.asarray(im)
     if mode in ("RGB", "RGBA") and is_rgb16_png(p):
-        arr = read_png16(p)  # pillow would drop the low byte of every sample
+        # pillow would drop the low byte of every sample; its decode above is still what
+        # gives us the text chunks that follow the image data (foreign files put them there)
+        arr = read_png16(p)
     if not arr.flags.writeable:
         arr = arr.copy()
     rgb = arr.ndim == 3

@@ -145,6 +145,8 @@ def _decode_tiff(path: Path) -> Decoded:
 def _decode_pil(path: Path) -> Decoded:
     from PIL import Image
 
+    if is_rgb16_png(path):  # pillow keeps only the high byte of 16-bit RGB(A) samples
+        return Decoded(read_png16(path)[None], True)
     with Image.open(path) as im:
         im.load()
         mode = im.mode
@@ -156,8 +158,6 @@ def _decode_pil(path: Path) -> Decoded:
             im = im.convert("RGB")
         arr = np.asarray(im)
         mode = im.mode
-    if mode in ("RGB", "RGBA") and is_rgb16_png(path):
-        arr = read_png16(path)  # pillow keeps only the high byte of 16-bit RGB samples
     if mode.startswith("I;16"):
         arr = arr.astype(np.uint16)
     elif mode == "I":
