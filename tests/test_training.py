@@ -554,6 +554,40 @@ def test_interpolate_same_backbone_and_refusals(tmp_path, iso, capsys):
     assert not (tmp_path / "w.safetensors").exists()
 
 
+def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
+    """training/ship_gan.py (how the shipped GAN file is assembled): lerp of the two files, GAN
+    recipe + interpolation record + the evaluate JSON's means in the metadata."""
+    import runpy
+
+    from napari_rrim_sr.weights_io import load_state_dict, read_metadata
+
+    a = _save_tiny(tmp_path / "psnr.safetensors", seed=1)
+    b = _save_tiny(tmp_path / "gan.safetensors", seed=2)
+    ev = {"rows": [{"image": "val/K/kodim01.png"}, {"image": "val/K/kodim02.png"}],
+          "mean": {"model": {"psnr": 27.5, "ssim": 0.75, "fsim": 0.93, "rmse": 11.0},
+                   "bicubic": {"psnr": 26.9, "ssim": 0.71, "fsim": 0.90, "rmse": 12.3}},
+          "convention": "test convention"}
+    (tmp_path / "ev.json").write_text(json.dumps(ev))
+    out = tmp_path / "shipped.safetensors"
+    ns = runpy.run_path(str(Path(__file__).parents[1] / "training" / "ship_gan.py"))
+    assert ns["main"](["--psnr", str(a), "--gan", str(b), "--alpha", "0.5", "--eval", str(tmp_path / "ev.json"),
+                       "--psnr-steps", "24500", "-o", str(out)]) == 0
+    sa, sb, sm = load_state_dict(a)[0], load_state_dict(b)[0], load_state_dict(out)[0]
+    for k in sa:  # stored as fp16
+        torch.testing.assert_close(sm[k], (0.5 * sa[k] + 0.5 * sb[k]).half().float())
+    meta = read_metadata(out)
+    assert meta["name"] == "rrim-x4-rgb-gan" and meta["stored_dtype"] == "fp16"
+    assert meta["metrics"]["psnr"] == 27.5 and meta["metrics"]["bicubic"]["psnr"] == 26.9
+    assert meta["metrics"]["images"] == 2 and meta["metrics"]["convention"] == "test convention"
+    assert meta["recipe"]["interpolation"]["alpha"] == 0.5
+    assert meta["recipe"]["interpolation"]["b"]["path"] == str(b)
+    assert "24 500 steps" in meta["description"]
+    assert not list(tmp_path.glob("*.tmp.safetensors"))
+    # an existing output is kept unless --overwrite
+    with pytest.raises(Exception, match="exists"):
+        ns["main"](["--psnr", str(a), "--gan", str(b), "--eval", str(tmp_path / "ev.json"), "-o", str(out)])
+
+
 def test_export_errors(tmp_path, iso):
     from napari_rrim_sr.training.export import ExportError, export_run
 
