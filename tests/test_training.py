@@ -601,3 +601,21 @@ def test_bench_training_tiny():
     rows = bench_training(hparams=dict(TINY), batch_size=2, patch_size=32, steps=1, warmup=1,
                           precisions=("fp32",), device="cpu")
     assert len(rows) == 1 and rows[0]["patches_per_s"] > 0 and rows[0]["precision"] == "fp32"
+
+
+def test_grid_check_measures_a_periodic_pattern_not_content():
+    """training/grid_check.py: a 2-px checkerboard of amplitude a reads about a at period 2,
+    smooth random content reads about 0."""
+    import runpy
+
+    ns = runpy.run_path(str(Path(__file__).parents[1] / "training" / "grid_check.py"))
+    rng = np.random.default_rng(0)
+    from scipy.ndimage import gaussian_filter
+
+    content = gaussian_filter(rng.normal(128, 40, (200, 200)), 1.0)
+    yy, xx = np.mgrid[:200, :200]
+    grid = 2.0 * np.where((yy + xx) % 2 == 0, 1.0, -1.0)
+    amp_content = ns["grid_amplitude"](ns["highpass"](content), 2)
+    amp_grid = ns["grid_amplitude"](ns["highpass"](content + grid), 2)
+    assert amp_content < 0.1
+    assert 1.8 < amp_grid < 2.3

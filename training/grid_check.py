@@ -65,9 +65,10 @@ def main(argv=None) -> int:
         for name, img in outs.items():
             img = np.clip(np.asarray(img, np.float64), 0, 255)
             r = highpass(rgb_to_y(img, data_range=255.0))
-            if name == "HR":
-                hr_detail = float(np.sqrt(np.mean(r ** 2)))
-            rows[name]["detail"].append(float(np.sqrt(np.mean(r ** 2))) / hr_detail)
+            rms = float(np.sqrt(np.mean(r ** 2)))
+            if name == "HR":  # first in ``outs``
+                hr_rms = rms
+            rows[name]["detail"].append(rms / hr_rms)
             for p in (2, 4):
                 rows[name][p].append(grid_amplitude(r, p))
     print(f"{'model':<60} {'2-px grid':>10} {'4-px grid':>10} {'detail':>7}   "
