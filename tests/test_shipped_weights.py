@@ -34,6 +34,16 @@ def shipped(tmp_path, monkeypatch):
     registry.reset_registry()
 
 
+def _git_ignored(rel: str) -> bool:
+    """True when git would ignore ``rel`` (``git check-ignore``); False where git is unavailable."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("git") or not (ROOT / ".git").exists():
+        return False
+    return subprocess.run(["git", "check-ignore", "-q", rel], cwd=ROOT).returncode == 0
+
+
 def _score(model_id, hr, rgb, **engine_kw):
     from napari_rrim_sr.engine import Upscaler, upscale_bicubic
     from napari_rrim_sr.evaluate import make_lr
@@ -62,7 +72,10 @@ def test_every_shipped_model_is_present_with_its_card_data(shipped):
         # its recipe is in the repository, and so is any file it started from (--init)
         assert (ROOT / "training" / "recipes" / f"{meta['recipe']['name']}.toml").exists()
         if meta["recipe"].get("init"):
-            assert (ROOT / meta["recipe"]["init"]).exists(), meta["recipe"]["init"]
+            init = meta["recipe"]["init"]
+            assert (ROOT / init).exists(), init
+            # ... and a clean clone has it too: not under a git-ignored folder such as runs/
+            assert not _git_ignored(init), f"{wid}: --init {init} is git-ignored, so a clone lacks it"
         assert meta["metrics"] and "convention" in meta["metrics"]
     assert "../shared/data/val" not in " ".join(read_metadata(files["rrim-x4-rgb-psnr"])["recipe"]["data"])
     assert read_metadata(files["rrim-x4-rgb-gan"])["recipe"]["stage"] == "gan"

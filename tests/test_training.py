@@ -102,7 +102,7 @@ def _tiny_vgg(path: Path, arch: str = "vgg16", width: int = 4) -> Path:
     return path
 
 
-def _save_tiny(path: Path, backbone="rrim", seed=0, **hp):
+def _save_tiny(path: Path, backbone="rrim", seed=0, extra=None, recipe=None, **hp):
     from napari_rrim_sr.registry import get_registry
     from napari_rrim_sr.weights_io import save_weights
 
@@ -110,7 +110,7 @@ def _save_tiny(path: Path, backbone="rrim", seed=0, **hp):
     params = dict(TINY, in_channels=3, out_channels=3, scale=4)
     params.update(hp)
     module = get_registry().build(backbone, **params)
-    return save_weights(path, module, backbone=backbone, hparams=params, name=path.stem)
+    return save_weights(path, module, backbone=backbone, hparams=params, name=path.stem, extra=extra, recipe=recipe)
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -561,8 +561,14 @@ def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
 
     from napari_rrim_sr.weights_io import load_state_dict, read_metadata
 
+    from napari_rrim_sr.weights_io import file_sha256
+
     a = _save_tiny(tmp_path / "psnr.safetensors", seed=1)
-    b = _save_tiny(tmp_path / "gan.safetensors", seed=2)
+    # the GAN run read its --init from an out-of-git copy with the same bytes as the PSNR file
+    b = _save_tiny(tmp_path / "gan.safetensors", seed=2,
+                   recipe={"name": "gan", "init": "runs/psnr-copy.safetensors", "stage": "gan"},
+                   extra={"training": {"steps": 250, "init": {"path": "runs/psnr-copy.safetensors",
+                                                               "sha256": file_sha256(a)}}})
     ev = {"rows": [{"image": "val/K/kodim01.png"}, {"image": "val/K/kodim02.png"}],
           "mean": {"model": {"psnr": 27.5, "ssim": 0.75, "fsim": 0.93, "rmse": 11.0},
                    "bicubic": {"psnr": 26.9, "ssim": 0.71, "fsim": 0.90, "rmse": 12.3}},
@@ -581,8 +587,17 @@ def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
     assert meta["metrics"]["images"] == 2 and meta["metrics"]["convention"] == "test convention"
     assert meta["recipe"]["interpolation"]["alpha"] == 0.5
     assert meta["recipe"]["interpolation"]["b"]["path"] == str(b)
-    assert "24 500 steps" in meta["description"]
+    assert "24 500 steps" in meta["description"] and "250 steps" in meta["description"]
+    # lineage points at the file that ships (same bytes), not at the copy a clone lacks
+    assert meta["recipe"]["init"] == a.as_posix() and meta["recipe"]["init_sha256"] == file_sha256(a)
+    assert meta["training"]["init"]["path"] == "runs/psnr-copy.safetensors"  # what the run really read
     assert not list(tmp_path.glob("*.tmp.safetensors"))
+    # a GAN run from some other file keeps its own init path
+    c = _save_tiny(tmp_path / "gan2.safetensors", seed=3, recipe={"name": "gan", "init": "elsewhere.safetensors"},
+                   extra={"training": {"steps": 10, "init": {"path": "elsewhere.safetensors", "sha256": "0" * 64}}})
+    out2 = tmp_path / "shipped2.safetensors"
+    assert ns["main"](["--psnr", str(a), "--gan", str(c), "--eval", str(tmp_path / "ev.json"), "-o", str(out2)]) == 0
+    assert read_metadata(out2)["recipe"]["init"] == "elsewhere.safetensors"
     # an existing output is kept unless --overwrite
     with pytest.raises(Exception, match="exists"):
         ns["main"](["--psnr", str(a), "--gan", str(b), "--eval", str(tmp_path / "ev.json"), "-o", str(out)])

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from napari_rrim_sr.training.export import interpolate
-from napari_rrim_sr.weights_io import load_state_dict, read_metadata, save_weights
+from napari_rrim_sr.weights_io import file_sha256, load_state_dict, read_metadata, save_weights
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,17 @@ def main(argv=None) -> int:
 
     gan_meta, psnr_meta = read_metadata(args.gan), read_metadata(args.psnr)
     recipe = dict(gan_meta.get("recipe") or {})
-    gan_steps = (gan_meta.get("training") or {}).get("steps") or recipe.get("steps")
+    gan_training = dict(gan_meta.get("training") or {})
+    gan_steps = gan_training.get("steps") or recipe.get("steps")
+    # The GAN run may have read its --init from a copy outside git (runs/...). When that copy has
+    # the --psnr file's bytes, record the --psnr path instead, so the lineage resolves in a clone.
+    init = gan_training.get("init") or {}
+    if init.get("sha256") and init["sha256"] == file_sha256(args.psnr):
+        recipe["init"] = Path(args.psnr).as_posix()
+    elif init.get("sha256"):
+        print(f"note: the GAN stage started from {init.get('path')} (sha256 {init['sha256'][:12]}...), "
+              f"not from --psnr {args.psnr}; its recipe keeps that path")
+    recipe["init_sha256"] = init.get("sha256", "")
     recipe.update(interpolation=interp, gan_stage_steps=gan_steps, note=(
         f"shipped = {1 - args.alpha:g} x {psnr_meta.get('name')} ({Path(args.psnr).name}) + "
         f"{args.alpha:g} x the GAN stage's final EMA weights (step {gan_steps}); "
@@ -58,7 +68,8 @@ def main(argv=None) -> int:
             f"perceptual + {recipe.get('adv_weight')} relativistic adversarial, {gan_steps} steps"
             + (f"; PSNR model of {args.psnr_steps:,} steps".replace(",", " ") if args.psnr_steps else "") + ")")
     save_weights(args.out, sd, backbone=gan_meta["backbone"], hparams=hp, name=args.name,
-                 description=desc, recipe=recipe, metrics=metrics, dtype="fp16", overwrite=args.overwrite)
+                 description=desc, recipe=recipe, metrics=metrics, dtype="fp16", overwrite=args.overwrite,
+                 extra={"training": dict(gan_training, interpolated_alpha=args.alpha)} if gan_training else None)
     print(f"wrote {args.out}: Kodak24 {model['psnr']:.2f} dB / SSIM {model['ssim']:.4f} / FSIM {model['fsim']:.4f}")
     return 0
 
