@@ -66,6 +66,17 @@ def test_data_range_for():
         data_range_for(np.float32)
 
 
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "wide", None])
+def test_bad_data_range_is_named(bad):
+    a = np.zeros((8, 8), np.float32)
+    if bad is None:  # floats carry no implied range
+        with pytest.raises(ValueError, match="data_range is required"):
+            psnr(a, a + 0.1)
+        return
+    with pytest.raises(ValueError, match=r"data_range must be a positive (finite )?number, got"):
+        psnr(a, a + 0.1, data_range=bad)
+
+
 def test_rgb_to_y_known_values():
     px = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 255, 0]]], np.uint8)
     y = rgb_to_y(px)

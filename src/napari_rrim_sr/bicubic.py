@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, positive_number
 
 __all__ = [
     "cubic",
@@ -100,16 +100,6 @@ def _dense_matrix(in_size: int, out_size: int, scale: float, antialias: bool) ->
     return m
 
 
-def _check_scale(scale) -> float:
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise InputError(f"scale must be a positive number, got {scale!r}") from None
-    if not (math.isfinite(s) and s > 0):
-        raise InputError(f"scale must be a positive finite number, got {scale!r}")
-    return s
-
-
 def _check_shape(shape) -> tuple[int, int]:
     if len(shape) < 2:
         raise InputError(f"imresize needs an array of shape (..., H, W); got shape {tuple(shape)}")
@@ -142,7 +132,7 @@ def imresize(x, scale: float, *, antialias: bool = True) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
         raise InputError(f"imresize needs a real-valued array, got dtype {arr.dtype}")
-    s = _check_scale(scale)
+    s = positive_number(scale, "scale")
     h, w = _check_shape(arr.shape)
     out_dtype = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float64)
     a = arr.astype(np.float64, copy=False)
@@ -203,7 +193,7 @@ def imresize_torch(t, scale: float, antialias: bool = True):
         raise InputError(f"imresize_torch needs a torch.Tensor, got {type(t).__name__}")
     if t.is_complex():
         raise InputError(f"imresize_torch needs a real tensor, got dtype {t.dtype}")
-    s = _check_scale(scale)
+    s = positive_number(scale, "scale")
     h, w = _check_shape(tuple(t.shape))
     if not t.is_floating_point():
         t = t.to(torch.float32)

@@ -1,5 +1,7 @@
 """Exceptions with plain messages: the CLI and the napari widgets show them as they are."""
 
+import math
+
 
 class RRIMError(Exception):
     """Base class for errors a user can act on (bad input, missing weights...)."""
@@ -24,3 +26,14 @@ class InputError(RRIMError, ValueError):
 
 class Cancelled(RRIMError):
     """A run was cancelled; no partial result is returned."""
+
+
+def positive_number(value, name: str) -> float:
+    """``value`` as a float, or an :class:`InputError` naming ``name`` (not a number, NaN, inf, <= 0)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a positive number, got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise InputError(f"{name} must be a positive finite number, got {value!r}")
+    return v

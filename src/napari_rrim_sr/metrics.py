@@ -24,7 +24,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from .errors import InputError
+from .errors import InputError, positive_number
 
 __all__ = [
     "data_range_for",
@@ -97,13 +97,7 @@ def _resolve_range(data_range, *arrays) -> float:
                 f"({sorted(ranges)})"
             )
         return ranges.pop()
-    try:
-        r = float(data_range)
-    except (TypeError, ValueError):
-        raise InputError(f"data_range must be a positive number, got {data_range!r}") from None
-    if not (math.isfinite(r) and r > 0):
-        raise InputError(f"data_range must be a positive finite number, got {data_range!r}")
-    return r
+    return positive_number(data_range, "data_range")
 
 
 def _to_hwc(a: np.ndarray, channel_axis: int | None) -> tuple[np.ndarray, bool]:
