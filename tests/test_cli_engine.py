@@ -145,6 +145,11 @@ def test_evaluate_json(tmp_path, rgb_png, weights, capsys):
     res = json.loads(js.read_text())
     assert len(res["rows"]) == 1 and set(res["mean"]) == {"model", "bicubic"}
     assert res["mean"]["bicubic"]["psnr"] == pytest.approx(res["rows"][0]["bicubic"]["psnr"])
+    # the numbers name the weights they belong to: file and tensors hashes
+    from napari_rrim_sr.weights_io import file_sha256, read_metadata
+
+    assert res["provenance"]["weights_sha256"] == file_sha256(weights[3])
+    assert res["provenance"]["tensors_sha256"] == read_metadata(weights[3])["tensors_sha256"]
     assert main(["evaluate", str(src), "--model", str(weights[3]), "--json", str(js)]) == 1  # no overwrite
 
 

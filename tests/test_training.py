@@ -601,6 +601,15 @@ def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
     # an existing output is kept unless --overwrite
     with pytest.raises(Exception, match="exists"):
         ns["main"](["--psnr", str(a), "--gan", str(b), "--eval", str(tmp_path / "ev.json"), "-o", str(out)])
+    # an evaluation that names the tensors it scored must have scored these
+    ev["provenance"] = {"tensors_sha256": meta["tensors_sha256"]}
+    (tmp_path / "ev_ok.json").write_text(json.dumps(ev))
+    assert ns["main"](["--psnr", str(a), "--gan", str(b), "--eval", str(tmp_path / "ev_ok.json"),
+                       "-o", str(tmp_path / "ok.safetensors")]) == 0
+    with pytest.raises(SystemExit, match="scored other weights"):
+        ns["main"](["--psnr", str(a), "--gan", str(b), "--alpha", "0.4", "--eval", str(tmp_path / "ev_ok.json"),
+                    "-o", str(tmp_path / "bad.safetensors")])
+    assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_export_errors(tmp_path, iso):

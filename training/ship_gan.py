@@ -5,6 +5,8 @@ The shipped GAN model is ESRGAN's network interpolation ``(1 - alpha) * PSNR + a
 This script does what was once done by hand: interpolate, then store the GAN run's recipe, the
 interpolation record and the Kodak24 metrics of the result (from ``napari-rrim-sr evaluate
 --json``) in the file's metadata, so ``napari-rrim-sr models --json`` shows where it came from.
+When the evaluation JSON names the tensors it scored (``provenance.tensors_sha256``, written by
+``evaluate --json`` since it records provenance), they must be the tensors shipped here.
 
     python -m napari_rrim_sr.training interpolate PSNR GAN --alpha 0.5 -o runs/gan-a05.safetensors
     python -m napari_rrim_sr evaluate ../shared/data/val/Kodak24 --model runs/gan-a05.safetensors --json runs/eval_gan.json
@@ -17,8 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_rrim_sr.training.export import interpolate
-from napari_rrim_sr.weights_io import file_sha256, load_state_dict, read_metadata, save_weights
+from napari_rrim_sr.training.export import lerp_weights
+from napari_rrim_sr.weights_io import file_sha256, read_metadata, save_weights, tensors_sha256
+
+DTYPE = "fp16"  # as the other shipped weights
 
 
 def main(argv=None) -> int:
@@ -34,13 +38,17 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
-    tmp = args.out.with_name(args.out.stem + ".interp.tmp.safetensors")
-    res = interpolate(args.psnr, args.gan, args.alpha, tmp, overwrite=True)
-    sd, _ = load_state_dict(tmp)
-    tmp.unlink()
-    interp = res.metadata["recipe"]["interpolation"]
+    lw = lerp_weights(args.psnr, args.gan, args.alpha)
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in lw.state_dict.items()}
+    ev = json.loads(args.eval.read_text())
+    scored = (ev.get("provenance") or {}).get("tensors_sha256")
+    if scored and scored != tensors_sha256(sd):
+        raise SystemExit(f"{args.eval} scored other weights (tensors_sha256 {scored[:12]}...) than "
+                         f"{1 - args.alpha:g} x {args.psnr} + {args.alpha:g} x {args.gan} in {DTYPE}")
+    if not scored:
+        print(f"note: {args.eval} does not say which tensors it scored; its metrics are taken as given")
 
-    gan_meta, psnr_meta = read_metadata(args.gan), read_metadata(args.psnr)
+    gan_meta, psnr_meta = lw.meta_b, lw.meta_a
     recipe = dict(gan_meta.get("recipe") or {})
     gan_training = dict(gan_meta.get("training") or {})
     gan_steps = gan_training.get("steps") or recipe.get("steps")
@@ -53,12 +61,11 @@ def main(argv=None) -> int:
         print(f"note: the GAN stage started from {init.get('path')} (sha256 {init['sha256'][:12]}...), "
               f"not from --psnr {args.psnr}; its recipe keeps that path")
     recipe["init_sha256"] = init.get("sha256", "")
-    recipe.update(interpolation=interp, gan_stage_steps=gan_steps, note=(
+    recipe.update(interpolation=lw.record, gan_stage_steps=gan_steps, note=(
         f"shipped = {1 - args.alpha:g} x {psnr_meta.get('name')} ({Path(args.psnr).name}) + "
         f"{args.alpha:g} x the GAN stage's final EMA weights (step {gan_steps}); "
         "the raw GAN weights show a faint 2-px grid"))
 
-    ev = json.loads(args.eval.read_text())
     model, bic = ev["mean"]["model"], ev["mean"]["bicubic"]
     metrics = dict(model, bicubic=bic, convention=ev["convention"], images=len(ev["rows"]),
                    val_set=str(Path(ev["rows"][0]["image"]).parent))
@@ -68,7 +75,7 @@ def main(argv=None) -> int:
             f"perceptual + {recipe.get('adv_weight')} relativistic adversarial, {gan_steps} steps"
             + (f"; PSNR model of {args.psnr_steps:,} steps".replace(",", " ") if args.psnr_steps else "") + ")")
     save_weights(args.out, sd, backbone=gan_meta["backbone"], hparams=hp, name=args.name,
-                 description=desc, recipe=recipe, metrics=metrics, dtype="fp16", overwrite=args.overwrite,
+                 description=desc, recipe=recipe, metrics=metrics, dtype=DTYPE, overwrite=args.overwrite,
                  extra={"training": dict(gan_training, interpolated_alpha=args.alpha)} if gan_training else None)
     print(f"wrote {args.out}: Kodak24 {model['psnr']:.2f} dB / SSIM {model['ssim']:.4f} / FSIM {model['fsim']:.4f}")
     return 0

@@ -98,7 +98,8 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
     """Evaluate every image in ``paths`` (files or folders of PNG/JPEG/TIFF) with one model.
 
     Returns ``{"rows": [{"image", "model", "bicubic"}...], "mean": {"model", "bicubic"},
-    "convention", "model_id"}``. Gray and RGB images may be mixed (the model runs per channel
+    "convention", "model_id", "provenance", "self_ensemble"}``; ``provenance`` names the weights
+    (path, file and tensors sha256) the numbers belong to. Gray and RGB images may be mixed (the model runs per channel
     or replicated as the engine's channel rules say); means are over all images.
     """
     from .engine import Upscaler
@@ -131,7 +132,7 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
                          "bicubic": res["bicubic"]})
             if progress is not None:
                 progress(i + 1, len(files), f)
-        model_id = next(iter(ups.values())).model.id
+        model = next(iter(ups.values())).model
     finally:
         for up in ups.values():
             up.close()
@@ -139,8 +140,8 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
         which: {k: _mean([r[which][k] for r in rows]) for k in METRIC_KEYS}
         for which in ("model", "bicubic")
     }
-    return {"rows": rows, "mean": mean, "convention": convention, "model_id": model_id,
-            "self_ensemble": bool(up_kw["self_ensemble"])}
+    return {"rows": rows, "mean": mean, "convention": convention, "model_id": model.id,
+            "provenance": model.provenance(), "self_ensemble": bool(up_kw["self_ensemble"])}
 
 
 def _mean(values) -> float:

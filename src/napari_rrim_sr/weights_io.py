@@ -78,6 +78,8 @@ class LoadedModel:
             "hparams": self.hparams,
             "weights_path": str(self.path) if self.path else None,
             "weights_sha256": self.sha256 or None,
+            # the tensors' identity whatever the file's metadata says (a re-packed file keeps it)
+            "tensors_sha256": self.metadata.get("tensors_sha256") or None,
             "scale": self.scale,
         }
 

@@ -137,13 +137,24 @@ def _resolve_weights(source) -> Path:
         raise ExportError(f"{source}: not a file and not a registered weights id ({exc})") from None
 
 
-def interpolate(a, b, alpha: float, out, *, name: str | None = None, register: bool = False,
-                overwrite: bool = False, dtype: str | None = None) -> ExportResult:
-    """Write ``(1 - alpha) * A + alpha * B`` to ``out`` (``.safetensors``); refuses different
+@dataclass
+class Interpolated:
+    """ESRGAN network interpolation held in memory: the tensors and where they came from."""
+
+    state_dict: dict
+    backbone: str
+    hparams: dict
+    record: dict  #: formula, alpha and the two inputs' path / name / sha256
+    meta_a: dict
+    meta_b: dict
+
+
+def lerp_weights(a, b, alpha: float) -> Interpolated:
+    """``(1 - alpha) * A + alpha * B`` of two weights (ids or files), in memory; refuses different
     backbones, hyper-parameters, tensor names or shapes with a message naming the difference."""
     import torch
 
-    from ..weights_io import detect_backbone, file_sha256, install_weights, load_state_dict, read_metadata, save_weights
+    from ..weights_io import detect_backbone, file_sha256, load_state_dict
 
     try:
         alpha = float(alpha)
@@ -185,22 +196,32 @@ def interpolate(a, b, alpha: float, out, *, name: str | None = None, register: b
             sd[k] = torch.lerp(ta.float(), tb.float(), alpha)
         else:
             sd[k] = ta.clone()  # counters (e.g. BN num_batches_tracked): keep A's
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        out = out.with_suffix(".safetensors")
-    name = name or out.stem
-    hparams = dict(hpa or hpb)
-    recipe = {"interpolation": {
+    record = {
         "formula": "(1 - alpha) * A + alpha * B (ESRGAN network interpolation)",
         "alpha": alpha,
         "a": {"path": str(pa), "name": ma.get("name", pa.stem), "sha256": file_sha256(pa)},
         "b": {"path": str(pb), "name": mb.get("name", pb.stem), "sha256": file_sha256(pb)},
-    }, "a_recipe": ma.get("recipe", {}), "b_recipe": mb.get("recipe", {})}
-    desc = (f"network interpolation {1 - alpha:g} x {ma.get('name', pa.stem)} + {alpha:g} x "
-            f"{mb.get('name', pb.stem)} ({bba} x{hparams.get('scale', '?')})")
+    }
+    return Interpolated(sd, bba, dict(hpa or hpb), record, ma, mb)
+
+
+def interpolate(a, b, alpha: float, out, *, name: str | None = None, register: bool = False,
+                overwrite: bool = False, dtype: str | None = None) -> ExportResult:
+    """Write :func:`lerp_weights` of A and B to ``out`` (``.safetensors``)."""
+    from ..weights_io import install_weights, read_metadata, save_weights
+
+    lw = lerp_weights(a, b, alpha)
+    ma, mb, pa, pb = lw.meta_a, lw.meta_b, Path(lw.record["a"]["path"]), Path(lw.record["b"]["path"])
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(".safetensors")
+    name = name or out.stem
+    recipe = {"interpolation": lw.record, "a_recipe": ma.get("recipe", {}), "b_recipe": mb.get("recipe", {})}
+    desc = (f"network interpolation {1 - lw.record['alpha']:g} x {ma.get('name', pa.stem)} + "
+            f"{lw.record['alpha']:g} x {mb.get('name', pb.stem)} ({lw.backbone} x{lw.hparams.get('scale', '?')})")
     try:
-        save_weights(out, sd, backbone=bba, hparams=hparams, name=name, description=desc, recipe=recipe,
-                     metrics={}, dtype=dtype, overwrite=overwrite)
+        save_weights(out, lw.state_dict, backbone=lw.backbone, hparams=lw.hparams, name=name, description=desc,
+                     recipe=recipe, metrics={}, dtype=dtype, overwrite=overwrite)
     except WeightsError as exc:
         raise ExportError(str(exc)) from None
     installed = install_weights(out, overwrite=overwrite) if register else None
