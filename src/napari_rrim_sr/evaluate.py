@@ -99,8 +99,9 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
 
     Returns ``{"rows": [{"image", "model", "bicubic"}...], "mean": {"model", "bicubic"},
     "convention", "model_id", "provenance", "self_ensemble"}``; ``provenance`` names the weights
-    (path, file and tensors sha256) the numbers belong to. Gray and RGB images may be mixed (the model runs per channel
-    or replicated as the engine's channel rules say); means are over all images.
+    (path, file and tensors sha256) the numbers belong to. Gray and RGB images may be mixed (the
+    model runs per channel or replicated as the engine's channel rules say); means are over all
+    images.
     """
     from .engine import Upscaler
     from .image_io import SUFFIXES, read_image
