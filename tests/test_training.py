@@ -643,3 +643,29 @@ def test_grid_check_measures_a_periodic_pattern_not_content():
     amp_grid = ns["grid_amplitude"](ns["highpass"](content + grid), 2)
     assert amp_content < 0.1
     assert 1.8 < amp_grid < 2.3
+
+
+def test_robust_check_degradations_and_overshoot():
+    """training/robust_check.py: the clean condition is exactly the evaluation LR, degradations
+    are seeded; overshoot is ~0 for nearest-neighbour upscaling and reads a drawn dark hole."""
+    import runpy
+
+    from napari_rrim_sr.evaluate import make_lr
+
+    ns = runpy.run_path(str(Path(__file__).parents[1] / "training" / "robust_check.py"))
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(ns["degraded_lr"](hr, 0, 0, 0, seed=0), make_lr(hr, 4)[1])
+    a, b = ns["degraded_lr"](hr, 1.0, 3.0, 80, seed=1), ns["degraded_lr"](hr, 1.0, 3.0, 80, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (16, 12, 3) and a.dtype == np.uint8
+    assert not np.array_equal(a, ns["degraded_lr"](hr, 1.0, 3.0, 80, seed=2))
+
+    lr = np.full((20, 20, 3), 230, np.uint8)
+    nearest = np.kron(lr, np.ones((4, 4, 1), np.uint8))
+    assert ns["overshoot"](lr, nearest) == (0.0, 0.0)
+    holed = nearest.copy()
+    holed[40:44, 40:44] = 130  # a 4x4 dark hole, 100 RGB levels below anything in the LR
+    depth = 100 * 219 / 255  # the same on BT.601 Y (16..235)
+    mean, p999 = ns["overshoot"](lr, holed)
+    assert p999 == pytest.approx(depth) and mean == pytest.approx(16 * depth / (64 * 64))
