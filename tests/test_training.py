@@ -251,6 +251,17 @@ def test_lr_matches_full_image_bicubic_and_degradations(tmp_path):
         assert len(hits) == 1
         y, x = hits[0]
         np.testing.assert_allclose(lr.numpy(), full_lr[:, y // 4:y // 4 + 8, x // 4:x // 4 + 8], atol=1e-5)
+    # alias_prob=1: the same patches, downscaled without the antialiasing filter
+    aliased = PatchDataset(recs, patch_size=32, scale=4, channels=3, augment=False, seed=7,
+                           degradations=Degradations(quantize=False, alias_prob=1.0))
+    sharp_lr = imresize(img[:80, :92].astype(np.float64).transpose(2, 0, 1) / 255.0, 0.25, antialias=False)
+    for i in range(3):
+        lr, hr = aliased[i]
+        assert torch.equal(hr, ds[i][1])  # alias_prob draws after the patch: same HR
+        y, x = [(y, x) for y in range(0, 80 - 31, 4) for x in range(0, 92 - 31, 4)
+                if np.array_equal(np.rint(hr.numpy() * 255).astype(np.uint8), img[y:y + 32, x:x + 32].transpose(2, 0, 1))][0]
+        np.testing.assert_allclose(lr.numpy(), sharp_lr[:, y // 4:y // 4 + 8, x // 4:x // 4 + 8], atol=1e-5)
+        assert float((lr - ds[i][0]).abs().mean()) > 1e-3
 
     deg = Degradations(blur_sigma=(0.5, 1.5), noise_sigma=(2, 10), poisson_peak=(30, 300), jpeg_quality=(30, 90))
     ds = PatchDataset(recs, patch_size=32, scale=4, channels=3, seed=7, degradations=deg)
@@ -660,6 +671,8 @@ def test_robust_check_degradations_and_overshoot():
     np.testing.assert_array_equal(a, b)
     assert a.shape == (16, 12, 3) and a.dtype == np.uint8
     assert not np.array_equal(a, ns["degraded_lr"](hr, 1.0, 3.0, 80, seed=2))
+    sharp = ns["degraded_lr"](hr, 0, 0, 0, seed=0, alias=True)
+    assert sharp.std() > make_lr(hr, 4)[1].std()  # no antialiasing filter: more of HR's noise survives
 
     lr = np.full((20, 20, 3), 230, np.uint8)
     nearest = np.kron(lr, np.ones((4, 4, 1), np.uint8))

@@ -8,7 +8,9 @@ Two measures, for each model and bicubic:
 1. Kodak24 Y-PSNR / SSIM (the evaluation convention: HR cropped to a multiple of 4, 4-px border,
    Y of BT.601) with the LR made by MATLAB bicubic x1/4 and then degraded, fixed seeds:
    ``clean``; ``noise5`` (Gaussian, sigma 5 of 255); ``jpeg70`` (JPEG quality 70);
-   ``mixed`` (HR blur sigma 1 px before the downscale, noise sigma 3, JPEG quality 80).
+   ``aliased`` (bicubic without its antialiasing filter: a sharp, aliased LR, as from imagery
+   resampled by nearest neighbour); ``mixed`` (HR blur sigma 1 px before the downscale,
+   noise sigma 3, JPEG quality 80).
 2. Overshoot on the bundled native samples (Landsat crop, astronaut crop; no HR exists): for
    each output pixel, how far its Y leaves the [min, max] of the 3 x 3 LR pixels around the
    pixel it came from (grey levels). Mean and 99.9th percentile. Bicubic overshoots a little by
@@ -25,15 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-CONDITIONS = {  # name: (HR blur sigma in HR px, noise sigma in 0..255, JPEG quality or 0)
-    "clean": (0.0, 0.0, 0),
-    "noise5": (0.0, 5.0, 0),
-    "jpeg70": (0.0, 0.0, 70),
-    "mixed": (1.0, 3.0, 80),
+CONDITIONS = {  # name: (HR blur sigma in HR px, noise sigma in 0..255, JPEG quality or 0, aliased)
+    "clean": (0.0, 0.0, 0, False),
+    "noise5": (0.0, 5.0, 0, False),
+    "jpeg70": (0.0, 0.0, 70, False),
+    "aliased": (0.0, 0.0, 0, True),
+    "mixed": (1.0, 3.0, 80, False),
 }
 
 
-def degraded_lr(hr: np.ndarray, blur: float, noise: float, jpeg: int, seed: int, scale: int = 4) -> np.ndarray:
+def degraded_lr(hr: np.ndarray, blur: float, noise: float, jpeg: int, seed: int, alias: bool = False,
+                scale: int = 4) -> np.ndarray:
     """uint8 LR of an (H, W, 3) uint8 HR already cropped to a multiple of ``scale``."""
     import torch
 
@@ -43,7 +47,7 @@ def degraded_lr(hr: np.ndarray, blur: float, noise: float, jpeg: int, seed: int,
     t = torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))).float() / 255.0
     if blur > 0:
         t = gaussian_blur(t, blur)
-    lr = imresize_torch(t, 1.0 / scale, antialias=True)
+    lr = imresize_torch(t, 1.0 / scale, antialias=not alias)
     if noise > 0:
         g = np.random.default_rng(seed).standard_normal(lr.shape).astype(np.float32)
         lr = lr + (noise / 255.0) * torch.from_numpy(g)
@@ -96,8 +100,8 @@ def main(argv=None) -> int:
     for i, f in enumerate(files):
         hr = read_image(f)[0][..., :3]
         hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
-        for c, (blur, noise, q) in CONDITIONS.items():
-            lr = degraded_lr(hr, blur, noise, q, seed=i)
+        for c, (blur, noise, q, alias) in CONDITIONS.items():
+            lr = degraded_lr(hr, blur, noise, q, seed=i, alias=alias)
             for n in names:
                 m = compare(run(n, lr), hr, data_range=255, y_channel=True, border=4)
                 scores[c][n].append((m["psnr"], m["ssim"]))

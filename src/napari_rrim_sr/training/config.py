@@ -145,6 +145,9 @@ class TrainConfig:
     """Gaussian blur of the HR patch before downscaling: sigma range in HR pixels ([0,0] = off)."""
     blur_prob: float = 1.0
     """Probability of applying the blur when blur_sigma is set."""
+    alias_prob: float = 0.0
+    """Probability of downscaling without bicubic's antialiasing filter: a sharper, aliased LR,
+    like imagery decimated or resampled to a coarser grid by nearest neighbour."""
     noise_sigma: list[float] = field(default_factory=lambda: [0.0, 0.0])
     """Additive Gaussian noise on the LR: sigma range in 0..255 units ([0,0] = off)."""
     noise_prob: float = 1.0
@@ -248,7 +251,7 @@ class TrainConfig:
             v = getattr(self, key)
             need(len(v) == 2 and 0 <= v[0] <= v[1], f"{key} must be a range [low, high] with 0 <= low <= high")
         need(self.jpeg_quality[1] <= 100, "jpeg_quality must be within 0..100")
-        for key in ("blur_prob", "noise_prob", "poisson_prob", "jpeg_prob"):
+        for key in ("blur_prob", "alias_prob", "noise_prob", "poisson_prob", "jpeg_prob"):
             need(0.0 <= getattr(self, key) <= 1.0, f"{key} must be a probability")
         for key in ("val_every", "ckpt_every", "log_every", "workers", "threads", "val_limit", "val_crop",
                     "keep_ckpts", "warmup"):

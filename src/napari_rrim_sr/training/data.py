@@ -430,6 +430,7 @@ class Degradations:
 
     blur_sigma: tuple[float, float] = (0.0, 0.0)
     blur_prob: float = 1.0
+    alias_prob: float = 0.0
     noise_sigma: tuple[float, float] = (0.0, 0.0)  # 0..255 units
     noise_prob: float = 1.0
     poisson_peak: tuple[float, float] = (0.0, 0.0)
@@ -441,7 +442,7 @@ class Degradations:
     @classmethod
     def from_config(cls, cfg) -> "Degradations":
         return cls(
-            blur_sigma=tuple(cfg.blur_sigma), blur_prob=cfg.blur_prob,
+            blur_sigma=tuple(cfg.blur_sigma), blur_prob=cfg.blur_prob, alias_prob=cfg.alias_prob,
             noise_sigma=tuple(cfg.noise_sigma), noise_prob=cfg.noise_prob,
             poisson_peak=tuple(cfg.poisson_peak), poisson_prob=cfg.poisson_prob,
             jpeg_quality=tuple(int(q) for q in cfg.jpeg_quality), jpeg_prob=cfg.jpeg_prob,
@@ -580,7 +581,8 @@ class PatchDataset:
         src = t
         if d.blur and rng.random() < d.blur_prob:
             src = gaussian_blur(t, float(rng.uniform(*d.blur_sigma)))
-        lr_full = imresize_torch(src, 1.0 / s, antialias=True)
+        alias = d.alias_prob > 0 and rng.random() < d.alias_prob
+        lr_full = imresize_torch(src, 1.0 / s, antialias=not alias)
         lr = lr_full[:, top // s:top // s + p // s, left // s:left // s + p // s]
         if d.noise_sigma[1] > 0 and rng.random() < d.noise_prob:
             sigma = float(rng.uniform(*d.noise_sigma)) / 255.0
