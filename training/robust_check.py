@@ -70,6 +70,18 @@ def overshoot(lr: np.ndarray, sr: np.ndarray, scale: int = 4) -> tuple[float, fl
     return float(ex.mean()), float(np.percentile(ex, 99.9))
 
 
+def save_figure(path: Path, lr: np.ndarray, outputs: list, y: int = 52, x: int = 82, n: int = 40) -> None:
+    """Side by side: an n x n LR crop (nearest x4), then the same region of each output."""
+    from PIL import Image
+
+    tiles = [np.kron(lr[y:y + n, x:x + n], np.ones((4, 4, 1), lr.dtype))]
+    tiles += [o[4 * y:4 * (y + n), 4 * x:4 * (x + n)] for o in outputs]
+    gap = np.full((4 * n, 4, 3), 255, np.uint8)
+    row = [t for tile in tiles for t in (tile.astype(np.uint8), gap)][:-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(row, 1)).save(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", required=True, help="3-channel weights (ids or files)")
@@ -77,6 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N images only (0 = all)")
     ap.add_argument("--json", type=Path, help="write the tables here")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--figure", type=Path, help="save Landsat crops (LR nearest | bicubic | models) as PNG here")
     args = ap.parse_args(argv)
 
     import torch
@@ -113,6 +126,8 @@ def main(argv=None) -> int:
     over = {s: {n: dict(zip(("mean", "p99_9"), overshoot(lr, run(n, lr)))) for n in names}
             for s, lr in native.items()}
 
+    if args.figure:
+        save_figure(args.figure, native["landsat"], [run(n, native["landsat"]) for n in names])
     w = max(len(Path(n).stem) for n in names)
     print(f"\nKodak24 ({len(files)} images), Y-PSNR / SSIM")
     print(" " * w + "".join(f"  {c:>16}" for c in CONDITIONS))

@@ -10,7 +10,8 @@ under ``training``: steps, wall time, hardware of every session, data descriptio
 
 ``interpolate(A, B, alpha)`` is ESRGAN's network interpolation
 ``theta = (1 - alpha) * theta_A + alpha * theta_B`` of two weights of the same backbone and
-hyper-parameters (typically A = PSNR model, B = GAN model of the same run lineage).
+hyper-parameters (typically A = PSNR model, B = GAN model of the same run lineage);
+``lerp_weights(A, B, alpha)`` is the same in memory, for callers that write their own metadata.
 """
 
 from __future__ import annotations
