@@ -94,3 +94,23 @@ def test_demo_cli_help_lists_options():
     text = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
     for opt in ("--headless", "--output", "--allow-untrained", "--samples", "--size"):
         assert opt in text
+
+
+def test_demo_sample_uses_its_own_weights_when_installed(tiny_registry, monkeypatch):
+    """SAMPLE_WEIGHTS: a sample's own choice (the Landsat crop's robust model) when installed;
+    the channel default otherwise, and --model overrides both."""
+    from napari_rrim_sr.commands import demo
+
+    samples = {"satellite": (None, {"rgb": True}), "photo": (None, {"rgb": True}),
+               "microscopy": (None, {})}
+    default_rgb = tiny_registry.default_weights(3).id
+    monkeypatch.setattr(demo, "SAMPLE_WEIGHTS", {"satellite": "tiny-rrim-x4-rgb-gan"})
+    models, untrained = demo._models(None, samples, False)
+    assert not untrained
+    assert models["satellite"].id == "tiny-rrim-x4-rgb-gan" != default_rgb
+    assert models["photo"].id == default_rgb and models["microscopy"].id == "tiny-rrim-x4-gray"
+    monkeypatch.setattr(demo, "SAMPLE_WEIGHTS", {"satellite": "not-installed"})
+    assert demo._models(None, samples, False)[0]["satellite"].id == default_rgb
+    monkeypatch.setattr(demo, "SAMPLE_WEIGHTS", {"satellite": "tiny-rrim-x4-rgb-gan"})
+    forced = demo._models("tiny-rrim-x4-rgb", {"satellite": (None, {"rgb": True})}, False)[0]
+    assert forced["satellite"].id == "tiny-rrim-x4-rgb"

@@ -29,6 +29,9 @@ from ..errors import InputError, RRIMError
 log = logging.getLogger(__name__)
 
 SAMPLES = ("microscopy", "satellite", "photo")
+#: weights a sample is better served by than its channel count's default, used when installed:
+#: the Landsat crop is decimated (aliased), which bicubic-trained models sharpen into artefacts
+SAMPLE_WEIGHTS = {"satellite": "rrim-x4-rgb-real"}
 UNTRAINED_BANNER = (
     "WARNING: NO TRAINED WEIGHTS - this demo ran a RANDOMLY INITIALISED RRIM. Its images and "
     "metrics show that the pipeline works, NOT what the model can do."
@@ -121,13 +124,28 @@ def _load_samples(names, size=None):
 
 
 def _models(model_arg, samples, allow_untrained):
-    """``{channels: LoadedModel}`` for the channel counts the samples need, and whether any
-    is untrained."""
+    """``{sample name: LoadedModel}`` (``--model``, else the sample's own choice in
+    :data:`SAMPLE_WEIGHTS` when installed, else the default for its channel count), and whether
+    any is untrained."""
     from ..registry import get_registry
-    from ..weights_io import LoadedModel, load_model
+    from ..weights_io import load_model
 
     reg = get_registry()
-    chans = sorted({3 if kw.get("rgb") else 1 for _, kw in samples.values()})
+    installed = {e.id for e in reg.weights()}
+    own = {name: SAMPLE_WEIGHTS[name] for name in samples
+           if not model_arg and SAMPLE_WEIGHTS.get(name) in installed}
+    chans = {3 if kw.get("rgb") else 1 for name, (_, kw) in samples.items() if name not in own}
+    by_channels, untrained = _default_models(reg, model_arg, sorted(chans), allow_untrained)
+    models = {name: load_model(wid, registry=reg) for name, wid in own.items()}
+    for name, (_, kw) in samples.items():
+        models.setdefault(name, by_channels.get(3 if kw.get("rgb") else 1))
+    return models, untrained
+
+
+def _default_models(reg, model_arg, chans, allow_untrained):
+    """``{channels: LoadedModel}`` for the channel counts ``chans``, and whether any is untrained."""
+    from ..weights_io import LoadedModel, load_model
+
     models, untrained = {}, False
     for ch in chans:
         if model_arg:
@@ -207,7 +225,7 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
     rows = []
     for name, (data, kwargs) in loaded.items():
         rgb = bool(kwargs.get("rgb", False))
-        m = models[3 if rgb else 1]
+        m = models[name]
         lo_hi = (float(data.min()), float(data.max()))
         norm = normalization_kwargs("auto", data.dtype, *lo_hi)
         up = Upscaler(m, device=device, precision=precision, channels=3 if rgb else 1)
