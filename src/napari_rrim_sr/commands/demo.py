@@ -45,15 +45,17 @@ def register(sub) -> None:
              "samples and write a report)",
         description="Without options: open napari with the microscopy sample and the Upscale "
                     "(RRIM x4) widget. With --headless -o OUTDIR: upscale the microscopy, "
-                    "satellite and photo samples with the default weights and bicubic, and "
+                    "satellite and photo samples with the default weights (the decimated "
+                    "Landsat sample: rrim-x4-rgb-real when installed) and bicubic, and "
                     "write images plus report.md/report.json (no GUI, no Qt).",
     )
     p.add_argument("--headless", action="store_true", help="no GUI: compute and write a report")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (--headless)")
     p.add_argument("--samples", default=",".join(SAMPLES),
                    help=f"comma-separated samples to run (default: {','.join(SAMPLES)})")
-    p.add_argument("--model", help="weights id or file (default: the registry default per "
-                                   "channel count)")
+    p.add_argument("--model", help="weights id or file for every sample (default: the "
+                                   "registry default per channel count, or the sample's own "
+                                   "choice when installed)")
     p.add_argument("--allow-untrained", action="store_true",
                    help="run with a randomly initialised RRIM when no trained weights are "
                         "installed (the results are then meaningless; labelled as such)")
