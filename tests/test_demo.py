@@ -96,21 +96,32 @@ def test_demo_cli_help_lists_options():
         assert opt in text
 
 
-def test_demo_sample_uses_its_own_weights_when_installed(tiny_registry, monkeypatch):
-    """SAMPLE_WEIGHTS: a sample's own choice (the Landsat crop's robust model) when installed;
-    the channel default otherwise, and --model overrides both."""
+def test_demo_sample_uses_the_weights_its_metadata_suggests(tiny_registry):
+    """A sample's metadata can name weights (the Landsat crop names the robust model): used
+    when installed, the channel default otherwise; --model overrides both."""
     from napari_rrim_sr.commands import demo
+    from napari_rrim_sr.layers import SUGGESTED_WEIGHTS_KEY
 
-    samples = {"satellite": (None, {"rgb": True}), "photo": (None, {"rgb": True}),
-               "microscopy": (None, {})}
+    def samples(suggest):
+        return {"satellite": (None, {"rgb": True, "metadata": {SUGGESTED_WEIGHTS_KEY: suggest}}),
+                "photo": (None, {"rgb": True, "metadata": {}}), "microscopy": (None, {})}
+
     default_rgb = tiny_registry.default_weights(3).id
-    monkeypatch.setattr(demo, "SAMPLE_WEIGHTS", {"satellite": "tiny-rrim-x4-rgb-gan"})
-    models, untrained = demo._models(None, samples, False)
+    models, untrained = demo._models(None, samples("tiny-rrim-x4-rgb-gan"), False)
     assert not untrained
     assert models["satellite"].id == "tiny-rrim-x4-rgb-gan" != default_rgb
     assert models["photo"].id == default_rgb and models["microscopy"].id == "tiny-rrim-x4-gray"
-    monkeypatch.setattr(demo, "SAMPLE_WEIGHTS", {"satellite": "not-installed"})
-    assert demo._models(None, samples, False)[0]["satellite"].id == default_rgb
-    monkeypatch.setattr(demo, "SAMPLE_WEIGHTS", {"satellite": "tiny-rrim-x4-rgb-gan"})
-    forced = demo._models("tiny-rrim-x4-rgb", {"satellite": (None, {"rgb": True})}, False)[0]
-    assert forced["satellite"].id == "tiny-rrim-x4-rgb"
+    assert demo._models(None, samples("not-installed"), False)[0]["satellite"].id == default_rgb
+    forced = demo._models("tiny-rrim-x4-rgb", samples("tiny-rrim-x4-rgb-gan"), False)[0]
+    assert forced["satellite"].id == forced["photo"].id == "tiny-rrim-x4-rgb"
+
+
+def test_satellite_sample_suggests_the_robust_model():
+    from napari_rrim_sr._napari.sample_data import satellite
+    from napari_rrim_sr.layers import SUGGESTED_WEIGHTS_KEY, suggested_weights
+
+    ((_, kw, _),) = satellite()
+    assert kw["metadata"][SUGGESTED_WEIGHTS_KEY] == "rrim-x4-rgb-real"
+    assert suggested_weights(kw["metadata"], ["rrim-x4-rgb-psnr", "rrim-x4-rgb-real"]) == "rrim-x4-rgb-real"
+    assert suggested_weights(kw["metadata"], ["rrim-x4-rgb-psnr"]) is None
+    assert suggested_weights(None, ["rrim-x4-rgb-real"]) is None

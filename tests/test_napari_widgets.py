@@ -117,6 +117,12 @@ def test_upscale_rgb_uint8(viewer, qtbot, notes):
     viewer.add_image(_gray((8, 8)), name="gray")
     w.source.value = viewer.layers["gray"]
     assert w.model.value == "tiny-rrim-x4-gray"  # defaults follow the source...
+    tile = viewer.add_image(data.copy(), name="tile", rgb=True,
+                            metadata={L.SUGGESTED_WEIGHTS_KEY: "tiny-rrim-x4-rgb-psnr"})
+    w.source.value = tile
+    assert w.model.value == "tiny-rrim-x4-rgb-psnr"  # ...and the weights a layer asks for
+    viewer.layers.remove(tile)
+    w.source.value = viewer.layers["gray"]
     w.model.value = "tiny-rrim-x4-rgb-gan"
     w.source.value = viewer.layers["photo"]
     assert w.model.value == "tiny-rrim-x4-rgb-gan"  # ...until the user picks a model

@@ -442,6 +442,19 @@ def _is_identity_shear(shear, ndim: int) -> bool:
     return bool(np.allclose(s, 0))
 
 
+# -- weights a layer asks for ---------------------------------------------------------------
+
+#: layer-metadata key naming the weights id that suits the data better than the channel default
+#: (the sample data sets it: the decimated Landsat crop asks for ``rrim-x4-rgb-real``)
+SUGGESTED_WEIGHTS_KEY = "napari_rrim_sr_weights"
+
+
+def suggested_weights(metadata: Mapping[str, Any] | None, available_ids: Iterable[str]) -> str | None:
+    """The weights id ``metadata`` suggests, when it is among ``available_ids``; else None."""
+    wid = (metadata or {}).get(SUGGESTED_WEIGHTS_KEY)
+    return wid if isinstance(wid, str) and wid in set(available_ids) else None
+
+
 # -- network interpolation -----------------------------------------------------------------
 
 _PAIR_SUFFIX = re.compile(r"^(?P<stem>.+)-(?P<kind>psnr|gan)$")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..layers import SUGGESTED_WEIGHTS_KEY
+
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 MICROSCOPY_FILE = SAMPLES_DIR / "nuclei_dsb2018_crop.tif"
 SATELLITE_FILE = SAMPLES_DIR / "landsat7_rgb_crop.tif"
@@ -70,7 +72,9 @@ def satellite():
         "units": ("m", "m"),
         "metadata": {"source": info.get("source", ""), "crs": info.get("crs", ""),
                      "origin_easting_northing_m": info.get("origin_easting_northing_m"),
-                     "license": info.get("license", "CC0-1.0"), "attribution": ATTRIBUTION},
+                     "license": info.get("license", "CC0-1.0"), "attribution": ATTRIBUTION,
+                     # decimated, hence aliased: the bicubic-trained models over-sharpen it
+                     SUGGESTED_WEIGHTS_KEY: "rrim-x4-rgb-real"},
     }, "image")]
 
 

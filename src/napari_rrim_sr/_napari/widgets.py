@@ -298,11 +298,14 @@ class UpscaleWidget(Container):
         is_stack = layer is not None and L.is_stack(layer.ndim)
         self.current_slice.visible = is_stack
         if layer is not None and not self._model_touched:
-            channels = 3 if layer.rgb else 1
-            default = _registry().default_weights(channels)
-            if default is not None and default.id in (self.model.choices or ()):
+            choices = self.model.choices or ()
+            default = L.suggested_weights(layer.metadata, choices)
+            if default is None:
+                entry = _registry().default_weights(3 if layer.rgb else 1)
+                default = entry.id if entry is not None and entry.id in choices else None
+            if default is not None:
                 with self.model.changed.blocked():  # a default is not the user's choice
-                    self.model.value = default.id
+                    self.model.value = default
         self._on_model_changed(touched=False)
 
     def _on_model_changed(self, *_, touched: bool = True):

@@ -29,9 +29,6 @@ from ..errors import InputError, RRIMError
 log = logging.getLogger(__name__)
 
 SAMPLES = ("microscopy", "satellite", "photo")
-#: weights a sample is better served by than its channel count's default, used when installed:
-#: the Landsat crop is decimated (aliased), which bicubic-trained models sharpen into artefacts
-SAMPLE_WEIGHTS = {"satellite": "rrim-x4-rgb-real"}
 UNTRAINED_BANNER = (
     "WARNING: NO TRAINED WEIGHTS - this demo ran a RANDOMLY INITIALISED RRIM. Its images and "
     "metrics show that the pipeline works, NOT what the model can do."
@@ -126,16 +123,18 @@ def _load_samples(names, size=None):
 
 
 def _models(model_arg, samples, allow_untrained):
-    """``{sample name: LoadedModel}`` (``--model``, else the sample's own choice in
-    :data:`SAMPLE_WEIGHTS` when installed, else the default for its channel count), and whether
-    any is untrained."""
+    """``{sample name: LoadedModel}`` (``--model``, else the weights the sample's metadata
+    suggests when installed, as the widget does, else the default for its channel count), and
+    whether any is untrained."""
+    from ..layers import suggested_weights
     from ..registry import get_registry
     from ..weights_io import load_model
 
     reg = get_registry()
-    installed = {e.id for e in reg.weights()}
-    own = {name: SAMPLE_WEIGHTS[name] for name in samples
-           if not model_arg and SAMPLE_WEIGHTS.get(name) in installed}
+    installed = [e.id for e in reg.weights()]
+    own = {} if model_arg else {name: suggested_weights(kw.get("metadata"), installed)
+                                for name, (_, kw) in samples.items()}
+    own = {name: wid for name, wid in own.items() if wid}
     chans = {3 if kw.get("rgb") else 1 for name, (_, kw) in samples.items() if name not in own}
     by_channels, untrained = _default_models(reg, model_arg, sorted(chans), allow_untrained)
     models = {name: load_model(wid, registry=reg) for name, wid in own.items()}
