@@ -51,8 +51,8 @@ def register(sub) -> None:
     p.add_argument("--samples", default=",".join(SAMPLES),
                    help=f"comma-separated samples to run (default: {','.join(SAMPLES)})")
     p.add_argument("--model", help="weights id or file for every sample (default: the "
-                                   "registry default per channel count, or the sample's own "
-                                   "choice when installed)")
+                                   "registry default per channel count, or the weights the "
+                                   "sample's metadata asks for when installed)")
     p.add_argument("--allow-untrained", action="store_true",
                    help="run with a randomly initialised RRIM when no trained weights are "
                         "installed (the results are then meaningless; labelled as such)")
