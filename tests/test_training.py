@@ -682,3 +682,24 @@ def test_robust_check_degradations_and_overshoot():
     depth = 100 * 219 / 255  # the same on BT.601 Y (16..235)
     mean, p999 = ns["overshoot"](lr, holed)
     assert p999 == pytest.approx(depth) and mean == pytest.approx(16 * depth / (64 * 64))
+
+
+def test_robust_check_gray_conditions():
+    """training/robust_check.py --gray: clean LR is the antialiased bicubic x1/4; shot and read
+    noise are seeded and stay in 0..1; the gray overshoot reads a drawn hole on the value scale."""
+    import runpy
+
+    from napari_rrim_sr.bicubic import imresize
+
+    ns = runpy.run_path(str(Path(__file__).parents[1] / "training" / "robust_check.py"))
+    hr = np.random.default_rng(0).random((64, 48)).astype(np.float32)
+    clean = ns["degraded_lr_gray"](hr, 0, 0, False, seed=0)
+    np.testing.assert_allclose(clean, np.clip(imresize(hr.astype(np.float64), 0.25), 0, 1), atol=1e-6)
+    shot = ns["degraded_lr_gray"](hr, 50.0, 0, False, seed=3)
+    np.testing.assert_array_equal(shot, ns["degraded_lr_gray"](hr, 50.0, 0, False, seed=3))
+    assert shot.dtype == np.float32 and 0 <= shot.min() and shot.max() <= 1
+    assert np.abs(shot - clean).mean() > 0.02  # 50 photons: a few % noise
+    lr = np.full((20, 20), 200.0)
+    sr = np.kron(lr, np.ones((4, 4)))
+    sr[40:44, 40:44] = 150.0
+    assert ns["overshoot"](lr, sr)[1] == pytest.approx(50.0)

@@ -17,6 +17,14 @@ Two measures, for each model and bicubic:
    construction; dark holes and bright fringes a model draws show up as large excursions.
 
     python training/robust_check.py --models weights/rrim-x4-rgb-psnr.safetensors weights/rrim-x4-rgb-real.safetensors
+
+``--gray``: the same for 1-channel models on the six held-out microscopy files of the gray
+recipe (``recipes/gray-heldout.txt``, normalised to 0..1 by their 0.1/99.9 percentiles as in
+``compare_gray.py``; metrics on 0..1, 4-px border), with the conditions of raw microscopy:
+``clean``; ``poisson50`` (shot noise, 50 photons at full scale); ``gauss5`` (read noise, sigma
+5 of 255); ``aliased``; and overshoot on the bundled nuclei sample (its range scaled to 0..255).
+
+    python training/robust_check.py --gray --models weights/rrim-x4-gray.safetensors weights/rrim-x4-gray-real.safetensors
 """
 
 from __future__ import annotations
@@ -55,13 +63,39 @@ def degraded_lr(hr: np.ndarray, blur: float, noise: float, jpeg: int, seed: int,
     return (lr.clamp(0, 1) * 255.0).round().byte().numpy().transpose(1, 2, 0)
 
 
+GRAY_CONDITIONS = {  # name: (Poisson photons at full scale or 0, noise sigma in 0..255, aliased)
+    "clean": (0.0, 0.0, False),
+    "poisson50": (50.0, 0.0, False),
+    "gauss5": (0.0, 5.0, False),
+    "aliased": (0.0, 0.0, True),
+}
+
+
+def degraded_lr_gray(hr: np.ndarray, photons: float, noise: float, alias: bool, seed: int,
+                     scale: int = 4) -> np.ndarray:
+    """float32 LR in 0..1 of a 2-D HR in 0..1 already cropped to a multiple of ``scale``."""
+    from napari_rrim_sr.bicubic import imresize
+
+    lr = imresize(hr.astype(np.float64), 1.0 / scale, antialias=not alias)
+    rng = np.random.default_rng(seed)
+    if photons:
+        lr = rng.poisson(np.clip(lr, 0, None) * photons) / photons
+    if noise:
+        lr = lr + rng.normal(0.0, noise / 255.0, lr.shape)
+    return np.clip(lr, 0, 1).astype(np.float32)
+
+
 def overshoot(lr: np.ndarray, sr: np.ndarray, scale: int = 4) -> tuple[float, float]:
-    """Mean and 99.9th percentile of how far SR's Y leaves its 3x3 LR neighbourhood's range."""
+    """Mean and 99.9th percentile of how far SR's Y (RGB) or value (gray, 0..255) leaves its
+    3x3 LR neighbourhood's range."""
     from scipy.ndimage import maximum_filter, minimum_filter
 
     from napari_rrim_sr.metrics import rgb_to_y
 
-    ylr, ysr = rgb_to_y(lr, 255.0), rgb_to_y(sr, 255.0)
+    if lr.ndim == 2:
+        ylr, ysr = lr.astype(np.float64), sr.astype(np.float64)
+    else:
+        ylr, ysr = rgb_to_y(lr, 255.0), rgb_to_y(sr, 255.0)
     lo = np.kron(minimum_filter(ylr, 3, mode="nearest"), np.ones((scale, scale)))
     hi = np.kron(maximum_filter(ylr, 3, mode="nearest"), np.ones((scale, scale)))
     ex = np.maximum(ysr - hi, 0) + np.maximum(lo - ysr, 0)
@@ -84,7 +118,9 @@ def save_figure(path: Path, lr: np.ndarray, outputs: list, y: int = 52, x: int =
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", required=True, help="3-channel weights (ids or files)")
+    ap.add_argument("--models", nargs="+", required=True, help="weights (ids or files): 3-channel, or 1 with --gray")
+    ap.add_argument("--gray", action="store_true", help="1-channel models on the held-out microscopy files")
+    ap.add_argument("--heldout", default=str(Path(__file__).resolve().parent / "recipes" / "gray-heldout.txt"))
     ap.add_argument("--val", default="../shared/data/val/Kodak24")
     ap.add_argument("--limit", type=int, default=0, help="first N images only (0 = all)")
     ap.add_argument("--json", type=Path, help="write the tables here")
@@ -101,6 +137,8 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gray:
+        return main_gray(args)
     files = sorted(p for p in Path(args.val).iterdir() if p.suffix.lower() in SUFFIXES)
     files = files[: args.limit] if args.limit else files
     ups = {str(m): Upscaler(m, channels=3, device="cpu", precision="fp32") for m in args.models}
@@ -142,6 +180,57 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"conditions": CONDITIONS, "images": len(files), "val": args.val,
                                          "kodak24": table, "overshoot": over}, indent=1))
+    for up in ups.values():
+        up.close()
+    return 0
+
+
+def main_gray(args) -> int:
+    from napari_rrim_sr._napari.sample_data import microscopy_array
+    from napari_rrim_sr.engine import Upscaler, upscale_bicubic
+    from napari_rrim_sr.metrics import compare
+    from napari_rrim_sr.training.data import load_validation
+
+    images, problems = load_validation(args.heldout, channels=1, scale=4, normalize="auto",
+                                       percentiles=(0.1, 99.9))
+    for path, why in problems:
+        print(f"skipped {path}: {why}")
+    ups = {str(m): Upscaler(m, channels=1, device="cpu", precision="fp32") for m in args.models}
+    names = ["bicubic", *ups]
+
+    def run(name, lr):  # lr: float 0..1
+        return upscale_bicubic(lr, 4) if name == "bicubic" else ups[name].upscale(lr, normalization=(0.0, 1.0))
+
+    scores = {c: {n: [] for n in names} for c in GRAY_CONDITIONS}
+    for i, v in enumerate(images):
+        hr = (v.hr[..., 0] / 255.0).astype(np.float32)
+        hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
+        for c, (photons, noise, alias) in GRAY_CONDITIONS.items():
+            lr = degraded_lr_gray(hr, photons, noise, alias, seed=i)
+            for n in names:
+                m = compare(np.clip(run(n, lr), 0, 1), hr, data_range=1.0, y_channel=False, border=4)
+                scores[c][n].append((m["psnr"], m["ssim"]))
+        print(f"[{i + 1}/{len(images)}] {v.name}", flush=True)
+    table = {c: {n: dict(zip(("psnr", "ssim"), np.mean(val, 0).tolist())) for n, val in row.items()}
+             for c, row in scores.items()}
+    nuc = microscopy_array().astype(np.float32)
+    nuc = (nuc - nuc.min()) / (nuc.max() - nuc.min())
+    over = {"nuclei": {n: dict(zip(("mean", "p99_9"), overshoot(nuc * 255, np.clip(run(n, nuc), 0, 1) * 255)))
+                       for n in names}}
+    w = max(len(Path(n).stem) for n in names)
+    print(f"\nheld-out microscopy ({len(images)} files), PSNR / SSIM on 0..1")
+    print(" " * w + "".join(f"  {c:>16}" for c in GRAY_CONDITIONS))
+    for n in names:
+        print(f"{Path(n).stem:<{w}}" + "".join(f"  {table[c][n]['psnr']:7.2f} / {table[c][n]['ssim']:.4f}"
+                                               for c in GRAY_CONDITIONS))
+    print("\nOvershoot beyond the 3x3 LR range (grey levels of the data range), mean / 99.9th percentile")
+    for n in names:
+        print(f"{Path(n).stem:<{w}}  nuclei {over['nuclei'][n]['mean']:.2f} / {over['nuclei'][n]['p99_9']:5.1f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"conditions": GRAY_CONDITIONS, "images": [v.name for v in images],
+                                         "heldout": args.heldout, "microscopy": table, "overshoot": over},
+                                        indent=1))
     for up in ups.values():
         up.close()
     return 0
