@@ -116,10 +116,14 @@ def test_demo_sample_uses_the_weights_its_metadata_suggests(tiny_registry):
     assert forced["satellite"].id == forced["photo"].id == "tiny-rrim-x4-rgb"
 
 
-def test_satellite_sample_suggests_the_robust_model():
-    from napari_rrim_sr._napari.sample_data import satellite
+def test_native_samples_suggest_the_robust_models():
+    from napari_rrim_sr._napari.sample_data import microscopy, photo, satellite
     from napari_rrim_sr.layers import SUGGESTED_WEIGHTS_KEY, suggested_weights
 
+    ((_, kw, _),) = microscopy()
+    assert kw["metadata"][SUGGESTED_WEIGHTS_KEY] == "rrim-x4-gray-real"
+    ((_, kw_photo, _),) = photo()
+    assert SUGGESTED_WEIGHTS_KEY not in kw_photo["metadata"]  # a clean photo: the default
     ((_, kw, _),) = satellite()
     assert kw["metadata"][SUGGESTED_WEIGHTS_KEY] == "rrim-x4-rgb-real"
     assert suggested_weights(kw["metadata"], ["rrim-x4-rgb-psnr", "rrim-x4-rgb-real"]) == "rrim-x4-rgb-real"

@@ -58,7 +58,9 @@ def microscopy():
         "colormap": "gray",
         "contrast_limits": (float(lo), float(hi)),
         "metadata": {"source": info.get("source", ""), "license": info.get("license", "CC0-1.0"),
-                     "attribution": ATTRIBUTION},
+                     "attribution": ATTRIBUTION,
+                     # raw fluorescence: the bicubic-trained gray model turns its noise into texture
+                     SUGGESTED_WEIGHTS_KEY: "rrim-x4-gray-real"},
     }, "image")]
 
 
