@@ -157,32 +157,37 @@ def main(argv=None) -> int:
                 m = compare(run(n, lr), hr, data_range=255, y_channel=True, border=4)
                 scores[c][n].append((m["psnr"], m["ssim"]))
         print(f"[{i + 1}/{len(files)}] {f.name}", flush=True)
-    table = {c: {n: dict(zip(("psnr", "ssim"), np.mean(v, 0).tolist())) for n, v in row.items()}
-             for c, row in scores.items()}
-
     native = {"landsat": satellite_array()[0], "astronaut": photo_array()}
     over = {s: {n: dict(zip(("mean", "p99_9"), overshoot(lr, run(n, lr)))) for n in names}
             for s, lr in native.items()}
-
     if args.figure:
         save_figure(args.figure, native["landsat"], [run(n, native["landsat"]) for n in names])
-    w = max(len(Path(n).stem) for n in names)
-    print(f"\nKodak24 ({len(files)} images), Y-PSNR / SSIM")
-    print(" " * w + "".join(f"  {c:>16}" for c in CONDITIONS))
-    for n in names:
-        print(f"{Path(n).stem:<{w}}" + "".join(f"  {table[c][n]['psnr']:7.2f} / {table[c][n]['ssim']:.4f}"
-                                               for c in CONDITIONS))
-    print("\nOvershoot beyond the 3x3 LR range (grey levels), mean / 99.9th percentile")
-    for n in names:
-        print(f"{Path(n).stem:<{w}}" + "".join(f"  {s} {over[s][n]['mean']:.2f} / {over[s][n]['p99_9']:5.1f}"
-                                               for s in native))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"conditions": CONDITIONS, "images": len(files), "val": args.val,
-                                         "kodak24": table, "overshoot": over}, indent=1))
+    report(args, f"Kodak24 ({len(files)} images), Y-PSNR / SSIM", "kodak24", CONDITIONS, scores, over,
+           {"images": len(files), "val": args.val})
     for up in ups.values():
         up.close()
     return 0
+
+
+def report(args, title: str, key: str, conditions: dict, scores: dict, over: dict, extra: dict) -> None:
+    """Print the mean PSNR / SSIM per condition and the overshoot per sample; write --json."""
+    names = list(next(iter(scores.values())))
+    table = {c: {n: dict(zip(("psnr", "ssim"), np.mean(v, 0).tolist())) for n, v in row.items()}
+             for c, row in scores.items()}
+    w = max(len(Path(n).stem) for n in names)
+    print(f"\n{title}")
+    print(" " * w + "".join(f"  {c:>16}" for c in conditions))
+    for n in names:
+        print(f"{Path(n).stem:<{w}}" + "".join(f"  {table[c][n]['psnr']:7.2f} / {table[c][n]['ssim']:.4f}"
+                                               for c in conditions))
+    print("\nOvershoot beyond the 3x3 LR range (grey levels), mean / 99.9th percentile")
+    for n in names:
+        print(f"{Path(n).stem:<{w}}" + "".join(f"  {s} {over[s][n]['mean']:.2f} / {over[s][n]['p99_9']:5.1f}"
+                                               for s in over))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"conditions": conditions, **extra, key: table, "overshoot": over},
+                                        indent=1))
 
 
 def main_gray(args) -> int:
@@ -211,26 +216,12 @@ def main_gray(args) -> int:
                 m = compare(np.clip(run(n, lr), 0, 1), hr, data_range=1.0, y_channel=False, border=4)
                 scores[c][n].append((m["psnr"], m["ssim"]))
         print(f"[{i + 1}/{len(images)}] {v.name}", flush=True)
-    table = {c: {n: dict(zip(("psnr", "ssim"), np.mean(val, 0).tolist())) for n, val in row.items()}
-             for c, row in scores.items()}
     nuc = microscopy_array().astype(np.float32)
     nuc = (nuc - nuc.min()) / (nuc.max() - nuc.min())
     over = {"nuclei": {n: dict(zip(("mean", "p99_9"), overshoot(nuc * 255, np.clip(run(n, nuc), 0, 1) * 255)))
                        for n in names}}
-    w = max(len(Path(n).stem) for n in names)
-    print(f"\nheld-out microscopy ({len(images)} files), PSNR / SSIM on 0..1")
-    print(" " * w + "".join(f"  {c:>16}" for c in GRAY_CONDITIONS))
-    for n in names:
-        print(f"{Path(n).stem:<{w}}" + "".join(f"  {table[c][n]['psnr']:7.2f} / {table[c][n]['ssim']:.4f}"
-                                               for c in GRAY_CONDITIONS))
-    print("\nOvershoot beyond the 3x3 LR range (grey levels of the data range), mean / 99.9th percentile")
-    for n in names:
-        print(f"{Path(n).stem:<{w}}  nuclei {over['nuclei'][n]['mean']:.2f} / {over['nuclei'][n]['p99_9']:5.1f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"conditions": GRAY_CONDITIONS, "images": [v.name for v in images],
-                                         "heldout": args.heldout, "microscopy": table, "overshoot": over},
-                                        indent=1))
+    report(args, f"held-out microscopy ({len(images)} files), PSNR / SSIM on 0..1", "microscopy",
+           GRAY_CONDITIONS, scores, over, {"images": [v.name for v in images], "heldout": args.heldout})
     for up in ups.values():
         up.close()
     return 0
