@@ -319,3 +319,17 @@ def test_self_check_follows_the_evaluate_protocol(tiny_registry, rgb):
     assert imgs["hr"].shape[:2] == (40, 44) and imgs["lr"].shape[:2] == (10, 11)
     assert imgs["model"].shape == imgs["bicubic"].shape == imgs["hr"].shape
     assert ("Y channel" in res["convention"]) is rgb  # the SR convention for RGB
+
+
+def test_preselected_weights_prefers_what_the_layer_asks_for(tiny_registry):
+    """layers.preselected_weights: the metadata's suggestion when available, else the channel
+    default when available, else None."""
+    from napari_rrim_sr import layers as L
+
+    ids = [e.id for e in tiny_registry.weights()]
+    ask = {L.SUGGESTED_WEIGHTS_KEY: "tiny-rrim-x4-rgb-gan"}
+    assert L.preselected_weights(ask, 3, ids, tiny_registry) == "tiny-rrim-x4-rgb-gan"
+    assert L.preselected_weights({}, 3, ids, tiny_registry) == tiny_registry.default_weights(3).id
+    assert L.preselected_weights(None, 1, ids, tiny_registry) == "tiny-rrim-x4-gray"
+    assert L.preselected_weights(ask, 1, ["tiny-rrim-x4-gray"], tiny_registry) == "tiny-rrim-x4-gray"
+    assert L.preselected_weights({}, 1, [], tiny_registry) is None

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from napari_rrim_sr.training.export import lerp_weights
-from napari_rrim_sr.weights_io import file_sha256, read_metadata, save_weights, tensors_sha256
+from napari_rrim_sr.weights_io import save_weights, tensors_sha256
 
 DTYPE = "fp16"  # as the other shipped weights
 
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     # The GAN run may have read its --init from a copy outside git (runs/...). When that copy has
     # the --psnr file's bytes, record the --psnr path instead, so the lineage resolves in a clone.
     init = gan_training.get("init") or {}
-    if init.get("sha256") and init["sha256"] == file_sha256(args.psnr):
+    if init.get("sha256") and init["sha256"] == lw.record["a"]["sha256"]:  # the --psnr file's bytes
         recipe["init"] = Path(args.psnr).as_posix()
     elif init.get("sha256"):
         print(f"note: the GAN stage started from {init.get('path')} (sha256 {init['sha256'][:12]}...), "

@@ -455,6 +455,18 @@ def suggested_weights(metadata: Mapping[str, Any] | None, available_ids: Iterabl
     return wid if isinstance(wid, str) and wid in set(available_ids) else None
 
 
+def preselected_weights(metadata: Mapping[str, Any] | None, channels: int, available_ids: Iterable[str],
+                        registry) -> str | None:
+    """The weights id to preselect for a layer: what its metadata asks for, else the registry's
+    default for its channel count; only ids among ``available_ids``, else None."""
+    ids = set(available_ids)
+    wid = suggested_weights(metadata, ids)
+    if wid is None:
+        entry = registry.default_weights(channels)
+        wid = entry.id if entry is not None and entry.id in ids else None
+    return wid
+
+
 # -- network interpolation -----------------------------------------------------------------
 
 _PAIR_SUFFIX = re.compile(r"^(?P<stem>.+)-(?P<kind>psnr|gan)$")

@@ -298,11 +298,8 @@ class UpscaleWidget(Container):
         is_stack = layer is not None and L.is_stack(layer.ndim)
         self.current_slice.visible = is_stack
         if layer is not None and not self._model_touched:
-            choices = self.model.choices or ()
-            default = L.suggested_weights(layer.metadata, choices)
-            if default is None:
-                entry = _registry().default_weights(3 if layer.rgb else 1)
-                default = entry.id if entry is not None and entry.id in choices else None
+            default = L.preselected_weights(layer.metadata, 3 if layer.rgb else 1,
+                                            self.model.choices or (), _registry())
             if default is not None:
                 with self.model.changed.blocked():  # a default is not the user's choice
                     self.model.value = default
