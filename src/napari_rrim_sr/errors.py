@@ -24,6 +24,15 @@ class InputError(RRIMError, ValueError):
     """The image given cannot be processed as asked (shape, dtype, axes, values)."""
 
 
+class OutputError(RRIMError):
+    """An output cannot be written where asked (exists, is an input, unwritable, disk full)."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class Cancelled(RRIMError):
     """A run was cancelled; no partial result is returned."""
 
