@@ -88,3 +88,16 @@ def test_atomic_dir_replaces_only_with_overwrite_and_never_an_input(tmp_path):
     src = out / "metrics.json"
     with pytest.raises(OutputError, match="contains the input"):
         atomic_dir(out, build, overwrite=True, protect=[src])
+
+
+def test_jsonable_is_strict_json():
+    import json
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    from napari_rrim_sr.jsonable import jsonable
+
+    v = jsonable({"a": np.float32(1.5), "b": math.inf, "c": np.arange(3), 1: Path("/x"), "d": (np.nan,)})
+    assert json.loads(json.dumps(v, allow_nan=False)) == {"a": 1.5, "b": "inf", "c": [0, 1, 2], "1": "/x", "d": ["nan"]}
