@@ -48,13 +48,16 @@ class BackboneSpec:
     builder: Callable[..., Any]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     scales: tuple[int, ...] = (4,)
-    channels: tuple[int, ...] = (1, 3)
+    #: channel counts the architecture builds with; ``None``: any count (e.g. ESRGAN checkpoints).
+    channels: tuple[int, ...] | None = (1, 3)
     #: ``detect(state_dict) -> dict | None``: the hparams that make ``state_dict`` load, or None.
     detect: Callable[[Mapping[str, Any]], dict | None] | None = None
     #: reduced precisions the architecture runs correctly in (fp32 always works).
     half_precisions: frozenset[str] = frozenset({"bf16", "fp16"})
     #: input height and width must be a multiple of this (the engine pads to it).
     size_multiple: int = 1
+    #: smallest input height/width the architecture accepts (the engine pads smaller tiles up).
+    min_size: int = 1
     description: str = ""
     kind: str = "generator"  # or "discriminator"
     #: filled in by the registry: the plugin that registered it.
@@ -71,7 +74,7 @@ class BackboneSpec:
                 )
             for key in ("in_channels", "out_channels"):
                 ch = int(hp.get(key, 3))
-                if ch not in self.channels:
+                if self.channels is not None and ch not in self.channels:
                     raise RegistryError(
                         f"backbone {self.id!r} supports {list(self.channels)} channels, "
                         f"not {key}={ch}"
