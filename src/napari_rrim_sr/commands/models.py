@@ -22,7 +22,7 @@ def run(args) -> int:
     reg = get_registry()
     backbones = [
         {"id": s.id, "kind": s.kind, "source": s.source, "scales": list(s.scales),
-         "channels": list(s.channels), "description": s.description}
+         "channels": list(s.channels) if s.channels is not None else "any", "description": s.description}
         for s in reg.backbones().values()
     ]
     weights = [e.as_dict() for e in reg.weights()]
