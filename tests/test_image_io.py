@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.errors import InputError, OutputError
 from napari_rrim_sr.image_io import read_image, write_image
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
@@ -140,7 +140,7 @@ def test_never_overwrites(tmp_path):
     p = tmp_path / "a.png"
     write_image(p, arr)
     before = p.read_bytes()
-    with pytest.raises(InputError, match="exists"):
+    with pytest.raises(OutputError, match="exists"):  # an output problem, not an input one
         write_image(p, arr + 1)
     assert p.read_bytes() == before
     write_image(p, arr + 1, overwrite=True)
@@ -154,7 +154,7 @@ def test_refuses_to_write_over_the_input(tmp_path):
     a, info = read_image(src)
     before = src.read_bytes()
     for overwrite in (False, True):
-        with pytest.raises(InputError, match="input file"):
+        with pytest.raises(OutputError, match="is an input"):
             write_image(tmp_path / "." / "in.tif", a + 5, like=info, overwrite=overwrite)
     assert src.read_bytes() == before
 
