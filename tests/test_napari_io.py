@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_rrim_sr import bundle
-from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.errors import InputError, OutputError
 from napari_rrim_sr.layers import META_KEY
 
 napari = pytest.importorskip("napari")
@@ -195,7 +195,7 @@ def test_bundle_refuses_a_non_empty_folder_and_tif_names(tmp_path):
     layers = [lay.as_layer_data_tuple() for lay in _result_layers(np.random.default_rng(2))[:2]]
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):  # an output problem (OutputError since #13)
         write_bundle(str(tmp_path / "full"), layers)
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     with pytest.raises(InputError, match="folder"):

@@ -268,7 +268,12 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
             shaped = tf.shaped_metadata[0]
             provenance = shaped.get(PROVENANCE_KEY)
             if shaped.get("pixel_size") and shaped.get("unit"):  # ours: exact, with its unit
-                pixel_size, unit = tuple(float(v) for v in shaped["pixel_size"]), shaped["unit"]
+                ours = _pixel_size_field(shaped["pixel_size"], shaped["unit"])
+                if ours is None:
+                    warnings.append(f"ignoring invalid pixel_size {shaped['pixel_size']!r} / unit "
+                                    f"{shaped['unit']!r} in the metadata")
+                else:
+                    pixel_size, unit = ours
         geotags = []
         for code, dtype in _GEOTIFF_TAG_TYPES.items():
             tag = page.tags.get(code)
@@ -312,6 +317,19 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
     info["axes"] = axes
     info["rgb"] = rgb
     return arr, info
+
+
+def _pixel_size_field(ps, unit) -> tuple[tuple[float, float], str] | None:
+    """Our stored ``pixel_size`` (two finite positive numbers) and ``unit`` (a string), or None."""
+    if not isinstance(unit, str) or not isinstance(ps, (list, tuple)) or len(ps) != 2:
+        return None
+    try:
+        y, x = (float(v) for v in ps)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(ps[0], bool) or isinstance(ps[1], bool) or not (np.isfinite([y, x]).all() and y > 0 and x > 0):
+        return None
+    return (y, x), unit
 
 
 def _tiff_pixel_size(tf, page) -> tuple[tuple[float, float] | None, str | None]:
