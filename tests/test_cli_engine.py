@@ -251,9 +251,10 @@ def test_output_under_a_file_is_one_line_no_traceback_no_work(tmp_path, rgb_png,
 
 def test_bad_options_are_reported_once_before_any_input(tmp_path, rgb_png, weights, capsys):
     src, _ = rgb_png
+    other = write_image(src.parent / "other.png", np.zeros((12, 12, 3), np.uint8))
     for extra, word in ((["--tile", "-5"], "tile"), (["--tile", "3"], "tile"), (["--threads", "0"], "threads"),
                         (["--model", str(tmp_path / "missing.safetensors")], "missing.safetensors")):
-        args = ["upscale", str(src), str(src), "-o", str(tmp_path / "o"), "--quiet"]
+        args = ["upscale", str(src), str(other), "-o", str(tmp_path / "o"), "--quiet"]
         if extra[0] != "--model":
             args += ["--model", str(weights[3])]
         rc = main(args + extra)
@@ -360,6 +361,7 @@ def test_bad_inputs_give_one_clear_line_and_nonzero_exit(case, tmp_path, weights
 
 def test_16_and_12_bit_data_and_unicode_names_are_kept(tmp_path, weights):
     d = tmp_path / "données à voir"
+    d.mkdir()
     for bits, hi in ((16, 65535), (12, 4095)):
         arr = np.random.default_rng(bits).integers(0, hi + 1, (12, 12)).astype(np.uint16)
         src = write_image(d / f"img {bits} bit ü.tif", arr)
