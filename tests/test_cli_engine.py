@@ -215,7 +215,7 @@ def test_axes_describe_the_file_as_stored_planar_rgb(tmp_path, weights, capsys):
         out = tmp_path / f"o-{axes}"
         rc = main(["upscale", str(src), "-o", str(out), "--model", str(model), "--axes", axes, "--quiet"])
         assert rc == 0, capsys.readouterr().err
-        up, info = read_image(out / "planar.tif")
+        up, _ = read_image(out / "planar.tif")
         assert up.shape == (128, 128, 3), axes  # Y/X upscaled, the 3 channels kept
     # a stack of 3 gray planes stored (3, 32, 32) with the default reading: Z/Q planes, not colour
     gray = tmp_path / "stack.tif"

@@ -257,7 +257,7 @@ def test_apply_axes_reads_letters_against_the_stored_order():
     assert apply_axes(arr, info, "CYX")[1:] == ("YXC", (0, 1), False)
     assert apply_axes(arr, info, "SYX")[1:] == ("YXS", (0, 1), True)
     two = np.zeros((2, 6, 7), np.uint8)
-    out, axes, spatial, rgb = apply_axes(two, {}, "SYX")  # 2 samples: bands, moved last
+    out, axes, _, rgb = apply_axes(two, {}, "SYX")  # 2 samples: bands, moved last
     assert out.shape == (6, 7, 2) and axes == "YXC" and not rgb
     for bad, word in (("YX", "stores 3"), ("YYX", "exactly once"), ("ZZX", "exactly once"), ("Y1X", "letter")):
         with pytest.raises(InputError, match=word):

@@ -5,7 +5,9 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from napari_rrim_sr.errors import OutputError
 from napari_rrim_sr.safe_write import TMP_MARK, atomic_dir, atomic_write, check_target
@@ -105,10 +107,6 @@ def test_jsonable_is_strict_json():
 
 # -- every writer of the project goes through it (defect 2 of issue 13) --------------------------
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-
 def _links(tmp_path, src):
     """The same file under three names: a symlink, a hard link, and the path itself."""
     sym = tmp_path / f"sym-{src.name}"
@@ -127,7 +125,7 @@ def tiny_weights(tmp_path_factory):
     out = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        hp = dict(num_feat=8, num_block=1, in_channels=1, out_channels=1, scale=4)
+        hp = {"num_feat": 8, "num_block": 1, "in_channels": 1, "out_channels": 1, "scale": 4}
         module = Registry(discover=False).build("rrim", **hp)
         out.append(save_weights(folder / f"t{seed}.safetensors", module, backbone="rrim", hparams=hp))
     return out

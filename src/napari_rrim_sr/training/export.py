@@ -51,8 +51,8 @@ def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bo
                dtype: str | None = "fp32", register: bool = True, description: str | None = None,
                overwrite: bool = False) -> ExportResult:
     """Write ``RUN_DIR/NAME.safetensors`` from the run's checkpoint and optionally register it."""
-    from ..weights_io import install_weights, read_metadata
     from ..registry import user_weights_dir
+    from ..weights_io import install_weights, read_metadata
     from .trainer import find_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
