@@ -199,3 +199,173 @@ def test_self_ensemble_flag_reaches_engine_and_provenance(tmp_path, rgb_png, wei
     assert main(["evaluate", str(src), "--model", str(weights[3]), "--self-ensemble", "--json", str(js)]) == 0
     assert "self-ensemble" in capsys.readouterr().out
     assert json.loads(js.read_text())["self_ensemble"] is True
+
+
+# -- issue 13: --axes against the file as stored (defect 5) -------------------------------------
+
+def test_axes_describe_the_file_as_stored_planar_rgb(tmp_path, weights, capsys):
+    import tifffile
+
+    rng = np.random.default_rng(5)
+    planar = rng.integers(0, 255, (3, 32, 32), dtype=np.uint8)
+    src = tmp_path / "planar.tif"
+    tifffile.imwrite(src, planar, photometric="rgb", planarconfig="separate")
+    assert tifffile.TiffFile(src).series[0].axes == "SYX"
+    for axes, model in (("CYX", weights[1]), ("SYX", weights[3]), ("syx", weights[3])):
+        out = tmp_path / f"o-{axes}"
+        rc = main(["upscale", str(src), "-o", str(out), "--model", str(model), "--axes", axes, "--quiet"])
+        assert rc == 0, capsys.readouterr().err
+        up, _ = read_image(out / "planar.tif")
+        assert up.shape == (128, 128, 3), axes  # Y/X upscaled, the 3 channels kept
+    # a stack of 3 gray planes stored (3, 32, 32) with the default reading: Z/Q planes, not colour
+    gray = tmp_path / "stack.tif"
+    tifffile.imwrite(gray, planar, photometric="minisblack")
+    out = tmp_path / "o-stack"
+    assert main(["upscale", str(gray), "-o", str(out), "--model", str(weights[1]), "--axes", "ZYX", "--quiet"]) == 0
+    assert read_image(out / "stack.tif")[0].shape == (3, 128, 128)
+    # the letter count is checked against the stored dimensions, naming them
+    rc = main(["upscale", str(src), "-o", str(tmp_path / "bad"), "--model", str(weights[1]), "--axes", "YX"])
+    assert rc == 1 and "stores 3 dimensions" in capsys.readouterr().err
+
+
+def test_upscale_help_states_the_default_axes_reading(capsys):
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "AS STORED" in text and "default: the file's own axes metadata" in text
+    assert "Exit status" in text
+
+
+# -- issue 13: output-location failures (defects 8 and 10b) -------------------------------------
+
+def test_output_under_a_file_is_one_line_no_traceback_no_work(tmp_path, rgb_png, weights, capsys):
+    src, _ = rgb_png
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["upscale", str(src), "-o", str(blocker / "out"), "--model", str(weights[3]), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.count("\n") == 1 and err.startswith("error: ") and "is a file" in err
+    assert "Traceback" not in err
+
+
+def test_bad_options_are_reported_once_before_any_input(tmp_path, rgb_png, weights, capsys):
+    src, _ = rgb_png
+    other = write_image(src.parent / "other.png", np.zeros((12, 12, 3), np.uint8))
+    for extra, word in ((["--tile", "-5"], "tile"), (["--tile", "3"], "tile"), (["--threads", "0"], "threads"),
+                        (["--model", str(tmp_path / "missing.safetensors")], "missing.safetensors")):
+        args = ["upscale", str(src), str(other), "-o", str(tmp_path / "o"), "--quiet"]
+        if extra[0] != "--model":
+            args += ["--model", str(weights[3])]
+        rc = main(args + extra)
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("error:") == 1 and word in err, (extra, err)
+        assert not (tmp_path / "o").exists()
+
+
+def test_one_unwritable_output_fails_alone_and_others_are_written(tmp_path, weights, capsys, monkeypatch):
+    from napari_rrim_sr import image_io
+
+    rng = np.random.default_rng(7)
+    srcs = [write_image(tmp_path / f"in{i}.tif", rng.integers(0, 255, (12, 12), dtype=np.uint8)) for i in range(3)]
+    real = image_io._write_tiff
+
+    def full_disk_for_in1(tmp, arr, *a, **kw):
+        if "in1" in tmp.name:
+            raise OSError(28, "No space left on device")
+        return real(tmp, arr, *a, **kw)
+
+    monkeypatch.setattr(image_io, "_write_tiff", full_disk_for_in1)
+    out = tmp_path / "o"
+    rc = main(["upscale", *map(str, srcs), "-o", str(out), "--model", str(weights[1]), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "in1.tif" in lines[0] and "no space left" in lines[0]
+    assert sorted(f.name for f in out.iterdir()) == ["in0.tif", "in2.tif"]  # no temporaries either
+
+
+def test_unwritable_places_give_one_line_per_input(tmp_path, rgb_png, weights, capsys):
+    src, _ = rgb_png
+    other = write_image(tmp_path / "in" / "other.png", np.zeros((12, 12, 3), np.uint8))
+    rc = main(["upscale", str(src), str(other), "-o", "/proc/napari-rrim-sr-test", "--model", str(weights[3]),
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) in (1, 2)  # up front or per input
+    assert not Path("/proc/napari-rrim-sr-test").exists()
+
+
+def test_no_empty_output_folder_when_every_input_fails(tmp_path, weights, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    out = tmp_path / "deep" / "out"
+    rc = main(["upscale", str(bad), str(empty), "-o", str(out), "--model", str(weights[1]), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("error:") == 2
+    assert not (tmp_path / "deep").exists()
+
+
+# -- issue 13: every bad input keeps its one clear line and a non-zero exit ---------------------
+
+def _bad_inputs(tmp_path):
+    import tifffile
+
+    d = tmp_path / "bad inputs ü"  # spaces and unicode in names
+    d.mkdir()
+    cases = {}
+    (d / "empty.png").write_bytes(b"")
+    cases["empty file"] = (d / "empty.png", "empty.png")
+    good = write_image(d / "good.tif", np.zeros((64, 64), np.uint16))
+    (d / "trunc.tif").write_bytes(good.read_bytes()[:100])
+    cases["truncated"] = (d / "trunc.tif", "trunc.tif")
+    (d / "text.png").write_text("hello, not an image")
+    cases["text as image"] = (d / "text.png", "text.png")
+    cases["missing"] = (d / "missing.png", "no such file")
+    (d / "folder.png").mkdir()
+    cases["directory"] = (d / "folder.png", "not a file")
+    cases["1x1"] = (write_image(d / "one.png", np.zeros((1, 1), np.uint8)), "one.png")
+    tifffile.imwrite(d / "zero.tif", np.zeros((0, 5), np.uint8))
+    cases["empty array"] = (d / "zero.tif", "zero.tif")
+    cases["nan"] = (write_image(d / "nan.tif", np.full((16, 16), np.nan, np.float32)), "nan.tif")
+    inf = np.zeros((16, 16), np.float32)
+    inf[3, 3] = np.inf
+    cases["inf"] = (write_image(d / "inf.tif", inf), "inf.tif")
+    tifffile.imwrite(d / "bool.tif", np.zeros((16, 16), bool))
+    cases["bool"] = (d / "bool.tif", "bool.tif")
+    tifffile.imwrite(d / "complex.tif", np.zeros((16, 16), np.complex64))
+    cases["complex"] = (d / "complex.tif", "complex.tif")
+    (d / "notes.txt").write_text("x")
+    cases["unsupported suffix"] = (d / "notes.txt", "unsupported")
+    return cases
+
+
+BAD_INPUTS = ["empty file", "truncated", "text as image", "missing", "directory", "1x1", "empty array", "nan",
+              "inf", "bool", "complex", "unsupported suffix"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_give_one_clear_line_and_nonzero_exit(case, tmp_path, weights, capsys):
+    path, word = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out dir"
+    rc = main(["upscale", str(path), "-o", str(out), "--model", str(weights[1]), "--quiet"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 1, err
+    assert len(lines) == 1 and word in lines[0], err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_16_and_12_bit_data_and_unicode_names_are_kept(tmp_path, weights):
+    d = tmp_path / "données à voir"
+    d.mkdir()
+    for bits, hi in ((16, 65535), (12, 4095)):
+        arr = np.random.default_rng(bits).integers(0, hi + 1, (12, 12)).astype(np.uint16)
+        src = write_image(d / f"img {bits} bit ü.tif", arr)
+        args = ["upscale", str(src), "-o", str(d / "out ü"), "--model", str(weights[1]), "--quiet"]
+        assert main(args + (["--bit-depth", "12"] if bits == 12 else [])) == 0
+        up, _ = read_image(d / "out ü" / src.name)
+        assert up.dtype == np.uint16 and up.shape == (48, 48) and up.max() <= hi

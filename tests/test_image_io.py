@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.errors import InputError, OutputError
 from napari_rrim_sr.image_io import read_image, write_image
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
@@ -140,7 +140,7 @@ def test_never_overwrites(tmp_path):
     p = tmp_path / "a.png"
     write_image(p, arr)
     before = p.read_bytes()
-    with pytest.raises(InputError, match="exists"):
+    with pytest.raises(OutputError, match="exists"):  # an output problem, not an input one
         write_image(p, arr + 1)
     assert p.read_bytes() == before
     write_image(p, arr + 1, overwrite=True)
@@ -154,7 +154,7 @@ def test_refuses_to_write_over_the_input(tmp_path):
     a, info = read_image(src)
     before = src.read_bytes()
     for overwrite in (False, True):
-        with pytest.raises(InputError, match="input file"):
+        with pytest.raises(OutputError, match="is an input"):
             write_image(tmp_path / "." / "in.tif", a + 5, like=info, overwrite=overwrite)
     assert src.read_bytes() == before
 
@@ -191,3 +191,74 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="unsupported file type"):
         read_image(tmp_path / "notes.txt")
+
+
+# -- issue 13: one decoder for the CLI, the reader and training ----------------------------------
+
+def test_decoder_gray_alpha_is_rgba_with_alpha_kept(tmp_path):
+    from PIL import Image
+
+    from napari_rrim_sr.image_io import as_planes, decode_image
+
+    gray = np.arange(20, dtype=np.uint8).reshape(4, 5) * 10
+    alpha = np.full((4, 5), 128, np.uint8)
+    p = tmp_path / "la.png"
+    Image.fromarray(np.dstack([gray, alpha]), mode="LA").save(p)
+    arr, info = decode_image(p)
+    assert arr.shape == (4, 5, 4) and info["rgb"]
+    for c in range(3):
+        np.testing.assert_array_equal(arr[..., c], gray)
+    np.testing.assert_array_equal(arr[..., 3], alpha)  # alpha stays alpha
+    planes, color = as_planes(arr, info)
+    assert color and planes.shape == (1, 4, 5, 4)
+
+
+def test_decoder_planes_for_stacks_planar_rgb_and_gray_alpha_tiffs(tmp_path):
+    import tifffile
+
+    from napari_rrim_sr.image_io import as_planes, decode_image
+
+    planar = np.random.default_rng(0).integers(0, 255, (3, 6, 7), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "p.tif", planar, photometric="rgb", planarconfig="separate")
+    arr, info = decode_image(tmp_path / "p.tif")
+    assert info["stored_axes"] == "SYX" and info["stored_shape"] == (3, 6, 7) and info["axes"] == "YXS"
+    np.testing.assert_array_equal(np.transpose(planar, info["stored_order"]), arr)
+    planes, color = as_planes(arr, info)
+    assert color and planes.shape == (1, 6, 7, 3)
+    stack = np.zeros((2, 3, 6, 7), np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZCYX"})
+    planes, color = as_planes(*decode_image(tmp_path / "s.tif"))
+    assert not color and planes.shape == (6, 6, 7, 1)
+    ga = np.zeros((6, 7, 2), np.uint8)
+    ga[..., 0] = 9
+    tifffile.imwrite(tmp_path / "ga.tif", ga, photometric="minisblack", extrasamples=["unassalpha"])
+    planes, color = as_planes(*decode_image(tmp_path / "ga.tif"))
+    assert not color and planes.shape == (1, 6, 7, 1) and planes.max() == 9  # gray, alpha dropped
+
+
+def test_decoder_keeps_16_bit_gray_png(tmp_path):
+    from PIL import Image
+
+    from napari_rrim_sr.image_io import decode_image
+
+    a = (np.arange(30, dtype=np.uint16).reshape(5, 6) * 2000)
+    p = tmp_path / "g16.png"
+    Image.fromarray(a).save(p)
+    arr, _ = decode_image(p)
+    assert arr.dtype == np.uint16
+    np.testing.assert_array_equal(arr, a)
+
+
+def test_apply_axes_reads_letters_against_the_stored_order():
+    from napari_rrim_sr.image_io import apply_axes
+
+    arr = np.zeros((6, 7, 3), np.uint8)
+    info = {"stored_axes": "SYX", "stored_shape": (3, 6, 7), "stored_order": (1, 2, 0)}
+    assert apply_axes(arr, info, "CYX")[1:] == ("YXC", (0, 1), False)
+    assert apply_axes(arr, info, "SYX")[1:] == ("YXS", (0, 1), True)
+    two = np.zeros((2, 6, 7), np.uint8)
+    out, axes, _, rgb = apply_axes(two, {}, "SYX")  # 2 samples: bands, moved last
+    assert out.shape == (6, 7, 2) and axes == "YXC" and not rgb
+    for bad, word in (("YX", "stores 3"), ("YYX", "exactly once"), ("ZZX", "exactly once"), ("Y1X", "letter")):
+        with pytest.raises(InputError, match=word):
+            apply_axes(arr, info, bad)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_rrim_sr import bundle
-from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.errors import InputError, OutputError
 from napari_rrim_sr.layers import META_KEY
 
 napari = pytest.importorskip("napari")
@@ -195,7 +195,7 @@ def test_bundle_refuses_a_non_empty_folder_and_tif_names(tmp_path):
     layers = [lay.as_layer_data_tuple() for lay in _result_layers(np.random.default_rng(2))[:2]]
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):  # an output problem (OutputError since #13)
         write_bundle(str(tmp_path / "full"), layers)
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     with pytest.raises(InputError, match="folder"):
@@ -261,3 +261,110 @@ def test_viewer_opens_samples(make_napari_viewer):
                             ("photo", np.uint8, True)):
         (layer,) = viewer.open_sample("napari-rrim-sr", key)
         assert layer.data.dtype == dtype and layer.rgb is rgb
+
+
+# -- issue 13, defect 9: damaged metadata opens plainly; bundles never lead out of their folder --
+
+def _own_tiff(path, arr, layer=None, **rec):
+    from napari_rrim_sr.image_io import write_image
+
+    record = {"format": bundle.LAYER_FORMAT, "version": 1, "layer": {"name": "n"} if layer is None else layer}
+    record.update(rec)
+    return write_image(path, arr, metadata=record)
+
+
+@pytest.mark.parametrize("layer,rec,field", [
+    ({"scale": "abc"}, {}, "scale"),
+    ({"contrast_limits": [5]}, {}, "contrast_limits"),
+    ({"contrast_limits": [9, 1]}, {}, "contrast_limits"),
+    ({"translate": [1, "x"]}, {}, "translate"),
+    ({"scale": [1.0, 2.0, 3.0]}, {}, "scale"),  # wrong length for 2-D data
+    ({"rgb": "yes"}, {}, "rgb"),
+    ({"rgb": True}, {}, "rgb"),  # gray data cannot be RGB
+    ({"opacity": 7}, {}, "opacity"),
+    ({"gamma": -1}, {}, "gamma"),
+    ({"units": 3}, {}, "units"),
+    ({"rotate": "left"}, {}, "rotate"),
+    ({"name": ["a"]}, {}, "name"),
+    ([1, 2], {}, "layer"),
+    ({}, {"metadata": 5}, "metadata"),
+    ({}, {"provenance": "x"}, "provenance"),
+])
+def test_layer_tiff_with_wrong_types_opens_plainly_with_a_warning(tmp_path, layer, rec, field):
+    arr = np.arange(36, dtype=np.uint16).reshape(6, 6)
+    p = _own_tiff(tmp_path / "bad.tif", arr, layer, **rec)
+    reader = get_reader(str(p))
+    assert reader is not None
+    with pytest.warns(UserWarning, match=field):
+        ((data, kwargs, kind),) = reader(str(p))
+    np.testing.assert_array_equal(data, arr)
+    defaults = {"rgb": False, "name": "bad", "metadata": {}}  # the plain reading of these fields
+    assert kind == "image" and kwargs.get(field, defaults.get(field)) == defaults.get(field)
+    Image(data, **kwargs)  # napari accepts what is left
+
+
+def test_good_fields_survive_next_to_a_bad_one(tmp_path):
+    arr = np.zeros((6, 6), np.uint8)
+    p = _own_tiff(tmp_path / "mixed.tif", arr, {"name": "keep", "translate": [1.0, 2.0], "scale": "abc"})
+    with pytest.warns(UserWarning, match="scale"):
+        ((_, kwargs, _),) = get_reader(str(p))(str(p))
+    assert kwargs["name"] == "keep" and kwargs["translate"] == (1.0, 2.0) and "scale" not in kwargs
+
+
+def test_invalid_pixel_size_in_our_tiff_metadata_does_not_block_the_pixels(tmp_path):
+    import tifffile
+
+    from napari_rrim_sr.image_io import read_image
+
+    p = tmp_path / "px.tif"
+    tifffile.imwrite(p, np.ones((5, 5), np.uint8), metadata={"pixel_size": "abc", "unit": "µm", META_KEY: {"a": 1}})
+    arr, info = read_image(p)
+    assert arr.shape == (5, 5) and info["pixel_size"] is None
+    assert any("pixel_size" in w for w in info["warnings"])
+
+
+def _two_layer_bundle(folder):
+    layers = [(np.zeros((8, 8), np.uint8), {"name": "a"}, "image"),
+              (np.ones((8, 8), np.uint8), {"name": "b"}, "image")]
+    bundle.write_bundle(folder, layers)
+    return json.loads((folder / "bundle.json").read_text())
+
+
+@pytest.mark.parametrize("layers", [None, "sr.tif", 5, {"file": "a.tif"}])
+def test_bundle_whose_layers_is_not_a_list_is_one_clear_error(tmp_path, layers):
+    folder = tmp_path / "b"
+    manifest = _two_layer_bundle(folder)
+    manifest["layers"] = layers
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="'layers' is .*not a list"):
+        get_reader(str(folder))(str(folder))
+
+
+def test_bundle_entries_that_are_not_objects_are_skipped(tmp_path):
+    folder = tmp_path / "b"
+    manifest = _two_layer_bundle(folder)
+    manifest["layers"] = [7, "x", manifest["layers"][1], {"file": 3}, {"no": "file"}]
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="skipped"):
+        out = get_reader(str(folder))(str(folder))
+    assert [kw["name"] for _, kw, _ in out] == ["b"]
+
+
+def test_bundle_never_follows_a_link_out_of_its_folder(tmp_path):
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    _own_tiff(outside / "private.tif", np.full((8, 8), 99, np.uint8))
+    folder = tmp_path / "b"
+    manifest = _two_layer_bundle(folder)
+    (folder / "source.tif").unlink()  # the first layer's file
+    (folder / "source.tif").symlink_to(outside / "private.tif")
+    (folder / "inside.tif").symlink_to(folder / "source-b.tif")  # a link within the bundle is fine
+    manifest["layers"] += [{"file": "../secret/private.tif"}, {"file": str(outside / "private.tif")},
+                           {"file": "inside.tif", "role": "source"}]
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    (folder / "metrics.json").unlink()
+    (folder / "metrics.json").symlink_to(outside / "private.tif")
+    with pytest.warns(UserWarning, match="not followed"):
+        out = get_reader(str(folder))(str(folder))
+    assert [int(d.max()) for d, _, _ in out] == [1, 1]  # source-b.tif and its in-bundle link only
+    assert all("bundle_metrics" not in kw["metadata"] for _, kw, _ in out)

@@ -26,15 +26,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .layers import META_KEY, jsonable
+from .errors import InputError, OutputError
+from .image_io import PROVENANCE_KEY as META_KEY
+from .jsonable import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,121 @@ def is_layer_tiff(path) -> bool:
     return p.suffix.lower() in TIFF_SUFFIXES and p.is_file() and _tiff_record(p) is not None
 
 
+def _warn(message: str) -> None:
+    """A problem in a file that still opens: a Python warning (napari shows it) and a log line."""
+    log.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _numbers(val, n: int | None = None) -> tuple[float, ...] | None:
+    """``val`` as a tuple of finite floats (of length ``n`` if given), else None."""
+    if isinstance(val, (str, bytes, Mapping)) or not isinstance(val, (list, tuple)):
+        return None
+    out = []
+    for v in val:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        out.append(float(v))
+    if not out or (n is not None and len(out) != n):
+        return None
+    return tuple(out)
+
+
+def _matrix(val, nd: int, key: str) -> np.ndarray | None:
+    """A rotate/shear value napari accepts: an (nd, nd) matrix, a 2-D rotation angle, or a
+    shear vector of nd * (nd - 1) / 2 numbers; finite. Else None."""
+    if isinstance(val, (str, bytes, Mapping)):
+        return None
+    try:
+        arr = np.asarray(val, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(arr).all():
+        return None
+    if arr.shape == (nd, nd) or (key == "rotate" and arr.ndim == 0 and nd == 2):
+        return arr
+    if key == "shear" and arr.shape == (nd * (nd - 1) // 2,):
+        return arr
+    return None
+
+
+def validate_layer_record(rec: Mapping[str, Any], data, rgb_default: bool = False) -> tuple[dict, dict, list[str]]:
+    """The typed schema of a layer TIFF's record: ``(layer kwargs, metadata, problems)``.
+
+    Every field of ``rec["layer"]`` is checked for its type and, where it describes axes, its
+    length against the data (``scale``/``translate``: ``ndim`` finite numbers; ``contrast_limits``:
+    two finite numbers, low <= high; ``opacity`` in 0..1; ``gamma`` > 0; strings for names,
+    lists of strings for ``units``/``axis_labels``). Invalid fields are left out and named in
+    ``problems``, so a file with damaged metadata still opens (plainly) instead of failing.
+    """
+    bad: list[str] = []
+    layer = rec.get("layer")
+    if layer is None:
+        layer = {}
+    if not isinstance(layer, Mapping):
+        bad.append(f"'layer' is {type(layer).__name__}, not an object")
+        layer = {}
+    rgb = layer.get("rgb", rgb_default)
+    if not isinstance(rgb, bool):
+        bad.append(f"'rgb' is {rgb!r}, not true/false")
+        rgb = rgb_default
+    shape = np.shape(data)
+    if rgb and not (len(shape) >= 3 and shape[-1] in (3, 4)):
+        bad.append(f"'rgb' is true but the data has shape {shape}")
+        rgb = False
+    nd = len(shape) - (1 if rgb else 0)
+    kwargs: dict[str, Any] = {"rgb": rgb}
+    for key in LAYER_KEYS:
+        if key == "rgb" or key not in layer or layer[key] is None:
+            continue
+        val = layer[key]
+        good: Any = None
+        if key in ("name", "colormap", "blending"):
+            good = val if isinstance(val, str) else None
+        elif key in ("scale", "translate"):
+            good = _numbers(val, nd)
+            if good is not None and key == "scale" and any(v == 0 for v in good):
+                good = None
+        elif key == "contrast_limits":
+            good = _numbers(val, 2)
+            if good is not None and good[0] > good[1]:
+                good = None
+        elif key in ("rotate", "shear"):
+            good = _matrix(val, nd, key)
+        elif key == "opacity":
+            ok = not isinstance(val, bool) and isinstance(val, (int, float)) and 0 <= val <= 1
+            good = float(val) if ok else None
+        elif key == "gamma":
+            ok = not isinstance(val, bool) and isinstance(val, (int, float)) and math.isfinite(val) and val > 0
+            good = float(val) if ok else None
+        elif key in ("units", "axis_labels"):
+            ok = isinstance(val, (list, tuple)) and len(val) == nd and all(isinstance(v, str) for v in val)
+            good = tuple(val) if ok else None
+        if good is None:
+            bad.append(f"{key!r} = {_short(val)}")
+            continue
+        kwargs[key] = good
+    metadata = rec.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, Mapping):
+        bad.append(f"'metadata' is {type(metadata).__name__}, not an object")
+        metadata = {}
+    metadata = dict(metadata)
+    prov = rec.get("provenance")
+    if prov:
+        if isinstance(prov, Mapping):
+            metadata[META_KEY] = dict(prov)
+        else:
+            bad.append(f"'provenance' is {type(prov).__name__}, not an object")
+    return kwargs, metadata, bad
+
+
+def _short(val) -> str:
+    text = repr(val)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def read_layer_tiff(path) -> LayerData:
     """``(data, kwargs, "image")`` of a TIFF written by napari-rrim-sr (layer writer or CLI)."""
     from .image_io import read_image
@@ -172,18 +290,10 @@ def read_layer_tiff(path) -> LayerData:
         raise InputError(f"{path}: not a napari-rrim-sr TIFF (no {META_KEY} metadata)")
     kwargs: dict[str, Any] = {}
     if rec.get("format") == LAYER_FORMAT:
-        attrs = dict(rec.get("layer") or {})
-        for key in LAYER_KEYS:
-            if key in attrs and attrs[key] is not None:
-                val = attrs[key]
-                if key in ("scale", "translate", "contrast_limits", "units", "axis_labels"):
-                    val = tuple(val)
-                elif key in ("rotate", "shear"):
-                    val = np.asarray(val, dtype=float)
-                kwargs[key] = val
-        metadata = dict(rec.get("metadata") or {})
-        if rec.get("provenance"):
-            metadata[META_KEY] = rec["provenance"]
+        rgb_default = bool(info.get("rgb"))
+        kwargs, metadata, bad = validate_layer_record(rec, data, rgb_default)
+        if bad:
+            _warn(f"{path}: ignoring invalid layer metadata ({'; '.join(bad)}); the pixels open plainly")
     else:  # a CLI output: our provenance, geometry from the pixel size
         metadata = {META_KEY: rec}
         rgb = bool(info.get("rgb"))
@@ -236,21 +346,22 @@ def write_bundle(path, layers: Sequence[LayerData], *, overwrite: bool = False,
                  compute_metrics: bool = True) -> list[str]:
     """Write image layers (napari layer-data tuples) into a bundle folder; returns the paths
     written (the folder first). The folder must not exist or be empty (or ``overwrite``)."""
+    from .safe_write import atomic_dir
+
     folder = Path(path)
     if folder.suffix.lower() in TIFF_SUFFIXES:
         raise InputError(f"{folder}: a bundle is a folder; give a name without .tif")
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise InputError(f"{folder}: folder exists and is not empty; choose a new name")
+        raise OutputError(folder, "exists and is not a folder")
+    empty = folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
+    if folder.is_dir() and not empty and not overwrite:
+        raise OutputError(folder, "folder exists and is not empty; choose a new name")
     images = [(d, dict(m), t) for d, m, t in layers if t == "image"]
     if not images:
         raise InputError("a comparison bundle needs at least one image layer")
-    folder.mkdir(parents=True, exist_ok=True)
 
     used: set[str] = set()
-    entries = []
-    written = [str(folder)]
+    plan = []
     for data, meta, _ in images:
         role = _role(meta)
         base = {"sr": "sr", "bicubic": "bicubic", "source": "source"}.get(role, _slug(meta.get("name", "layer")))
@@ -262,12 +373,9 @@ def write_bundle(path, layers: Sequence[LayerData], *, overwrite: bool = False,
                 stem = f"{base}-{k}"
             k += 1
         used.add(stem)
-        fname = f"{stem}.tif"
-        write_layer_tiff(folder / fname, data, meta, overwrite=overwrite)
-        written.append(str(folder / fname))
-        entries.append({"file": fname, "role": role, "name": meta.get("name", stem),
-                        "shape": list(np.shape(data)), "dtype": str(np.asarray(data).dtype)})
-
+        plan.append((f"{stem}.tif", role, stem))
+    entries = [{"file": fname, "role": role, "name": meta.get("name", stem), "shape": list(np.shape(data)),
+                "dtype": str(np.asarray(data).dtype)} for (fname, role, stem), (data, meta, _) in zip(plan, images)]
     provenance = {e["name"]: jsonable((m.get("metadata") or {}).get(META_KEY))
                   for e, (_, m, _) in zip(entries, images) if (m.get("metadata") or {}).get(META_KEY)}
     metrics = _bundle_metrics(images, entries) if compute_metrics else {}
@@ -282,10 +390,18 @@ def write_bundle(path, layers: Sequence[LayerData], *, overwrite: bool = False,
         "metrics": METRICS_FILE,
         "provenance": PROVENANCE_FILE,
     }
-    for name, obj in ((METRICS_FILE, metrics), (PROVENANCE_FILE, provenance), (MANIFEST, manifest)):
-        (folder / name).write_text(json.dumps(jsonable(obj), indent=2) + "\n", encoding="utf-8")
-        written.append(str(folder / name))
-    return written
+    names = [e["file"] for e in entries] + [METRICS_FILE, PROVENANCE_FILE, MANIFEST]
+
+    def build(tmp: Path) -> None:
+        # layers first, the manifest last: a folder with bundle.json is complete
+        for e, (data, meta, _) in zip(entries, images):
+            write_layer_tiff(tmp / e["file"], data, meta)
+        for name, obj in ((METRICS_FILE, metrics), (PROVENANCE_FILE, provenance), (MANIFEST, manifest)):
+            (tmp / name).write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+    # the whole folder appears at once (an old one is replaced only with overwrite, or if empty)
+    atomic_dir(folder, build, overwrite=overwrite or empty)
+    return [str(folder)] + [str(folder / n) for n in names]
 
 
 def _bundle_metrics(images, entries) -> dict:
@@ -325,10 +441,25 @@ def _bundle_metrics(images, entries) -> dict:
     return out
 
 
+def _inside_file(folder: Path, name) -> Path | None:
+    """``folder / name`` when ``name`` is a plain file name whose file (after symlinks) lies in
+    ``folder``; None for names with separators, ``..``, or links pointing out of the bundle."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return None
+    f = folder / name
+    try:
+        real, root = f.resolve(), folder.resolve()
+    except (OSError, RuntimeError):
+        return None
+    if real.parent != root:
+        return None
+    return f
+
+
 def _manifest(folder: Path) -> dict | None:
     try:
-        mf = folder / MANIFEST
-        if not mf.is_file() or mf.stat().st_size > 10 * 2**20:
+        mf = _inside_file(folder, MANIFEST)
+        if mf is None or not mf.is_file() or mf.stat().st_size > 10 * 2**20:
             return None
         obj = json.loads(mf.read_text(encoding="utf-8"))
         return obj if isinstance(obj, dict) and obj.get("format") == BUNDLE_FORMAT else None
@@ -346,26 +477,55 @@ def is_bundle(path) -> bool:
 
 def read_bundle(path) -> list[LayerData]:
     """The layers of a bundle folder (in the order they were written), with its metrics in
-    each layer's ``metadata["bundle_metrics"]``."""
+    each layer's ``metadata["bundle_metrics"]``.
+
+    The manifest is validated: ``layers`` must be a list of objects whose ``file`` is a plain
+    file name in the folder. An entry that is malformed, missing, or a symlink pointing out of
+    the bundle is skipped with a warning naming it (never followed); a bundle with no readable
+    layer is an :class:`InputError`.
+    """
     folder = Path(path)
     manifest = _manifest(folder)
     if manifest is None:
         raise InputError(f"{folder}: not a napari-rrim-sr comparison bundle (no valid {MANIFEST})")
-    metrics = {}
-    try:
-        metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
+    metrics: Any = {}
+    mfile = _inside_file(folder, METRICS_FILE)
+    if mfile is not None and mfile.is_file():
+        try:
+            metrics = json.loads(mfile.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            metrics = {}
+        if not isinstance(metrics, dict):
+            _warn(f"{mfile}: not a JSON object; bundle metrics ignored")
+            metrics = {}
+    elif (folder / METRICS_FILE).is_symlink():
+        _warn(f"{folder / METRICS_FILE}: a link out of the bundle; not followed")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise InputError(f"{folder / MANIFEST}: 'layers' is {type(layers).__name__}, not a list of layers")
     out = []
-    for entry in manifest.get("layers", []):
-        f = folder / str(entry.get("file", ""))
-        if f.parent.resolve() != folder.resolve():
-            raise InputError(f"{folder}: bundle entry {entry.get('file')!r} points outside the folder")
-        data, kwargs, kind = read_layer_tiff(f)
-        kwargs["metadata"]["bundle_role"] = entry.get("role")
+    for i, entry in enumerate(layers):
+        if not isinstance(entry, dict):
+            _warn(f"{folder / MANIFEST}: layer {i} is {type(entry).__name__}, not an object; skipped")
+            continue
+        name = entry.get("file")
+        f = _inside_file(folder, name)
+        if f is None:
+            _warn(f"{folder}: layer {i} file {_short(name)} is not a file inside the bundle "
+                  "(a path or a link pointing out of it); skipped, not followed")
+            continue
+        try:
+            data, kwargs, kind = read_layer_tiff(f)
+        except InputError as exc:
+            _warn(f"{exc}; layer skipped")
+            continue
+        role = entry.get("role")
+        kwargs["metadata"]["bundle_role"] = role if isinstance(role, str) else None
         if metrics:
             kwargs["metadata"]["bundle_metrics"] = metrics
         out.append((data, kwargs, kind))
+    if not out:
+        raise InputError(f"{folder}: no readable layer in the bundle")
     return out
 
 

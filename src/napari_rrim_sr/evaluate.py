@@ -94,17 +94,10 @@ def evaluate(hr, model, *, data_range=None, y_channel=None, border=None, scale=N
     }
 
 
-def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
-    """Evaluate every image in ``paths`` (files or folders of PNG/JPEG/TIFF) with one model.
-
-    Returns ``{"rows": [{"image", "model", "bicubic"}...], "mean": {"model", "bicubic"},
-    "convention", "model_id", "provenance", "self_ensemble"}``; ``provenance`` names the weights
-    (path, file and tensors sha256) the numbers belong to. Gray and RGB images may be mixed (the
-    model runs per channel or replicated as the engine's channel rules say); means are over all
-    images.
-    """
-    from .engine import Upscaler
-    from .image_io import SUFFIXES, read_image
+def image_files(paths: Iterable) -> list[Path]:
+    """The image files named by ``paths`` (files, or folders of PNG/JPEG/TIFF, sorted): what an
+    evaluation reads, and so what its report may never replace."""
+    from .image_io import SUFFIXES
 
     files: list[Path] = []
     for p in paths:
@@ -115,6 +108,22 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
             files.append(p)
     if not files:
         raise InputError("no images to evaluate")
+    return files
+
+
+def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
+    """Evaluate every image in ``paths`` (files or folders of PNG/JPEG/TIFF) with one model.
+
+    Returns ``{"rows": [{"image", "model", "bicubic"}...], "mean": {"model", "bicubic"},
+    "convention", "model_id", "provenance", "self_ensemble"}``; ``provenance`` names the weights
+    (path, file and tensors sha256) the numbers belong to. Gray and RGB images may be mixed (the
+    model runs per channel or replicated as the engine's channel rules say); means are over all
+    images.
+    """
+    from .engine import Upscaler
+    from .image_io import read_image
+
+    files = image_files(paths)
     up_kw, ekw = _split_engine_kw(kw)
     ups: dict[int, Upscaler] = {}
     rows = []

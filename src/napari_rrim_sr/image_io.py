@@ -10,16 +10,17 @@ by the upscaling factor, and the rule that an output never silently replaces a f
 from __future__ import annotations
 
 import json
-import os
 import struct
-import uuid
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import InputError
+from .jsonable import jsonable
+from .safe_write import atomic_write
 
 PROVENANCE_KEY = "napari_rrim_sr"
 PIL_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -53,7 +54,9 @@ def read_image(path) -> tuple[np.ndarray, dict]:
     as ``"YX"``, ``"ZYX"``, ``"YXS"``; S = colour samples), ``spatial_axes`` and ``rgb`` (what
     the engine should use), ``pixel_size`` ((y, x) or None) and ``unit``, ``dpi`` (PNG/JPEG),
     ``provenance`` (ours, if the file was written by napari-rrim-sr), ``photometric``,
-    ``extrasamples`` and ``warnings`` (things the user should know, e.g. a mode conversion).
+    ``extrasamples`` and ``warnings`` (things the user should know, e.g. a mode conversion),
+    ``stored_axes`` / ``stored_shape`` (the file's own layout) and ``stored_order`` (the array is
+    ``np.transpose(stored, stored_order)``), against which ``--axes`` is read (:func:`apply_axes`).
     """
     p = Path(path)
     if not p.exists():
@@ -81,6 +84,71 @@ def read_image(path) -> tuple[np.ndarray, dict]:
     return arr, info
 
 
+def decode_image(path) -> tuple[np.ndarray, dict]:
+    """The project's one image decoder (CLI, napari reader and training read files through it).
+
+    Same as :func:`read_image`. Decisions every caller shares: palette images become RGB(A);
+    gray + alpha (PNG ``LA``) becomes RGBA with the gray value in R, G and B and the alpha kept
+    as the 4th sample (so a colour model sees the gray image and alpha stays alpha); 16-bit
+    files stay 16-bit (pillow's 32-bit ``I`` mode is narrowed back to uint16); TIFF colour
+    samples are moved to the last axis (``info["stored_axes"]`` keeps the file's own order).
+    Use :func:`as_planes` for a stack of 2-D planes.
+    """
+    return read_image(path)
+
+
+def as_planes(arr: np.ndarray, info: dict) -> tuple[np.ndarray, bool]:
+    """``(planes, color)``: the image as ``(N, H, W, C)`` with C = colour samples (RGB/RGBA,
+    ``color=True``) or 1 (every other axis - Z, T, bands - becomes planes). A trailing alpha
+    band of a gray image (2 samples, gray + alpha) is dropped: it is not image content."""
+    axes = str(info.get("axes") or "")
+    if len(axes) != arr.ndim or "Y" not in axes or "X" not in axes:
+        raise InputError(f"{info.get('path', 'image')}: axes {axes!r} have no Y/X plane for shape {arr.shape}")
+    color = bool(info.get("rgb")) and axes.endswith("S")
+    if not color and axes.endswith("C") and arr.shape[-1] == 2 and any(
+            "alpha" in str(e) for e in info.get("extrasamples") or ()):
+        arr, axes = arr[..., 0], axes[:-1]
+    order = [i for i, a in enumerate(axes) if a not in "YXS"] + [axes.index("Y"), axes.index("X")]
+    if color:
+        order.append(axes.index("S"))
+    t = np.transpose(arr, order)
+    h, w = t.shape[-3:-1] if color else t.shape[-2:]
+    c = t.shape[-1] if color else 1
+    return np.ascontiguousarray(t.reshape(-1, h, w, c)), color
+
+
+def apply_axes(arr: np.ndarray, info: dict, axes: str) -> tuple[np.ndarray, str, tuple[int, int], bool]:
+    """Apply a user's axes string (``--axes``) to an image from :func:`read_image`.
+
+    The letters describe the file **as stored** (``info["stored_axes"]`` order, e.g. ``CYX`` or
+    ``SYX`` for a planar RGB TIFF), not the array after the reader moved colour samples last.
+    Returns ``(array, array_axes, spatial_axes, rgb)``: S (samples) is moved to the last axis and
+    is run through the colour model when it holds 3 or 4 samples; any other S, and C, are bands
+    (each upscaled on its own, like C). Y and X are required once each; letters may not repeat.
+    """
+    a = str(axes).strip().upper()
+    stored = tuple(info.get("stored_shape") or arr.shape)
+    order = tuple(info.get("stored_order") or range(arr.ndim))
+    if len(a) != len(stored):
+        raise InputError(f"--axes {axes!r} has {len(a)} letters but the file stores {len(stored)} dimensions "
+                         f"{stored} (as {info.get('stored_axes') or '?'})")
+    if a.count("Y") != 1 or a.count("X") != 1:
+        raise InputError(f"--axes {axes!r} must contain Y and X exactly once")
+    if len(set(a)) != len(a):
+        raise InputError(f"--axes {axes!r} repeats a letter")
+    if not a.isalpha():
+        raise InputError(f"--axes {axes!r}: one letter per dimension (e.g. ZYX, CYX, YXS)")
+    arr_axes = "".join(a[i] for i in order)
+    if "S" in arr_axes and not arr_axes.endswith("S"):
+        k = arr_axes.index("S")
+        arr = np.ascontiguousarray(np.moveaxis(arr, k, -1))
+        arr_axes = arr_axes[:k] + arr_axes[k + 1:] + "S"
+    rgb = arr_axes.endswith("S") and arr.shape[-1] in (3, 4)
+    if arr_axes.endswith("S") and not rgb:
+        arr_axes = arr_axes[:-1] + "C"
+    return arr, arr_axes, (arr_axes.index("Y"), arr_axes.index("X")), rgb
+
+
 def _read_pil(p: Path) -> tuple[np.ndarray, dict]:
     from PIL import Image
 
@@ -104,6 +172,8 @@ def _read_pil(p: Path) -> tuple[np.ndarray, dict]:
             im = im.convert("RGB")
             warnings.append(f"{mode} image converted to RGB")
         arr = np.asarray(im)
+    if im.mode == "I" and arr.dtype.kind in "iu" and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= 65535)):
+        arr = arr.astype(np.uint16)  # pillow's 32-bit mode for 16-bit gray files: the file is 16-bit
     if mode in ("RGB", "RGBA") and is_rgb16_png(p):
         # pillow would drop the low byte of every sample; its decode above is still what
         # gives us the text chunks that follow the image data (foreign files put them there)
@@ -124,6 +194,8 @@ def _read_pil(p: Path) -> tuple[np.ndarray, dict]:
         "provenance": _parse_provenance(meta.get(PROVENANCE_KEY), wrapped=False)
         or _parse_provenance(meta.get("comment"), wrapped=True),
     }
+    info["stored_axes"], info["stored_shape"] = info["axes"], tuple(arr.shape)
+    info["stored_order"] = tuple(range(arr.ndim))
     if info["dpi"]:
         info["pixel_size"] = (2.54 / info["dpi"][1], 2.54 / info["dpi"][0])
         info["unit"] = "cm"
@@ -196,7 +268,12 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
             shaped = tf.shaped_metadata[0]
             provenance = shaped.get(PROVENANCE_KEY)
             if shaped.get("pixel_size") and shaped.get("unit"):  # ours: exact, with its unit
-                pixel_size, unit = tuple(float(v) for v in shaped["pixel_size"]), shaped["unit"]
+                ours = _pixel_size_field(shaped["pixel_size"], shaped["unit"])
+                if ours is None:
+                    warnings.append(f"ignoring invalid pixel_size {shaped['pixel_size']!r} / unit "
+                                    f"{shaped['unit']!r} in the metadata")
+                else:
+                    pixel_size, unit = ours
         geotags = []
         for code, dtype in _GEOTIFF_TAG_TYPES.items():
             tag = page.tags.get(code)
@@ -217,11 +294,17 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
             "warnings": warnings,
             "dpi": None,
         }
+    if len(axes) != arr.ndim:  # should not happen; fall back to the shape
+        axes = "Q" * (arr.ndim - 2) + "YX"
+    info["stored_axes"], info["stored_shape"] = axes, tuple(arr.shape)
+    order = tuple(range(arr.ndim))
     # colour samples must be the last axis for the engine (planar TIFFs come as SYX)
     if "S" in axes and axes.index("S") != len(axes) - 1:
         k = axes.index("S")
+        order = order[:k] + order[k + 1 :] + (k,)
         arr = np.ascontiguousarray(np.moveaxis(arr, k, -1))
         axes = axes[:k] + axes[k + 1 :] + "S"
+    info["stored_order"] = order
     n_s = arr.shape[-1] if axes.endswith("S") else 0
     rgb = axes.endswith("S") and n_s in (3, 4) and photometric == "rgb"
     if rgb and n_s == 4 and is_geo:
@@ -234,6 +317,19 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
     info["axes"] = axes
     info["rgb"] = rgb
     return arr, info
+
+
+def _pixel_size_field(ps, unit) -> tuple[tuple[float, float], str] | None:
+    """Our stored ``pixel_size`` (two finite positive numbers) and ``unit`` (a string), or None."""
+    if not isinstance(unit, str) or not isinstance(ps, (list, tuple)) or len(ps) != 2:
+        return None
+    try:
+        y, x = (float(v) for v in ps)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(ps[0], bool) or isinstance(ps[1], bool) or not (np.isfinite([y, x]).all() and y > 0 and x > 0):
+        return None
+    return (y, x), unit
 
 
 def _tiff_pixel_size(tf, page) -> tuple[tuple[float, float] | None, str | None]:
@@ -276,18 +372,9 @@ def _tiff_pixel_size(tf, page) -> tuple[tuple[float, float] | None, str | None]:
 # writing
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
 def write_image(path, array, *, like: dict | None = None, metadata: dict | None = None,
                 scale: int | float | None = None, overwrite: bool = False,
-                axes: str | None = None, rgb: bool | None = None) -> Path:
+                axes: str | None = None, rgb: bool | None = None, protect: Iterable = ()) -> Path:
     """Write ``array`` in the format of ``path``'s suffix, keeping its dtype.
 
     ``like`` is the ``info`` of the source image (from :func:`read_image`): its axes, colour
@@ -295,65 +382,30 @@ def write_image(path, array, *, like: dict | None = None, metadata: dict | None 
     ``metadata`` (our provenance) goes into the TIFF ImageDescription JSON, a PNG text chunk or
     a JPEG comment, under the key ``napari_rrim_sr``.
 
-    Never overwrites an existing file unless ``overwrite=True``, and always refuses to write
-    over the source file named by ``like["path"]``. The file is written under a temporary name
-    and moved into place, so a failure leaves no truncated output.
+    Written through :func:`napari_rrim_sr.safe_write.atomic_write`: an existing file is kept
+    unless ``overwrite=True``; the source named by ``like["path"]`` and every path in
+    ``protect`` (what the command reads) is never replaced, even through a symlink or hard link;
+    missing folders are created, and removed again if the write fails
+    (:class:`~napari_rrim_sr.errors.OutputError`).
     """
     p = Path(path)
     fmt = format_for(p)
     arr = np.asarray(array)
     like = dict(like or {})
-    src = like.get("path")
-    if src and _same_file(p, Path(src)):
-        raise InputError(f"{p}: the output path is the input file; choose another output folder or name")
-    if p.exists() and not overwrite:
-        raise InputError(f"{p}: file exists; not overwriting (use overwrite=True / --overwrite)")
     if arr.size == 0:
         raise InputError(f"{p}: refusing to write an empty image (shape {arr.shape})")
-    if arr.dtype.kind in "bcOUS":
+    if arr.dtype.kind in "bcOUSV":
         raise InputError(f"{p}: cannot write dtype {arr.dtype}")
-    if not p.parent.exists():
-        raise InputError(f"{p.parent}: output folder does not exist")
-    prov = _jsonable(metadata) if metadata else None
-    tmp = p.with_name(f".{p.stem}.{uuid.uuid4().hex[:8]}.tmp{p.suffix}")
-    try:
+    prov = jsonable(metadata) if metadata else None
+    guarded = [*([like["path"]] if like.get("path") else []), *protect]
+
+    def write(tmp: Path) -> None:
         if fmt == "tiff":
             _write_tiff(tmp, arr, like, prov, scale, axes, rgb)
         else:
             _write_pil(tmp, arr, fmt, like, prov, scale)
-        _commit(tmp, p, overwrite)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
 
-
-def _commit(tmp: Path, dest: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, dest)
-        return
-    try:
-        os.link(tmp, dest)  # atomic "create only if absent": never clobbers a file made meanwhile
-    except FileExistsError:
-        raise InputError(f"{dest}: file exists; not overwriting (use overwrite=True / --overwrite)") from None
-    except OSError:  # filesystems without hard links
-        if dest.exists():
-            raise InputError(f"{dest}: file exists; not overwriting") from None
-        os.replace(tmp, dest)
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, np.generic):
-        return v.item()
-    return str(v)
+    return atomic_write(p, write, overwrite=overwrite, protect=guarded)
 
 
 def _scaled_pixel_size(like: dict, scale) -> tuple[tuple[float, float] | None, str | None]:

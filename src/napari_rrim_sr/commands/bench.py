@@ -424,10 +424,12 @@ def run(args) -> int:
 
     from .. import devices
     from ..engine import DEFAULT_OVERLAP, DEFAULT_TILE, resolve_model
-    from ..errors import InputError, RRIMError
+    from ..errors import RRIMError
+    from ..safe_write import check_target
 
-    if args.json and Path(args.json).exists() and not args.overwrite:
-        raise InputError(f"{args.json}: file exists; not overwriting (use --overwrite)")
+    protect = [args.model] if args.model and Path(args.model).exists() else []
+    if args.json:  # before any measurement
+        check_target(args.json, overwrite=args.overwrite, protect=protect)
     quick = args.quick
     size = args.size or (96 if quick else 192)
     tsize = args.tile_size or (320 if quick else 768)
@@ -469,7 +471,7 @@ def run(args) -> int:
         res["kernels"] = measure_kernels(models, dev, precisions, args.size or 128, repeat)
         print(format_kernels(res["kernels"]))
         if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2, default=str), encoding="utf-8")
+            _write_json(args.json, res, args.overwrite, protect)
         return 0
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"[1/5] throughput of {model.id}" + ("" if args.no_rrdbnet else " and RRDBNet 23x64")
@@ -494,10 +496,18 @@ def run(args) -> int:
     res["ratios"] = _ratios(res)
     print(format_report(res))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(res, fh, indent=2, default=str)
+        _write_json(args.json, res, args.overwrite, protect)
         log(f"wrote {args.json}")
     return 0
+
+
+def _write_json(path, res: dict, overwrite: bool, protect: list) -> None:
+    """The report through the project's one writer and JSON sanitiser (strict JSON)."""
+    from ..jsonable import jsonable
+    from ..safe_write import atomic_write
+
+    atomic_write(path, json.dumps(jsonable(res), indent=2, allow_nan=False) + "\n", overwrite=overwrite,
+                 protect=protect)
 
 
 def _ratios(res: dict) -> dict:

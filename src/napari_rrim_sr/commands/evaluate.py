@@ -7,7 +7,6 @@ import math
 import sys
 from pathlib import Path
 
-from ..errors import InputError
 from . import add_self_ensemble_flag
 
 
@@ -21,7 +20,8 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="HR", help="HR image files or folders")
     p.add_argument("--model", metavar="ID|PATH", default=None, help="weights id or file (default: installed default)")
-    p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="also write the results as JSON (never over an input image or the weights)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
                    help="inference precision (default fp32, so numbers do not depend on hardware)")
@@ -38,10 +38,15 @@ def _fmt(v: float, digits: int) -> str:
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate_folder
+    from ..evaluate import evaluate_folder, image_files
+    from ..jsonable import jsonable
+    from ..safe_write import atomic_write, check_target
 
-    if args.json and Path(args.json).exists() and not args.overwrite:
-        raise InputError(f"{args.json}: file exists; not overwriting (use --overwrite)")
+    protect = [*args.inputs, *image_files(args.inputs)]
+    if args.model and Path(args.model).exists():
+        protect.append(args.model)
+    if args.json:  # before any compute: refused targets (exists, an input, unwritable) cost nothing
+        check_target(args.json, overwrite=args.overwrite, protect=protect)
     kw = {"device": args.device, "precision": args.precision, "tile": args.tile,
           "self_ensemble": args.self_ensemble}
     if args.rgb_channels:
@@ -64,18 +69,8 @@ def run(args) -> int:
                   f"{_fmt(m['fsim'], 4):>7} {_fmt(m['rmse'], 2):>7}")
     print(f"\nconvention: {res['convention']}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(_strict(res), fh, indent=2)
+        # strict JSON: identical images give PSNR = inf, written as "inf"
+        text = json.dumps(jsonable(res), indent=2, allow_nan=False) + "\n"
+        atomic_write(args.json, text, overwrite=args.overwrite, protect=protect)
         print(f"wrote {args.json}")
     return 0
-
-
-def _strict(v):
-    """JSON without the non-standard Infinity/NaN tokens (identical images give PSNR = inf)."""
-    if isinstance(v, dict):
-        return {k: _strict(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_strict(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v

@@ -17,10 +17,15 @@ def register(sub) -> None:
         description="Upscale PNG/JPEG/TIFF files. Writes OUTDIR/<stem>.<same ext> in the input's "
         "dtype, with provenance (model, weights sha256, settings) in the file's metadata. "
         "Existing files are never overwritten unless --overwrite is given, and an output that "
-        "would replace its input is refused.",
+        "would replace its input is refused (also through a symlink or hard link), even with "
+        "--overwrite. Each output is written under a temporary name and moved into place.",
+        epilog="Exit status: 0 when every input was written; 1 when the options are invalid (reported "
+        "once, before any work) or when at least one input failed (one 'error: INPUT: problem' line "
+        "each; the other inputs are still processed); 2 for a usage error.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
-    p.add_argument("-o", "--outdir", required=True, metavar="OUTDIR", help="output folder (created if missing)")
+    p.add_argument("-o", "--outdir", required=True, metavar="OUTDIR",
+                   help="output folder (created when the first output is written; never left empty)")
     p.add_argument("--model", metavar="ID|PATH", default=None,
                    help="weights id (see `models`) or a weights file; default: the installed default "
                    "for the image's channel count")
@@ -32,9 +37,11 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
     add_self_ensemble_flag(p)
     p.add_argument("--axes", default=None, metavar="AXES",
-                   help="axes of the input, one letter per dimension, e.g. YX, ZYX, TCYX, YXS (S = "
-                   "RGB(A) samples, run through the colour model), YXC (bands, per channel); "
-                   "default: from the file's metadata")
+                   help="axes of the input FILE AS STORED, one letter per stored dimension, e.g. YX, ZYX, "
+                   "TCYX, CYX or SYX (planar colour), YXS (S = samples: 3 or 4 are run through the colour "
+                   "model, other counts are bands), C = bands (each upscaled alone); default: the "
+                   "file's own axes metadata (TIFF/OME/ImageJ axes; YX or YXS for PNG/JPEG), else "
+                   "tifffile's guess from the shape")
     p.add_argument("--normalize", default="dtype", choices=("dtype", "range", "percentile"),
                    help="intensity normalisation (default: the dtype's full range)")
     p.add_argument("--percentiles", type=float, nargs=2, default=(0.1, 99.9), metavar=("LO", "HI"),
@@ -45,21 +52,6 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def parse_axes(axes: str, ndim: int) -> tuple[tuple[int, int], bool]:
-    """``(spatial_axes, rgb)`` from an axes string such as ``"TZYX"`` or ``"YXS"``."""
-    a = axes.upper()
-    if len(a) != ndim:
-        raise InputError(f"--axes {axes!r} has {len(a)} letters but the image has {ndim} dimensions")
-    if a.count("Y") != 1 or a.count("X") != 1:
-        raise InputError(f"--axes {axes!r} must contain Y and X exactly once")
-    if len(set(a)) != len(a):
-        raise InputError(f"--axes {axes!r} repeats a letter")
-    rgb = a.endswith("S")
-    if "S" in a and not rgb:
-        raise InputError(f"--axes {axes!r}: S (colour samples) must be the last axis")
-    return (a.index("Y"), a.index("X")), rgb
 
 
 def _outputs(inputs: list[Path], outdir: Path, bicubic: bool) -> list[tuple[Path, Path, Path | None]]:
@@ -86,23 +78,45 @@ def _outputs(inputs: list[Path], outdir: Path, bicubic: bool) -> list[tuple[Path
     return plans
 
 
+def _check_options(args) -> None:
+    """Validation that does not depend on any input: done once, before any work."""
+    from .. import devices
+
+    tile = args.tile
+    if tile is not None and (tile < 0 or 0 < tile < 8):
+        raise InputError(f"--tile must be 0 (no tiling) or at least 8 pixels, got {tile}")
+    if args.overlap is not None and args.overlap < 0:
+        raise InputError(f"--overlap must be >= 0, got {args.overlap}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    if args.bit_depth is not None and not 1 <= args.bit_depth <= 64:
+        raise InputError(f"--bit-depth must be in 1..64, got {args.bit_depth}")
+    devices.resolve_device(args.device)
+
+
 def run(args) -> int:
     from .. import __version__
     from ..engine import get_upscaler, upscale_bicubic
-    from ..image_io import read_image, write_image
+    from ..image_io import apply_axes, read_image, write_image
+    from ..safe_write import check_target
     from ..weights_io import file_sha256
 
     inputs = [Path(p) for p in args.inputs]
     outdir = Path(args.outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir}: not a folder")
+    _check_options(args)
+    # the output folder must be creatable (not under a file, writable); it is not created here,
+    # so a run whose every input fails leaves no empty folder behind
+    check_target(outdir, overwrite=True, kind="dir")
+    model_path = Path(args.model) if args.model and Path(args.model).exists() else None
+    if args.model is not None:  # weights named by the user: resolved once (missing, corrupt...)
+        get_upscaler(args.model, device=args.device, precision=args.precision, threads=args.threads,
+                     channels=3, self_ensemble=args.self_ensemble)
     plans = _outputs(inputs, outdir, args.bicubic)
-    if not args.overwrite:  # fail before any compute if the run would stop on an existing file
-        for _, out, bic in plans:
-            for dest in (out, bic):
-                if dest is not None and dest.exists():
-                    raise InputError(f"{dest}: file exists; not overwriting (use --overwrite)")
-    outdir.mkdir(parents=True, exist_ok=True)
+    protect = [*inputs, *([model_path] if model_path else [])]
+    for _, out, bic in plans:  # fail before any compute if the run would stop on an existing file
+        for dest in (out, bic):
+            if dest is not None:
+                check_target(dest, overwrite=args.overwrite, protect=protect)
     failed = 0
     for src, out, bic in plans:
         try:
@@ -110,9 +124,9 @@ def run(args) -> int:
             for w in info.get("warnings", []):
                 print(f"warning: {src}: {w}", file=sys.stderr)
             if args.axes:
-                spatial, rgb = parse_axes(args.axes, arr.ndim)
+                arr, axes, spatial, rgb = apply_axes(arr, info, args.axes)
             else:
-                spatial, rgb = info.get("spatial_axes"), info.get("rgb")
+                axes, spatial, rgb = None, info.get("spatial_axes"), info.get("rgb")
             up = get_upscaler(args.model, device=args.device, precision=args.precision,
                               threads=args.threads, channels=3 if rgb else 1,
                               self_ensemble=args.self_ensemble)
@@ -133,18 +147,21 @@ def run(args) -> int:
                 "engine": dict(up.last_run),
             }
             write_image(out, result, like=info, metadata=prov, scale=up.scale, overwrite=args.overwrite,
-                        axes=args.axes.upper() if args.axes else None, rgb=rgb)
+                        axes=axes, rgb=rgb, protect=protect)
             print(f"{src} -> {out}  ({up.model.id}, {up.device}, {up.precision})")
             if bic is not None:
                 b = upscale_bicubic(arr, up.scale, spatial_axes=spatial, rgb=rgb)
                 prov_b = dict(prov, method="bicubic (MATLAB imresize convention)", model=None, engine=None)
                 write_image(bic, b, like=info, metadata=prov_b, scale=up.scale, overwrite=args.overwrite,
-                            axes=args.axes.upper() if args.axes else None, rgb=rgb)
+                            axes=axes, rgb=rgb, protect=protect)
                 print(f"{src} -> {bic}  (bicubic)")
         except RRIMError as exc:
             failed += 1
             msg = str(exc)
             print(f"error: {msg if str(src) in msg else f'{src}: {msg}'}", file=sys.stderr)
+        except OSError as exc:  # a write outside safe_write's reach, a vanished input...
+            failed += 1
+            print(f"error: {src}: {exc.strerror or type(exc).__name__} ({exc.filename or src})", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -51,8 +51,8 @@ def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bo
                dtype: str | None = "fp32", register: bool = True, description: str | None = None,
                overwrite: bool = False) -> ExportResult:
     """Write ``RUN_DIR/NAME.safetensors`` from the run's checkpoint and optionally register it."""
-    from ..weights_io import install_weights, read_metadata, save_weights
     from ..registry import user_weights_dir
+    from ..weights_io import install_weights, read_metadata
     from .trainer import find_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
@@ -103,9 +103,9 @@ def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bo
         same_run = (old.get("training") or {}).get("run_id") == training["run_id"] and training["run_id"]
         if not same_run:
             raise ExportError(f"{out} exists and comes from another run; pass --overwrite or another --name")
-    save_weights(out, sd, backbone=str(ckpt.get("backbone") or cfg.get("backbone")), hparams=hparams, name=name,
-                 description=desc, recipe=cfg, metrics=metrics, dtype=dtype, extra={"training": training},
-                 overwrite=True)
+    _save(out, sd, protect=[ckpt_path], overwrite=True, backbone=str(ckpt.get("backbone") or cfg.get("backbone")),
+          hparams=hparams, name=name, description=desc, recipe=cfg, metrics=metrics, dtype=dtype,
+          extra={"training": training})
     installed = None
     if register:
         dest = user_weights_dir() / f"{name}.safetensors"
@@ -122,6 +122,16 @@ def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bo
             raise ExportError(f"exported {out}, but cannot register it: {exc.problem} ({exc.path}); "
                               "export again with another --name, or --overwrite") from None
     return ExportResult(out, installed, read_metadata(out))
+
+
+def _save(out: Path, state_dict, *, protect: list, overwrite: bool, **kw) -> Path:
+    """``save_weights`` through the project's one writer: atomic, umask permissions, and never
+    over a file this command reads (the checkpoint, the interpolated inputs), even with overwrite."""
+    from ..safe_write import atomic_write
+    from ..weights_io import save_weights
+
+    return atomic_write(out, lambda tmp: save_weights(tmp, state_dict, overwrite=True, **kw),
+                        overwrite=overwrite, protect=protect)
 
 
 # -- network interpolation --------------------------------------------------------------------
@@ -209,21 +219,21 @@ def lerp_weights(a, b, alpha: float) -> Interpolated:
 def interpolate(a, b, alpha: float, out, *, name: str | None = None, register: bool = False,
                 overwrite: bool = False, dtype: str | None = None) -> ExportResult:
     """Write :func:`lerp_weights` of A and B to ``out`` (``.safetensors``)."""
-    from ..weights_io import install_weights, read_metadata, save_weights
+    from ..safe_write import check_target
+    from ..weights_io import install_weights, read_metadata
 
-    lw = lerp_weights(a, b, alpha)
-    ma, mb, pa, pb = lw.meta_a, lw.meta_b, Path(lw.record["a"]["path"]), Path(lw.record["b"]["path"])
     out = Path(out)
     if out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors")
+    # before loading anything: A and B are never replaced (same path, symlink, hard link)
+    check_target(out, overwrite=overwrite, protect=[_resolve_weights(a), _resolve_weights(b)])
+    lw = lerp_weights(a, b, alpha)
+    ma, mb, pa, pb = lw.meta_a, lw.meta_b, Path(lw.record["a"]["path"]), Path(lw.record["b"]["path"])
     name = name or out.stem
     recipe = {"interpolation": lw.record, "a_recipe": ma.get("recipe", {}), "b_recipe": mb.get("recipe", {})}
     desc = (f"network interpolation {1 - lw.record['alpha']:g} x {ma.get('name', pa.stem)} + "
             f"{lw.record['alpha']:g} x {mb.get('name', pb.stem)} ({lw.backbone} x{lw.hparams.get('scale', '?')})")
-    try:
-        save_weights(out, lw.state_dict, backbone=lw.backbone, hparams=lw.hparams, name=name, description=desc,
-                     recipe=recipe, metrics={}, dtype=dtype, overwrite=overwrite)
-    except WeightsError as exc:
-        raise ExportError(str(exc)) from None
+    _save(out, lw.state_dict, protect=[pa, pb], overwrite=overwrite, backbone=lw.backbone, hparams=lw.hparams,
+          name=name, description=desc, recipe=recipe, metrics={}, dtype=dtype)
     installed = install_weights(out, overwrite=overwrite) if register else None
     return ExportResult(out, installed, read_metadata(out))
