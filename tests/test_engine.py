@@ -533,10 +533,14 @@ def test_wide_integer_images_are_not_collapsed_to_a_constant(dtype):
     out = engine.upscale(x, nearest(), precision="fp32")
     assert out.dtype == x.dtype
     np.testing.assert_array_equal(out, rep(x))
-    # an 8-bit-like image stored wide, and (signed types) negative values
+    # an 8-bit-like image stored wide (signed types: with negative values), and (unsigned) the
+    # same at a large offset, where float32 arithmetic loses the small differences
     img = (np.add.outer(np.arange(16), np.arange(18)) * 7).astype(dtype)
+    np.testing.assert_array_equal(engine.upscale(img, nearest(), precision="fp32"), rep(img))
     if np.dtype(dtype).kind == "i":
         img -= 100
+    else:
+        img += 2**31
     np.testing.assert_array_equal(engine.upscale(img, nearest(), precision="fp32"), rep(img))
 
 
