@@ -20,8 +20,10 @@ passed as RGBA.
 
 **Intensities.** See :mod:`.normalize`: explicit ``normalization`` ("dtype", "range",
 "percentile", or (lo, hi)); statistics are global over the image (``per_slice=True`` for
-per-plane statistics). The output has the input's dtype, clipped to its range. Float inputs
-with NaN/Inf are refused with an error naming them.
+per-plane statistics). "dtype" of a wide integer type (int32, int64, uint32, uint64) means the
+data's actual range. The output has the input's dtype, clipped to its range (floats: to their
+finite range, so finite input never gives Inf). Float inputs with NaN/Inf are refused with an
+error naming them.
 
 **Tiling.** See :mod:`.tiling`: tiles overlap and are cross-faded, the image border is
 reflect-padded, blended rows are accumulated in a band buffer and written straight into the

@@ -340,11 +340,18 @@ def _minmax(data, is_dask: bool) -> tuple[float, float]:
         import dask.array as da
 
         mn, mx = dask.compute(da.min(data), da.max(data))
-        return float(mn), float(mx)
-    a = np.asarray(data)
-    if a.size == 0:
-        raise InputError("cannot normalise an empty image")
-    return float(a.min()), float(a.max())
+    else:
+        a = np.asarray(data)
+        if a.size == 0:
+            raise InputError("cannot normalise an empty image")
+        mn, mx = a.min(), a.max()
+    mn, mx = float(mn), float(mx)
+    if not (np.isfinite(mn) and np.isfinite(mx)):
+        raise InputError(
+            f"image contains NaN or Inf values (its range is {mn}..{mx}); replace them (e.g. "
+            "np.nan_to_num or a fill value) before upscaling"
+        )
+    return mn, mx
 
 
 def _dask_percentiles(data, p: tuple[float, float]) -> tuple[float, float]:
