@@ -624,3 +624,13 @@ def test_validate_options_checks_device_tile_and_weights_up_front(tmp_path):
         engine.validate_options(engine.UpscaleOptions(model=str(bad), device="cpu"))
     up = engine.validate_options(engine.UpscaleOptions(model=nearest(), device="cpu"))
     assert isinstance(up, engine.Upscaler)
+
+
+def test_device_listing_lives_in_the_core():
+    from napari_rrim_sr import devices
+
+    names = devices.available_devices()
+    assert names[:2] == ["auto", "cpu"]
+    for n in names:
+        engine.UpscaleOptions(device=n)  # every listed name is a valid option
+    assert ("cuda" in names) == torch.cuda.is_available()

@@ -253,7 +253,8 @@ def _percentiles_of(a: np.ndarray, p: Sequence[float]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _parse_percentiles(percentiles) -> tuple[float, float]:
+def parse_percentiles(percentiles) -> tuple[float, float]:
+    """``(lo, hi)`` percentiles as floats with 0 <= lo < hi <= 100, or an InputError."""
     try:
         lo, hi = (float(v) for v in percentiles)
     except (TypeError, ValueError):
@@ -317,7 +318,7 @@ def compute_normalization(
         elif mode == "range":
             lo, hi = _minmax(data, is_dask)
         else:
-            p = _parse_percentiles(percentiles)
+            p = parse_percentiles(percentiles)
             if is_dask:
                 lo, hi = _dask_percentiles(data, p)
             else:

@@ -20,7 +20,7 @@ import numpy as np
 from .devices import DEVICES as DEVICE_KINDS
 from .devices import PRECISIONS
 from .errors import InputError
-from .normalize import DEFAULT_PERCENTILES, MODES, Normalization, _parse_percentiles
+from .normalize import DEFAULT_PERCENTILES, MODES, Normalization, parse_percentiles
 
 #: default tile edge (input pixels) per device type. CPU: chosen by measurement (bench --sweep,
 #: docs/benchmarks.md): 128..512 px tiles all beat an untiled run on a 768-px image (whose
@@ -155,7 +155,7 @@ class UpscaleOptions:
             if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
                 raise InputError(f"explicit normalization needs finite lo < hi, got ({lo}, {hi})")
             set_(self, "normalization", (lo, hi))
-        set_(self, "percentiles", _parse_percentiles(self.percentiles))
+        set_(self, "percentiles", parse_percentiles(self.percentiles))
         if self.bit_depth is not None:
             b = self.bit_depth
             if not (_is_int(b) or (isinstance(b, float) and b == int(b))) or not 1 <= int(b) <= 64:
