@@ -86,3 +86,59 @@ def test_self_ensemble_reaches_the_chunks():
     plain = engine.upscale(img, m, precision="fp32", tile=0)
     assert np.abs(got - want).max() <= 1e-3
     assert np.abs(got - plain).max() > 1e-3
+
+
+# ------------------------------------------ issue 13: small arrays, bad overlap (defect 7)
+
+
+def test_an_image_smaller_than_the_overlap_works_as_in_memory():
+    img = smooth_stack((5, 7), seed=6)
+    m = tiny(1, seed=6)
+    for chunks in ((5, 7), (3, 4)):
+        got = engine.upscale_dask(da.from_array(img, chunks=chunks), m, precision="fp32").compute(
+            scheduler="synchronous")
+        want = engine.upscale(img, m, precision="fp32")
+        assert got.shape == (20, 28)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_stack_with_one_short_spatial_axis_matches_in_memory():
+    img = smooth_stack((3, 6, 60), seed=7)
+    m = tiny(1, seed=7)
+    d = da.from_array(img, chunks=(1, 6, 30))  # Y (6 rows) shorter than the 24-px overlap, X split
+    got = engine.upscale_dask(d, m, precision="fp32").compute(scheduler="synchronous")
+    want = engine.upscale(img, m, precision="fp32", tile=0)
+    assert got.shape == (3, 24, 240)
+    assert np.abs(got - want).max() <= 1e-3
+    d = da.from_array(img.transpose(0, 2, 1).copy(), chunks=(2, 20, 6))  # the short axis last
+    got = engine.upscale_dask(d, m, precision="fp32").compute(scheduler="synchronous")
+    want = engine.upscale(img.transpose(0, 2, 1).copy(), m, precision="fp32", tile=0)
+    assert np.abs(got - want).max() <= 1e-3
+
+
+def test_bad_overlap_and_depth_are_clear_errors():
+    from napari_rrim_sr.errors import InputError
+
+    d = da.from_array(smooth_stack((20, 20)))
+    with pytest.raises(InputError, match="overlap must be >= 0, got -3"):
+        engine.upscale_dask(d, tiny(1), overlap=-3)
+    with pytest.raises(InputError, match="depth must be >= 0, got -1"):
+        engine.upscale_dask(d, tiny(1), depth=-1)
+    with pytest.raises(InputError, match="depth must be a non-negative integer"):
+        engine.upscale_dask(d, tiny(1), depth="x")
+
+
+def test_upscale_block_is_a_reusable_per_chunk_function():
+    import pickle
+
+    from napari_rrim_sr.normalize import compute_normalization
+
+    img = smooth_stack((30, 26), seed=8)
+    m = tiny(1, seed=8)
+    opts = engine.UpscaleOptions(model=engine.ModelRef(m), precision="fp32", device="cpu",
+                                 normalization=compute_normalization(img, "range"))
+    opts = pickle.loads(pickle.dumps(opts))  # as a worker receives it
+    got = engine.upscale_block(img, opts)
+    np.testing.assert_array_equal(got, engine.upscale(img, m, precision="fp32", normalization="range"))
+    trimmed = engine.upscale_block(img, opts, trim={0: (2, 1), 1: (0, 3)})
+    np.testing.assert_array_equal(trimmed, got[8:-4, :-12])

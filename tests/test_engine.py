@@ -522,3 +522,115 @@ def test_self_ensemble_through_the_engine(photo):
     # bf16 + channels_last path runs and stays close
     bf = engine.Upscaler(m, precision="bf16", self_ensemble=True).upscale(img, tile=0)
     assert np.abs(bf - whole).mean() < 2e-2
+
+
+# --------------------------------------- issue 13: wide ints, finite in -> finite out (1, 6)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32, np.uint64])
+def test_wide_integer_images_are_not_collapsed_to_a_constant(dtype):
+    x = np.array([[1, 2], [3, 4]], dtype=dtype)  # the issue's example (default "dtype" mode)
+    out = engine.upscale(x, nearest(), precision="fp32")
+    assert out.dtype == x.dtype
+    np.testing.assert_array_equal(out, rep(x))
+    # an 8-bit-like image stored wide (signed types: with negative values), and (unsigned) the
+    # same at a large offset, where float32 arithmetic loses the small differences
+    img = (np.add.outer(np.arange(16), np.arange(18)) * 7).astype(dtype)
+    np.testing.assert_array_equal(engine.upscale(img, nearest(), precision="fp32"), rep(img))
+    if np.dtype(dtype).kind == "i":
+        img -= 100
+    else:
+        img += 2**31
+    np.testing.assert_array_equal(engine.upscale(img, nearest(), precision="fp32"), rep(img))
+
+
+def test_wide_int_output_stays_within_what_the_model_can_produce():
+    img = np.array([[-5, 2], [3, 10]], dtype=np.int64)
+    m = nearest()
+    m.module.w.data.fill_(1.25)  # a model that overshoots the 0..1 range by a quarter
+    out = engine.upscale(img, m, precision="fp32")
+    assert out.min() == -5 and out.max() == 14  # y * 15 - 5 for y in 0..1.25, rounded
+    np.testing.assert_array_equal(out, rep(np.rint((img + 5) * 1.25 - 5).astype(np.int64)))
+
+
+def test_float16_with_range_normalisation_writes_no_inf():
+    img = np.linspace(0, 65000, 6 * 7).reshape(6, 7).astype(np.float16)
+    m = nearest()
+    m.module.w.data.fill_(1.5)  # overshoot: y * span + lo beyond float16's maximum
+    out = engine.upscale(img, m, precision="fp32", normalization="range")
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+    assert out.max() == np.finfo(np.float16).max
+
+
+def test_float64_of_1e300_is_upscaled_not_called_broken_weights():
+    img = np.linspace(0, 1e300, 6 * 7).reshape(6, 7)
+    out = engine.upscale(img, nearest(), precision="fp32", normalization="range")
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, rep(img), rtol=1e-6, atol=1e294)
+
+
+def test_input_far_outside_the_normalisation_range_is_named():
+    img = np.full((6, 7), 1e300)
+    with pytest.raises(RRIMError, match="far outside the 0..1"):
+        engine.upscale(img, nearest(), precision="fp32", normalization=(0.0, 1.0))
+
+
+# --------------------------------------------------------------- issue 13: one options object
+
+
+def test_options_object_equals_the_keyword_form_and_pickles():
+    import pickle
+
+    img = np.random.default_rng(3).random((20, 22)).astype(np.float32)
+    m = tiny(1, seed=2)
+    kw = dict(tile=16, overlap=4, blend="linear", normalization="range", precision="fp32")
+    opts = engine.UpscaleOptions(**kw)
+    assert pickle.loads(pickle.dumps(opts)) == opts
+    want = engine.upscale(img, m, **kw)
+    np.testing.assert_array_equal(engine.upscale(img, m, options=opts), want)
+    np.testing.assert_array_equal(engine.upscale(img, options=opts.replace(model=m)), want)
+    with engine.Upscaler(m, options=opts) as up:
+        np.testing.assert_array_equal(up.upscale(img), want)  # the built-with options are the default
+        np.testing.assert_array_equal(up.upscale(img, opts), want)
+        with pytest.raises(TypeError, match="fixed when an Upscaler is built"):
+            up.upscale(img, device="cpu")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        engine.upscale(img, m, tiles=16)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(tile=3), "at least 8"), (dict(tile=-1), "non-negative"), (dict(tile="big"), "non-negative"),
+    (dict(overlap=-3), "overlap must be >= 0"), (dict(tile=16, overlap=12), "at most half"),
+    (dict(threads=0), "threads must be >= 1"), (dict(device="tpu"), "device must be one of"),
+    (dict(precision="fp8"), "precision must be one of"), (dict(blend="box"), "blend must be one of"),
+    (dict(normalization="minmax"), "normalization must be one of"), (dict(normalization=(5, 1)), "lo < hi"),
+    (dict(percentiles=(50, 10)), "percentiles"), (dict(bit_depth=0), "bit_depth"),
+])
+def test_options_are_validated_when_built_before_any_work(kw, match):
+    with pytest.raises(InputError, match=match):
+        engine.UpscaleOptions(**kw)
+
+
+def test_validate_options_checks_device_tile_and_weights_up_front(tmp_path):
+    assert engine.validate_options(engine.UpscaleOptions(device="cpu")) is None
+    with pytest.raises(InputError, match="at most half the tile"):
+        engine.validate_options(engine.UpscaleOptions(device="cpu", overlap=100))  # default CPU tile 192
+    if not torch.cuda.is_available():
+        with pytest.raises(RRIMError, match="cuda"):
+            engine.validate_options(engine.UpscaleOptions(device="cuda"))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not weights")
+    with pytest.raises(RRIMError):
+        engine.validate_options(engine.UpscaleOptions(model=str(bad), device="cpu"))
+    up = engine.validate_options(engine.UpscaleOptions(model=nearest(), device="cpu"))
+    assert isinstance(up, engine.Upscaler)
+
+
+def test_device_listing_lives_in_the_core():
+    from napari_rrim_sr import devices
+
+    names = devices.available_devices()
+    assert names[:2] == ["auto", "cpu"]
+    for n in names:
+        engine.UpscaleOptions(device=n)  # every listed name is a valid option
+    assert ("cuda" in names) == torch.cuda.is_available()

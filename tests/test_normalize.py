@@ -171,3 +171,83 @@ def test_forward_does_not_modify_source():
     n = Normalization(0.0, 11.0, np.dtype(np.uint16))
     n.forward(x)
     np.testing.assert_array_equal(x, before)
+
+
+# ------------------------------------------------- issue 13: wide ints, overflow (defects 1, 6)
+
+WIDE = [np.int32, np.int64, np.uint32, np.uint64]
+
+
+@pytest.mark.parametrize("dtype", WIDE)
+def test_wide_int_dtype_default_is_the_data_range(dtype):
+    # the nominal range (4e9 / 1.8e19 wide) squeezed every real image into one float32 value
+    signed = np.dtype(dtype).kind == "i"
+    x = np.array([[1, 2], [3, 4]], dtype=dtype) if not signed else np.array([[-7, 2], [3, 40_000]], dtype=dtype)
+    n = compute_normalization(x, "dtype")
+    assert n.mode == "range" and (n.lo, n.hi) == (float(x.min()), float(x.max()))
+    y = n.forward(x)
+    assert y.min() == 0.0 and y.max() == 1.0 and len(np.unique(y)) == 4
+    np.testing.assert_array_equal(n.inverse(y), x)
+
+
+@pytest.mark.parametrize("dtype", WIDE)
+def test_wide_int_extremes_round_trip_without_wrapping(dtype):
+    info = np.iinfo(dtype)
+    # a narrow range at a large offset: exact in float64, lost by float32 arithmetic (the model
+    # domain is float32, so the *normalised* values must be small, not the raw ones)
+    big = 2**52 if info.bits == 64 else 2**30
+    vals = [big, big + 1, big + 3] if info.min == 0 else [-big - 3, -big, -big + 1]
+    x = np.array(vals, dtype=dtype)
+    n = compute_normalization(x, "dtype")
+    np.testing.assert_array_equal(n.inverse(n.forward(x)), x)
+    # an overshooting model output is clipped into the dtype, never wrapped around
+    over = n.inverse(np.array([-0.5, 1.5], np.float32))
+    assert over.dtype == x.dtype and over[0] <= over[1]
+    assert over[0] >= info.min and over[1] <= info.max
+
+
+def test_wide_int_dtype_mode_with_bit_depth_keeps_the_nominal_range():
+    x = np.array([0, 100, 4095], dtype=np.uint32)
+    n = compute_normalization(x, "dtype", bit_depth=12)
+    assert n.mode == "dtype" and n.hi == 4095.0
+    np.testing.assert_array_equal(n.inverse(n.forward(x)), x)
+
+
+def test_float16_range_inverse_never_overflows_to_inf():
+    x = np.array([0, 60000, 65504], dtype=np.float16)
+    n = compute_normalization(x, "range")
+    out = n.inverse(np.array([0.0, 1.2, 1.5], np.float32))  # a model overshooting the range
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+    assert out[-1] == np.finfo(np.float16).max
+
+
+def test_float64_of_1e300_normalises_in_float64():
+    x = np.array([0.0, 5e299, 1e300])
+    for mode in ("range", "percentile", (0.0, 1e300)):
+        n = compute_normalization(x, mode)
+        y = n.forward(x)
+        assert y.dtype == np.float32 and np.isfinite(y).all()
+        np.testing.assert_allclose(n.inverse(y), x, rtol=1e-6, atol=1e294)
+
+
+def test_a_range_wider_than_float64_is_named():
+    x = np.array([-1.7e308, 0.0, 1.7e308])
+    with pytest.raises(InputError, match="wider than float64 can represent"):
+        compute_normalization(x, "range")
+
+
+def test_huge_float32_values_do_not_overflow_in_forward():
+    x = np.array([-3e38, 0.0, 3e38], dtype=np.float32)
+    n = compute_normalization(x, "range")
+    y = n.forward(x)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, [0.0, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(n.inverse(y), x, rtol=1e-5)
+    assert np.isfinite(n.inverse(np.array([1.5], np.float32))).all()
+
+
+def test_to_dtype_clips_floats_to_their_finite_range():
+    from napari_rrim_sr.normalize import to_dtype
+
+    out = to_dtype(np.array([70000.0, -70000.0, 1.0]), np.float16)
+    assert np.isfinite(out).all() and out[0] == np.finfo(np.float16).max and out[2] == 1.0

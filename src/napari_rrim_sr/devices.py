@@ -33,6 +33,22 @@ def mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
+def available_devices() -> list[str]:
+    """The device names a user can pick here: auto, cpu and the accelerators torch can see
+    (``cuda:N`` listed too when there are several GPUs); cpu only if torch cannot be queried."""
+    out = ["auto", "cpu"]
+    try:
+        torch = _torch()
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            out += ["cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
+        if mps_available():
+            out.append("mps")
+    except Exception:  # pragma: no cover - torch broken: cpu only
+        log.debug("device query failed", exc_info=True)
+    return out
+
+
 def resolve_device(device="auto"):
     """``"auto"`` -> cuda if available, else mps, else cpu; explicit names are checked.
 

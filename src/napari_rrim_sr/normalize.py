@@ -8,6 +8,9 @@ written values). Modes:
 * ``"dtype"``: the dtype's full range (uint8 0..255, uint16 0..65535, int16 -32768..32767);
   ``bit_depth`` narrows it for unsigned data stored in a wider type (12-bit in uint16:
   0..4095). Float data are taken as 0..1 and must lie in it (otherwise use another mode).
+  **Wide integers** (int32, int64, uint32, uint64) without ``bit_depth`` use the data's actual
+  min..max instead (recorded as mode ``"range"``): their nominal range (4e9 or 1.8e19 wide)
+  would squeeze any real image into one float32 value and write a constant.
 * ``"range"``: the data's actual min..max.
 * ``"percentile"``: the ``(lo, hi)`` percentiles (default 0.1 / 99.9) of the data; values
   beyond them map outside 0..1 and are passed through unclipped (like CSBDeep), so highlights
@@ -15,7 +18,11 @@ written values). Modes:
 * ``(lo, hi)``: explicit values (e.g. the same window for every image of a series).
 
 :meth:`Normalization.forward` gives float32; :meth:`Normalization.inverse` maps back to the
-source dtype, clipped to the dtype's range (or to ``0..2**bit_depth-1``) and rounded for ints.
+source dtype, clipped to the dtype's range (or to ``0..2**bit_depth-1``) and rounded for ints;
+float outputs are clipped to the dtype's finite range (float16 never overflows to Inf). Both
+are computed in float64 where float32 could lose the data's values or overflow (wide integers,
+float64 data, huge ranges), so finite input always gives finite output. A range whose width
+overflows float64 itself is refused with an error that says so.
 """
 
 from __future__ import annotations
@@ -96,11 +103,22 @@ def dtype_limits(dtype, bit_depth: int | None = None) -> tuple[float, float]:
     return 0.0, 1.0
 
 
+#: integer dtypes whose nominal range is too wide for a useful "dtype" normalisation
+WIDE_INTS = frozenset(np.dtype(t) for t in (np.int32, np.int64, np.uint32, np.uint64))
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def is_wide_int(dtype) -> bool:
+    """int32/int64/uint32/uint64: "dtype" normalisation means the data's range for these."""
+    return np.dtype(dtype) in WIDE_INTS
+
+
 def clip_limits(dtype, bit_depth: int | None = None) -> tuple[float, float]:
-    """Where outputs are clipped: the integer range (or bit depth); floats: not clipped (±inf)."""
+    """Where outputs are clipped: the integer range (or bit depth); floats: the finite range."""
     dt = np.dtype(dtype)
     if dt.kind == "f":
-        return -np.inf, np.inf
+        info = np.finfo(dt)
+        return float(info.min), float(info.max)
     lo, hi = dtype_limits(dt, bit_depth)
     # int64/uint64 extremes are not floats: clip to the nearest float inside the range so the
     # cast back cannot overflow
@@ -109,6 +127,19 @@ def clip_limits(dtype, bit_depth: int | None = None) -> tuple[float, float]:
     if int(lo) < np.iinfo(dt).min:
         lo = float(np.nextafter(lo, np.inf))
     return lo, hi
+
+
+def to_dtype(x: np.ndarray, dtype) -> np.ndarray:
+    """``x`` cast to ``dtype``: integers rounded and clipped to their range, floats clipped to
+    their finite range (bicubic overshoot near float16's maximum must not become Inf)."""
+    dt = np.dtype(dtype)
+    lo, hi = clip_limits(dt)
+    if dt.kind in "iu":
+        x = np.rint(x)
+        x = np.clip(x, lo, hi)
+    elif np.dtype(x.dtype).kind == "f" and np.finfo(x.dtype).max > hi:
+        x = np.clip(x, lo, hi)
+    return x.astype(dt, copy=False)
 
 
 @dataclass(frozen=True)
@@ -128,24 +159,55 @@ class Normalization:
     out_lo: float = -np.inf
     out_hi: float = np.inf
 
+    def __post_init__(self):
+        if not (np.isfinite(self.lo) and np.isfinite(self.hi)):
+            raise InputError(f"normalization limits must be finite, got ({self.lo}, {self.hi})")
+        if not np.isfinite(self.hi - self.lo):
+            raise InputError(
+                f"the intensity range {self.lo:g}..{self.hi:g} is wider than float64 can represent "
+                "(its width overflows); rescale the data (e.g. divide by 1e10) or pass an explicit "
+                "(lo, hi) normalization"
+            )
+
     @property
     def span(self) -> float:
         d = self.hi - self.lo
         return d if d > 0 else 1.0  # constant image: any span maps it to 0
 
+    @property
+    def _wide(self) -> bool:
+        """float32 arithmetic could lose the data's values (wide ints, float64) or overflow."""
+        if self.dtype.kind in "iu":
+            return self.dtype.itemsize > 2
+        return self.dtype.itemsize > 4 or max(abs(self.lo), abs(self.hi), self.span) >= 1e30
+
     def forward(self, x, out: np.ndarray | None = None) -> np.ndarray:
-        """float32 ``(x - lo) / span``; ``out`` may be a preallocated float32 buffer."""
+        """float32 ``(x - lo) / span``; ``out`` may be a preallocated float32 buffer.
+
+        Computed in float32 where that is exact enough (8/16-bit ints, float16/32 of moderate
+        range; bit-identical to earlier releases), else in float64 and clipped to float32's
+        finite range, so a finite input never becomes Inf on its way to the model.
+        """
         a = np.asarray(x)
         if out is None:
             out = np.empty(a.shape, dtype=np.float32)
-        np.subtract(a, self.lo, out=out, dtype=np.float32, casting="unsafe")
-        out *= np.float32(1.0 / self.span)
+        if not self._wide:
+            np.subtract(a, self.lo, out=out, dtype=np.float32, casting="unsafe")
+            out *= np.float32(1.0 / self.span)
+            if np.isfinite(out.sum(dtype=np.float64)):
+                return out
+        t = np.subtract(a, self.lo, dtype=np.float64)
+        t /= self.span
+        np.clip(t, -_F32_MAX, _F32_MAX, out=t)
+        out[...] = t
         return out
 
     def inverse(self, y, out: np.ndarray | None = None) -> np.ndarray:
-        """Back to ``dtype``: ``y * span + lo``, clipped to the dtype's range, rounded for ints."""
-        # float64 where float32 cannot hold the dtype's integers (int32/64) or float64 data
-        ft = np.float64 if (self.dtype.itemsize > 2 and self.dtype.kind in "iu") or self.dtype == np.float64 else np.float32
+        """Back to ``dtype``: ``y * span + lo``, clipped to the dtype's range (floats: its finite
+        range), rounded for ints."""
+        # float64 where float32 cannot hold the dtype's integers (int32/64), float64 data or a
+        # span/offset whose products could overflow float32
+        ft = np.float64 if self._wide else np.float32
         t = np.asarray(y, dtype=ft) * ft(self.span)
         t += ft(self.lo)
         if self.dtype.kind in "iu":
@@ -191,7 +253,8 @@ def _percentiles_of(a: np.ndarray, p: Sequence[float]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _parse_percentiles(percentiles) -> tuple[float, float]:
+def parse_percentiles(percentiles) -> tuple[float, float]:
+    """``(lo, hi)`` percentiles as floats with 0 <= lo < hi <= 100, or an InputError."""
     try:
         lo, hi = (float(v) for v in percentiles)
     except (TypeError, ValueError):
@@ -226,7 +289,16 @@ def compute_normalization(
             raise InputError(f"normalization must be one of {MODES} or (lo, hi), got {mode!r}")
         if bit_depth is not None and mode != "dtype":
             dtype_limits(dt, bit_depth)  # validate the value even though only the clip uses it
-        if mode == "dtype":
+        if mode == "dtype" and bit_depth is None and is_wide_int(dt):
+            # the documented default for wide integers: the data's range (see the module doc)
+            if data is None:
+                raise InputError(
+                    f"normalization='dtype' of {dt} data needs the data (its actual range is used); "
+                    "pass normalization='range', 'percentile' or an explicit (lo, hi)"
+                )
+            lo, hi = _minmax(data, is_dask)
+            mode = "range"
+        elif mode == "dtype":
             lo, hi = dtype_limits(dt, bit_depth)
             if dt.kind == "f":
                 out_lo, out_hi = 0.0, 1.0
@@ -246,7 +318,7 @@ def compute_normalization(
         elif mode == "range":
             lo, hi = _minmax(data, is_dask)
         else:
-            p = _parse_percentiles(percentiles)
+            p = parse_percentiles(percentiles)
             if is_dask:
                 lo, hi = _dask_percentiles(data, p)
             else:
@@ -269,11 +341,18 @@ def _minmax(data, is_dask: bool) -> tuple[float, float]:
         import dask.array as da
 
         mn, mx = dask.compute(da.min(data), da.max(data))
-        return float(mn), float(mx)
-    a = np.asarray(data)
-    if a.size == 0:
-        raise InputError("cannot normalise an empty image")
-    return float(a.min()), float(a.max())
+    else:
+        a = np.asarray(data)
+        if a.size == 0:
+            raise InputError("cannot normalise an empty image")
+        mn, mx = a.min(), a.max()
+    mn, mx = float(mn), float(mx)
+    if not (np.isfinite(mn) and np.isfinite(mx)):
+        raise InputError(
+            f"image contains NaN or Inf values (its range is {mn}..{mx}); replace them (e.g. "
+            "np.nan_to_num or a fill value) before upscaling"
+        )
+    return mn, mx
 
 
 def _dask_percentiles(data, p: tuple[float, float]) -> tuple[float, float]:
