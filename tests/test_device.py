@@ -164,13 +164,17 @@ def test_out_of_memory_backs_off_to_smaller_tiles(test_device, photo, model):
 
 def test_refuses_a_tile_that_never_fits(test_device, model):
     _cuda_only(test_device)
+    engine.clear_cache()
     dev = torch.device(test_device)
     total = torch.cuda.get_device_properties(dev).total_memory
+    up = engine.Upscaler(model, device=test_device, precision="fp32")  # the weights fit ...
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(min(1.0, 2**20 / total), dev)  # 1 MiB: nothing fits
+    cap = torch.cuda.memory_allocated(dev) + 2**20  # ... and 1 MiB more: no tile does
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), dev)
     try:
         with pytest.raises(RRIMError, match="out of memory"):
-            engine.upscale(np.zeros((256, 256, 3), np.uint8), model, device=test_device, precision="fp32")
+            up.upscale(np.zeros((256, 256, 3), np.uint8), tile=256)
     finally:
+        up.close()
         torch.cuda.set_per_process_memory_fraction(1.0, dev)
         torch.cuda.empty_cache()

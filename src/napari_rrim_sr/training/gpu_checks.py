@@ -125,8 +125,8 @@ def bench_batches(device: str, *, deadline: float, backbones: Sequence[str] = ("
 
 
 def format_bench(info: dict) -> str:
-    lines = [f"batched throughput on {info['device']} (output MPix/s, {info['rows'][0]['tile'] if info['rows'] else '?'}"
-             " px RGB tiles)"]
+    tile = info["rows"][0]["tile"] if info["rows"] else "?"
+    lines = [f"batched throughput on {info['device']} (output MPix/s, {tile} px RGB tiles)"]
     for r in info["rows"]:
         lines.append(f"  {r['backbone']:9s} {r['precision']:5s} batch {r['batch']:3d}: {r['out_mpix_per_s']:9.2f}")
     lines += [f"  skipped: {s}" for s in info["skipped"]]

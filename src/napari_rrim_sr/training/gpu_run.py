@@ -161,7 +161,17 @@ def run_checks(device: str, clock: Clock, plan: dict, *, dry: bool, repo: Path, 
     env["PYTHONPATH"] = os.pathsep.join([str(repo / "src")] + [p for p in [env.get("PYTHONPATH", "")] if p])
     budget = max(5.0, min(plan["bench_cli"], clock.left() - 60))
     try:
-        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=budget)
+        if dry:  # in-process: the same command without a second torch start-up on a slow CPU
+            import contextlib
+
+            from ..cli import main as cli_main
+
+            buf_out, buf_err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+                rc_cli = cli_main(cmd[3:])
+            proc = subprocess.CompletedProcess(cmd, rc_cli, buf_out.getvalue(), buf_err.getvalue())
+        else:  # a subprocess, killed at its budget: a hang cannot eat the training minutes
+            proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=budget)
         bench["cli"] = {"command": " ".join(cmd[2:]), "returncode": proc.returncode,
                         "report": proc.stdout[-6000:], "stderr_tail": proc.stderr[-2000:]}
         if js.exists():
