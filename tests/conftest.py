@@ -88,3 +88,30 @@ def tiny_registry(isolated_registry, tiny_weights_files):
     isolated_registry.register_plugin(plugin, name="test-weights")
     assert {e.id for e in isolated_registry.weights()} >= set(TINY_IDS)
     return isolated_registry
+
+
+# -- the device of the device-parametrised tests (tests/test_device.py) ---------------------------
+
+DEVICE_ENV = "RRIM_TEST_DEVICE"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default=None, metavar="DEV",
+                     help=f"device of the device tests: cpu (default, or ${DEVICE_ENV}), cuda, cuda:N, mps")
+
+
+@pytest.fixture(scope="session")
+def test_device(request) -> str:
+    """``--device`` or ``$RRIM_TEST_DEVICE`` (default cpu); skips when that device is not there."""
+    dev = request.config.getoption("--device") or os.environ.get(DEVICE_ENV) or "cpu"
+    if dev.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip(f"device {dev} asked for, but CUDA is not available")
+    elif dev == "mps":
+        from napari_rrim_sr.devices import mps_available
+
+        if not mps_available():
+            pytest.skip("device mps asked for, but MPS is not available")
+    return dev

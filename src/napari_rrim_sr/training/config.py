@@ -177,6 +177,8 @@ class TrainConfig:
     """DataLoader worker processes (0 = load in the main process)."""
     compile: bool = False
     """torch.compile the generator."""
+    max_minutes: float = 0.0
+    """Wall-clock budget of this session in minutes: stop, validate and export when spent (0 = off)."""
     # -- bookkeeping --------------------------------------------------------------------------
     val_every: int = 5000
     """Validate every N steps (and at the end; 0 = only at the end)."""
@@ -253,6 +255,7 @@ class TrainConfig:
         need(self.jpeg_quality[1] <= 100, "jpeg_quality must be within 0..100")
         for key in ("blur_prob", "alias_prob", "noise_prob", "poisson_prob", "jpeg_prob"):
             need(0.0 <= getattr(self, key) <= 1.0, f"{key} must be a probability")
+        need(self.max_minutes >= 0, "max_minutes must be >= 0")
         for key in ("val_every", "ckpt_every", "log_every", "workers", "threads", "val_limit", "val_crop",
                     "keep_ckpts", "warmup"):
             need(getattr(self, key) >= 0, f"{key} must be >= 0")

@@ -898,6 +898,12 @@ class Trainer:
         result.metrics = self.val_history[-1] if self.val_history else {}
         return result
 
+    def _make_loader(self):
+        """Batches ``(lr, hr)`` for steps ``self.step .. cfg.steps-1`` (a subclass may make them on the GPU)."""
+        cfg = self.cfg
+        return make_loader(self.dataset, batch_size=cfg.batch_size, start_step=self.step, steps=cfg.steps,
+                           workers=cfg.workers, pin_memory=self.device.type == "cuda")
+
     def _loop(self) -> str:
         cfg = self.cfg
         if self.step >= cfg.steps:
@@ -906,8 +912,7 @@ class Trainer:
         def worker_init(_):  # Ctrl-C reaches the main process, which stops the workers
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-        loader = make_loader(self.dataset, batch_size=cfg.batch_size, start_step=self.step, steps=cfg.steps,
-                             workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        loader = self._make_loader()
         if cfg.workers:
             loader.worker_init_fn = worker_init
         bar = None
@@ -935,6 +940,9 @@ class Trainer:
                     if self.val_history:
                         post["psnr"] = f"{self.val_history[-1].get('psnr', 0):.2f}"
                     bar.set_postfix(post, refresh=False)
+                if cfg.max_minutes and time.perf_counter() - self._t_start >= 60.0 * cfg.max_minutes:
+                    cfg.steps = self.step  # wall-clock budget spent: finish now (validate, export)
+                    self._log_event("deadline", max_minutes=cfg.max_minutes)
                 last = self.step >= cfg.steps
                 if self.step % cfg.log_every == 0 or last or self.stop_signal is not None:
                     dt = time.perf_counter() - t_window
@@ -959,6 +967,8 @@ class Trainer:
                     self.save_checkpoint()
                 if self.stop_signal is not None and not last:
                     status = "interrupted"
+                    break
+                if last:  # also when max_minutes moved the end before the loader's
                     break
                 t_fetch = time.perf_counter()
         finally:
