@@ -289,3 +289,15 @@ def test_add_user_weights_validates_and_installs_a_listed_copy(tmp_path, monkeyp
     with pytest.raises(WeightsError):
         add_user_weights(bad, registry=reg)
     assert not (tmp_path / "user" / "broken.safetensors").exists()
+
+
+@needs_conf
+def test_plain_safetensors_without_metadata_loads_by_detection(reg, tmp_path):
+    from safetensors.torch import save_file
+
+    sd, _ = load_state_dict(CONF / "compact_x4_rgb_general_v3.pth")
+    path = tmp_path / "realesr-general-x4v3.safetensors"
+    # (a ``module.`` prefix is stripped for .pth only: weights_io's safetensors branch skips clean_state_dict)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    loaded = load_model(path, registry=reg)
+    assert (loaded.backbone, loaded.scale, loaded.hparams["num_conv"]) == ("compact", 4, 32)
