@@ -45,7 +45,9 @@ def test_builtin_backbones_registered_by_builtin_plugin():
     reg = Registry(discover=False)
     specs = reg.backbones()
     assert {"rrim", "srresnet", "rrdbnet", "srgan-discriminator"} <= set(specs)
-    assert all(s.source == "builtin" for s in specs.values())
+    public = {"esrgan", "compact", "span", "swinir"}  # registered by public_backbones, same hooks
+    assert all(s.source == ("public" if s.id in public else "builtin") for s in specs.values())
+    assert public <= set(specs)
     assert specs["srgan-discriminator"].kind == "discriminator"
 
 

@@ -32,6 +32,7 @@ PLUGINS_ENV = "NAPARI_RRIM_SR_PLUGINS"
 SHIPPED_ENV = "NAPARI_RRIM_SR_SHIPPED_WEIGHTS"
 WEIGHTS_DIR_ENV = "NAPARI_RRIM_SR_WEIGHTS_DIR"
 BUILTIN_PLUGIN_NAME = "builtin"
+PUBLIC_PLUGIN_NAME = "public"  # ESRGAN (original layout), Compact, SPAN, SwinIR: public_backbones.py
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,10 @@ class Registry:
         self._lock = threading.RLock()
         self._backbones: dict[str, BackboneSpec] | None = None
         self._weights: list[WeightsEntry] | None = None
-        from . import builtin_backbones
+        from . import builtin_backbones, public_backbones
 
         self.pm.register(builtin_backbones, name=BUILTIN_PLUGIN_NAME)
+        self.pm.register(public_backbones, name=PUBLIC_PLUGIN_NAME)
         if discover:
             self.discover()
 
