@@ -268,7 +268,7 @@ def broken_folder(tmp_path, monkeypatch):
 
 
 def test_registry_lists_broken_files_and_keeps_the_rest(broken_folder):
-    folder, good = broken_folder
+    _folder, _good = broken_folder
     reg = Registry(discover=False)
     assert [e.id for e in reg.weights()] == ["gray-good"]
     broken = {b.path.name: b for b in reg.broken}
@@ -284,7 +284,7 @@ def test_registry_lists_broken_files_and_keeps_the_rest(broken_folder):
 
 
 def test_models_command_reports_broken_files(broken_folder, capsys):
-    folder, good = broken_folder
+    folder, _good = broken_folder
     assert main(["models", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [w["id"] for w in data["weights"]] == ["gray-good"]

@@ -8,9 +8,10 @@ both (the public import path plugins use).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .errors import RegistryError
 from .weights_format import file_sha256

@@ -20,16 +20,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import RegistryError, WeightsError
 from .jsonable import jsonable
 from .registry import get_registry, user_weights_dir
 from .safe_write import atomic_write
 from .spec import BackboneSpec, WeightsEntry
-from .weights_format import (  # noqa: F401  (re-exported: the public import path of these names)
+from .weights_format import (  # re-exported: the public import path of these names
     DEFAULT_NORMALIZATION,
     FORMAT_VERSION,
     METADATA_KEY,
