@@ -138,7 +138,8 @@ def test_mismatched_backbone_or_shapes(tmp_path, tiny_rrim, reg):
         load_model(path, registry=reg, backbone="srresnet", hparams={"num_feat": 8, "num_block": 1})
     lying = save_weights(tmp_path / "lying.safetensors", tiny_rrim, backbone="rrim",
                          hparams={**TINY, "num_feat": 16})
-    with pytest.raises(WeightsError, match="shape mismatches"):
+    # metadata hparams that contradict the tensors are refused before any build (issue 13)
+    with pytest.raises(WeightsError, match=r"contradict the tensor shapes \(num_feat=16 \(metadata\)"):
         load_model(lying, registry=reg)
     unknown_bb = save_weights(tmp_path / "u.safetensors", tiny_rrim, backbone="no-such-net", hparams=TINY)
     with pytest.raises(WeightsError, match="unknown backbone 'no-such-net'"):
@@ -169,7 +170,8 @@ def test_registry_lists_user_weights_and_skips_bad_ones(tmp_path, tiny_rrim, mon
     e = entries[0]
     assert (e.backbone, e.scale, e.in_channels, e.out_channels) == ("rrim", 4, 3, 3)
     assert e.sha256 == file_sha256(tmp_path / "my-model.safetensors")
-    assert any("broken.safetensors" in msg for _, msg in reg.failed)
+    # broken files are kept apart from plugin failures (issue 13), with their one-line problem
+    assert [b.path.name for b in reg.broken] == ["broken.safetensors"] and not reg.failed
     assert load_model("my-model", registry=reg).id == "my-model"
     assert entry_from_file(tmp_path / "my-model.safetensors", "user").description == "mine"
 
@@ -191,3 +193,36 @@ def test_plugin_contributed_weights(tmp_path, tiny_rrim, monkeypatch):
     entry = reg.find_weights("plugin-model")
     assert entry.source == "weights-plugin"
     assert reg.default_weights(channels=3).id == "plugin-model"
+
+
+def test_saved_weights_follow_the_umask_and_leave_no_temporaries(tmp_path, tiny_rrim):
+    """Issue 13: weights were written 0600 (mkstemp); they go through safe_write.atomic_write now."""
+    old = os.umask(0o022)
+    try:
+        path = save_weights(tmp_path / "p.safetensors", tiny_rrim, backbone="rrim", hparams=TINY)
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.safetensors"]
+    with pytest.raises(Exception, match="is an input"):
+        save_weights(path, tiny_rrim, backbone="rrim", hparams=TINY, overwrite=True, protect=[path])
+
+
+def test_install_refuses_a_name_that_is_not_a_file_name(tmp_path, tiny_rrim, monkeypatch):
+    from napari_rrim_sr import registry
+    from napari_rrim_sr.weights_io import install_weights
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "user"))
+    monkeypatch.setenv(registry.PLUGINS_ENV, "none")
+    registry.reset_registry()
+    try:
+        evil = save_weights(tmp_path / "e.safetensors", tiny_rrim, backbone="rrim", hparams=TINY, name="../escaped")
+        with pytest.raises(WeightsError, match="not a plain file name"):
+            install_weights(evil)
+        assert not (tmp_path / "escaped.safetensors").exists()
+        good = save_weights(tmp_path / "g.safetensors", tiny_rrim, backbone="rrim", hparams=TINY, name="mine")
+        dest = install_weights(good)
+        assert dest == tmp_path / "user" / "mine.safetensors" and file_sha256(dest) == file_sha256(good)
+        assert install_weights(good) == dest  # same content again: nothing to do
+    finally:
+        registry.reset_registry()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from .hookspecs import hookimpl
-from .registry import BackboneSpec
+from .spec import BackboneSpec
 
 
 def _lazy(module: str, attr: str):

@@ -9,7 +9,7 @@ module (or object) with functions decorated by :data:`hookimpl`::
 
     # my_sr/rrim_plugin.py
     from napari_rrim_sr.hookspecs import hookimpl
-    from napari_rrim_sr.registry import BackboneSpec
+    from napari_rrim_sr.registry import BackboneSpec  # (defined in napari_rrim_sr.spec)
 
     @hookimpl
     def napari_rrim_sr_backbones():
@@ -42,6 +42,6 @@ def napari_rrim_sr_backbones():
 def napari_rrim_sr_weights():
     """Return a list of paths to weights files (``.safetensors``) this plugin ships.
 
-    Each file must carry napari-rrim-sr metadata (see :mod:`napari_rrim_sr.weights_io`) naming a
+    Each file must carry napari-rrim-sr metadata (see :mod:`napari_rrim_sr.weights_format`) naming a
     registered backbone.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .builtin_backbones import _lazy
 from .hookspecs import hookimpl
-from .registry import BackboneSpec
+from .spec import BackboneSpec
 
 
 @hookimpl

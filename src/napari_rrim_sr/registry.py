@@ -9,6 +9,10 @@ Discovery order: the built-in plugin, then every entry point of the ``napari_rri
 
 Weights come from three places: the shipped ``weights/`` folder, the per-user data folder
 (``NAPARI_RRIM_SR_WEIGHTS_DIR`` or platformdirs' user data dir), and plugins' weights hook.
+Only headers and metadata are read here (fully validated by :mod:`.weights_format`); a file
+that fails is kept in :attr:`Registry.broken` with its one-line problem and skipped, so one
+bad file never hides the others. :class:`BackboneSpec` and :class:`WeightsEntry` live in
+:mod:`.spec` and are re-exported here, the import path plugins use.
 """
 
 from __future__ import annotations
@@ -16,15 +20,34 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import builtin_backbones, hookspecs, public_backbones
 from .errors import RegistryError, WeightsError
+from .spec import BackboneSpec, BrokenWeights, WeightsEntry
+from .weights_format import read_metadata
+
+__all__ = [
+    "BUILTIN_PLUGIN_NAME",
+    "PUBLIC_PLUGIN_NAME",
+    "PLUGINS_ENV",
+    "SHIPPED_ENV",
+    "WEIGHTS_DIR_ENV",
+    "BackboneSpec",
+    "BrokenWeights",
+    "Registry",
+    "WeightsEntry",
+    "entry_from_file",
+    "get_registry",
+    "reset_registry",
+    "shipped_weights_dir",
+    "shipped_weights_enabled",
+    "user_weights_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,92 +56,6 @@ SHIPPED_ENV = "NAPARI_RRIM_SR_SHIPPED_WEIGHTS"
 WEIGHTS_DIR_ENV = "NAPARI_RRIM_SR_WEIGHTS_DIR"
 BUILTIN_PLUGIN_NAME = "builtin"
 PUBLIC_PLUGIN_NAME = "public"  # ESRGAN (original layout), Compact, SPAN, SwinIR: public_backbones.py
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Everything the engine, the trainer and the GUI need to know about an architecture.
-
-    ``builder(**hparams)`` returns a ``torch.nn.Module``; ``hparams`` are ``defaults`` updated
-    with the caller's values, always including ``in_channels``, ``out_channels`` and ``scale``
-    for generators. A generator maps ``(N, C_in, H, W)`` floats in 0..1 to
-    ``(N, C_out, scale*H, scale*W)``.
-    """
-
-    id: str
-    builder: Callable[..., Any]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    scales: tuple[int, ...] = (4,)
-    #: channel counts the architecture builds with; ``None``: any count (e.g. ESRGAN checkpoints).
-    channels: tuple[int, ...] | None = (1, 3)
-    #: ``detect(state_dict) -> dict | None``: the hparams that make ``state_dict`` load, or None.
-    detect: Callable[[Mapping[str, Any]], dict | None] | None = None
-    #: reduced precisions the architecture runs correctly in (fp32 always works).
-    half_precisions: frozenset[str] = frozenset({"bf16", "fp16"})
-    #: input height and width must be a multiple of this (the engine pads to it).
-    size_multiple: int = 1
-    #: smallest input height/width the architecture accepts (the engine pads smaller tiles up).
-    min_size: int = 1
-    description: str = ""
-    kind: str = "generator"  # or "discriminator"
-    #: filled in by the registry: the plugin that registered it.
-    source: str = ""
-
-    def resolve_hparams(self, **overrides: Any) -> dict:
-        hp = dict(self.defaults)
-        hp.update({k: v for k, v in overrides.items() if v is not None})
-        if self.kind == "generator":
-            scale = int(hp.get("scale", self.scales[-1]))
-            if scale not in self.scales:
-                raise RegistryError(
-                    f"backbone {self.id!r} supports scales {list(self.scales)}, not {scale}"
-                )
-            for key in ("in_channels", "out_channels"):
-                ch = int(hp.get(key, 3))
-                if self.channels is not None and ch not in self.channels:
-                    raise RegistryError(
-                        f"backbone {self.id!r} supports {list(self.channels)} channels, "
-                        f"not {key}={ch}"
-                    )
-        return hp
-
-    def build(self, **hparams: Any):
-        """Build a freshly initialised module with ``defaults`` updated by ``hparams``."""
-        return self.builder(**self.resolve_hparams(**hparams))
-
-
-@dataclass(frozen=True)
-class WeightsEntry:
-    """A weights file known to the registry (its metadata read, its tensors not loaded)."""
-
-    id: str
-    backbone: str
-    scale: int
-    in_channels: int
-    out_channels: int
-    path: Path
-    source: str  # "shipped", "user" or the contributing plugin's name
-    description: str = ""
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def sha256(self) -> str:
-        from .weights_io import file_sha256
-
-        return file_sha256(self.path)
-
-    def as_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "backbone": self.backbone,
-            "scale": self.scale,
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "source": self.source,
-            "description": self.description,
-        }
 
 
 def shipped_weights_enabled() -> bool:
@@ -164,11 +101,11 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         #: (plugin name, message) for plugins that failed to load or to answer a hook.
         self.failed: list[tuple[str, str]] = []
+        #: weights files found but not listed (unreadable, corrupt, incomplete metadata).
+        self.broken: list[BrokenWeights] = []
         self._lock = threading.RLock()
         self._backbones: dict[str, BackboneSpec] | None = None
         self._weights: list[WeightsEntry] | None = None
-        from . import builtin_backbones, public_backbones
-
         self.pm.register(builtin_backbones, name=BUILTIN_PLUGIN_NAME)
         self.pm.register(public_backbones, name=PUBLIC_PLUGIN_NAME)
         if discover:
@@ -261,38 +198,51 @@ class Registry:
 
     # -- weights -------------------------------------------------------------------------
     def weights(self, refresh: bool = False) -> list[WeightsEntry]:
-        """All known weights: shipped, then user, then plugin-contributed."""
+        """All known weights: shipped, then user, then plugin-contributed (broken files skipped)."""
         with self._lock:
             if self._weights is None or refresh:
                 entries: list[WeightsEntry] = []
                 seen: dict[str, WeightsEntry] = {}
+                broken: list[BrokenWeights] = []
 
                 def add(path: Path, source: str) -> None:
                     try:
                         entry = entry_from_file(path, source)
                     except WeightsError as exc:
-                        log.warning("skipping weights file: %s", exc)
-                        self.failed.append((source, str(exc)))
+                        problem = exc.problem
+                    except Exception as exc:  # a bug in a check must not hide the other files
+                        problem = f"unexpected {type(exc).__name__}: {exc}"
+                    else:
+                        if entry.id in seen:
+                            other = seen[entry.id]
+                            log.warning(
+                                "weights id %r from %s (%s) shadows %s (%s)",
+                                entry.id, source, path, other.source, other.path,
+                            )
+                            entries.remove(other)
+                        seen[entry.id] = entry
+                        entries.append(entry)
                         return
-                    if entry.id in seen:
-                        other = seen[entry.id]
-                        log.warning(
-                            "weights id %r from %s (%s) shadows %s (%s)",
-                            entry.id, source, path, other.source, other.path,
-                        )
-                        entries.remove(other)
-                    seen[entry.id] = entry
-                    entries.append(entry)
+                    log.warning("skipping weights file %s: %s", path, problem)
+                    broken.append(BrokenWeights(path=Path(path), problem=problem, source=source))
+
+                def scan(folder: Path, source: str) -> None:
+                    try:
+                        paths = _weights_files(folder)
+                    except OSError as exc:
+                        broken.append(BrokenWeights(folder, f"cannot list folder ({exc.strerror or exc})", source))
+                        return
+                    for path in paths:
+                        add(path, source)
 
                 if shipped_weights_enabled():
-                    for path in _weights_files(shipped_weights_dir()):
-                        add(path, "shipped")
-                for path in _weights_files(user_weights_dir()):
-                    add(path, "user")
+                    scan(shipped_weights_dir(), "shipped")
+                scan(user_weights_dir(), "user")
                 for plugin_name, paths in self._call("napari_rrim_sr_weights"):
                     for path in paths:
                         add(Path(path), plugin_name)
                 self._weights = entries
+                self.broken = broken
             return list(self._weights)
 
     def find_weights(self, weights_id: str) -> WeightsEntry:
@@ -326,32 +276,32 @@ def _with_source(spec: BackboneSpec, source: str) -> BackboneSpec:
 
 
 def _weights_files(folder: Path) -> list[Path]:
+    """The ``.safetensors`` files in ``folder`` (a dangling link or a folder of that name too,
+    so that it is reported as broken rather than silently ignored)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" and not p.name.startswith("."))
 
 
 def entry_from_file(path: Path, source: str) -> WeightsEntry:
     """Read a weights file's metadata (not its tensors) into a :class:`WeightsEntry`."""
-    from .weights_io import read_metadata
-
     meta = read_metadata(path)
     if not meta:
         raise WeightsError(path, "no napari-rrim-sr metadata; load it explicitly with a backbone id")
-    try:
-        return WeightsEntry(
-            id=str(meta.get("name") or Path(path).stem),
-            backbone=str(meta["backbone"]),
-            scale=int(meta["scale"]),
-            in_channels=int(meta["in_channels"]),
-            out_channels=int(meta["out_channels"]),
-            path=Path(path),
-            source=source,
-            description=str(meta.get("description", "")),
-            metadata=meta,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise WeightsError(path, f"incomplete metadata ({exc})") from None
+    missing = [k for k in ("backbone", "scale", "in_channels", "out_channels") if k not in meta]
+    if missing:
+        raise WeightsError(path, f"incomplete metadata (no {', '.join(missing)})")
+    return WeightsEntry(
+        id=str(meta.get("name") or Path(path).stem),
+        backbone=meta["backbone"],
+        scale=meta["scale"],
+        in_channels=meta["in_channels"],
+        out_channels=meta["out_channels"],
+        path=Path(path),
+        source=source,
+        description=str(meta.get("description", "")),
+        metadata=meta,
+    )
 
 
 _registry: Registry | None = None

@@ -1,35 +1,71 @@
-"""Reading and writing weights safely.
+"""Reading, checking, loading and writing weights files.
 
-Format: ``.safetensors`` with one metadata entry, ``napari_rrim_sr``, holding JSON::
+The steps, each in its own function (spandrel's split): **read** a file into a flat state dict
+(:func:`load_state_dict`: ``.safetensors`` after :mod:`.weights_format` has validated the whole
+header; ``.pth``/``.pt`` only through ``torch.load(..., weights_only=True)``, so no pickled code
+ever runs), **canonicalise** it (unwrap ``params_ema``/``params``/``state_dict``/``model``,
+strip ``module.`` prefixes), **detect** the architecture (:func:`detect_backbone`, asking every
+registered backbone), then **load** (:func:`load_model`): hyper-parameters from the metadata
+or the caller are checked against what the tensor shapes say, the module is built on
+``torch.device("meta")`` and every parameter/buffer shape compared with the file's, and only
+then is it built for real. So crafted metadata (``num_feat=100000``) cannot make it allocate.
 
-    {"format": 1, "name": "rrim-x4-rgb-psnr", "backbone": "rrim",
-     "hparams": {...}, "scale": 4, "in_channels": 3, "out_channels": 3,
-     "value_range": [0, 1], "normalization": "...", "description": "...",
-     "recipe": {...}, "metrics": {...}, "tensors_sha256": "..."}
-
-Loading never unpickles. ``.pth``/``.pt`` files (e.g. a user's ESRGAN checkpoint) are read with
-``torch.load(..., weights_only=True)`` and their architecture is detected from the state dict.
-Every failure is a :class:`~napari_rrim_sr.errors.WeightsError` naming the file and the problem.
+Every failure is one :class:`~napari_rrim_sr.errors.WeightsError` naming the file and the
+problem. The file format itself (header, metadata, hashes) is :mod:`.weights_format`; its names
+are re-exported here for existing callers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import logging
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import RegistryError, WeightsError
-
-METADATA_KEY = "napari_rrim_sr"
-FORMAT_VERSION = 1
-DEFAULT_NORMALIZATION = (
-    "input scaled to 0..1 (dtype range by default); output in 0..1, clipped by the engine"
+from .jsonable import jsonable
+from .registry import get_registry, user_weights_dir
+from .safe_write import atomic_write
+from .spec import BackboneSpec, WeightsEntry
+from .weights_format import (  # re-exported: the public import path of these names
+    DEFAULT_NORMALIZATION,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    check_file,
+    file_sha256,
+    parse_metadata,
+    read_header,
+    read_metadata,
+    tensors_sha256,
 )
+
+log = logging.getLogger(__name__)
+
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+#: hyper-parameters also stored at the top level of our metadata (the registry lists them).
+_TOP_LEVEL = ("scale", "in_channels", "out_channels")
+#: how many names an error message shows before "... (N in all)".
+_SHOW = 3
+
+__all__ = [
+    "DEFAULT_NORMALIZATION",
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "PICKLE_SUFFIXES",
+    "LoadedModel",
+    "canonical_state_dict",
+    "detect_backbone",
+    "file_sha256",
+    "install_weights",
+    "load_model",
+    "load_state_dict",
+    "read_metadata",
+    "save_weights",
+    "tensors_sha256",
+]
 
 
 @dataclass
@@ -84,41 +120,6 @@ class LoadedModel:
         }
 
 
-# -- hashing -------------------------------------------------------------------------------
-
-@lru_cache(maxsize=64)
-def _file_sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file's bytes (cached on path, size and mtime)."""
-    st = os.stat(path)
-    return _file_sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-def tensors_sha256(state_dict: Mapping[str, Any]) -> str:
-    """A hash of the tensors' names, dtypes, shapes and bytes, independent of file layout."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(-1).view(_byte_dtype()).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _byte_dtype():
-    import torch
-
-    return torch.uint8
-
-
 # -- writing -------------------------------------------------------------------------------
 
 def save_weights(
@@ -135,11 +136,13 @@ def save_weights(
     dtype: str | None = None,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    protect=(),
 ) -> Path:
-    """Write a ``.safetensors`` file with full napari-rrim-sr metadata.
+    """Write a ``.safetensors`` file with full napari-rrim-sr metadata, atomically.
 
     ``dtype`` ("fp16", "bf16", "fp32") casts floating tensors to shrink the file; loading casts
-    back to fp32. Refuses to overwrite an existing file unless ``overwrite=True``.
+    back to fp32. Refuses to overwrite an existing file unless ``overwrite=True``, and never
+    replaces a file listed in ``protect`` (what the command reads). Permissions follow the umask.
     """
     import torch
     from safetensors.torch import save_file
@@ -149,17 +152,20 @@ def save_weights(
         raise WeightsError(path, "weights are written as .safetensors only")
     if path.exists() and not overwrite:
         raise WeightsError(path, "file exists; pass overwrite=True to replace it")
+    casts = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}
+    if dtype not in casts:
+        raise WeightsError(path, f"unknown storage dtype {dtype!r}; use fp16, bf16 or fp32")
+    cast = casts[dtype]
     sd = state_dict_or_module
     if hasattr(sd, "state_dict"):
         sd = sd.state_dict()
-    cast = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[dtype]
     tensors = {}
     for k, v in sd.items():
         v = v.detach().cpu()
         if cast is not None and v.is_floating_point():
             v = v.to(cast)
         tensors[k] = v.contiguous()
-    hp = {k: _jsonable(v) for k, v in dict(hparams).items()}
+    hp = jsonable(dict(hparams))
     meta = {
         "format": FORMAT_VERSION,
         "name": name or path.stem,
@@ -177,113 +183,81 @@ def save_weights(
         "stored_dtype": dtype or "as trained",
     }
     meta.update(dict(extra or {}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, default=_jsonable)})
-    os.replace(tmp, path)  # never leave a truncated file under the final name
-    return path
+    text = json.dumps(jsonable(meta), allow_nan=False)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: text}),
+                        overwrite=overwrite, protect=protect)
 
 
-def _jsonable(v):
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, Path):
-        return str(v)
-    try:
-        return v.item()  # numpy / torch scalars
-    except Exception:
-        return str(v)
+def install_weights(path, *, overwrite: bool = False) -> Path:
+    """Copy a weights file into the user weights folder so the registry lists it."""
+    path = Path(path)
+    meta = read_metadata(path)  # validates the whole header
+    if not meta:
+        raise WeightsError(path, "has no napari-rrim-sr metadata; cannot be registered")
+    name = str(meta.get("name") or path.stem)
+    if Path(name).name != name or name.startswith(".") or "\\" in name:
+        raise WeightsError(path, f"metadata name {name!r} is not a plain file name; cannot be registered")
+    dest = user_weights_dir(create=True) / f"{name}.safetensors"
+    if dest.exists():
+        if dest.resolve() == path.resolve() or file_sha256(dest) == file_sha256(path):
+            get_registry().weights(refresh=True)
+            return dest
+        if not overwrite:
+            raise WeightsError(dest, "a different weights file with this name is installed")
+    atomic_write(dest, lambda tmp: shutil.copyfile(path, tmp), overwrite=True, protect=[path])
+    get_registry().weights(refresh=True)
+    return dest
 
 
 # -- reading -------------------------------------------------------------------------------
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise WeightsError(path, "no such file")
-    if not path.is_file():
-        raise WeightsError(path, "not a file")
-    if path.stat().st_size == 0:
-        raise WeightsError(path, "file is empty")
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
-def read_metadata(path) -> dict:
-    """The napari-rrim-sr metadata of a ``.safetensors`` file ({} if it has none)."""
-    path = Path(path)
-    _check_file(path)
-    if path.suffix != ".safetensors":
-        return {}
-    raw = _safetensors_header(path).get("__metadata__") or {}
-    if METADATA_KEY not in raw:
-        return {}
+def canonical_state_dict(obj: Any, path) -> dict:
+    """The flat ``{name: tensor}`` dict inside a loaded checkpoint (see
+    :func:`napari_rrim_sr.models.common.clean_state_dict`), or a :class:`WeightsError`."""
+    from .models.common import clean_state_dict
+
     try:
-        meta = json.loads(raw[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise WeightsError(path, f"metadata is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise WeightsError(path, "metadata is not a JSON object")
-    return meta
-
-
-def _safetensors_header(path: Path) -> dict:
-    """Parse the safetensors header ourselves, to give precise errors on corrupt files."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise WeightsError(path, "truncated: too short to be a safetensors file")
-        n = int.from_bytes(head, "little")
-        if n <= 0 or n > min(size - 8, 100 * 2**20):
-            raise WeightsError(path, "not a safetensors file (bad header length) or truncated")
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise WeightsError(path, "not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise WeightsError(path, "not a safetensors file (header is not a JSON object)")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise WeightsError(
-            path, f"truncated: header announces {8 + n + end} bytes, file has {size}"
-        )
-    return header
+        return clean_state_dict(obj)
+    except Exception as exc:
+        raise WeightsError(path, f"no state dict found in checkpoint ({_first_line(exc)})") from None
 
 
 def load_state_dict(path) -> tuple[dict, dict]:
-    """Load tensors (as fp32) and metadata, without unpickling anything."""
+    """Load tensors (floats as fp32) and metadata, without unpickling anything.
+
+    For ``.safetensors`` the header is validated first, so what is read is bounded by the
+    file's size whatever the header claims.
+    """
     import torch
 
-    from .models.common import clean_state_dict
-
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        meta = read_metadata(path)
+        header = read_header(path)
+        meta = parse_metadata(path, header.metadata)
         from safetensors.torch import load_file
 
         try:
             sd = load_file(str(path), device="cpu")
         except Exception as exc:
-            raise WeightsError(path, f"cannot read tensors: {exc}") from None
+            raise WeightsError(path, f"cannot read tensors: {_first_line(exc)}") from None
     elif suffix in PICKLE_SUFFIXES:
         meta = {}
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(
                 path,
                 "cannot be read as a plain tensor checkpoint (weights_only=True refuses "
-                f"pickled code; convert it to .safetensors): {first}",
+                f"pickled code; convert it to .safetensors): {_first_line(exc)}",
             ) from None
-        try:
-            sd = clean_state_dict(obj)
-        except Exception as exc:
-            raise WeightsError(path, f"no state dict found in checkpoint ({exc})") from None
+        sd = canonical_state_dict(obj, path)
     else:
         raise WeightsError(path, f"unknown weights format {suffix!r}; use .safetensors (or .pth)")
     if not sd:
@@ -292,30 +266,44 @@ def load_state_dict(path) -> tuple[dict, dict]:
     return sd, meta
 
 
+# -- detecting -----------------------------------------------------------------------------
+
+def _detect(spec: BackboneSpec, sd: Mapping[str, Any]) -> dict | None:
+    """``spec.detect(sd)``, where a detector that raises counts as "not mine"."""
+    if spec.detect is None:
+        return None
+    try:
+        hp = spec.detect(sd)
+    except Exception as exc:
+        log.debug("detector of %r raised %s: %s", spec.id, type(exc).__name__, exc)
+        return None
+    return dict(hp) if hp else None
+
+
 def detect_backbone(sd: Mapping[str, Any], registry=None) -> tuple[str, dict] | None:
     """Ask every registered generator's detector whether ``sd`` is one of its state dicts."""
-    from .registry import get_registry
-
     registry = registry or get_registry()
     for spec in registry.backbones().values():
-        if spec.detect is None:
-            continue
-        try:
-            hp = spec.detect(sd)
-        except Exception:
-            hp = None
+        hp = _detect(spec, sd)
         if hp:
-            return spec.id, dict(hp)
+            return spec.id, hp
     return None
 
+
+def _some(names, n: int = _SHOW) -> str:
+    names = list(names)
+    shown = ", ".join(names[:n])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > n else shown
+
+
+# -- loading -------------------------------------------------------------------------------
 
 def load_model(source, *, registry=None, backbone: str | None = None, hparams=None) -> LoadedModel:
     """Load a generator from a registry id, a :class:`WeightsEntry` or a file path.
 
-    ``backbone``/``hparams`` override or complete what the metadata or detection says.
+    ``backbone``/``hparams`` override or complete what the metadata or detection says; they
+    must agree with the tensor shapes like the metadata's.
     """
-    from .registry import WeightsEntry, get_registry
-
     registry = registry or get_registry()
     if isinstance(source, WeightsEntry):
         path, wid = source.path, source.id
@@ -327,27 +315,21 @@ def load_model(source, *, registry=None, backbone: str | None = None, hparams=No
             entry = registry.find_weights(str(source))
             path, wid = entry.path, entry.id
     sd, meta = load_state_dict(path)
+    given = {k: v for k, v in dict(hparams or {}).items() if v is not None}
     bb = backbone or meta.get("backbone")
-    hp = dict(meta.get("hparams") or {})
     if bb is None:
         found = detect_backbone(sd, registry)
         if found is None:
+            supported = sorted(s.id for s in registry.backbones().values() if s.detect is not None)
             raise WeightsError(
                 path,
                 "unknown architecture: no registered backbone recognises its tensors "
-                f"(backbones: {', '.join(sorted(registry.backbones()))})",
+                f"(supported: {', '.join(supported) or 'none'}; its keys: {_some(sorted(sd), 5)})",
             )
-        bb, hp = found
-    elif not hp:
-        spec = _spec(registry, bb, path)
-        hp = dict(spec.detect(sd) or {}) if spec.detect else {}
-    hp.update(hparams or {})
+        bb = found[0]
     spec = _spec(registry, bb, path)
-    try:
-        module = spec.build(**hp)
-    except RegistryError as exc:
-        raise WeightsError(path, str(exc)) from None
-    _load_strict(module, sd, path, bb)
+    hp = _agreed_hparams(spec, sd, meta, given, path)
+    module = _build_checked(spec, hp, sd, path)
     module.eval()
     return LoadedModel(
         module=module,
@@ -360,15 +342,61 @@ def load_model(source, *, registry=None, backbone: str | None = None, hparams=No
     )
 
 
-def _spec(registry, backbone_id: str, path):
+def _spec(registry, backbone_id: str, path) -> BackboneSpec:
     try:
         return registry.backbone(backbone_id)
     except RegistryError as exc:
         raise WeightsError(path, str(exc)) from None
 
 
-def _load_strict(module, sd: Mapping[str, Any], path, backbone: str) -> None:
-    own = module.state_dict()
+def _agreed_hparams(spec: BackboneSpec, sd: Mapping[str, Any], meta: Mapping[str, Any],
+                    given: Mapping[str, Any], path) -> dict:
+    """The hyper-parameters to build with, checked against what the tensors say.
+
+    With a detector, every value the metadata or the caller states must equal the detected one
+    (so ``num_block=10**6`` is refused before anything is built); without one, the metadata and
+    the caller are trusted and the meta-device comparison in :func:`_build_checked` decides.
+    """
+    stated = dict(meta.get("hparams") or {})
+    top = {k: meta[k] for k in _TOP_LEVEL if k in meta}
+    detected = _detect(spec, sd)
+    if spec.detect is None:
+        return {**top, **stated, **given}
+    if detected is None:
+        # Not this architecture's layout: name what it expected, built from trusted values only
+        # (defaults and the caller's), never from the file's claims.
+        module = _meta_build(spec, dict(given), path)
+        problems = _mismatches(module.state_dict(), sd) if module is not None else []
+        detail = ": " + ", ".join(problems) if problems else ""
+        raise WeightsError(path, f"does not match backbone {spec.id!r}{detail}")
+    clashes = []
+    for label, values in (("metadata", {**top, **stated}), ("given", given)):
+        for key, value in values.items():
+            if key in detected and value != detected[key]:
+                clashes.append(f"{key}={value!r} ({label}) but the tensors say {detected[key]!r}")
+    if clashes:
+        raise WeightsError(path, f"does not match backbone {spec.id!r}: its hyper-parameters contradict the "
+                                 f"tensor shapes ({'; '.join(clashes[:_SHOW])})")
+    return {**top, **stated, **given, **detected}
+
+
+def _meta_build(spec: BackboneSpec, hp: Mapping[str, Any], path):
+    """``spec.build(**hp)`` on the meta device (shapes only, no memory), or None if the builder
+    cannot build there."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return spec.build(**hp)
+    except RegistryError as exc:
+        raise WeightsError(path, str(exc)) from None
+    except Exception as exc:
+        log.debug("backbone %r cannot be built on the meta device: %s", spec.id, exc)
+        return None
+
+
+def _mismatches(own: Mapping[str, Any], sd: Mapping[str, Any]) -> list[str]:
+    """Missing, unexpected, wrong-shape and wrong-kind tensors of ``sd`` against a module's."""
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong = [
@@ -376,32 +404,44 @@ def _load_strict(module, sd: Mapping[str, Any], path, backbone: str) -> None:
         for k in own
         if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:2])})")
-        raise WeightsError(path, f"does not match backbone {backbone!r}: " + ", ".join(parts))
-    module.load_state_dict(sd, strict=True)
+    kind = [
+        f"{k} is {str(sd[k].dtype).replace('torch.', '')}, expected floating point"
+        for k in own
+        if k in sd and own[k].is_floating_point() and (not sd[k].is_floating_point() or sd[k].is_complex())
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:_SHOW])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:_SHOW])})")
+    if wrong:
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:2])})")
+    if kind:
+        parts.append(f"{len(kind)} wrong dtypes (e.g. {'; '.join(kind[:2])})")
+    return parts
 
 
-def install_weights(path, *, overwrite: bool = False) -> Path:
-    """Copy a weights file into the user weights folder so the registry lists it."""
-    import shutil
+def _build_checked(spec: BackboneSpec, hp: Mapping[str, Any], sd: Mapping[str, Any], path):
+    """Compare shapes on a meta-device build, then build for real and load ``sd`` strictly."""
+    def check(module) -> None:
+        problems = _mismatches(module.state_dict(), sd)
+        if problems:
+            raise WeightsError(path, f"does not match backbone {spec.id!r}: " + ", ".join(problems))
 
-    from .registry import get_registry, user_weights_dir
-
-    path = Path(path)
-    meta = read_metadata(path)
-    if not meta:
-        raise WeightsError(path, "has no napari-rrim-sr metadata; cannot be registered")
-    dest = user_weights_dir(create=True) / f"{meta.get('name') or path.stem}.safetensors"
-    if dest.exists() and not overwrite and file_sha256(dest) != file_sha256(path):
-        raise WeightsError(dest, "a different weights file with this name is installed")
-    if dest.resolve() != path.resolve():
-        shutil.copyfile(path, dest)
-    get_registry().weights(refresh=True)
-    return dest
+    shadow = _meta_build(spec, hp, path)
+    if shadow is not None:
+        check(shadow)
+        del shadow
+    try:
+        module = spec.build(**hp)
+    except RegistryError as exc:
+        raise WeightsError(path, str(exc)) from None
+    except Exception as exc:
+        raise WeightsError(path, f"cannot build backbone {spec.id!r} with {dict(hp)}: "
+                                 f"{type(exc).__name__}: {_first_line(exc)}") from None
+    check(module)
+    try:
+        module.load_state_dict(sd, strict=True)
+    except Exception as exc:
+        raise WeightsError(path, f"does not load into backbone {spec.id!r}: {_first_line(exc)}") from None
+    return module

@@ -1,4 +1,4 @@
-"""``models``: list registered backbones and weights."""
+"""``models``: list registered backbones and weights, and the weights files that are broken."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ def register(sub) -> None:
         "models",
         help="list registered backbones and weights",
         description="List the backbones registered through plugins and the weights files found "
-        "(shipped, user folder, plugin-contributed).",
+        "(shipped, user folder, plugin-contributed). Files that cannot be read are listed under "
+        "'Broken' with their problem and are otherwise ignored.",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run)
@@ -26,8 +27,9 @@ def run(args) -> int:
         for s in reg.backbones().values()
     ]
     weights = [e.as_dict() for e in reg.weights()]
+    broken = [b.as_dict() for b in reg.broken]
     if args.json:
-        print(json.dumps({"backbones": backbones, "weights": weights,
+        print(json.dumps({"backbones": backbones, "weights": weights, "broken": broken,
                           "problems": [m for _, m in reg.failed]}, indent=2))
         return 0
     print("Backbones:")
@@ -41,6 +43,10 @@ def run(args) -> int:
             f"  {w['id']:<22} {w['backbone']:<10} x{w['scale']} {w['in_channels']}->{w['out_channels']}ch "
             f"{w['source']:<8} {w['path']}\n  {'':<22} sha256 {w['sha256']}"
         )
+    if broken:
+        print("\nBroken (skipped):")
+        for b in broken:
+            print(f"  {b['path']} ({b['source']}): {b['problem']}")
     for _, msg in reg.failed:
         print(f"\nwarning: {msg}")
     return 0
