@@ -247,6 +247,7 @@ def load_state_dict(path) -> tuple[dict, dict]:
             sd = load_file(str(path), device="cpu")
         except Exception as exc:
             raise WeightsError(path, f"cannot read tensors: {_first_line(exc)}") from None
+        sd = canonical_state_dict(sd, path)  # converted checkpoints keep a `module.` prefix too
     elif suffix in PICKLE_SUFFIXES:
         meta = {}
         try:
