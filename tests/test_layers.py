@@ -7,7 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+from napari_rrim_sr import job as J
+from napari_rrim_sr import layer_metrics as LM
 from napari_rrim_sr import layers as L
+from napari_rrim_sr.interpolation import lerp_state_dicts
 from napari_rrim_sr.errors import InputError
 
 
@@ -133,29 +136,29 @@ def test_result_layer_kwargs_copy_appearance_and_record():
 # -- normalisation and memory ----------------------------------------------------------------
 
 def test_auto_normalization_rules():
-    assert L.auto_normalization(np.uint8, 0, 255) == {"normalization": "dtype"}
-    assert L.auto_normalization(np.uint8, 0, 20) == {"normalization": "dtype"}  # dark photo
-    assert L.auto_normalization(np.uint16, 0, 60000) == {"normalization": "dtype"}
-    assert L.auto_normalization(np.uint16, 3, 4095) == {"normalization": "range"}  # 12-bit data
-    assert L.auto_normalization(np.uint16, 0, 235) == {"normalization": "range"}
-    assert L.auto_normalization(np.float32) == {"normalization": "range"}
+    assert J.auto_normalization(np.uint8, 0, 255) == {"normalization": "dtype"}
+    assert J.auto_normalization(np.uint8, 0, 20) == {"normalization": "dtype"}  # dark photo
+    assert J.auto_normalization(np.uint16, 0, 60000) == {"normalization": "dtype"}
+    assert J.auto_normalization(np.uint16, 3, 4095) == {"normalization": "range"}  # 12-bit data
+    assert J.auto_normalization(np.uint16, 0, 235) == {"normalization": "range"}
+    assert J.auto_normalization(np.float32) == {"normalization": "range"}
     with pytest.raises(InputError):
-        L.auto_normalization(np.bool_)
-    assert L.normalization_kwargs("percentile", np.uint16, percentiles=(1, 99)) == {
+        J.auto_normalization(np.bool_)
+    assert J.normalization_kwargs("percentile", np.uint16, percentiles=(1, 99)) == {
         "normalization": "percentile", "percentiles": (1.0, 99.0)}
     with pytest.raises(InputError):
-        L.normalization_kwargs("percentile", np.uint16, percentiles=(50, 10))
+        J.normalization_kwargs("percentile", np.uint16, percentiles=(50, 10))
     with pytest.raises(InputError):
-        L.normalization_kwargs("dtype", np.float32)
+        J.normalization_kwargs("dtype", np.float32)
 
 
 def test_memory_check_and_estimate():
-    assert L.output_nbytes((3, 100, 100), np.uint16) == 3 * 100 * 100 * 16 * 2
-    L.check_fits_in_memory(1000, "x", suggestion="s", available=10_000)
+    assert J.output_nbytes((3, 100, 100), np.uint16) == 3 * 100 * 100 * 16 * 2
+    J.check_fits_in_memory(1000, "x", suggestion="s", available=10_000)
     with pytest.raises(InputError, match="tick 'Current slice only'"):
-        L.check_fits_in_memory(10_000, "Upscaling the stack", available=10_000,
+        J.check_fits_in_memory(10_000, "Upscaling the stack", available=10_000,
                                suggestion="tick 'Current slice only'")
-    assert L.available_memory() is None or L.available_memory() > 0
+    assert J.available_memory() is None or J.available_memory() > 0
 
 
 # -- network interpolation -------------------------------------------------------------------
@@ -163,18 +166,18 @@ def test_memory_check_and_estimate():
 def test_interpolation_pair_and_state_dicts():
     torch = pytest.importorskip("torch")
     ids = ["rrim-x4-rgb-psnr", "rrim-x4-rgb-gan", "rrim-x4-gray", "other-psnr"]
-    assert L.interpolation_pair("rrim-x4-rgb-gan", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
-    assert L.interpolation_pair("rrim-x4-rgb-psnr", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
-    assert L.interpolation_pair("other-psnr", ids) is None  # no partner
-    assert L.interpolation_pair("rrim-x4-gray", ids) is None
+    assert J.interpolation_pair("rrim-x4-rgb-gan", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
+    assert J.interpolation_pair("rrim-x4-rgb-psnr", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
+    assert J.interpolation_pair("other-psnr", ids) is None  # no partner
+    assert J.interpolation_pair("rrim-x4-gray", ids) is None
     a = {"w": torch.zeros(2), "n": torch.tensor([3])}
     b = {"w": torch.ones(2), "n": torch.tensor([3])}
-    mid = L.interpolate_state_dicts(a, b, 0.25)
+    mid = lerp_state_dicts(a, b, 0.25)
     assert torch.allclose(mid["w"], torch.full((2,), 0.25)) and int(mid["n"]) == 3
     with pytest.raises(InputError):
-        L.interpolate_state_dicts(a, {"w": torch.ones(3), "n": torch.tensor([3])}, 0.5)
+        lerp_state_dicts(a, {"w": torch.ones(3), "n": torch.tensor([3])}, 0.5)
     with pytest.raises(ValueError):
-        L.interpolate_state_dicts(a, b, 1.5)
+        lerp_state_dicts(a, b, 1.5)
 
 
 # -- metrics helpers -------------------------------------------------------------------------
@@ -182,15 +185,15 @@ def test_interpolation_pair_and_state_dicts():
 def test_metrics_table_and_data_range():
     res = {"model": {"rmse": 2.0, "psnr": 30.0, "ssim": 0.9, "fsim": 0.95},
            "bicubic": {"rmse": 3.0, "psnr": 28.5, "ssim": 0.85, "fsim": 0.9}, "convention": "c"}
-    t = L.metrics_table(res)
+    t = LM.metrics_table(res)
     assert t["index"] == ["RMSE", "PSNR (dB)", "SSIM", "FSIM"]
     assert t["columns"] == ["RRIM", "bicubic", "RRIM - bicubic"]
     assert t["data"][1] == [30.0, 28.5, 1.5]
-    assert L.metrics_table({"model": {"psnr": 1.0}})["columns"] == ["RRIM"]
+    assert LM.metrics_table({"model": {"psnr": 1.0}})["columns"] == ["RRIM"]
     ref = np.array([[0, 4095]], np.uint16)
-    assert L.metrics_data_range(np.uint16, ref) == 4095  # 12-bit data in uint16
-    assert L.metrics_data_range(np.uint8, np.array([[0, 10]], np.uint8)) == 255
-    assert L.metrics_data_range(np.uint16, np.array([[0, 60000]], np.uint16)) == 65535
+    assert LM.metrics_data_range(np.uint16, ref) == 4095  # 12-bit data in uint16
+    assert LM.metrics_data_range(np.uint8, np.array([[0, 10]], np.uint8)) == 255
+    assert LM.metrics_data_range(np.uint16, np.array([[0, 60000]], np.uint16)) == 65535
 
 
 def test_compare_arrays_averages_planes():
@@ -199,13 +202,13 @@ def test_compare_arrays_averages_planes():
     rng = np.random.default_rng(0)
     hr = rng.integers(0, 256, size=(2, 24, 24)).astype(np.uint8)
     sr = np.clip(hr.astype(int) + rng.integers(-9, 10, size=hr.shape), 0, 255).astype(np.uint8)
-    got = L.compare_arrays(sr, hr, rgb=False, data_range=255)
+    got = LM.compare_arrays(sr, hr, rgb=False, data_range=255)
     per = [compare(sr[i], hr[i], data_range=255) for i in range(2)]
     assert got["psnr"] == pytest.approx(np.mean([p["psnr"] for p in per]))
     assert "mean over 2 planes" in got["convention"]
     with pytest.raises(InputError, match="differ in shape"):
-        L.compare_arrays(sr[:, :20], hr, rgb=False, data_range=255)
-    err = L.error_map(np.full((2, 2, 3), 5, np.uint8), np.zeros((2, 2, 3), np.uint8), rgb=True)
+        LM.compare_arrays(sr[:, :20], hr, rgb=False, data_range=255)
+    err = LM.error_map(np.full((2, 2, 3), 5, np.uint8), np.zeros((2, 2, 3), np.uint8), rgb=True)
     assert err.shape == (2, 2) and float(err.max()) == 5.0
 
 
@@ -227,9 +230,9 @@ def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
     data.flags.writeable = False  # any write into the source would raise
     src = _info(name="stack", ndim=3, shape=data.shape, scale=(3.0, 1.0, 1.0),
                 translate=(0.0, 0.0, 0.0), contrast_limits=(0, 4095))
-    job = L.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=32,
+    job = J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=32,
                        bicubic=True, metrics=True)
-    res, events = _drain(L.run_upscale(job))
+    res, events = _drain(J.run_upscale(job))
     np.testing.assert_array_equal(data, before)
     assert res.sr.shape == res.bicubic.shape == (2, 80, 96) and res.sr.dtype == np.uint16
     assert events[-1].message == "self-check metrics"
@@ -245,7 +248,7 @@ def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
     bkw = res.layer_kwargs("bicubic")
     assert bkw["metadata"][L.META_KEY]["model_id"] is None
     # the widget allows 16-px tiles: the engine's default overlap shrinks to fit (8 px)
-    small, _ = _drain(L.run_upscale(L.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
+    small, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
                                                  tile=16, bicubic=False)))
     assert small.overlap == 8 and small.sr.shape == (2, 80, 96)
 
@@ -256,10 +259,10 @@ def test_run_upscale_on_dask_equals_numpy(tiny_registry):
     data = rng.integers(0, 256, size=(2, 16, 18), dtype=np.uint8)
     src = _info(name="s", ndim=3, shape=data.shape, dtype=np.dtype(np.uint8),
                 scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
-    res_np, _ = _drain(L.run_upscale(L.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
+    res_np, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
                                                   bicubic=True)))
     lazy = da.from_array(data, chunks=(1, 16, 18))
-    res_da, _ = _drain(L.run_upscale(L.UpscaleJob(source=src, data=lazy, weights_id="tiny-rrim-x4-gray",
+    res_da, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=lazy, weights_id="tiny-rrim-x4-gray",
                                                   bicubic=True)))
     np.testing.assert_array_equal(res_da.sr, res_np.sr)
     np.testing.assert_array_equal(res_da.bicubic, res_np.bicubic)
@@ -272,9 +275,9 @@ def test_closing_a_run_stops_between_tiles_and_releases_memory(tiny_registry, mo
     real = devices.release_memory
     monkeypatch.setattr(devices, "release_memory", lambda d=None: (released.append(d), real(d)))
     data = np.zeros((64, 64), np.uint8)
-    job = L.UpscaleJob(source=_info(shape=data.shape, dtype=np.dtype(np.uint8)), data=data,
+    job = J.UpscaleJob(source=_info(shape=data.shape, dtype=np.dtype(np.uint8)), data=data,
                        weights_id="tiny-rrim-x4-gray", tile=32)
-    gen = L.run_upscale(job)
+    gen = J.run_upscale(job)
     first = next(gen)
     second = next(gen)
     assert first.tiles_total > 2 and second.tiles_done <= 1
@@ -287,16 +290,16 @@ def test_closing_a_run_stops_between_tiles_and_releases_memory(tiny_registry, mo
 def test_no_weights_message_names_the_user_folder(isolated_registry):
     from napari_rrim_sr.registry import user_weights_dir
 
-    msg = L.no_weights_message()
+    msg = J.no_weights_message()
     assert "No trained weights" in msg and str(user_weights_dir()) in msg
     with pytest.raises(InputError, match="No trained weights"):
-        L.load_job_model(None)
+        J.load_job_model(None)
 
 
 def test_layers_module_imports_no_qt():
     import subprocess
 
-    code = ("import sys, napari_rrim_sr.layers, napari_rrim_sr.bundle; "
+    code = ("import sys, napari_rrim_sr.layers, napari_rrim_sr.job, napari_rrim_sr.bundle; "
             "bad = [m for m in sys.modules if m.startswith(('qtpy', 'PyQt5', 'PySide', 'napari.', 'magicgui'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -311,7 +314,7 @@ def test_self_check_follows_the_evaluate_protocol(tiny_registry, rgb):
     rng = np.random.default_rng(5)
     plane = rng.integers(0, 256, size=(42, 45, 3) if rgb else (42, 45), dtype=np.uint8)
     model = load_model("tiny-rrim-x4-rgb" if rgb else "tiny-rrim-x4-gray")
-    res, imgs = L.self_check_images(plane, model, rgb=rgb, normalization="dtype", precision="fp32")
+    res, imgs = J.self_check_images(plane, model, rgb=rgb, normalization="dtype", precision="fp32")
     ev = evaluate(plane, model, data_range=255, normalization="dtype", precision="fp32")
     for which in ("model", "bicubic"):
         for key in ("rmse", "psnr", "ssim", "fsim"):
