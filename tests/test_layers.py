@@ -10,9 +10,8 @@ import pytest
 from napari_rrim_sr import job as J
 from napari_rrim_sr import layer_metrics as LM
 from napari_rrim_sr import layers as L
-from napari_rrim_sr.interpolation import lerp_state_dicts
 from napari_rrim_sr.errors import InputError
-
+from napari_rrim_sr.interpolation import lerp_state_dicts
 
 # -- names -----------------------------------------------------------------------------------
 

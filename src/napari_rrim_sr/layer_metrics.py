@@ -14,8 +14,9 @@ from .errors import InputError
 
 def metrics_data_range(dtype, reference=None) -> float:
     """The data range for PSNR/SSIM of a layer: the dtype's range for 8-bit data (the SR
-    convention) and when the reference uses at least a quarter of it (full-range 16-bit), else the reference's max - min (8- or
-    12-bit values in uint16, float data), so the numbers are not inflated by an unused range."""
+    convention) and when the reference uses at least a quarter of it (full-range 16-bit), else
+    the reference's max - min (8- or 12-bit values in uint16, float data), so the numbers are not
+    inflated by an unused range."""
     dt = np.dtype(dtype)
     if dt.kind in "iu":
         info = np.iinfo(dt)

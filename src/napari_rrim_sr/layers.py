@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import InputError
+
 # re-exported for callers that read them from here (bundle.py)
 from .jsonable import jsonable  # noqa: F401
 from .layer_metrics import compare_arrays, metrics_data_range  # noqa: F401

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
@@ -129,7 +129,7 @@ def _weights_choices(_widget=None):
 
 def _describe_weights(weights_id: str | None) -> str:
     if not weights_id:
-        return "⚠ " + L.no_weights_message()
+        return "⚠ " + J.no_weights_message()
     try:
         e = _registry().find_weights(weights_id)
     except RRIMError as exc:
