@@ -414,6 +414,32 @@ def test_resume_continues_step_lr_and_weights(tmp_path, data_dirs, iso):
         second.handle_signal(signal.SIGINT)
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_cli_exit_code_names_the_signal(tmp_path, data_dirs, iso, monkeypatch, capsys, sig, code):
+    """Defect 10a: SIGTERM (a scheduler's kill) ended training with SIGINT's 130; the exit code
+    is 128 + the signal, after the checkpoint is written."""
+    from napari_rrim_sr.training import cli
+    from napari_rrim_sr.training.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def step_then_signal(self, lr, hr):
+        stats = real_step(self, lr, hr)
+        if self.step == 1:  # the step counter is incremented after train_step returns
+            os.kill(os.getpid(), sig)
+        return stats
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    train, val = data_dirs
+    out = tmp_path / "run"
+    rc = cli.main(["--data", str(train), "--val", str(val), "--steps", "4", "--hparam", "num_feat=8",
+                   "--hparam", "num_block=1", "--batch-size", "2", "--patch-size", "32", "--threads", "1",
+                   "--precision", "fp32", "--val-every", "0", "--no-register", "--no-progress", "--out", str(out)])
+    assert rc == code
+    assert "stopped by signal" in capsys.readouterr().out
+    assert list(out.glob("*/checkpoints/last.pt")) or (out / "checkpoints" / "last.pt").is_file()
+
+
 @needs_shared
 @pytest.mark.parametrize("gan_type", ["esrgan", "srgan"])
 def test_gan_stage_runs_from_psnr_weights(tmp_path, data_dirs, iso, gan_type):

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,7 @@ def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, Any]:
     elif resume:
         saved = None
         if resume not in ("last", "auto"):
-            from .trainer import load_checkpoint
+            from .checkpoint import load_checkpoint
 
             ck = Path(resume)
             saved = load_checkpoint(ck)["config"]
@@ -279,7 +280,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(f"weights: {result.weights}")
     if result.installed:
         print(f"registered as {result.weights.stem!r}: {result.installed}")
-    return 0 if result.status == "completed" else 130
+    if result.status == "completed":
+        return 0
+    # stopped by a signal (checkpoint written): the shell's convention 128 + N, so SIGINT gives
+    # 130 and SIGTERM (a scheduler's kill) 143
+    return 128 + int(result.signal or signal.SIGINT)
 
 
 def cmd_export(ns: argparse.Namespace) -> int:

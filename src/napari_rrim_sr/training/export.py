@@ -53,7 +53,7 @@ def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bo
     """Write ``RUN_DIR/NAME.safetensors`` from the run's checkpoint and optionally register it."""
     from ..weights_io import install_weights, read_metadata, save_weights
     from ..registry import user_weights_dir
-    from .trainer import find_checkpoint, load_checkpoint
+    from .checkpoint import find_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
     ckpt_path = Path(checkpoint) if checkpoint else find_checkpoint(run_dir)

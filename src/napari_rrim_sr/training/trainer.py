@@ -31,26 +31,30 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import devices
-from ..errors import RRIMError
+from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_checkpoint: public here too
+    CKPT_FORMAT,
+    TrainingError,
+    find_checkpoint,
+    load_checkpoint,
+    plain,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import ConfigError, TrainConfig
 from .data import DataReport, Degradations, PatchDataset, load_records, load_validation, make_loader
 
 log = logging.getLogger(__name__)
 
-CKPT_FORMAT = 1
 #: configuration keys that must not change when a run is resumed
 STRUCTURAL_KEYS = ("backbone", "hparams", "channels", "scale", "stage", "discriminator", "d_hparams", "gan_type")
-
-
-class TrainingError(RRIMError):
-    """Training cannot go on (diverged, bad checkpoint...)."""
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -97,35 +101,6 @@ class EMA:
             b_ema.copy_(b)
 
 
-def rng_state() -> dict:
-    """All RNG states as tensors and plain values (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": int(py_state[0]), "state": list(py_state[1]), "gauss": py_state[2]},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(state["cuda"])
-        except Exception as exc:  # different GPU count: not fatal
-            log.warning("could not restore CUDA RNG states: %s", exc)
-
-
 def hardware_info(device: torch.device) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -144,42 +119,12 @@ def hardware_info(device: torch.device) -> dict:
     return info
 
 
-def _plain(obj):
-    """Round-trip through JSON: only dict/list/str/int/float/bool/None remain."""
-    return json.loads(json.dumps(obj, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # never leave a truncated checkpoint under the final name
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint with ``weights_only=True`` (no code is unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or "model" not in ckpt:
-        raise TrainingError(f"{path} is not a napari-rrim-sr training checkpoint")
-    return ckpt
-
-
-def find_checkpoint(run_dir: Path) -> Path | None:
-    p = run_dir / "checkpoints" / "last.pt"
-    return p if p.is_file() else None
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
     step: int
     status: str  # "completed" or "interrupted"
+    signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
     weights: Path | None = None
     installed: Path | None = None
     metrics: dict = field(default_factory=dict)
@@ -707,7 +652,7 @@ class Trainer:
             "step": self.step,
             "config": self.cfg.to_dict(),
             "backbone": self.cfg.backbone,
-            "hparams": _plain(dict(self.cfg.hparams)),
+            "hparams": plain(dict(self.cfg.hparams)),
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "opt_g": self.opt_g.state_dict(),
@@ -722,7 +667,7 @@ class Trainer:
             "time": time.time(),
         }
         # plain JSON types only (weights_only=True refuses str subclasses, numpy scalars...)
-        state.update(_plain({
+        state.update(plain({
             "config": self.cfg.to_dict(),
             "sessions": sessions,
             "val_history": self.val_history,
@@ -877,7 +822,8 @@ class Trainer:
             status = self._loop()
         finally:
             self._restore_signals(old)
-        result = TrainResult(self.run_dir, self.step, status, history=self.val_history)
+        result = TrainResult(self.run_dir, self.step, status, history=self.val_history,
+                             signal=self.stop_signal if status == "interrupted" else None)
         if status == "completed":
             if self.val_images and (not self.val_history or self.val_history[-1]["step"] != self.step):
                 self.validate()
