@@ -18,7 +18,6 @@ they hold tensors and plain Python values (RNG states converted to tensors/lists
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 import math
@@ -38,6 +37,8 @@ import torch
 from torch import nn
 
 from .. import devices
+from ..jsonable import jsonable
+from ..safe_write import atomic_write
 from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_checkpoint: public here too
     CKPT_FORMAT,
     TrainingError,
@@ -50,6 +51,8 @@ from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_c
 )
 from .config import ConfigError, TrainConfig
 from .data import DataReport, Degradations, PatchDataset, load_records, load_validation, make_loader
+from .runlog import RunLog
+from .validation import save_sample_grid, val_convention, validate_images
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +192,7 @@ class Trainer:
             raise TrainingError(f"{self.run_dir} already holds a training run (checkpoints/last.pt): "
                                 "continue it with --resume, or choose another --out / --name")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.runlog = RunLog(self.run_dir)
         if ckpt is None:
             self.log_path.unlink(missing_ok=True)
         self._setup_hardware()
@@ -383,7 +387,8 @@ class Trainer:
         )
         self.data_report: DataReport = report
         log.info("training data: %s", report.summary())  # skipped files were logged by load_records
-        (self.run_dir / "data.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        atomic_write(self.run_dir / "data.json", json.dumps(jsonable(report.as_dict()), indent=2) + "\n",
+                     overwrite=True)
         self.dataset = PatchDataset(
             records, patch_size=cfg.patch_size, scale=cfg.scale, channels=cfg.channels,
             degradations=Degradations.from_config(cfg), augment=cfg.augment, seed=cfg.seed,
@@ -438,207 +443,50 @@ class Trainer:
             group["lr"] = base * sched.lr_lambdas[0](sched.last_epoch)
         sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
-    # -- logging ----------------------------------------------------------------------------
+    # -- logging (runlog.py) -------------------------------------------------------------------
     @property
     def log_path(self) -> Path:
-        return self.run_dir / "log.jsonl"
+        return self.runlog.path
 
     def _write_log(self, record: dict) -> None:
-        with open(self.log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        self.runlog.write(record)
 
     def _log_event(self, event: str, **extra) -> None:
-        self._write_log({"kind": "event", "event": event, "step": self.step, "time": time.time(), **extra})
+        self.runlog.event(event, self.step, **extra)
 
     def _trim_log(self, step: int) -> None:
         """On resume, drop records written after the checkpoint (they will be written again)."""
-        if not self.log_path.exists():
-            return
-        kept = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("kind") == "event" or int(rec.get("step", 0)) <= step:
-                kept.append(rec)
-        self.log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.history = [r for r in kept if r.get("kind") == "train"]
+        self.history = self.runlog.trim(step)
 
     def _write_csv(self) -> None:
-        rows = self.history + [dict(r, kind="val") for r in self.val_history]
-        if not rows:
-            return
-        keys: list[str] = []
-        for r in rows:
-            for k, v in r.items():
-                if k not in keys and not isinstance(v, (dict, list)):
-                    keys.append(k)
-        rows = sorted(rows, key=lambda r: (r.get("step", 0), r.get("kind") != "train"))
-        with open(self.run_dir / "log.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+        self.runlog.write_csv(self.history, self.val_history)
 
     def plot(self) -> None:
         """loss.png and val.png from the logged history (matplotlib Agg; skipped if missing)."""
-        try:
-            import matplotlib
+        self.runlog.plot(self.history, self.val_history, name=self.cfg.name, gan=self.disc is not None,
+                         bicubic=self.bicubic_metrics, convention=self.val_convention())
 
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError:
-            log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
-            return
-        if self.history:
-            fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-            steps = [r["step"] for r in self.history]
-            keys = ("loss", "l_pix", "l_percep", "l_gram", "l_adv", "l_d") if self.disc is not None else ("loss",)
-            for key in keys:
-                vals = [r.get(key) for r in self.history]
-                if any(v is not None for v in vals):
-                    ax.plot(steps, [v if v is not None else np.nan for v in vals], label=key, lw=1)
-            ax.set_xlabel("step")
-            ax.set_ylabel("loss")
-            if all((r.get("loss") or 0) > 0 for r in self.history):
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-            ax.legend()
-            ax.set_title(f"{self.cfg.name}: training losses")
-            fig.tight_layout()
-            fig.savefig(self.run_dir / "loss.png")
-            plt.close(fig)
-        if self.val_history:
-            keys = [k for k in ("psnr", "ssim", "fsim") if k in self.val_history[-1]]
-            fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), dpi=100, squeeze=False)
-            steps = [r["step"] for r in self.val_history]
-            for ax, key in zip(axes[0], keys):
-                ax.plot(steps, [r[key] for r in self.val_history], "o-", label=self.cfg.name, ms=3)
-                if self.bicubic_metrics and key in self.bicubic_metrics:
-                    ax.axhline(self.bicubic_metrics[key], color="gray", ls="--", label="bicubic")
-                ax.set_xlabel("step")
-                ax.set_title(key.upper() + (" (dB)" if key == "psnr" else ""))
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=8)
-            fig.suptitle(f"validation: {self.val_convention()}", fontsize=8)
-            fig.tight_layout()
-            fig.savefig(self.run_dir / "val.png")
-            plt.close(fig)
-
-    # -- validation -------------------------------------------------------------------------
+    # -- validation (validation.py) ----------------------------------------------------------
     def val_convention(self) -> str:
-        what = "Y channel (BT.601)" if self.cfg.channels == 3 else "gray"
-        return (f"x{self.cfg.scale}, LR = MATLAB-style bicubic of the mod-{self.cfg.scale} crop, "
-                f"{what}, {self.cfg.scale}-px border, data range 255"
-                + (f", first {self.cfg.val_limit} images" if self.cfg.val_limit else "")
-                + (f", centre crops <= {self.cfg.val_crop} px" if self.cfg.val_crop else ""))
-
-    def _infer(self, net: nn.Module, lr01: np.ndarray) -> np.ndarray:
-        """SR of an (h, w, C) 0..1 image, fp32, through the engine (tiling as in the product)."""
-        try:
-            from ..engine import upscale
-        except ImportError:
-            upscale = None
-        if upscale is not None:
-            from ..weights_io import LoadedModel
-
-            lm = LoadedModel.from_module(net, self.cfg.backbone, self.cfg.hparams)
-            kwargs = {"device": self.device, "precision": "fp32"}
-            if self.cfg.val_tile:
-                kwargs["tile"] = self.cfg.val_tile
-            img = lm_input = lr01.astype(np.float32)
-            if img.shape[2] == 1:
-                lm_input = img[..., 0]
-            out = upscale(lm_input, lm, **kwargs)
-            out = np.asarray(getattr(out, "image", out), dtype=np.float64)
-            return out[..., None] if out.ndim == 2 else out
-        with torch.no_grad():
-            x = torch.from_numpy(lr01.transpose(2, 0, 1)[None].astype(np.float32)).to(self.device)
-            y = net(x).float().clamp_(0, 1)
-        return y[0].permute(1, 2, 0).cpu().numpy().astype(np.float64)
+        return val_convention(self.cfg)
 
     @torch.no_grad()
     def validate(self) -> dict:
         """Mean PSNR/SSIM/FSIM over the validation images (EMA model), plus a sample grid."""
-        from ..bicubic import bicubic_downscale, bicubic_upscale
-        from ..metrics import compare
-
-        cfg = self.cfg
         net = self.ema.module if self.ema is not None else self.model
-        was_training = net.training
-        net.eval()
-        s = cfg.scale
         t0 = time.perf_counter()
-        rows, bic_rows = [], []
-        first = None
-        try:
-            for k, v in enumerate(self.val_images):
-                levels = 255.0 if v.bits == 8 else 65535.0
-                lr = bicubic_downscale(v.hr, s, channel_axis=-1)
-                lr = np.clip(np.floor(lr * (levels / 255.0) + 0.5), 0, levels) * (255.0 / levels)  # quantise
-                sr = self._infer(net, lr / 255.0) * 255.0
-                sr = np.clip(sr, 0, 255)
-                if v.bits == 8:
-                    sr = np.floor(sr + 0.5)
-                hr = v.hr
-                rows.append(self._metrics(compare, sr, hr))
-                if self.bicubic_metrics is None:
-                    bic = np.clip(bicubic_upscale(lr, s, channel_axis=-1), 0, 255)
-                    if v.bits == 8:
-                        bic = np.floor(bic + 0.5)
-                    bic_rows.append(self._metrics(compare, bic, hr))
-                if k == 0:
-                    first = (lr, sr, hr, rows[-1])
-        finally:
-            if was_training:
-                net.train()
-        mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
-        if bic_rows:
-            self.bicubic_metrics = {key: float(np.mean([r[key] for r in bic_rows])) for key in bic_rows[0]}
-        rec = {"kind": "val", "step": self.step, **mean, "n": len(rows), "seconds": round(time.perf_counter() - t0, 2)}
+        mean, self.bicubic_metrics, first = validate_images(net, self.val_images, self.cfg, self.device,
+                                                            bicubic=self.bicubic_metrics)
+        rec = {"kind": "val", "step": self.step, **mean, "n": len(self.val_images),
+               "seconds": round(time.perf_counter() - t0, 2)}
         if self.bicubic_metrics:
             rec.update({f"bicubic_{k}": v for k, v in self.bicubic_metrics.items()})
         self.val_history.append(rec)
         self._write_log(rec)
         if first is not None:
-            self._sample_grid(*first)
+            save_sample_grid(*first, scale=self.cfg.scale,
+                             path=self.run_dir / "samples" / f"step_{self.step:07d}.png")
         return rec
-
-    def _metrics(self, compare, sr: np.ndarray, hr: np.ndarray) -> dict:
-        y = sr.shape[2] == 3
-        a, b = (sr, hr) if y else (sr[..., 0], hr[..., 0])
-        m = compare(a, b, data_range=255.0, y_channel=y, border=self.cfg.scale)
-        return {k: float(m[k]) for k in ("psnr", "ssim", "fsim") if k in m}
-
-    def _sample_grid(self, lr: np.ndarray, sr: np.ndarray, hr: np.ndarray, m: dict) -> None:
-        from PIL import Image, ImageDraw
-
-        from ..bicubic import bicubic_upscale
-
-        s = self.cfg.scale
-        h, w = hr.shape[:2]
-        side = min(h, w, 192)
-        side -= side % s
-        y0 = ((h - side) // 2) // s * s
-        x0 = ((w - side) // 2) // s * s
-        bic = np.clip(bicubic_upscale(lr, s, channel_axis=-1), 0, 255)
-        lr_crop = lr[y0 // s:(y0 + side) // s, x0 // s:(x0 + side) // s]
-        lr_near = np.repeat(np.repeat(lr_crop, s, axis=0), s, axis=1)
-        panels = [lr_near, bic[y0:y0 + side, x0:x0 + side], sr[y0:y0 + side, x0:x0 + side],
-                  hr[y0:y0 + side, x0:x0 + side]]
-        labels = ["LR (nearest)", "bicubic", f"SR {m.get('psnr', 0):.2f} dB", "HR"]
-        gap, head = 4, 14
-        c = hr.shape[2]
-        canvas = np.full((side + head, 4 * side + 3 * gap, c), 255, np.uint8)
-        for i, p in enumerate(panels):
-            canvas[head:, i * (side + gap):i * (side + gap) + side] = np.clip(np.floor(p + 0.5), 0, 255).astype(np.uint8)
-        img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
-        draw = ImageDraw.Draw(img)
-        for i, text in enumerate(labels):
-            draw.text((i * (side + gap) + 2, 1), text, fill=0)
-        out = self.run_dir / "samples"
-        out.mkdir(exist_ok=True)
-        img.save(out / f"step_{self.step:07d}.png")
 
     # -- checkpoints ------------------------------------------------------------------------
     def elapsed(self) -> float:
