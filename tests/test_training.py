@@ -159,7 +159,7 @@ def test_cli_print_config_and_implied_train(tmp_path, capsys):
 
 
 def test_lr_schedule():
-    from napari_rrim_sr.training.trainer import LRSchedule
+    from napari_rrim_sr.training.steps import LRSchedule
 
     cos = LRSchedule("cosine", 100, warmup=10, min_factor=0.01)
     assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)

@@ -1,4 +1,7 @@
-"""The training loop: PSNR stage and GAN stage, checkpoints, resume, validation, run directory.
+"""The training loop and its run directory: setup (hardware, models, data), resume, signals,
+the loop itself. The parts by role live beside it: :mod:`.steps` (PSNR and GAN steps, LR
+schedule, EMA), :mod:`.checkpoint` (write/read/find), :mod:`.runlog` (logs and plots),
+:mod:`.validation` (evaluate's convention).
 
 Run directory layout (``RUN_DIR``)::
 
@@ -13,6 +16,9 @@ Run directory layout (``RUN_DIR``)::
 
 Checkpoints are written with ``torch.save`` and read only with ``torch.load(weights_only=True)``:
 they hold tensors and plain Python values (RNG states converted to tensors/lists).
+
+A run stopped by SIGINT or SIGTERM finishes the current step, writes ``checkpoints/last.pt`` and
+returns ``status="interrupted"`` with the signal; the CLI exits with 128 + the signal (130, 143).
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import devices
 from ..jsonable import jsonable
@@ -52,56 +57,13 @@ from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_c
 from .config import ConfigError, TrainConfig
 from .data import DataReport, Degradations, PatchDataset, load_records, load_validation, make_loader
 from .runlog import RunLog
+from .steps import EMA, LRSchedule, train_step
 from .validation import save_sample_grid, val_convention, validate_images
 
 log = logging.getLogger(__name__)
 
 #: configuration keys that must not change when a run is resumed
 STRUCTURAL_KEYS = ("backbone", "hparams", "channels", "scale", "stage", "discriminator", "d_hparams", "gan_type")
-
-
-# -- small helpers ----------------------------------------------------------------------------
-
-class LRSchedule:
-    """LR factor per optimiser step: linear warm-up, then cosine / step / constant.
-
-    A callable object with plain attributes, so ``LambdaLR.state_dict()`` stores it as a dict.
-    """
-
-    def __init__(self, kind: str, steps: int, warmup: int = 0, min_factor: float = 0.0,
-                 milestones: list[int] | None = None, gamma: float = 0.5):
-        self.kind, self.steps, self.warmup = kind, int(steps), int(warmup)
-        self.min_factor, self.gamma = float(min_factor), float(gamma)
-        self.milestones = sorted(int(m) for m in (milestones or [int(steps * f) for f in (0.5, 0.75, 0.9)]))
-
-    def __call__(self, step: int) -> float:
-        if self.warmup and step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.kind == "constant":
-            return 1.0
-        if self.kind == "step":
-            return self.gamma ** sum(1 for m in self.milestones if step >= m)
-        span = max(1, self.steps - self.warmup)
-        t = min(1.0, (step - self.warmup) / span)
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-class EMA:
-    """Exponential moving average of a module's parameters (buffers copied)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = float(decay)
-        self.module = copy.deepcopy(model).eval()
-        self.module.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1.0 + step) / (10.0 + step))  # warm start: fast early tracking
-        ema_p = [p for p in self.module.parameters()]
-        cur_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, cur_p, 1.0 - d)
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
-            b_ema.copy_(b)
 
 
 def hardware_info(device: torch.device) -> dict:
@@ -577,86 +539,10 @@ class Trainer:
             except (ValueError, OSError, TypeError):
                 pass
 
-    # -- steps ------------------------------------------------------------------------------
-    def _clip_and_step(self, loss: torch.Tensor, opt, scaler, params, clip: float) -> float | None:
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        gnorm = None
-        if clip > 0:
-            scaler.unscale_(opt)
-            gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        scaler.step(opt)
-        scaler.update()
-        return gnorm
-
+    # -- steps (steps.py) ---------------------------------------------------------------------
     def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> dict:
-        cfg = self.cfg
-        lr, hr = self._to_device(lr), self._to_device(hr)
-        stats: dict[str, float] = {}
-        if self.disc is None:
-            with self._autocast():
-                sr = self.forward_model(lr)
-            loss = self.pixel_loss(sr.float(), hr)
-            stats["l_pix"] = float(loss.detach())
-        else:
-            w = self.gan_w
-            self.disc.requires_grad_(False)
-            with self._autocast():
-                sr = self.forward_model(lr)
-            sr32 = sr.float()
-            loss = sr32.new_zeros(())
-            if w["pixel_weight"] > 0:
-                l_pix = self.pixel_loss(sr32, hr)
-                loss = loss + w["pixel_weight"] * l_pix
-                stats["l_pix"] = float(l_pix.detach())
-            if self.percep is not None:
-                with self._autocast():
-                    l_percep, l_gram = self.percep(sr32, hr)
-                if w["percep_weight"] > 0:
-                    loss = loss + w["percep_weight"] * l_percep
-                    stats["l_percep"] = float(l_percep.detach())
-                if cfg.gram_weight > 0:
-                    loss = loss + cfg.gram_weight * l_gram
-                    stats["l_gram"] = float(l_gram.detach())
-            with self._autocast():
-                fake = self.disc(sr)
-                real = self.disc(hr) if self.adv_loss.kind == "esrgan" else None
-            l_adv = self.adv_loss.generator(real, fake)
-            loss = loss + w["adv_weight"] * l_adv
-            stats["l_adv"] = float(l_adv.detach())
-        if not torch.isfinite(loss):
-            self.bad_steps += 1
-            if self.bad_steps >= 10:
-                raise TrainingError(f"loss is not finite for {self.bad_steps} consecutive steps at step {self.step}: "
-                                    "training diverged (lower --lr, use --grad-clip, or --precision fp32)")
-            log.warning("non-finite loss at step %d: step skipped", self.step)
-            self.opt_g.zero_grad(set_to_none=True)
-            self.sched_g.step()
-            if self.disc is not None:
-                self.sched_d.step()
-            return {"loss": float("nan"), "skipped": 1.0}
-        self.bad_steps = 0
-        gnorm = self._clip_and_step(loss, self.opt_g, self.scaler, self.model.parameters(), cfg.grad_clip)
-        stats["loss"] = float(loss.detach())
-        if gnorm is not None:
-            stats["grad_norm"] = gnorm
-        stats["lr"] = self.opt_g.param_groups[0]["lr"]
-        self.sched_g.step()
-        if self.ema is not None:
-            self.ema.update(self.model, self.step)
-        if self.disc is not None:
-            self.disc.requires_grad_(True)
-            with self._autocast():
-                real = self.disc(hr)
-                fake = self.disc(sr.detach())
-            l_d = self.adv_loss.discriminator(real, fake)
-            if torch.isfinite(l_d):
-                self._clip_and_step(l_d, self.opt_d, self.scaler_d, self.disc.parameters(), cfg.grad_clip)
-            self.sched_d.step()
-            stats["l_d"] = float(l_d.detach())
-            stats["d_real"] = float(torch.sigmoid(real.detach().float()).mean())
-            stats["d_fake"] = float(torch.sigmoid(fake.detach().float()).mean())
-        return stats
+        """One optimiser step of the run's stage (PSNR or GAN); returns its statistics."""
+        return train_step(self, lr, hr)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
