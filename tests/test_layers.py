@@ -335,3 +335,94 @@ def test_preselected_weights_prefers_what_the_layer_asks_for(tiny_registry):
     assert L.preselected_weights(None, 1, ids, tiny_registry) == "tiny-rrim-x4-gray"
     assert L.preselected_weights(ask, 1, ["tiny-rrim-x4-gray"], tiny_registry) == "tiny-rrim-x4-gray"
     assert L.preselected_weights({}, 1, [], tiny_registry) is None
+
+
+# -- the job pipeline (job.py): planning without a viewer ----------------------------------------
+
+class _FakeLayer:
+    """What plan_upscale reads of a napari Image layer (the GUI tests use real ones)."""
+
+    def __init__(self, data, name="img", rgb=False, multiscale=False):
+        self.data, self.name, self.rgb, self.multiscale = data, name, rgb, multiscale
+        self.ndim = data.ndim - (1 if rgb else 0)
+        self.scale = (1.0,) * self.ndim
+        self.translate = (0.0,) * self.ndim
+        self.metadata = {}
+
+    def world_to_data(self, point):
+        return tuple(point)
+
+
+def test_plan_upscale_checks_selects_the_slice_and_pairs_weights(tiny_registry, monkeypatch):
+    stack = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
+    s = J.UpscaleSettings(weights_id="tiny-rrim-x4-rgb-gan", alpha=None, current_slice=True)
+    job = J.plan_upscale(_FakeLayer(stack), s, point=(2.0, 0.0, 0.0), registry=tiny_registry)
+    assert job.slice_index == {0: 2} and job.data.shape == (1, 16, 16)  # kept as a stack of one
+    np.testing.assert_array_equal(job.data, stack[2:3])
+    assert job.pair == ("tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan") and job.alpha == 1.0  # the chosen end
+    job = J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", alpha=0.3, current_slice=False),
+                         registry=tiny_registry)
+    assert job.slice_index == {} and job.data.shape == stack.shape and job.pair is None and job.alpha is None
+    with pytest.raises(InputError, match="multiscale"):
+        J.plan_upscale(_FakeLayer(stack, multiscale=True), s, registry=tiny_registry)
+    with pytest.raises(InputError, match="cannot be upscaled"):
+        J.plan_upscale(_FakeLayer(np.zeros((8, 8), bool)), s, registry=tiny_registry)
+    with pytest.raises(InputError, match="No trained weights"):
+        J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings(None), registry=tiny_registry)
+    with pytest.raises(InputError, match="percentiles"):
+        J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", normalization="percentile",
+                                                            percentiles=(50, 10)), registry=tiny_registry)
+    monkeypatch.setattr(J, "available_memory", lambda: 1000)
+    with pytest.raises(InputError, match="Current slice only"):
+        J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", current_slice=False),
+                       registry=tiny_registry)
+
+
+def test_run_job_result_describes_layers_like_the_widget(tiny_registry):
+    """The demo and scripts run the same pipeline as the widget: run_job returns the result
+    whose layer_kwargs carry geometry and provenance."""
+    img = (np.random.default_rng(0).random((12, 10)) * 4000).astype(np.uint16)
+    job = J.plan_upscale(_FakeLayer(img), J.UpscaleSettings("tiny-rrim-x4-gray", device="cpu"),
+                         registry=tiny_registry)
+    res = J.run_job(job)
+    assert res.sr.shape == (48, 40) and res.sr.dtype == np.uint16 and res.bicubic.shape == (48, 40)
+    kw = res.layer_kwargs("rrim", extra={"untrained": False})
+    rec = kw["metadata"][L.META_KEY]
+    assert kw["name"] == "img RRIM x4" and kw["scale"] == (0.25, 0.25)
+    assert rec["model_id"] == "tiny-rrim-x4-gray" and rec["untrained"] is False and rec["slices"] == "all"
+    assert res.layer_kwargs("bicubic")["metadata"][L.META_KEY]["kind"] == "bicubic"
+
+
+def test_one_interpolation_for_the_slider_and_the_export(tiny_registry):
+    """The widget's PSNR<->GAN slider and `training interpolate` (which made the shipped GAN
+    file) blend with the same function, so they give the same tensors."""
+    torch = pytest.importorskip("torch")
+    from napari_rrim_sr.training.export import lerp_weights
+
+    pair = ("tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan")
+    slider = J.load_job_model(pair[1], pair=pair, alpha=0.3, registry=tiny_registry).module.state_dict()
+    exported = lerp_weights(*pair, 0.3).state_dict
+    assert set(slider) == set(exported)
+    for k, v in exported.items():
+        assert torch.equal(slider[k], v), k
+
+
+def test_user_message_and_device_helpers():
+    from napari_rrim_sr import devices
+    from napari_rrim_sr.errors import RRIMError, user_message
+
+    assert user_message(RRIMError("plain text")) == "plain text"
+    assert "Current slice only" in user_message(MemoryError(), stack=True)
+    assert "Current slice only" not in user_message(MemoryError())
+    assert "GPU ran out of memory" in user_message(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert user_message(KeyError("x")).startswith("Upscaling failed: KeyError")
+    assert devices.device_choices()[:2] == ["auto", "cpu"]
+    devices.sync("cpu")  # a no-op, not an error
+
+
+def test_representative_plane_is_the_middle_one():
+    st = np.arange(5 * 3 * 4 * 4).reshape(5, 3, 4, 4)
+    np.testing.assert_array_equal(L.representative_plane(st, rgb=False), st[2, 1])
+    np.testing.assert_array_equal(L.representative_plane(st[0, 0], rgb=False), st[0, 0])
+    rgbs = np.zeros((3, 4, 4, 3))
+    assert L.representative_plane(rgbs, rgb=True).shape == (4, 4, 3)

@@ -31,6 +31,7 @@ from .layer_metrics import compare_arrays, metrics_data_range
 from .layers import (
     current_slice_index,
     is_stack,
+    representative_plane,
     result_layer_kwargs,
     slice_key,
     source_info,
@@ -490,17 +491,6 @@ def _describe_norm(kwargs: Mapping[str, Any]) -> dict:
     if "percentiles" in kwargs:
         out["percentiles"] = list(kwargs["percentiles"])
     return out
-
-
-def representative_plane(data, *, rgb: bool):
-    """The 2-D (or 2-D + RGB) plane a self-check scores: the data itself when it is one plane
-    (e.g. the processed slice), else the middle plane of the stack."""
-    nd = data.ndim - (1 if rgb else 0)
-    lead = nd - 2
-    if lead <= 0:
-        return np.asarray(data)
-    idx = tuple(s // 2 for s in data.shape[:lead])
-    return np.asarray(data[idx])
 
 
 def self_check_images(

@@ -255,6 +255,18 @@ def is_stack(ndim: int) -> bool:
     return ndim > 2
 
 
+def representative_plane(data, *, rgb: bool):
+    """The one representative plane of a stack: the data itself when it is one 2-D (or 2-D +
+    RGB/channel) plane, else the middle plane along every leading axis. A self-check scores it;
+    training validation takes it from a stack file."""
+    nd = data.ndim - (1 if rgb else 0)
+    lead = nd - 2
+    if lead <= 0:
+        return np.asarray(data)
+    idx = tuple(s // 2 for s in data.shape[:lead])
+    return np.asarray(data[idx])
+
+
 # -- result layers -------------------------------------------------------------------------
 def result_layer_kwargs(
     source: Mapping[str, Any] | Any,
