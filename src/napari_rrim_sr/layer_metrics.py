@@ -138,3 +138,23 @@ def compare_layers(sr, ref, bic=None, *, rgb: bool, y_channel: bool, border: int
         if bic is not None:
             maps["bicubic"] = error_map(bic, ref, rgb=rgb)
     return res, maps
+
+
+def check_comparable(sr, ref, bic=None) -> None:
+    """Refuse layers that cannot be scored against each other (none picked, the same layer,
+    multiscale, shapes that differ), with a plain message naming them."""
+    if sr is None or ref is None:
+        raise InputError("Pick an SR layer and a reference layer of the same shape.")
+    if sr is ref:
+        raise InputError("The SR layer and the reference are the same layer.")
+    for lay in (sr, ref, bic):
+        if lay is not None and getattr(lay, "multiscale", False):
+            raise InputError(f"'{lay.name}' is multiscale; metrics need plain layers")
+    if tuple(sr.data.shape) != tuple(ref.data.shape):
+        raise InputError(
+            f"'{sr.name}' {tuple(sr.data.shape)} and '{ref.name}' {tuple(ref.data.shape)} "
+            "differ in shape; the reference must have the SR layer's shape (use "
+            "'Self-check' to score a model on a source layer)"
+        )
+    if bic is not None and tuple(bic.data.shape) != tuple(ref.data.shape):
+        raise InputError(f"'{bic.name}' does not have the reference's shape")

@@ -355,3 +355,30 @@ def preselected_weights(metadata: Mapping[str, Any] | None, channels: int, avail
     return wid
 
 
+# -- error maps ----------------------------------------------------------------------------
+
+def error_map_layer(err, kind: str, *, reference=None, compared=None, source=None,
+                    slice_index: Mapping[int, int] | None = None) -> tuple[Any, dict]:
+    """``(data, add_image kwargs)`` of an ``|image - HR|`` map (``kind`` ``"model"`` or
+    ``"bicubic"``): on the ``reference`` layer's grid when a layer ``compared`` was scored
+    against it, or (a self-check) on the ``source`` layer's grid, placed at its slice."""
+    label = "RRIM" if kind == "model" else "bicubic"
+    if reference is not None:
+        # an RGB error map is averaged over colour: it has the layer's ndim, like its scale
+        geom = {"scale": tuple(reference.scale), "translate": tuple(reference.translate)}
+        name = f"|{compared.name} − {reference.name}|"
+    else:
+        ndim = source.ndim
+        idx = dict(slice_index or {})
+        scale = tuple(source.scale)[-2:]
+        translate = tuple(source.translate)[-2:]
+        if idx:  # place the 2-D map at its slice
+            err = err.reshape((1,) * (ndim - 2) + err.shape)
+            scale = tuple(source.scale)
+            translate = tuple(float(t) + float(s) * idx.get(a, 0) if a < ndim - 2 else float(t)
+                              for a, (t, s) in enumerate(zip(source.translate, source.scale)))
+        geom = {"scale": scale, "translate": translate}
+        name = f"{source.name} self-check |{label} − HR|"
+    return err, dict(name=name, colormap="magma", blending="additive",
+                     metadata={META_KEY: {"kind": "error_map", "of": label}}, **geom)
+

@@ -542,21 +542,7 @@ class MetricsWidget(Container):
         range_choice = str(self.data_range.value)
         if self.mode.value == "compare":
             sr, ref, bic = self.sr_layer.value, self.reference.value, self.bicubic_layer.value
-            if sr is None or ref is None:
-                raise InputError("Pick an SR layer and a reference layer of the same shape.")
-            if sr is ref:
-                raise InputError("The SR layer and the reference are the same layer.")
-            for lay in (sr, ref, bic):
-                if lay is not None and lay.multiscale:
-                    raise InputError(f"'{lay.name}' is multiscale; metrics need plain layers")
-            if tuple(sr.data.shape) != tuple(ref.data.shape):
-                raise InputError(
-                    f"'{sr.name}' {tuple(sr.data.shape)} and '{ref.name}' {tuple(ref.data.shape)} "
-                    "differ in shape; the reference must have the SR layer's shape (use "
-                    "'Self-check' to score a model on a source layer)"
-                )
-            if bic is not None and tuple(bic.data.shape) != tuple(ref.data.shape):
-                raise InputError(f"'{bic.name}' does not have the reference's shape")
+            LM.check_comparable(sr, ref, bic)
             ctx = {"mode": "compare", "sr": sr, "ref": ref, "bic": bic,
                    "title": f"'{sr.name}' vs '{ref.name}'"}
             gen = self._compare_task(np.asarray(sr.data), np.asarray(ref.data),
@@ -602,27 +588,12 @@ class MetricsWidget(Container):
             self._add_error_map(err, kind, ctx)
 
     def _add_error_map(self, err, kind, ctx):
-        label = "RRIM" if kind == "model" else "bicubic"
         if ctx["mode"] == "compare":
-            ref = ctx["ref"]
-            geom = {"scale": tuple(ref.scale), "translate": tuple(ref.translate)}
-            # an RGB error map is averaged over colour: it has the layer's ndim, like its scale
-            name = f"|{(ctx['sr'] if kind == 'model' else ctx['bic']).name} − {ref.name}|"
+            data, kw = L.error_map_layer(err, kind, reference=ctx["ref"],
+                                         compared=ctx["sr"] if kind == "model" else ctx["bic"])
         else:
-            src = ctx["src"]
-            ndim = src.ndim
-            idx = ctx["slice_index"]
-            scale = tuple(src.scale)[-2:]
-            translate = tuple(src.translate)[-2:]
-            if idx:  # place the 2-D map at its slice
-                err = err.reshape((1,) * (ndim - 2) + err.shape)
-                scale = tuple(src.scale)
-                translate = tuple(float(t) + float(s) * idx.get(a, 0) if a < ndim - 2 else float(t)
-                                  for a, (t, s) in enumerate(zip(src.translate, src.scale)))
-            geom = {"scale": scale, "translate": translate}
-            name = f"{src.name} self-check |{label} − HR|"
-        self._viewer.add_image(err, name=name, colormap="magma", blending="additive",
-                               metadata={L.META_KEY: {"kind": "error_map", "of": label}}, **geom)
+            data, kw = L.error_map_layer(err, kind, source=ctx["src"], slice_index=ctx["slice_index"])
+        self._viewer.add_image(data, **kw)
 
     def show_results(self, result: dict, *, title: str = "", source=None,
                      weights_id: str | None = None) -> None:
