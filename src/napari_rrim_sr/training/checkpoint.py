@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 CKPT_FORMAT = 1
 
-__all__ = ["CKPT_FORMAT", "TrainingError", "find_checkpoint", "load_checkpoint", "plain", "rng_state",
+__all__ = ["CKPT_FORMAT", "TrainingError", "adapt_channels", "find_checkpoint", "load_checkpoint", "plain", "rng_state",
            "save_checkpoint", "set_rng_state"]
 
 
@@ -90,3 +90,26 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     """The run's last checkpoint (``checkpoints/last.pt``), or None."""
     p = run_dir / "checkpoints" / "last.pt"
     return p if p.is_file() else None
+
+
+def adapt_channels(src: dict, dst: dict) -> dict:
+    """``src`` weights reshaped to ``dst``'s channel count (RGB <-> gray) so the new model computes
+    exactly what the old one did on replicated gray input averaged back (the engine's rule for a
+    3-channel model on 1-channel data): input convs sum their RGB kernels, output convs average
+    their RGB filters; the reverse direction splits/replicates. Other tensors must match."""
+    out = {}
+    for key, w in src.items():
+        target = dst.get(key)
+        if target is None or tuple(w.shape) == tuple(target.shape):
+            out[key] = w
+            continue
+        ws, ts = tuple(w.shape), tuple(target.shape)
+        if w.dim() >= 2 and ws[0] == ts[0] and ws[2:] == ts[2:] and {ws[1], ts[1]} == {1, 3}:
+            out[key] = w.sum(1, keepdim=True) if ts[1] == 1 else w.repeat(1, 3, *([1] * (w.dim() - 2))) / 3
+        elif ws[1:] == ts[1:] and {ws[0], ts[0]} == {1, 3}:
+            out[key] = w.mean(0, keepdim=True) if ts[0] == 1 else w.repeat(3, *([1] * (w.dim() - 1)))
+        else:
+            from .config import ConfigError
+
+            raise ConfigError(f"--init tensor {key} has shape {ws}, the model needs {ts}")
+    return out

@@ -1,7 +1,8 @@
 """The training loop and its run directory: setup (hardware, models, data), resume, signals,
 the loop itself. The parts by role live beside it: :mod:`.steps` (PSNR and GAN steps, LR
 schedule, EMA), :mod:`.checkpoint` (write/read/find), :mod:`.runlog` (logs and plots),
-:mod:`.validation` (evaluate's convention).
+:mod:`.validation` (evaluate's convention). What remains (about 600 lines) is one object's
+state: its setup, resume and loop read and write the same attributes.
 
 Run directory layout (``RUN_DIR``)::
 
@@ -47,6 +48,7 @@ from ..safe_write import atomic_write
 from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_checkpoint: public here too
     CKPT_FORMAT,
     TrainingError,
+    adapt_channels,
     find_checkpoint,
     load_checkpoint,
     plain,
@@ -97,27 +99,6 @@ class TrainResult:
 
 
 # -- the trainer ------------------------------------------------------------------------------
-
-def adapt_channels(src: dict, dst: dict) -> dict:
-    """``src`` weights reshaped to ``dst``'s channel count (RGB <-> gray) so the new model computes
-    exactly what the old one did on replicated gray input averaged back (the engine's rule for a
-    3-channel model on 1-channel data): input convs sum their RGB kernels, output convs average
-    their RGB filters; the reverse direction splits/replicates. Other tensors must match."""
-    out = {}
-    for key, w in src.items():
-        target = dst.get(key)
-        if target is None or tuple(w.shape) == tuple(target.shape):
-            out[key] = w
-            continue
-        ws, ts = tuple(w.shape), tuple(target.shape)
-        if w.dim() >= 2 and ws[0] == ts[0] and ws[2:] == ts[2:] and {ws[1], ts[1]} == {1, 3}:
-            out[key] = w.sum(1, keepdim=True) if ts[1] == 1 else w.repeat(1, 3, *([1] * (w.dim() - 2))) / 3
-        elif ws[1:] == ts[1:] and {ws[0], ts[0]} == {1, 3}:
-            out[key] = w.mean(0, keepdim=True) if ts[0] == 1 else w.repeat(3, *([1] * (w.dim() - 1)))
-        else:
-            raise ConfigError(f"--init tensor {key} has shape {ws}, the model needs {ts}")
-    return out
-
 
 class Trainer:
     """Set up from a :class:`TrainConfig`; :meth:`run` trains to ``cfg.steps``.
@@ -316,21 +297,9 @@ class Trainer:
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, self._schedule())
             self.adv_loss = AdversarialLoss(cfg.gan_type)
             if self.gan_w["percep_weight"] > 0 or cfg.gram_weight > 0:
-                from .losses import PerceptualLoss, build_vgg, default_vgg_layers, detect_vgg_arch, read_vgg_state_dict
+                from .losses import perceptual_loss_for
 
-                layers = dict(cfg.vgg_layers)
-                if not layers:
-                    arch = cfg.vgg_arch
-                    if arch == "auto":
-                        arch = ("vgg19" if cfg.vgg_weights.endswith("vgg19") else "vgg16") \
-                            if cfg.vgg_weights.startswith("torchvision:") \
-                            else detect_vgg_arch(read_vgg_state_dict(cfg.vgg_weights))
-                    layers = default_vgg_layers(arch)
-                    self.cfg.vgg_layers = layers
-                vgg = build_vgg(cfg.vgg_weights, list(layers), arch=cfg.vgg_arch, input_convention=cfg.vgg_input)
-                if cfg.vgg_input == "auto":
-                    self.cfg.vgg_input = vgg.input_convention
-                self.percep = PerceptualLoss(vgg, layers, cfg.percep_criterion, gram=cfg.gram_weight > 0).to(self.device)
+                self.percep = perceptual_loss_for(self.cfg).to(self.device)  # fills vgg_layers/vgg_input
                 if self.channels_last:
                     self.percep.to(memory_format=torch.channels_last)
 
