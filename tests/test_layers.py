@@ -7,9 +7,11 @@ import sys
 import numpy as np
 import pytest
 
+from napari_rrim_sr import job as J
+from napari_rrim_sr import layer_metrics as LM
 from napari_rrim_sr import layers as L
 from napari_rrim_sr.errors import InputError
-
+from napari_rrim_sr.interpolation import lerp_state_dicts
 
 # -- names -----------------------------------------------------------------------------------
 
@@ -133,29 +135,29 @@ def test_result_layer_kwargs_copy_appearance_and_record():
 # -- normalisation and memory ----------------------------------------------------------------
 
 def test_auto_normalization_rules():
-    assert L.auto_normalization(np.uint8, 0, 255) == {"normalization": "dtype"}
-    assert L.auto_normalization(np.uint8, 0, 20) == {"normalization": "dtype"}  # dark photo
-    assert L.auto_normalization(np.uint16, 0, 60000) == {"normalization": "dtype"}
-    assert L.auto_normalization(np.uint16, 3, 4095) == {"normalization": "range"}  # 12-bit data
-    assert L.auto_normalization(np.uint16, 0, 235) == {"normalization": "range"}
-    assert L.auto_normalization(np.float32) == {"normalization": "range"}
+    assert J.auto_normalization(np.uint8, 0, 255) == {"normalization": "dtype"}
+    assert J.auto_normalization(np.uint8, 0, 20) == {"normalization": "dtype"}  # dark photo
+    assert J.auto_normalization(np.uint16, 0, 60000) == {"normalization": "dtype"}
+    assert J.auto_normalization(np.uint16, 3, 4095) == {"normalization": "range"}  # 12-bit data
+    assert J.auto_normalization(np.uint16, 0, 235) == {"normalization": "range"}
+    assert J.auto_normalization(np.float32) == {"normalization": "range"}
     with pytest.raises(InputError):
-        L.auto_normalization(np.bool_)
-    assert L.normalization_kwargs("percentile", np.uint16, percentiles=(1, 99)) == {
+        J.auto_normalization(np.bool_)
+    assert J.normalization_kwargs("percentile", np.uint16, percentiles=(1, 99)) == {
         "normalization": "percentile", "percentiles": (1.0, 99.0)}
     with pytest.raises(InputError):
-        L.normalization_kwargs("percentile", np.uint16, percentiles=(50, 10))
+        J.normalization_kwargs("percentile", np.uint16, percentiles=(50, 10))
     with pytest.raises(InputError):
-        L.normalization_kwargs("dtype", np.float32)
+        J.normalization_kwargs("dtype", np.float32)
 
 
 def test_memory_check_and_estimate():
-    assert L.output_nbytes((3, 100, 100), np.uint16) == 3 * 100 * 100 * 16 * 2
-    L.check_fits_in_memory(1000, "x", suggestion="s", available=10_000)
+    assert J.output_nbytes((3, 100, 100), np.uint16) == 3 * 100 * 100 * 16 * 2
+    J.check_fits_in_memory(1000, "x", suggestion="s", available=10_000)
     with pytest.raises(InputError, match="tick 'Current slice only'"):
-        L.check_fits_in_memory(10_000, "Upscaling the stack", available=10_000,
+        J.check_fits_in_memory(10_000, "Upscaling the stack", available=10_000,
                                suggestion="tick 'Current slice only'")
-    assert L.available_memory() is None or L.available_memory() > 0
+    assert J.available_memory() is None or J.available_memory() > 0
 
 
 # -- network interpolation -------------------------------------------------------------------
@@ -163,18 +165,18 @@ def test_memory_check_and_estimate():
 def test_interpolation_pair_and_state_dicts():
     torch = pytest.importorskip("torch")
     ids = ["rrim-x4-rgb-psnr", "rrim-x4-rgb-gan", "rrim-x4-gray", "other-psnr"]
-    assert L.interpolation_pair("rrim-x4-rgb-gan", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
-    assert L.interpolation_pair("rrim-x4-rgb-psnr", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
-    assert L.interpolation_pair("other-psnr", ids) is None  # no partner
-    assert L.interpolation_pair("rrim-x4-gray", ids) is None
+    assert J.interpolation_pair("rrim-x4-rgb-gan", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
+    assert J.interpolation_pair("rrim-x4-rgb-psnr", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
+    assert J.interpolation_pair("other-psnr", ids) is None  # no partner
+    assert J.interpolation_pair("rrim-x4-gray", ids) is None
     a = {"w": torch.zeros(2), "n": torch.tensor([3])}
     b = {"w": torch.ones(2), "n": torch.tensor([3])}
-    mid = L.interpolate_state_dicts(a, b, 0.25)
+    mid = lerp_state_dicts(a, b, 0.25)
     assert torch.allclose(mid["w"], torch.full((2,), 0.25)) and int(mid["n"]) == 3
     with pytest.raises(InputError):
-        L.interpolate_state_dicts(a, {"w": torch.ones(3), "n": torch.tensor([3])}, 0.5)
+        lerp_state_dicts(a, {"w": torch.ones(3), "n": torch.tensor([3])}, 0.5)
     with pytest.raises(ValueError):
-        L.interpolate_state_dicts(a, b, 1.5)
+        lerp_state_dicts(a, b, 1.5)
 
 
 # -- metrics helpers -------------------------------------------------------------------------
@@ -182,15 +184,15 @@ def test_interpolation_pair_and_state_dicts():
 def test_metrics_table_and_data_range():
     res = {"model": {"rmse": 2.0, "psnr": 30.0, "ssim": 0.9, "fsim": 0.95},
            "bicubic": {"rmse": 3.0, "psnr": 28.5, "ssim": 0.85, "fsim": 0.9}, "convention": "c"}
-    t = L.metrics_table(res)
+    t = LM.metrics_table(res)
     assert t["index"] == ["RMSE", "PSNR (dB)", "SSIM", "FSIM"]
     assert t["columns"] == ["RRIM", "bicubic", "RRIM - bicubic"]
     assert t["data"][1] == [30.0, 28.5, 1.5]
-    assert L.metrics_table({"model": {"psnr": 1.0}})["columns"] == ["RRIM"]
+    assert LM.metrics_table({"model": {"psnr": 1.0}})["columns"] == ["RRIM"]
     ref = np.array([[0, 4095]], np.uint16)
-    assert L.metrics_data_range(np.uint16, ref) == 4095  # 12-bit data in uint16
-    assert L.metrics_data_range(np.uint8, np.array([[0, 10]], np.uint8)) == 255
-    assert L.metrics_data_range(np.uint16, np.array([[0, 60000]], np.uint16)) == 65535
+    assert LM.metrics_data_range(np.uint16, ref) == 4095  # 12-bit data in uint16
+    assert LM.metrics_data_range(np.uint8, np.array([[0, 10]], np.uint8)) == 255
+    assert LM.metrics_data_range(np.uint16, np.array([[0, 60000]], np.uint16)) == 65535
 
 
 def test_compare_arrays_averages_planes():
@@ -199,13 +201,13 @@ def test_compare_arrays_averages_planes():
     rng = np.random.default_rng(0)
     hr = rng.integers(0, 256, size=(2, 24, 24)).astype(np.uint8)
     sr = np.clip(hr.astype(int) + rng.integers(-9, 10, size=hr.shape), 0, 255).astype(np.uint8)
-    got = L.compare_arrays(sr, hr, rgb=False, data_range=255)
+    got = LM.compare_arrays(sr, hr, rgb=False, data_range=255)
     per = [compare(sr[i], hr[i], data_range=255) for i in range(2)]
     assert got["psnr"] == pytest.approx(np.mean([p["psnr"] for p in per]))
     assert "mean over 2 planes" in got["convention"]
     with pytest.raises(InputError, match="differ in shape"):
-        L.compare_arrays(sr[:, :20], hr, rgb=False, data_range=255)
-    err = L.error_map(np.full((2, 2, 3), 5, np.uint8), np.zeros((2, 2, 3), np.uint8), rgb=True)
+        LM.compare_arrays(sr[:, :20], hr, rgb=False, data_range=255)
+    err = LM.error_map(np.full((2, 2, 3), 5, np.uint8), np.zeros((2, 2, 3), np.uint8), rgb=True)
     assert err.shape == (2, 2) and float(err.max()) == 5.0
 
 
@@ -227,9 +229,9 @@ def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
     data.flags.writeable = False  # any write into the source would raise
     src = _info(name="stack", ndim=3, shape=data.shape, scale=(3.0, 1.0, 1.0),
                 translate=(0.0, 0.0, 0.0), contrast_limits=(0, 4095))
-    job = L.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=32,
+    job = J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=32,
                        bicubic=True, metrics=True)
-    res, events = _drain(L.run_upscale(job))
+    res, events = _drain(J.run_upscale(job))
     np.testing.assert_array_equal(data, before)
     assert res.sr.shape == res.bicubic.shape == (2, 80, 96) and res.sr.dtype == np.uint16
     assert events[-1].message == "self-check metrics"
@@ -245,7 +247,7 @@ def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
     bkw = res.layer_kwargs("bicubic")
     assert bkw["metadata"][L.META_KEY]["model_id"] is None
     # the widget allows 16-px tiles: the engine's default overlap shrinks to fit (8 px)
-    small, _ = _drain(L.run_upscale(L.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
+    small, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
                                                  tile=16, bicubic=False)))
     assert small.overlap == 8 and small.sr.shape == (2, 80, 96)
 
@@ -256,10 +258,10 @@ def test_run_upscale_on_dask_equals_numpy(tiny_registry):
     data = rng.integers(0, 256, size=(2, 16, 18), dtype=np.uint8)
     src = _info(name="s", ndim=3, shape=data.shape, dtype=np.dtype(np.uint8),
                 scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
-    res_np, _ = _drain(L.run_upscale(L.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
+    res_np, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
                                                   bicubic=True)))
     lazy = da.from_array(data, chunks=(1, 16, 18))
-    res_da, _ = _drain(L.run_upscale(L.UpscaleJob(source=src, data=lazy, weights_id="tiny-rrim-x4-gray",
+    res_da, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=lazy, weights_id="tiny-rrim-x4-gray",
                                                   bicubic=True)))
     np.testing.assert_array_equal(res_da.sr, res_np.sr)
     np.testing.assert_array_equal(res_da.bicubic, res_np.bicubic)
@@ -272,9 +274,9 @@ def test_closing_a_run_stops_between_tiles_and_releases_memory(tiny_registry, mo
     real = devices.release_memory
     monkeypatch.setattr(devices, "release_memory", lambda d=None: (released.append(d), real(d)))
     data = np.zeros((64, 64), np.uint8)
-    job = L.UpscaleJob(source=_info(shape=data.shape, dtype=np.dtype(np.uint8)), data=data,
+    job = J.UpscaleJob(source=_info(shape=data.shape, dtype=np.dtype(np.uint8)), data=data,
                        weights_id="tiny-rrim-x4-gray", tile=32)
-    gen = L.run_upscale(job)
+    gen = J.run_upscale(job)
     first = next(gen)
     second = next(gen)
     assert first.tiles_total > 2 and second.tiles_done <= 1
@@ -287,16 +289,16 @@ def test_closing_a_run_stops_between_tiles_and_releases_memory(tiny_registry, mo
 def test_no_weights_message_names_the_user_folder(isolated_registry):
     from napari_rrim_sr.registry import user_weights_dir
 
-    msg = L.no_weights_message()
+    msg = J.no_weights_message()
     assert "No trained weights" in msg and str(user_weights_dir()) in msg
     with pytest.raises(InputError, match="No trained weights"):
-        L.load_job_model(None)
+        J.load_job_model(None)
 
 
 def test_layers_module_imports_no_qt():
     import subprocess
 
-    code = ("import sys, napari_rrim_sr.layers, napari_rrim_sr.bundle; "
+    code = ("import sys, napari_rrim_sr.layers, napari_rrim_sr.job, napari_rrim_sr.bundle; "
             "bad = [m for m in sys.modules if m.startswith(('qtpy', 'PyQt5', 'PySide', 'napari.', 'magicgui'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -311,7 +313,7 @@ def test_self_check_follows_the_evaluate_protocol(tiny_registry, rgb):
     rng = np.random.default_rng(5)
     plane = rng.integers(0, 256, size=(42, 45, 3) if rgb else (42, 45), dtype=np.uint8)
     model = load_model("tiny-rrim-x4-rgb" if rgb else "tiny-rrim-x4-gray")
-    res, imgs = L.self_check_images(plane, model, rgb=rgb, normalization="dtype", precision="fp32")
+    res, imgs = J.self_check_images(plane, model, rgb=rgb, normalization="dtype", precision="fp32")
     ev = evaluate(plane, model, data_range=255, normalization="dtype", precision="fp32")
     for which in ("model", "bicubic"):
         for key in ("rmse", "psnr", "ssim", "fsim"):
@@ -333,3 +335,94 @@ def test_preselected_weights_prefers_what_the_layer_asks_for(tiny_registry):
     assert L.preselected_weights(None, 1, ids, tiny_registry) == "tiny-rrim-x4-gray"
     assert L.preselected_weights(ask, 1, ["tiny-rrim-x4-gray"], tiny_registry) == "tiny-rrim-x4-gray"
     assert L.preselected_weights({}, 1, [], tiny_registry) is None
+
+
+# -- the job pipeline (job.py): planning without a viewer ----------------------------------------
+
+class _FakeLayer:
+    """What plan_upscale reads of a napari Image layer (the GUI tests use real ones)."""
+
+    def __init__(self, data, name="img", rgb=False, multiscale=False):
+        self.data, self.name, self.rgb, self.multiscale = data, name, rgb, multiscale
+        self.ndim = data.ndim - (1 if rgb else 0)
+        self.scale = (1.0,) * self.ndim
+        self.translate = (0.0,) * self.ndim
+        self.metadata = {}
+
+    def world_to_data(self, point):
+        return tuple(point)
+
+
+def test_plan_upscale_checks_selects_the_slice_and_pairs_weights(tiny_registry, monkeypatch):
+    stack = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
+    s = J.UpscaleSettings(weights_id="tiny-rrim-x4-rgb-gan", alpha=None, current_slice=True)
+    job = J.plan_upscale(_FakeLayer(stack), s, point=(2.0, 0.0, 0.0), registry=tiny_registry)
+    assert job.slice_index == {0: 2} and job.data.shape == (1, 16, 16)  # kept as a stack of one
+    np.testing.assert_array_equal(job.data, stack[2:3])
+    assert job.pair == ("tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan") and job.alpha == 1.0  # the chosen end
+    job = J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", alpha=0.3, current_slice=False),
+                         registry=tiny_registry)
+    assert job.slice_index == {} and job.data.shape == stack.shape and job.pair is None and job.alpha is None
+    with pytest.raises(InputError, match="multiscale"):
+        J.plan_upscale(_FakeLayer(stack, multiscale=True), s, registry=tiny_registry)
+    with pytest.raises(InputError, match="cannot be upscaled"):
+        J.plan_upscale(_FakeLayer(np.zeros((8, 8), bool)), s, registry=tiny_registry)
+    with pytest.raises(InputError, match="No trained weights"):
+        J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings(None), registry=tiny_registry)
+    with pytest.raises(InputError, match="percentiles"):
+        J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", normalization="percentile",
+                                                            percentiles=(50, 10)), registry=tiny_registry)
+    monkeypatch.setattr(J, "available_memory", lambda: 1000)
+    with pytest.raises(InputError, match="Current slice only"):
+        J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", current_slice=False),
+                       registry=tiny_registry)
+
+
+def test_run_job_result_describes_layers_like_the_widget(tiny_registry):
+    """The demo and scripts run the same pipeline as the widget: run_job returns the result
+    whose layer_kwargs carry geometry and provenance."""
+    img = (np.random.default_rng(0).random((12, 10)) * 4000).astype(np.uint16)
+    job = J.plan_upscale(_FakeLayer(img), J.UpscaleSettings("tiny-rrim-x4-gray", device="cpu"),
+                         registry=tiny_registry)
+    res = J.run_job(job)
+    assert res.sr.shape == (48, 40) and res.sr.dtype == np.uint16 and res.bicubic.shape == (48, 40)
+    kw = res.layer_kwargs("rrim", extra={"untrained": False})
+    rec = kw["metadata"][L.META_KEY]
+    assert kw["name"] == "img RRIM x4" and kw["scale"] == (0.25, 0.25)
+    assert rec["model_id"] == "tiny-rrim-x4-gray" and rec["untrained"] is False and rec["slices"] == "all"
+    assert res.layer_kwargs("bicubic")["metadata"][L.META_KEY]["kind"] == "bicubic"
+
+
+def test_one_interpolation_for_the_slider_and_the_export(tiny_registry):
+    """The widget's PSNR<->GAN slider and `training interpolate` (which made the shipped GAN
+    file) blend with the same function, so they give the same tensors."""
+    torch = pytest.importorskip("torch")
+    from napari_rrim_sr.training.export import lerp_weights
+
+    pair = ("tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan")
+    slider = J.load_job_model(pair[1], pair=pair, alpha=0.3, registry=tiny_registry).module.state_dict()
+    exported = lerp_weights(*pair, 0.3).state_dict
+    assert set(slider) == set(exported)
+    for k, v in exported.items():
+        assert torch.equal(slider[k], v), k
+
+
+def test_user_message_and_device_helpers():
+    from napari_rrim_sr import devices
+    from napari_rrim_sr.errors import RRIMError, user_message
+
+    assert user_message(RRIMError("plain text")) == "plain text"
+    assert "Current slice only" in user_message(MemoryError(), stack=True)
+    assert "Current slice only" not in user_message(MemoryError())
+    assert "GPU ran out of memory" in user_message(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert user_message(KeyError("x")).startswith("Upscaling failed: KeyError")
+    assert devices.device_choices()[:2] == ["auto", "cpu"]
+    devices.sync("cpu")  # a no-op, not an error
+
+
+def test_representative_plane_is_the_middle_one():
+    st = np.arange(5 * 3 * 4 * 4).reshape(5, 3, 4, 4)
+    np.testing.assert_array_equal(L.representative_plane(st, rgb=False), st[2, 1])
+    np.testing.assert_array_equal(L.representative_plane(st[0, 0], rgb=False), st[0, 0])
+    rgbs = np.zeros((3, 4, 4, 3))
+    assert L.representative_plane(rgbs, rgb=True).shape == (4, 4, 3)

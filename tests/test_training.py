@@ -151,7 +151,8 @@ def test_cli_print_config_and_implied_train(tmp_path, capsys):
     out = capsys.readouterr().out
     parsed = __import__("tomllib").loads(out)
     assert parsed["steps"] == 5 and parsed["hparams"] == {"num_feat": 16}
-    for sub in ("train", "export", "interpolate", "bench"):
+    for sub in ("train", "export", "interpolate", "bench", "robust-check", "grid-check", "compare-gray",
+                "size-speed", "ship-gan"):
         with pytest.raises(SystemExit) as exc:
             main([sub, "--help"])
         assert exc.value.code == 0
@@ -159,7 +160,7 @@ def test_cli_print_config_and_implied_train(tmp_path, capsys):
 
 
 def test_lr_schedule():
-    from napari_rrim_sr.training.trainer import LRSchedule
+    from napari_rrim_sr.training.steps import LRSchedule
 
     cos = LRSchedule("cosine", 100, warmup=10, min_factor=0.01)
     assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
@@ -414,6 +415,32 @@ def test_resume_continues_step_lr_and_weights(tmp_path, data_dirs, iso):
         second.handle_signal(signal.SIGINT)
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_cli_exit_code_names_the_signal(tmp_path, data_dirs, iso, monkeypatch, capsys, sig, code):
+    """Defect 10a: SIGTERM (a scheduler's kill) ended training with SIGINT's 130; the exit code
+    is 128 + the signal, after the checkpoint is written."""
+    from napari_rrim_sr.training import cli
+    from napari_rrim_sr.training.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def step_then_signal(self, lr, hr):
+        stats = real_step(self, lr, hr)
+        if self.step == 1:  # the step counter is incremented after train_step returns
+            os.kill(os.getpid(), sig)
+        return stats
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    train, val = data_dirs
+    out = tmp_path / "run"
+    rc = cli.main(["--data", str(train), "--val", str(val), "--steps", "4", "--hparam", "num_feat=8",
+                   "--hparam", "num_block=1", "--batch-size", "2", "--patch-size", "32", "--threads", "1",
+                   "--precision", "fp32", "--val-every", "0", "--no-register", "--no-progress", "--out", str(out)])
+    assert rc == code
+    assert "stopped by signal" in capsys.readouterr().out
+    assert list(out.glob("*/checkpoints/last.pt")) or (out / "checkpoints" / "last.pt").is_file()
+
+
 @needs_shared
 @pytest.mark.parametrize("gan_type", ["esrgan", "srgan"])
 def test_gan_stage_runs_from_psnr_weights(tmp_path, data_dirs, iso, gan_type):
@@ -566,13 +593,9 @@ def test_interpolate_same_backbone_and_refusals(tmp_path, iso, capsys):
 
 
 def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
-    """training/ship_gan.py (how the shipped GAN file is assembled): lerp of the two files, GAN
+    """training.ship_gan (how the shipped GAN file is assembled): lerp of the two files, GAN
     recipe + interpolation record + the evaluate JSON's means in the metadata."""
-    import runpy
-
-    from napari_rrim_sr.weights_io import load_state_dict, read_metadata
-
-    from napari_rrim_sr.weights_io import file_sha256
+    from napari_rrim_sr.weights_io import file_sha256, load_state_dict, read_metadata
 
     a = _save_tiny(tmp_path / "psnr.safetensors", seed=1)
     # the GAN run read its --init from an out-of-git copy with the same bytes as the PSNR file
@@ -586,8 +609,8 @@ def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
           "convention": "test convention"}
     (tmp_path / "ev.json").write_text(json.dumps(ev))
     out = tmp_path / "shipped.safetensors"
-    ns = runpy.run_path(str(Path(__file__).parents[1] / "training" / "ship_gan.py"))
-    assert ns["main"](["--psnr", str(a), "--gan", str(b), "--alpha", "0.5", "--eval", str(tmp_path / "ev.json"),
+    from napari_rrim_sr.training import ship_gan
+    assert ship_gan.main(["--psnr", str(a), "--gan", str(b), "--alpha", "0.5", "--eval", str(tmp_path / "ev.json"),
                        "--psnr-steps", "24500", "-o", str(out)]) == 0
     sa, sb, sm = load_state_dict(a)[0], load_state_dict(b)[0], load_state_dict(out)[0]
     for k in sa:  # stored as fp16
@@ -607,18 +630,18 @@ def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
     c = _save_tiny(tmp_path / "gan2.safetensors", seed=3, recipe={"name": "gan", "init": "elsewhere.safetensors"},
                    extra={"training": {"steps": 10, "init": {"path": "elsewhere.safetensors", "sha256": "0" * 64}}})
     out2 = tmp_path / "shipped2.safetensors"
-    assert ns["main"](["--psnr", str(a), "--gan", str(c), "--eval", str(tmp_path / "ev.json"), "-o", str(out2)]) == 0
+    assert ship_gan.main(["--psnr", str(a), "--gan", str(c), "--eval", str(tmp_path / "ev.json"), "-o", str(out2)]) == 0
     assert read_metadata(out2)["recipe"]["init"] == "elsewhere.safetensors"
     # an existing output is kept unless --overwrite
     with pytest.raises(Exception, match="exists"):
-        ns["main"](["--psnr", str(a), "--gan", str(b), "--eval", str(tmp_path / "ev.json"), "-o", str(out)])
+        ship_gan.main(["--psnr", str(a), "--gan", str(b), "--eval", str(tmp_path / "ev.json"), "-o", str(out)])
     # an evaluation that names the tensors it scored must have scored these
     ev["provenance"] = {"tensors_sha256": meta["tensors_sha256"]}
     (tmp_path / "ev_ok.json").write_text(json.dumps(ev))
-    assert ns["main"](["--psnr", str(a), "--gan", str(b), "--eval", str(tmp_path / "ev_ok.json"),
+    assert ship_gan.main(["--psnr", str(a), "--gan", str(b), "--eval", str(tmp_path / "ev_ok.json"),
                        "-o", str(tmp_path / "ok.safetensors")]) == 0
     with pytest.raises(SystemExit, match="scored other weights"):
-        ns["main"](["--psnr", str(a), "--gan", str(b), "--alpha", "0.4", "--eval", str(tmp_path / "ev_ok.json"),
+        ship_gan.main(["--psnr", str(a), "--gan", str(b), "--alpha", "0.4", "--eval", str(tmp_path / "ev_ok.json"),
                     "-o", str(tmp_path / "bad.safetensors")])
     assert not (tmp_path / "bad.safetensors").exists()
 
@@ -639,67 +662,63 @@ def test_bench_training_tiny():
 
 
 def test_grid_check_measures_a_periodic_pattern_not_content():
-    """training/grid_check.py: a 2-px checkerboard of amplitude a reads about a at period 2,
+    """training.measure.grid: a 2-px checkerboard of amplitude a reads about a at period 2,
     smooth random content reads about 0."""
-    import runpy
-
-    ns = runpy.run_path(str(Path(__file__).parents[1] / "training" / "grid_check.py"))
-    rng = np.random.default_rng(0)
     from scipy.ndimage import gaussian_filter
+
+    from napari_rrim_sr.training.measure import grid as measure
+
+    rng = np.random.default_rng(0)
 
     content = gaussian_filter(rng.normal(128, 40, (200, 200)), 1.0)
     yy, xx = np.mgrid[:200, :200]
     grid = 2.0 * np.where((yy + xx) % 2 == 0, 1.0, -1.0)
-    amp_content = ns["grid_amplitude"](ns["highpass"](content), 2)
-    amp_grid = ns["grid_amplitude"](ns["highpass"](content + grid), 2)
+    amp_content = measure.grid_amplitude(measure.highpass(content), 2)
+    amp_grid = measure.grid_amplitude(measure.highpass(content + grid), 2)
     assert amp_content < 0.1
     assert 1.8 < amp_grid < 2.3
 
 
 def test_robust_check_degradations_and_overshoot():
-    """training/robust_check.py: the clean condition is exactly the evaluation LR, degradations
+    """training.measure.robust: the clean condition is exactly the evaluation LR, degradations
     are seeded; overshoot is ~0 for nearest-neighbour upscaling and reads a drawn dark hole."""
-    import runpy
-
     from napari_rrim_sr.evaluate import make_lr
+    from napari_rrim_sr.training.measure import robust
 
-    ns = runpy.run_path(str(Path(__file__).parents[1] / "training" / "robust_check.py"))
     rng = np.random.default_rng(0)
     hr = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(ns["degraded_lr"](hr, 0, 0, 0, seed=0), make_lr(hr, 4)[1])
-    a, b = ns["degraded_lr"](hr, 1.0, 3.0, 80, seed=1), ns["degraded_lr"](hr, 1.0, 3.0, 80, seed=1)
+    np.testing.assert_array_equal(robust.degraded_lr(hr, 0, 0, 0, seed=0), make_lr(hr, 4)[1])
+    a, b = robust.degraded_lr(hr, 1.0, 3.0, 80, seed=1), robust.degraded_lr(hr, 1.0, 3.0, 80, seed=1)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (16, 12, 3) and a.dtype == np.uint8
-    assert not np.array_equal(a, ns["degraded_lr"](hr, 1.0, 3.0, 80, seed=2))
-    sharp = ns["degraded_lr"](hr, 0, 0, 0, seed=0, alias=True)
+    assert not np.array_equal(a, robust.degraded_lr(hr, 1.0, 3.0, 80, seed=2))
+    sharp = robust.degraded_lr(hr, 0, 0, 0, seed=0, alias=True)
     assert sharp.std() > make_lr(hr, 4)[1].std()  # no antialiasing filter: more of HR's noise survives
 
     lr = np.full((20, 20, 3), 230, np.uint8)
     nearest = np.kron(lr, np.ones((4, 4, 1), np.uint8))
-    assert ns["overshoot"](lr, nearest) == (0.0, 0.0)
+    assert robust.overshoot(lr, nearest) == (0.0, 0.0)
     holed = nearest.copy()
     holed[40:44, 40:44] = 130  # a 4x4 dark hole, 100 RGB levels below anything in the LR
     depth = 100 * 219 / 255  # the same on BT.601 Y (16..235)
-    mean, p999 = ns["overshoot"](lr, holed)
+    mean, p999 = robust.overshoot(lr, holed)
     assert p999 == pytest.approx(depth) and mean == pytest.approx(16 * depth / (64 * 64))
 
 
 def test_robust_check_gray_conditions():
-    """training/robust_check.py --gray: clean LR is the antialiased bicubic x1/4; shot and read
+    """training.measure.robust --gray: clean LR is the antialiased bicubic x1/4; shot and read
     noise are seeded and stay in 0..1; the gray overshoot reads a drawn hole on the value scale."""
-    import runpy
-
     from napari_rrim_sr.bicubic import imresize
+    from napari_rrim_sr.training.measure import robust
 
-    ns = runpy.run_path(str(Path(__file__).parents[1] / "training" / "robust_check.py"))
     hr = np.random.default_rng(0).random((64, 48)).astype(np.float32)
-    clean = ns["degraded_lr_gray"](hr, 0, 0, False, seed=0)
+    clean = robust.degraded_lr_gray(hr, 0, 0, False, seed=0)
     np.testing.assert_allclose(clean, np.clip(imresize(hr.astype(np.float64), 0.25), 0, 1), atol=1e-6)
-    shot = ns["degraded_lr_gray"](hr, 50.0, 0, False, seed=3)
-    np.testing.assert_array_equal(shot, ns["degraded_lr_gray"](hr, 50.0, 0, False, seed=3))
+    shot = robust.degraded_lr_gray(hr, 50.0, 0, False, seed=3)
+    np.testing.assert_array_equal(shot, robust.degraded_lr_gray(hr, 50.0, 0, False, seed=3))
     assert shot.dtype == np.float32 and 0 <= shot.min() and shot.max() <= 1
     assert np.abs(shot - clean).mean() > 0.02  # 50 photons: a few % noise
     lr = np.full((20, 20), 200.0)
     sr = np.kron(lr, np.ones((4, 4)))
     sr[40:44, 40:44] = 150.0
-    assert ns["overshoot"](lr, sr)[1] == pytest.approx(50.0)
+    assert robust.overshoot(lr, sr)[1] == pytest.approx(50.0)

@@ -228,3 +228,30 @@ def describe(device, precision: str) -> str:
     else:
         name = dev.type
     return f"{name}, {precision}"
+
+
+def sync(device) -> None:
+    """Wait for queued GPU work on ``device`` (cuda or mps) to finish, so wall-clock timings
+    (benchmarks) measure the work, not its launch; a no-op on CPU."""
+    torch = _torch()
+    dev_type = getattr(device, "type", str(device or "").split(":")[0])
+    if dev_type == "cuda":
+        torch.cuda.synchronize(device)
+    elif dev_type == "mps":
+        torch.mps.synchronize()
+
+
+def device_choices() -> list[str]:
+    """The device names a user may pick here: auto, cpu, and the accelerators torch sees
+    (``cuda``, ``cuda:N`` when there are several, ``mps``)."""
+    out = ["auto", "cpu"]
+    try:
+        torch = _torch()
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            out += ["cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
+        if mps_available():
+            out.append("mps")
+    except Exception:  # pragma: no cover - torch broken: cpu only
+        log.debug("device query failed", exc_info=True)
+    return out

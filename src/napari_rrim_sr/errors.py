@@ -46,3 +46,26 @@ def positive_number(value, name: str) -> float:
     if not (math.isfinite(v) and v > 0):
         raise InputError(f"{name} must be a positive finite number, got {value!r}")
     return v
+
+
+def _is_device_oom(exc: BaseException) -> bool:
+    # as devices.is_oom, without importing torch here (errors is the bottom of the import graph)
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and "out of memory" in msg
+
+
+def user_message(exc: BaseException, *, stack: bool = False) -> str:
+    """One plain line for a failed run, for the GUI (no traceback): the message of an
+    :class:`RRIMError` as it is, advice for host and GPU out-of-memory (``stack``: the run was a
+    whole stack, so suggest the current slice), the type and text of anything unexpected."""
+    hint = "tick 'Current slice only', " if stack else ""
+    if isinstance(exc, MemoryError):
+        return "Not enough memory for this run. Try: " + hint + "a smaller tile size, or crop the layer first."
+    if _is_device_oom(exc):
+        return ("The GPU ran out of memory even with smaller tiles. Try " + hint +
+                "precision fp16/bf16, a smaller tile size, or device 'cpu'.")
+    if isinstance(exc, RRIMError):
+        return str(exc)
+    return f"Upscaling failed: {type(exc).__name__}: {exc}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
@@ -31,8 +31,11 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
+from .. import job as J
+from .. import layer_metrics as LM
 from .. import layers as L
-from ..errors import InputError, RRIMError
+from ..devices import device_choices
+from ..errors import InputError, RRIMError, user_message
 from . import METRICS_WIDGET_NAME, PLUGIN_NAME
 
 if TYPE_CHECKING:
@@ -70,43 +73,6 @@ def _release_memory() -> None:
         release_memory(None)
     except Exception:  # pragma: no cover - best effort
         log.debug("could not release device memory", exc_info=True)
-
-
-def user_message(exc: BaseException, *, stack: bool = False) -> str:
-    """A plain message for an expected problem (no traceback)."""
-    try:
-        from ..devices import is_oom
-    except Exception:  # pragma: no cover
-        is_oom = lambda e: False  # noqa: E731
-    if isinstance(exc, MemoryError):
-        hint = "tick 'Current slice only', " if stack else ""
-        return ("Not enough memory for this run. Try: " + hint +
-                "a smaller tile size, or crop the layer first.")
-    if is_oom(exc):
-        hint = "tick 'Current slice only', " if stack else ""
-        return ("The GPU ran out of memory even with smaller tiles. Try " + hint +
-                "precision fp16/bf16, a smaller tile size, or device 'cpu'.")
-    if isinstance(exc, RRIMError):
-        return str(exc)
-    return f"Upscaling failed: {type(exc).__name__}: {exc}"
-
-
-def device_choices() -> list[str]:
-    """auto, cpu, and the accelerators torch can see here."""
-    out = ["auto", "cpu"]
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            n = torch.cuda.device_count()
-            out += ["cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
-        from ..devices import mps_available
-
-        if mps_available():
-            out.append("mps")
-    except Exception:  # pragma: no cover - torch broken: cpu only
-        log.debug("device query failed", exc_info=True)
-    return out
 
 
 def _registry():
@@ -163,7 +129,7 @@ def _weights_choices(_widget=None):
 
 def _describe_weights(weights_id: str | None) -> str:
     if not weights_id:
-        return "⚠ " + L.no_weights_message()
+        return "⚠ " + J.no_weights_message()
     try:
         e = _registry().find_weights(weights_id)
     except RRIMError as exc:
@@ -211,7 +177,7 @@ class UpscaleWidget(Container):
         self.tile = SpinBox(label="Tile size (0 = auto)", min=0, max=8192, step=16, value=0,
                             tooltip="Input tile edge in pixels; smaller tiles use less memory.")
         self.normalization = ComboBox(
-            label="Normalisation", choices=list(L.NORMALIZATION_CHOICES), value="auto",
+            label="Normalisation", choices=list(J.NORMALIZATION_CHOICES), value="auto",
             tooltip="auto: dtype range when the data use it, else the data's min..max "
                     "(e.g. 12-bit values in uint16); percentiles: robust to hot pixels.",
         )
@@ -310,8 +276,7 @@ class UpscaleWidget(Container):
             self._model_touched = True
         wid = self.model.value
         self.model_info.value = _describe_weights(wid)
-        ids = [e.id for e in _registry().weights()]
-        pair = L.interpolation_pair(wid, ids) if wid else None
+        pair = J.interpolation_pair(wid, J.available_weight_ids(_registry())) if wid else None
         self.alpha.visible = pair is not None
         if pair is not None:
             self.alpha.value = 0.0 if wid == pair[0] else 1.0
@@ -323,8 +288,24 @@ class UpscaleWidget(Container):
         self.p_high.visible = pct
 
     # -- run -----------------------------------------------------------------------------
-    def make_job(self) -> L.UpscaleJob:
-        """Capture the widget's settings and the data to process (raises InputError)."""
+    def settings(self) -> J.UpscaleSettings:
+        """The widget's values as one settings object."""
+        return J.UpscaleSettings(
+            weights_id=self.model.value or None,
+            alpha=float(self.alpha.value),  # used only when the weights have a PSNR/GAN partner
+            device=str(self.device.value),
+            precision=str(self.precision.value),
+            tile=int(self.tile.value) or None,
+            normalization=str(self.normalization.value),
+            percentiles=(float(self.p_low.value), float(self.p_high.value)),
+            current_slice=bool(self.current_slice.value),
+            self_ensemble=bool(self.self_ensemble.value),
+            bicubic=bool(self.add_bicubic.value),
+            metrics=bool(self.compute_metrics.value),
+        )
+
+    def make_job(self) -> J.UpscaleJob:
+        """Plan a run of the source layer with the widget's settings (raises InputError)."""
         layer = self.source.value
         if layer is None:
             raise InputError("No image layer to upscale: open an image (File ▸ Open, or File ▸ "
@@ -332,55 +313,7 @@ class UpscaleWidget(Container):
         if not isinstance(layer, Image):
             raise InputError(f"'{layer.name}' is a {type(layer).__name__} layer; Upscale (RRIM x4) "
                              "works on image layers")
-        if layer.multiscale:
-            raise InputError(f"'{layer.name}' is a multiscale (pyramid) layer; open its full-"
-                             "resolution level as a plain layer or crop it first")
-        wid = self.model.value
-        if not wid:
-            raise InputError(L.no_weights_message())
-        entry = _registry().find_weights(wid)
-        info = L.source_info(layer)
-        ndim = layer.ndim
-        data = layer.data
-        slice_index: dict = {}
-        stack = L.is_stack(ndim)
-        if stack and self.current_slice.value:
-            point = layer.world_to_data(self._viewer.dims.point)
-            slice_index = L.current_slice_index(info["shape"], ndim, point)
-            data = data[L.slice_key(ndim, slice_index)]
-        if np.dtype(data.dtype).kind not in "iuf":
-            raise InputError(f"'{layer.name}' holds {data.dtype} data, which cannot be upscaled")
-        percentiles = (float(self.p_low.value), float(self.p_high.value))
-        # refuse impossible settings now (percentiles, "dtype" on float data), not in the worker
-        L.normalization_kwargs(str(self.normalization.value), data.dtype, None, None, percentiles)
-        factor = int(entry.scale)
-        n_out = 2 if self.add_bicubic.value else 1
-        needed = int(L.output_nbytes(data.shape, data.dtype, factor) * n_out * 1.25)
-        what = (f"Upscaling all {int(np.prod(data.shape[:ndim - 2]))} slices of '{layer.name}'"
-                if stack and not slice_index else f"Upscaling '{layer.name}'")
-        L.check_fits_in_memory(
-            needed, what,
-            suggestion=("tick 'Current slice only' or crop the stack" if stack and not slice_index
-                        else "crop the layer first, or use the command line with a zarr output"),
-        )
-        ids = [e.id for e in _registry().weights()]
-        pair = L.interpolation_pair(wid, ids)
-        return L.UpscaleJob(
-            source=info,
-            data=data,
-            weights_id=wid,
-            slice_index=slice_index,
-            pair=pair,
-            alpha=float(self.alpha.value) if pair else None,
-            device=str(self.device.value),
-            precision=str(self.precision.value),
-            tile=int(self.tile.value) or None,
-            normalization=str(self.normalization.value),
-            percentiles=percentiles,
-            self_ensemble=bool(self.self_ensemble.value),
-            bicubic=bool(self.add_bicubic.value),
-            metrics=bool(self.compute_metrics.value),
-        )
+        return J.plan_upscale(layer, self.settings(), point=self._viewer.dims.point, registry=_registry())
 
     def run(self, *_):
         """Start a run in a worker thread; returns the worker (None if nothing started)."""
@@ -395,7 +328,7 @@ class UpscaleWidget(Container):
             return None
         self._job = job
         self._cancelled = False
-        self._gen = L.run_upscale(job)
+        self._gen = J.run_upscale(job)
         worker = create_worker(_drive, self._gen, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
@@ -527,8 +460,7 @@ class MetricsWidget(Container):
                                   tooltip="The SR papers' convention; gray layers are scored as "
                                           "they are.")
         self.border = SpinBox(label="Border (px)", min=0, max=256, value=4)
-        self.data_range = ComboBox(label="Data range", value="auto", choices=[
-            ("auto", "auto"), ("dtype range", "dtype"), ("reference min-max", "reference")])
+        self.data_range = ComboBox(label="Data range", value="auto", choices=list(LM.DATA_RANGE_CHOICES))
         self.error_maps = CheckBox(text="Add error maps |SR − HR|", value=False)
         self.compute_button = PushButton(text="Compute")
         self.title = _wrap_label(Label(value=""))
@@ -584,17 +516,6 @@ class MetricsWidget(Container):
             self.source.value = names[parsed[0]]
 
     # -- compute ---------------------------------------------------------------------------
-    @staticmethod
-    def _data_range(choice: str, ref_layer_dtype, ref) -> float:
-        if choice == "dtype":
-            from ..metrics import data_range_for
-
-            return data_range_for(ref_layer_dtype)
-        if choice == "reference":
-            r = np.asarray(ref, dtype=np.float64)
-            return float(r.max() - r.min()) or 1.0
-        return L.metrics_data_range(ref_layer_dtype, ref)
-
     def compute(self, *_):
         """Compute in a worker thread; returns the worker (None if nothing started)."""
         if self.busy:
@@ -621,27 +542,12 @@ class MetricsWidget(Container):
         range_choice = str(self.data_range.value)
         if self.mode.value == "compare":
             sr, ref, bic = self.sr_layer.value, self.reference.value, self.bicubic_layer.value
-            if sr is None or ref is None:
-                raise InputError("Pick an SR layer and a reference layer of the same shape.")
-            if sr is ref:
-                raise InputError("The SR layer and the reference are the same layer.")
-            for lay in (sr, ref, bic):
-                if lay is not None and lay.multiscale:
-                    raise InputError(f"'{lay.name}' is multiscale; metrics need plain layers")
-            if tuple(sr.data.shape) != tuple(ref.data.shape):
-                raise InputError(
-                    f"'{sr.name}' {tuple(sr.data.shape)} and '{ref.name}' {tuple(ref.data.shape)} "
-                    "differ in shape; the reference must have the SR layer's shape (use "
-                    "'Self-check' to score a model on a source layer)"
-                )
-            if bic is not None and tuple(bic.data.shape) != tuple(ref.data.shape):
-                raise InputError(f"'{bic.name}' does not have the reference's shape")
+            LM.check_comparable(sr, ref, bic)
             ctx = {"mode": "compare", "sr": sr, "ref": ref, "bic": bic,
                    "title": f"'{sr.name}' vs '{ref.name}'"}
             gen = self._compare_task(np.asarray(sr.data), np.asarray(ref.data),
                                      None if bic is None else np.asarray(bic.data),
-                                     rgb=bool(ref.rgb), ref_dtype=ref.data.dtype,
-                                     y_channel=rgb_y and bool(ref.rgb), border=border,
+                                     rgb=bool(ref.rgb), y_channel=rgb_y and bool(ref.rgb), border=border,
                                      range_choice=range_choice,
                                      error_maps=bool(self.error_maps.value))
             return gen, ctx
@@ -649,10 +555,10 @@ class MetricsWidget(Container):
         if src is None:
             raise InputError("Pick a source layer to self-check.")
         if not wid:
-            raise InputError(L.no_weights_message())
+            raise InputError(J.no_weights_message())
         if src.multiscale:
             raise InputError(f"'{src.name}' is multiscale; metrics need plain layers")
-        plane, slice_index = self._current_plane(src)
+        plane, slice_index = J.current_plane(src, self._viewer.dims.point)
         ctx = {"mode": "self", "src": src, "slice_index": slice_index,
                "title": f"Self-check of '{src.name}' with {wid}"}
         gen = self._self_check_task(plane, wid, rgb=bool(src.rgb), y_channel=rgb_y and bool(src.rgb),
@@ -660,52 +566,13 @@ class MetricsWidget(Container):
                                     error_maps=bool(self.error_maps.value))
         return gen, ctx
 
-    def _current_plane(self, layer):
-        ndim = layer.ndim
-        if not L.is_stack(ndim):
-            return np.asarray(layer.data), {}
-        point = layer.world_to_data(self._viewer.dims.point)
-        idx = L.current_slice_index(layer.data.shape, ndim, point)
-        plane = np.asarray(layer.data[tuple(idx[a] for a in range(ndim - 2))])
-        return plane, idx
-
-    def _compare_task(self, sr, ref, bic, *, rgb, ref_dtype, y_channel, border, error_maps,
-                      range_choice="auto"):
+    def _compare_task(self, sr, ref, bic, **kw):
         yield "metrics"
-        dr = self._data_range(range_choice, ref_dtype, ref)
-        res = {"model": L.compare_arrays(sr, ref, rgb=rgb, data_range=dr, y_channel=y_channel,
-                                         border=border)}
-        if bic is not None:
-            res["bicubic"] = L.compare_arrays(bic, ref, rgb=rgb, data_range=dr,
-                                              y_channel=y_channel, border=border)
-        res["convention"] = res["model"].pop("convention")
-        if "bicubic" in res:
-            res["bicubic"].pop("convention", None)
-        maps = {}
-        if error_maps:
-            maps["model"] = L.error_map(sr, ref, rgb=rgb)
-            if bic is not None:
-                maps["bicubic"] = L.error_map(bic, ref, rgb=rgb)
-        return res, maps
+        return LM.compare_layers(sr, ref, bic, **kw)
 
-    def _self_check_task(self, plane, weights_id, *, rgb, y_channel, border, error_maps,
-                         range_choice="auto"):
-        yield "loading model"
-        from ..devices import release_memory
-        from ..weights_io import load_model
-
-        model = load_model(weights_id, registry=_registry())
+    def _self_check_task(self, plane, weights_id, **kw):
         yield "self-check"
-        try:
-            dr = None if range_choice == "auto" else self._data_range(range_choice, plane.dtype, plane)
-            res, images = L.self_check_images(plane, model, rgb=rgb, y_channel=y_channel,
-                                              border=border, data_range=dr)
-        finally:
-            release_memory(None)
-        maps = {}
-        if error_maps:
-            maps = {k: L.error_map(images[k], images["hr"], rgb=rgb) for k in ("model", "bicubic")}
-        return res, maps
+        return J.self_check(plane, weights_id, registry=_registry(), **kw)
 
     def _on_returned(self, result, ctx):
         if isinstance(result, Failure):
@@ -721,27 +588,12 @@ class MetricsWidget(Container):
             self._add_error_map(err, kind, ctx)
 
     def _add_error_map(self, err, kind, ctx):
-        label = "RRIM" if kind == "model" else "bicubic"
         if ctx["mode"] == "compare":
-            ref = ctx["ref"]
-            geom = {"scale": tuple(ref.scale), "translate": tuple(ref.translate)}
-            # an RGB error map is averaged over colour: it has the layer's ndim, like its scale
-            name = f"|{(ctx['sr'] if kind == 'model' else ctx['bic']).name} − {ref.name}|"
+            data, kw = L.error_map_layer(err, kind, reference=ctx["ref"],
+                                         compared=ctx["sr"] if kind == "model" else ctx["bic"])
         else:
-            src = ctx["src"]
-            ndim = src.ndim
-            idx = ctx["slice_index"]
-            scale = tuple(src.scale)[-2:]
-            translate = tuple(src.translate)[-2:]
-            if idx:  # place the 2-D map at its slice
-                err = err.reshape((1,) * (ndim - 2) + err.shape)
-                scale = tuple(src.scale)
-                translate = tuple(float(t) + float(s) * idx.get(a, 0) if a < ndim - 2 else float(t)
-                                  for a, (t, s) in enumerate(zip(src.translate, src.scale)))
-            geom = {"scale": scale, "translate": translate}
-            name = f"{src.name} self-check |{label} − HR|"
-        self._viewer.add_image(err, name=name, colormap="magma", blending="additive",
-                               metadata={L.META_KEY: {"kind": "error_map", "of": label}}, **geom)
+            data, kw = L.error_map_layer(err, kind, source=ctx["src"], slice_index=ctx["slice_index"])
+        self._viewer.add_image(data, **kw)
 
     def show_results(self, result: dict, *, title: str = "", source=None,
                      weights_id: str | None = None) -> None:
@@ -755,7 +607,7 @@ class MetricsWidget(Container):
                 self.source.value = source
             if weights_id and weights_id in (self.model.choices or ()):
                 self.model.value = weights_id
-        table = L.metrics_table(result)
+        table = LM.metrics_table(result)
         # numbers stay numbers (the table shows 4 decimals; scripts read full precision)
         self.table.value = {"data": table["data"], "index": table["index"],
                             "columns": table["columns"]}

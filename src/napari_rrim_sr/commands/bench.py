@@ -112,10 +112,9 @@ def _best(fn, repeat: int) -> float:
 
 
 def _sync(device) -> None:
-    import torch
+    from ..devices import sync  # the one sync (also the training benchmark's)
 
-    if getattr(device, "type", "") == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
 
 
 def _cpu_name() -> str:

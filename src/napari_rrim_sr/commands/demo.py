@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, RRIMError
+from ..jsonable import jsonable
+from ..safe_write import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ def _default_models(reg, model_arg, chans, allow_untrained):
             models[ch] = load_model(entry, registry=reg)
             continue
         if not allow_untrained:
-            from ..layers import no_weights_message
+            from ..job import no_weights_message
 
             raise RRIMError(no_weights_message() + " To check the pipeline anyway, run the demo "
                             "with --allow-untrained (a randomly initialised model; meaningless "
@@ -197,28 +199,22 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
                  device="auto", precision="auto", tile=None, overwrite=False,
                  size: int | None = None) -> dict:
     """Upscale the samples, evaluate, write images and the report; returns the report dict."""
-    from PIL import Image as PILImage
-
     from .. import __version__
     from ..bundle import write_layer_tiff
     from ..devices import describe
-    from ..engine import Upscaler, upscale_bicubic
     from ..evaluate import evaluate
-    from ..layers import (
-        metrics_data_range,
-        normalization_kwargs,
-        provenance,
-        result_layer_kwargs,
-    )
+    from ..job import UpscaleJob, normalization_kwargs, run_job
+    from ..layer_metrics import metrics_data_range
+    from ..layers import source_from_data
 
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: exists and is not a folder")
-    outdir.mkdir(parents=True, exist_ok=True)
     if (outdir / "report.md").exists() and not overwrite:
         raise InputError(f"{outdir} already holds a demo report; use --overwrite or another folder")
     loaded = _load_samples(samples, size)
     models, untrained = _models(model, loaded, allow_untrained)
+    outdir.mkdir(parents=True, exist_ok=True)  # only once samples and models are there
     if untrained:
         log.warning(UNTRAINED_BANNER)
         print(UNTRAINED_BANNER, file=sys.stderr)
@@ -227,58 +223,44 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
     for name, (data, kwargs) in loaded.items():
         rgb = bool(kwargs.get("rgb", False))
         m = models[name]
+        src = source_from_data(data, kwargs)
+        # the job pipeline the widget runs: same normalisation, engine call, provenance
+        job = UpscaleJob(source=src, data=data, weights_id=m.id, device=device, precision=precision,
+                         tile=tile, normalization="auto", bicubic=True, metrics=False)
+        result = run_job(job, model=m)
+        sr, bic = result.sr, result.bicubic
+        t_model, t_bic = result.elapsed_s, result.bicubic_elapsed_s
+        dev_desc = describe(result.device, result.precision)
         lo_hi = (float(data.min()), float(data.max()))
-        norm = normalization_kwargs("auto", data.dtype, *lo_hi)
-        up = Upscaler(m, device=device, precision=precision, channels=3 if rgb else 1)
-        try:
-            t0 = time.perf_counter()
-            sr = up.upscale(data, rgb=rgb, tile=tile, **norm)
-            t_model = time.perf_counter() - t0
-            run_info = dict(up.last_run)
-            dev_desc = describe(up.device, up.precision)
-            t0 = time.perf_counter()
-            bic = upscale_bicubic(data, m.scale, rgb=rgb)
-            t_bic = time.perf_counter() - t0
-            dr = metrics_data_range(data.dtype, data)
-            t0 = time.perf_counter()
-            ev = evaluate(data, None, upscaler=up, data_range=dr, tile=tile,
-                          **normalization_kwargs("auto", data.dtype, *lo_hi))
-            t_eval = time.perf_counter() - t0
-        finally:
-            up.close()
-        ndim = data.ndim - (1 if rgb else 0)
-        src = {"name": kwargs["name"], "ndim": ndim, "rgb": rgb, "shape": data.shape,
-               "dtype": data.dtype, "scale": tuple(kwargs.get("scale", (1.0,) * ndim)),
-               "translate": (0.0,) * ndim, "colormap": kwargs.get("colormap"),
-               "contrast_limits": kwargs.get("contrast_limits"), "units": kwargs.get("units")}
-        prov_model = m.provenance()
+        # the self-check scores by evaluate's protocol (the numbers the README quotes)
+        t0 = time.perf_counter()
+        ev = evaluate(data, m, device=device, precision=precision,
+                      data_range=metrics_data_range(data.dtype, data), tile=tile,
+                      **normalization_kwargs("auto", data.dtype, *lo_hi))
+        t_eval = time.perf_counter() - t0
+        result.metrics = ev
+        prov_model = result.model
         files = {}
         base_meta = {"name": kwargs["name"], "scale": src["scale"], "rgb": rgb,
                      "metadata": kwargs.get("metadata", {}), "units": kwargs.get("units"),
                      "colormap": kwargs.get("colormap"), "contrast_limits": kwargs.get("contrast_limits")}
         files["source"] = write_layer_tiff(outdir / f"{name}_source.tif", data, base_meta,
                                            overwrite=overwrite)
-        for kind, arr, elapsed in (("rrim", sr, t_model), ("bicubic", bic, t_bic)):
-            rec = provenance(kind=kind, source_name=kwargs["name"], source_shape=data.shape,
-                             source_dtype=data.dtype, factor=m.scale, model=prov_model,
-                             device=str(run_info.get("device")) if kind == "rrim" else "cpu",
-                             precision=run_info.get("precision") if kind == "rrim" else None,
-                             tile=run_info.get("tile") if kind == "rrim" else None,
-                             normalization={"mode": norm["normalization"]} if kind == "rrim" else None,
-                             elapsed_s=elapsed, metrics=ev if kind == "rrim" else None,
-                             extra={"untrained": True} if (untrained and kind == "rrim") else None)
-            kw = result_layer_kwargs(src, arr, kind=kind, factor=m.scale, record=rec)
+        for kind, arr in (("rrim", sr), ("bicubic", bic)):
+            kw = result.layer_kwargs(kind, extra={"untrained": True} if (untrained and kind == "rrim") else None)
             files[kind] = write_layer_tiff(outdir / f"{name}_{kind}_x{m.scale}.tif", arr, kw,
                                            overwrite=overwrite)
+        norm = {"normalization": result.normalization["mode"]}
+        run_info = {"precision": result.precision, "tile": result.tile}
         lo, hi = lo_hi if data.dtype != np.uint8 else (0.0, 255.0)
         if kwargs.get("contrast_limits"):
             lo, hi = kwargs["contrast_limits"]
         for kind, arr in (("rrim", sr), ("bicubic", bic)):
             png = outdir / f"{name}_{kind}_x{m.scale}.png"
-            PILImage.fromarray(_preview_u8(arr, lo, hi)).save(png)
+            _save_png(png, _preview_u8(arr, lo, hi), overwrite)
             files[f"{kind}_png"] = png
         cmp_png = outdir / f"{name}_comparison.png"
-        PILImage.fromarray(_side_by_side(data, bic, sr, lo, hi, rgb=rgb, factor=m.scale)).save(cmp_png)
+        _save_png(cmp_png, _side_by_side(data, bic, sr, lo, hi, rgb=rgb, factor=m.scale), overwrite)
         files["comparison_png"] = cmp_png
         rows.append({
             "sample": name,
@@ -311,11 +293,15 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
         "warning": UNTRAINED_BANNER if untrained else None,
         "samples": rows,
     }
-    from ..layers import jsonable
-
-    (outdir / "report.json").write_text(json.dumps(jsonable(report), indent=2) + "\n", encoding="utf-8")
-    (outdir / "report.md").write_text(_markdown(report), encoding="utf-8")
+    atomic_write(outdir / "report.json", json.dumps(jsonable(report), indent=2) + "\n", overwrite=overwrite)
+    atomic_write(outdir / "report.md", _markdown(report), overwrite=overwrite)
     return report
+
+
+def _save_png(path: Path, u8: np.ndarray, overwrite: bool) -> Path:
+    from PIL import Image as PILImage
+
+    return atomic_write(path, lambda tmp: PILImage.fromarray(u8).save(tmp, format="PNG"), overwrite=overwrite)
 
 
 def _fmt(v, nd=3):

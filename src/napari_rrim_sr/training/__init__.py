@@ -3,8 +3,11 @@ registers weights (PSNR stage, GAN stage) for any registered backbone.
 
 Modules: :mod:`.config` (the :class:`TrainConfig` dataclass, TOML), :mod:`.data` (HR images ->
 on-the-fly LR/HR patches), :mod:`.losses` (pixel, VGG perceptual/Gram, SRGAN/ESRGAN adversarial),
-:mod:`.trainer` (the loop, checkpoints, validation, run directory), :mod:`.export` (weights
-export/registration, network interpolation), :mod:`.bench` (throughput), :mod:`.cli`.
+:mod:`.trainer` (the loop and the run directory), :mod:`.steps` (LR schedule, EMA, PSNR and GAN
+steps), :mod:`.checkpoint` (checkpoint/resume; imported by both the trainer and export),
+:mod:`.runlog` (log.jsonl, log.csv, plots), :mod:`.validation` (evaluate's LR and metrics),
+:mod:`.export` (weights export/registration, network interpolation), :mod:`.bench` (throughput),
+:mod:`.measure` (robustness measurements of weights), :mod:`.cli`.
 
 Importing this package does not import torch; the submodules do.
 """

@@ -65,12 +65,12 @@ def bench_training(*, backbone: str = "rrim", hparams: dict | None = None, chann
 
             for _ in range(warmup):
                 step()
-            _sync(dev)
+            devices.sync(dev)
             times = []
             for _ in range(steps):
                 t0 = time.perf_counter()
                 step()
-                _sync(dev)
+                devices.sync(dev)
                 times.append(time.perf_counter() - t0)
             times.sort()
             med = times[len(times) // 2]
@@ -108,10 +108,3 @@ def bench_loader(data: Sequence[str], *, channels: int = 3, scale: int = 4, batc
     for w in workers:
         out["loader"].append(measure_loader(ds, batch_size=batch_size, workers=w, batches=batches))
     return out
-
-
-def _sync(dev) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    elif dev.type == "mps":
-        torch.mps.synchronize()

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loader with degradations (blur sigma 0.2-2, noise sigma 1-10, JPEG quality 50-95)")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench)
+    for name, (_, text) in TOOLS.items():  # listed here; main() hands their arguments to them
+        sub.add_parser(name, help=text, add_help=False)
     return parser
+
+
+#: measurements and the shipped-GAN assembly: ``python -m napari_rrim_sr.training NAME ...`` runs
+#: ``main(argv)`` of the module (its own options; NAME --help lists them)
+TOOLS = {
+    "robust-check": ("napari_rrim_sr.training.measure.robust",
+                     "score RGB (or --gray) models on degraded LR and measure overshoot"),
+    "grid-check": ("napari_rrim_sr.training.measure.grid", "measure the 2-/4-px GAN grid and detail on Kodak24"),
+    "compare-gray": ("napari_rrim_sr.training.measure.gray",
+                     "gray model vs bicubic and the RGB model on held-out microscopy"),
+    "size-speed": ("napari_rrim_sr.training.measure.size_speed", "inference speed of RRIM sizes"),
+    "ship-gan": ("napari_rrim_sr.training.ship_gan",
+                 "assemble the shipped GAN weights (interpolation + recipe + metrics)"),
+}
+
+
+def run_tool(name: str, argv: list[str]) -> int:
+    import importlib
+
+    return int(importlib.import_module(TOOLS[name][0]).main(argv) or 0)
 
 
 # -- config merging ---------------------------------------------------------------------------
@@ -222,7 +245,7 @@ def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, Any]:
     elif resume:
         saved = None
         if resume not in ("last", "auto"):
-            from .trainer import load_checkpoint
+            from .checkpoint import load_checkpoint
 
             ck = Path(resume)
             saved = load_checkpoint(ck)["config"]
@@ -279,7 +302,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(f"weights: {result.weights}")
     if result.installed:
         print(f"registered as {result.weights.stem!r}: {result.installed}")
-    return 0 if result.status == "completed" else 130
+    if result.status == "completed":
+        return 0
+    # stopped by a signal (checkpoint written): the shell's convention 128 + N, so SIGINT gives
+    # 130 and SIGTERM (a scheduler's kill) 143
+    return 128 + int(result.signal or signal.SIGINT)
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
@@ -365,6 +392,13 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if a not in ("-v", "--verbose")), None)
+    if first in TOOLS:
+        rest = argv[argv.index(first) + 1:]
+        try:
+            return run_tool(first, rest)
+        except RRIMError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if first is not None and first not in SUBCOMMANDS and first not in ("-h", "--help"):
         i = argv.index(first)
         argv.insert(i, "train")  # flags without a subcommand: train

@@ -287,9 +287,13 @@ class TrainConfig:
         return dumps_toml(self.to_dict())
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.toml").write_text(self.to_toml())
-        (folder / "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """config.toml and config.json of a run (replaced atomically on resume)."""
+        from ..jsonable import jsonable
+        from ..safe_write import atomic_write
+
+        folder = Path(folder)
+        atomic_write(folder / "config.toml", self.to_toml(), overwrite=True)
+        atomic_write(folder / "config.json", json.dumps(jsonable(self.to_dict()), indent=2) + "\n", overwrite=True)
 
 
 def load_toml(path) -> dict[str, Any]:

@@ -672,6 +672,8 @@ def load_validation(source: str, *, channels: int, scale: int, limit: int = 0, c
     """Validation images mapped like the training data (stacks: the middle plane), centre-cropped
     to ``crop`` (if > 0) and mod-cropped to ``scale``."""
     files, problems = find_images([source], exclude)
+    from ..layers import representative_plane
+
     out: list[ValImage] = []
     for p in files:
         if limit and len(out) >= limit:
@@ -684,7 +686,8 @@ def load_validation(source: str, *, channels: int, scale: int, limit: int = 0, c
         except Exception as exc:
             problems.append((str(p), f"unreadable: {type(exc).__name__}: {exc}"))
             continue
-        img = arr[arr.shape[0] // 2].astype(np.float64) * (255.0 / (255.0 if bits == 8 else 65535.0))
+        # (N, H, W, C) planes: the middle one, as a self-check picks it
+        img = representative_plane(arr, rgb=True).astype(np.float64) * (255.0 / (255.0 if bits == 8 else 65535.0))
         h, w = img.shape[:2]
         if crop:
             ch, cw = min(h, crop), min(w, crop)

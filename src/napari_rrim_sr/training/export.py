@@ -53,7 +53,7 @@ def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bo
     """Write ``RUN_DIR/NAME.safetensors`` from the run's checkpoint and optionally register it."""
     from ..registry import user_weights_dir
     from ..weights_io import install_weights, read_metadata
-    from .trainer import find_checkpoint, load_checkpoint
+    from .checkpoint import find_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
     ckpt_path = Path(checkpoint) if checkpoint else find_checkpoint(run_dir)
@@ -163,8 +163,7 @@ class Interpolated:
 def lerp_weights(a, b, alpha: float) -> Interpolated:
     """``(1 - alpha) * A + alpha * B`` of two weights (ids or files), in memory; refuses different
     backbones, hyper-parameters, tensor names or shapes with a message naming the difference."""
-    import torch
-
+    from ..interpolation import lerp_state_dicts
     from ..weights_io import detect_backbone, file_sha256, load_state_dict
 
     try:
@@ -200,13 +199,7 @@ def lerp_weights(a, b, alpha: float) -> Interpolated:
     shapes = [f"{k} {tuple(sda[k].shape)} vs {tuple(sdb[k].shape)}" for k in sda if sda[k].shape != sdb[k].shape]
     if shapes:
         raise ExportError(f"cannot interpolate: {len(shapes)} tensor shapes differ (e.g. {'; '.join(shapes[:2])})")
-    sd = {}
-    for k, ta in sda.items():
-        tb = sdb[k]
-        if ta.is_floating_point():
-            sd[k] = torch.lerp(ta.float(), tb.float(), alpha)
-        else:
-            sd[k] = ta.clone()  # counters (e.g. BN num_batches_tracked): keep A's
+    sd = lerp_state_dicts(sda, sdb, alpha)  # the one interpolation (also the widget's slider)
     record = {
         "formula": "(1 - alpha) * A + alpha * B (ESRGAN network interpolation)",
         "alpha": alpha,

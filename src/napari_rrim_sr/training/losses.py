@@ -308,3 +308,23 @@ class AdversarialLoss:
         if self.kind == "srgan":
             return self._bce(real, 1.0) + self._bce(fake, 0.0)
         return 0.5 * (self._bce(real - fake.mean(), 1.0) + self._bce(fake - real.mean(), 0.0))
+
+
+def perceptual_loss_for(cfg) -> "PerceptualLoss":
+    """The GAN stage's perceptual (and Gram) loss of a :class:`~.config.TrainConfig`: the VGG
+    file or torchvision name, its architecture and layers (the defaults of the detected
+    architecture when ``vgg_layers`` is empty) and input convention. Fills ``cfg.vgg_layers``
+    and ``cfg.vgg_input`` with what was resolved, so the run's config records them."""
+    layers = dict(cfg.vgg_layers)
+    if not layers:
+        arch = cfg.vgg_arch
+        if arch == "auto":
+            arch = ("vgg19" if cfg.vgg_weights.endswith("vgg19") else "vgg16") \
+                if cfg.vgg_weights.startswith("torchvision:") \
+                else detect_vgg_arch(read_vgg_state_dict(cfg.vgg_weights))
+        layers = default_vgg_layers(arch)
+        cfg.vgg_layers = layers
+    vgg = build_vgg(cfg.vgg_weights, list(layers), arch=cfg.vgg_arch, input_convention=cfg.vgg_input)
+    if cfg.vgg_input == "auto":
+        cfg.vgg_input = vgg.input_convention
+    return PerceptualLoss(vgg, layers, cfg.percep_criterion, gram=cfg.gram_weight > 0)

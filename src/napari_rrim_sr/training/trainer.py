@@ -1,4 +1,8 @@
-"""The training loop: PSNR stage and GAN stage, checkpoints, resume, validation, run directory.
+"""The training loop and its run directory: setup (hardware, models, data), resume, signals,
+the loop itself. The parts by role live beside it: :mod:`.steps` (PSNR and GAN steps, LR
+schedule, EMA), :mod:`.checkpoint` (write/read/find), :mod:`.runlog` (logs and plots),
+:mod:`.validation` (evaluate's convention). What remains (about 600 lines) is one object's
+state: its setup, resume and loop read and write the same attributes.
 
 Run directory layout (``RUN_DIR``)::
 
@@ -13,12 +17,14 @@ Run directory layout (``RUN_DIR``)::
 
 Checkpoints are written with ``torch.save`` and read only with ``torch.load(weights_only=True)``:
 they hold tensors and plain Python values (RNG states converted to tensors/lists).
+
+A run stopped by SIGINT or SIGTERM finishes the current step, writes ``checkpoints/last.pt`` and
+returns ``status="interrupted"`` with the signal; the CLI exits with 128 + the signal (130, 143).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 import math
@@ -31,99 +37,35 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import devices
-from ..errors import RRIMError
+from ..jsonable import jsonable
+from ..safe_write import atomic_write
+from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_checkpoint: public here too
+    CKPT_FORMAT,
+    TrainingError,
+    adapt_channels,
+    find_checkpoint,
+    load_checkpoint,
+    plain,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import ConfigError, TrainConfig
 from .data import DataReport, Degradations, PatchDataset, load_records, load_validation, make_loader
+from .runlog import RunLog
+from .steps import EMA, LRSchedule, train_step
+from .validation import save_sample_grid, val_convention, validate_images
 
 log = logging.getLogger(__name__)
 
-CKPT_FORMAT = 1
 #: configuration keys that must not change when a run is resumed
 STRUCTURAL_KEYS = ("backbone", "hparams", "channels", "scale", "stage", "discriminator", "d_hparams", "gan_type")
-
-
-class TrainingError(RRIMError):
-    """Training cannot go on (diverged, bad checkpoint...)."""
-
-
-# -- small helpers ----------------------------------------------------------------------------
-
-class LRSchedule:
-    """LR factor per optimiser step: linear warm-up, then cosine / step / constant.
-
-    A callable object with plain attributes, so ``LambdaLR.state_dict()`` stores it as a dict.
-    """
-
-    def __init__(self, kind: str, steps: int, warmup: int = 0, min_factor: float = 0.0,
-                 milestones: list[int] | None = None, gamma: float = 0.5):
-        self.kind, self.steps, self.warmup = kind, int(steps), int(warmup)
-        self.min_factor, self.gamma = float(min_factor), float(gamma)
-        self.milestones = sorted(int(m) for m in (milestones or [int(steps * f) for f in (0.5, 0.75, 0.9)]))
-
-    def __call__(self, step: int) -> float:
-        if self.warmup and step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.kind == "constant":
-            return 1.0
-        if self.kind == "step":
-            return self.gamma ** sum(1 for m in self.milestones if step >= m)
-        span = max(1, self.steps - self.warmup)
-        t = min(1.0, (step - self.warmup) / span)
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-class EMA:
-    """Exponential moving average of a module's parameters (buffers copied)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = float(decay)
-        self.module = copy.deepcopy(model).eval()
-        self.module.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1.0 + step) / (10.0 + step))  # warm start: fast early tracking
-        ema_p = [p for p in self.module.parameters()]
-        cur_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, cur_p, 1.0 - d)
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
-            b_ema.copy_(b)
-
-
-def rng_state() -> dict:
-    """All RNG states as tensors and plain values (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": int(py_state[0]), "state": list(py_state[1]), "gauss": py_state[2]},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(state["cuda"])
-        except Exception as exc:  # different GPU count: not fatal
-            log.warning("could not restore CUDA RNG states: %s", exc)
 
 
 def hardware_info(device: torch.device) -> dict:
@@ -144,42 +86,12 @@ def hardware_info(device: torch.device) -> dict:
     return info
 
 
-def _plain(obj):
-    """Round-trip through JSON: only dict/list/str/int/float/bool/None remain."""
-    return json.loads(json.dumps(obj, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # never leave a truncated checkpoint under the final name
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint with ``weights_only=True`` (no code is unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or "model" not in ckpt:
-        raise TrainingError(f"{path} is not a napari-rrim-sr training checkpoint")
-    return ckpt
-
-
-def find_checkpoint(run_dir: Path) -> Path | None:
-    p = run_dir / "checkpoints" / "last.pt"
-    return p if p.is_file() else None
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
     step: int
     status: str  # "completed" or "interrupted"
+    signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
     weights: Path | None = None
     installed: Path | None = None
     metrics: dict = field(default_factory=dict)
@@ -187,27 +99,6 @@ class TrainResult:
 
 
 # -- the trainer ------------------------------------------------------------------------------
-
-def adapt_channels(src: dict, dst: dict) -> dict:
-    """``src`` weights reshaped to ``dst``'s channel count (RGB <-> gray) so the new model computes
-    exactly what the old one did on replicated gray input averaged back (the engine's rule for a
-    3-channel model on 1-channel data): input convs sum their RGB kernels, output convs average
-    their RGB filters; the reverse direction splits/replicates. Other tensors must match."""
-    out = {}
-    for key, w in src.items():
-        target = dst.get(key)
-        if target is None or tuple(w.shape) == tuple(target.shape):
-            out[key] = w
-            continue
-        ws, ts = tuple(w.shape), tuple(target.shape)
-        if w.dim() >= 2 and ws[0] == ts[0] and ws[2:] == ts[2:] and {ws[1], ts[1]} == {1, 3}:
-            out[key] = w.sum(1, keepdim=True) if ts[1] == 1 else w.repeat(1, 3, *([1] * (w.dim() - 2))) / 3
-        elif ws[1:] == ts[1:] and {ws[0], ts[0]} == {1, 3}:
-            out[key] = w.mean(0, keepdim=True) if ts[0] == 1 else w.repeat(3, *([1] * (w.dim() - 1)))
-        else:
-            raise ConfigError(f"--init tensor {key} has shape {ws}, the model needs {ts}")
-    return out
-
 
 class Trainer:
     """Set up from a :class:`TrainConfig`; :meth:`run` trains to ``cfg.steps``.
@@ -244,6 +135,7 @@ class Trainer:
             raise TrainingError(f"{self.run_dir} already holds a training run (checkpoints/last.pt): "
                                 "continue it with --resume, or choose another --out / --name")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.runlog = RunLog(self.run_dir)
         if ckpt is None:
             self.log_path.unlink(missing_ok=True)
         self._setup_hardware()
@@ -405,21 +297,9 @@ class Trainer:
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, self._schedule())
             self.adv_loss = AdversarialLoss(cfg.gan_type)
             if self.gan_w["percep_weight"] > 0 or cfg.gram_weight > 0:
-                from .losses import PerceptualLoss, build_vgg, default_vgg_layers, detect_vgg_arch, read_vgg_state_dict
+                from .losses import perceptual_loss_for
 
-                layers = dict(cfg.vgg_layers)
-                if not layers:
-                    arch = cfg.vgg_arch
-                    if arch == "auto":
-                        arch = ("vgg19" if cfg.vgg_weights.endswith("vgg19") else "vgg16") \
-                            if cfg.vgg_weights.startswith("torchvision:") \
-                            else detect_vgg_arch(read_vgg_state_dict(cfg.vgg_weights))
-                    layers = default_vgg_layers(arch)
-                    self.cfg.vgg_layers = layers
-                vgg = build_vgg(cfg.vgg_weights, list(layers), arch=cfg.vgg_arch, input_convention=cfg.vgg_input)
-                if cfg.vgg_input == "auto":
-                    self.cfg.vgg_input = vgg.input_convention
-                self.percep = PerceptualLoss(vgg, layers, cfg.percep_criterion, gram=cfg.gram_weight > 0).to(self.device)
+                self.percep = perceptual_loss_for(self.cfg).to(self.device)  # fills vgg_layers/vgg_input
                 if self.channels_last:
                     self.percep.to(memory_format=torch.channels_last)
 
@@ -438,7 +318,8 @@ class Trainer:
         )
         self.data_report: DataReport = report
         log.info("training data: %s", report.summary())  # skipped files were logged by load_records
-        (self.run_dir / "data.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        atomic_write(self.run_dir / "data.json", json.dumps(jsonable(report.as_dict()), indent=2) + "\n",
+                     overwrite=True)
         self.dataset = PatchDataset(
             records, patch_size=cfg.patch_size, scale=cfg.scale, channels=cfg.channels,
             degradations=Degradations.from_config(cfg), augment=cfg.augment, seed=cfg.seed,
@@ -493,207 +374,50 @@ class Trainer:
             group["lr"] = base * sched.lr_lambdas[0](sched.last_epoch)
         sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
-    # -- logging ----------------------------------------------------------------------------
+    # -- logging (runlog.py) -------------------------------------------------------------------
     @property
     def log_path(self) -> Path:
-        return self.run_dir / "log.jsonl"
+        return self.runlog.path
 
     def _write_log(self, record: dict) -> None:
-        with open(self.log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        self.runlog.write(record)
 
     def _log_event(self, event: str, **extra) -> None:
-        self._write_log({"kind": "event", "event": event, "step": self.step, "time": time.time(), **extra})
+        self.runlog.event(event, self.step, **extra)
 
     def _trim_log(self, step: int) -> None:
         """On resume, drop records written after the checkpoint (they will be written again)."""
-        if not self.log_path.exists():
-            return
-        kept = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("kind") == "event" or int(rec.get("step", 0)) <= step:
-                kept.append(rec)
-        self.log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.history = [r for r in kept if r.get("kind") == "train"]
+        self.history = self.runlog.trim(step)
 
     def _write_csv(self) -> None:
-        rows = self.history + [dict(r, kind="val") for r in self.val_history]
-        if not rows:
-            return
-        keys: list[str] = []
-        for r in rows:
-            for k, v in r.items():
-                if k not in keys and not isinstance(v, (dict, list)):
-                    keys.append(k)
-        rows = sorted(rows, key=lambda r: (r.get("step", 0), r.get("kind") != "train"))
-        with open(self.run_dir / "log.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+        self.runlog.write_csv(self.history, self.val_history)
 
     def plot(self) -> None:
         """loss.png and val.png from the logged history (matplotlib Agg; skipped if missing)."""
-        try:
-            import matplotlib
+        self.runlog.plot(self.history, self.val_history, name=self.cfg.name, gan=self.disc is not None,
+                         bicubic=self.bicubic_metrics, convention=self.val_convention())
 
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError:
-            log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
-            return
-        if self.history:
-            fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-            steps = [r["step"] for r in self.history]
-            keys = ("loss", "l_pix", "l_percep", "l_gram", "l_adv", "l_d") if self.disc is not None else ("loss",)
-            for key in keys:
-                vals = [r.get(key) for r in self.history]
-                if any(v is not None for v in vals):
-                    ax.plot(steps, [v if v is not None else np.nan for v in vals], label=key, lw=1)
-            ax.set_xlabel("step")
-            ax.set_ylabel("loss")
-            if all((r.get("loss") or 0) > 0 for r in self.history):
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-            ax.legend()
-            ax.set_title(f"{self.cfg.name}: training losses")
-            fig.tight_layout()
-            fig.savefig(self.run_dir / "loss.png")
-            plt.close(fig)
-        if self.val_history:
-            keys = [k for k in ("psnr", "ssim", "fsim") if k in self.val_history[-1]]
-            fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), dpi=100, squeeze=False)
-            steps = [r["step"] for r in self.val_history]
-            for ax, key in zip(axes[0], keys):
-                ax.plot(steps, [r[key] for r in self.val_history], "o-", label=self.cfg.name, ms=3)
-                if self.bicubic_metrics and key in self.bicubic_metrics:
-                    ax.axhline(self.bicubic_metrics[key], color="gray", ls="--", label="bicubic")
-                ax.set_xlabel("step")
-                ax.set_title(key.upper() + (" (dB)" if key == "psnr" else ""))
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=8)
-            fig.suptitle(f"validation: {self.val_convention()}", fontsize=8)
-            fig.tight_layout()
-            fig.savefig(self.run_dir / "val.png")
-            plt.close(fig)
-
-    # -- validation -------------------------------------------------------------------------
+    # -- validation (validation.py) ----------------------------------------------------------
     def val_convention(self) -> str:
-        what = "Y channel (BT.601)" if self.cfg.channels == 3 else "gray"
-        return (f"x{self.cfg.scale}, LR = MATLAB-style bicubic of the mod-{self.cfg.scale} crop, "
-                f"{what}, {self.cfg.scale}-px border, data range 255"
-                + (f", first {self.cfg.val_limit} images" if self.cfg.val_limit else "")
-                + (f", centre crops <= {self.cfg.val_crop} px" if self.cfg.val_crop else ""))
-
-    def _infer(self, net: nn.Module, lr01: np.ndarray) -> np.ndarray:
-        """SR of an (h, w, C) 0..1 image, fp32, through the engine (tiling as in the product)."""
-        try:
-            from ..engine import upscale
-        except ImportError:
-            upscale = None
-        if upscale is not None:
-            from ..weights_io import LoadedModel
-
-            lm = LoadedModel.from_module(net, self.cfg.backbone, self.cfg.hparams)
-            kwargs = {"device": self.device, "precision": "fp32"}
-            if self.cfg.val_tile:
-                kwargs["tile"] = self.cfg.val_tile
-            img = lm_input = lr01.astype(np.float32)
-            if img.shape[2] == 1:
-                lm_input = img[..., 0]
-            out = upscale(lm_input, lm, **kwargs)
-            out = np.asarray(getattr(out, "image", out), dtype=np.float64)
-            return out[..., None] if out.ndim == 2 else out
-        with torch.no_grad():
-            x = torch.from_numpy(lr01.transpose(2, 0, 1)[None].astype(np.float32)).to(self.device)
-            y = net(x).float().clamp_(0, 1)
-        return y[0].permute(1, 2, 0).cpu().numpy().astype(np.float64)
+        return val_convention(self.cfg)
 
     @torch.no_grad()
     def validate(self) -> dict:
         """Mean PSNR/SSIM/FSIM over the validation images (EMA model), plus a sample grid."""
-        from ..bicubic import bicubic_downscale, bicubic_upscale
-        from ..metrics import compare
-
-        cfg = self.cfg
         net = self.ema.module if self.ema is not None else self.model
-        was_training = net.training
-        net.eval()
-        s = cfg.scale
         t0 = time.perf_counter()
-        rows, bic_rows = [], []
-        first = None
-        try:
-            for k, v in enumerate(self.val_images):
-                levels = 255.0 if v.bits == 8 else 65535.0
-                lr = bicubic_downscale(v.hr, s, channel_axis=-1)
-                lr = np.clip(np.floor(lr * (levels / 255.0) + 0.5), 0, levels) * (255.0 / levels)  # quantise
-                sr = self._infer(net, lr / 255.0) * 255.0
-                sr = np.clip(sr, 0, 255)
-                if v.bits == 8:
-                    sr = np.floor(sr + 0.5)
-                hr = v.hr
-                rows.append(self._metrics(compare, sr, hr))
-                if self.bicubic_metrics is None:
-                    bic = np.clip(bicubic_upscale(lr, s, channel_axis=-1), 0, 255)
-                    if v.bits == 8:
-                        bic = np.floor(bic + 0.5)
-                    bic_rows.append(self._metrics(compare, bic, hr))
-                if k == 0:
-                    first = (lr, sr, hr, rows[-1])
-        finally:
-            if was_training:
-                net.train()
-        mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
-        if bic_rows:
-            self.bicubic_metrics = {key: float(np.mean([r[key] for r in bic_rows])) for key in bic_rows[0]}
-        rec = {"kind": "val", "step": self.step, **mean, "n": len(rows), "seconds": round(time.perf_counter() - t0, 2)}
+        mean, self.bicubic_metrics, first = validate_images(net, self.val_images, self.cfg, self.device,
+                                                            bicubic=self.bicubic_metrics)
+        rec = {"kind": "val", "step": self.step, **mean, "n": len(self.val_images),
+               "seconds": round(time.perf_counter() - t0, 2)}
         if self.bicubic_metrics:
             rec.update({f"bicubic_{k}": v for k, v in self.bicubic_metrics.items()})
         self.val_history.append(rec)
         self._write_log(rec)
         if first is not None:
-            self._sample_grid(*first)
+            save_sample_grid(*first, scale=self.cfg.scale,
+                             path=self.run_dir / "samples" / f"step_{self.step:07d}.png")
         return rec
-
-    def _metrics(self, compare, sr: np.ndarray, hr: np.ndarray) -> dict:
-        y = sr.shape[2] == 3
-        a, b = (sr, hr) if y else (sr[..., 0], hr[..., 0])
-        m = compare(a, b, data_range=255.0, y_channel=y, border=self.cfg.scale)
-        return {k: float(m[k]) for k in ("psnr", "ssim", "fsim") if k in m}
-
-    def _sample_grid(self, lr: np.ndarray, sr: np.ndarray, hr: np.ndarray, m: dict) -> None:
-        from PIL import Image, ImageDraw
-
-        from ..bicubic import bicubic_upscale
-
-        s = self.cfg.scale
-        h, w = hr.shape[:2]
-        side = min(h, w, 192)
-        side -= side % s
-        y0 = ((h - side) // 2) // s * s
-        x0 = ((w - side) // 2) // s * s
-        bic = np.clip(bicubic_upscale(lr, s, channel_axis=-1), 0, 255)
-        lr_crop = lr[y0 // s:(y0 + side) // s, x0 // s:(x0 + side) // s]
-        lr_near = np.repeat(np.repeat(lr_crop, s, axis=0), s, axis=1)
-        panels = [lr_near, bic[y0:y0 + side, x0:x0 + side], sr[y0:y0 + side, x0:x0 + side],
-                  hr[y0:y0 + side, x0:x0 + side]]
-        labels = ["LR (nearest)", "bicubic", f"SR {m.get('psnr', 0):.2f} dB", "HR"]
-        gap, head = 4, 14
-        c = hr.shape[2]
-        canvas = np.full((side + head, 4 * side + 3 * gap, c), 255, np.uint8)
-        for i, p in enumerate(panels):
-            canvas[head:, i * (side + gap):i * (side + gap) + side] = np.clip(np.floor(p + 0.5), 0, 255).astype(np.uint8)
-        img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
-        draw = ImageDraw.Draw(img)
-        for i, text in enumerate(labels):
-            draw.text((i * (side + gap) + 2, 1), text, fill=0)
-        out = self.run_dir / "samples"
-        out.mkdir(exist_ok=True)
-        img.save(out / f"step_{self.step:07d}.png")
 
     # -- checkpoints ------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -707,7 +431,7 @@ class Trainer:
             "step": self.step,
             "config": self.cfg.to_dict(),
             "backbone": self.cfg.backbone,
-            "hparams": _plain(dict(self.cfg.hparams)),
+            "hparams": plain(dict(self.cfg.hparams)),
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "opt_g": self.opt_g.state_dict(),
@@ -722,7 +446,7 @@ class Trainer:
             "time": time.time(),
         }
         # plain JSON types only (weights_only=True refuses str subclasses, numpy scalars...)
-        state.update(_plain({
+        state.update(plain({
             "config": self.cfg.to_dict(),
             "sessions": sessions,
             "val_history": self.val_history,
@@ -784,86 +508,10 @@ class Trainer:
             except (ValueError, OSError, TypeError):
                 pass
 
-    # -- steps ------------------------------------------------------------------------------
-    def _clip_and_step(self, loss: torch.Tensor, opt, scaler, params, clip: float) -> float | None:
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        gnorm = None
-        if clip > 0:
-            scaler.unscale_(opt)
-            gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        scaler.step(opt)
-        scaler.update()
-        return gnorm
-
+    # -- steps (steps.py) ---------------------------------------------------------------------
     def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> dict:
-        cfg = self.cfg
-        lr, hr = self._to_device(lr), self._to_device(hr)
-        stats: dict[str, float] = {}
-        if self.disc is None:
-            with self._autocast():
-                sr = self.forward_model(lr)
-            loss = self.pixel_loss(sr.float(), hr)
-            stats["l_pix"] = float(loss.detach())
-        else:
-            w = self.gan_w
-            self.disc.requires_grad_(False)
-            with self._autocast():
-                sr = self.forward_model(lr)
-            sr32 = sr.float()
-            loss = sr32.new_zeros(())
-            if w["pixel_weight"] > 0:
-                l_pix = self.pixel_loss(sr32, hr)
-                loss = loss + w["pixel_weight"] * l_pix
-                stats["l_pix"] = float(l_pix.detach())
-            if self.percep is not None:
-                with self._autocast():
-                    l_percep, l_gram = self.percep(sr32, hr)
-                if w["percep_weight"] > 0:
-                    loss = loss + w["percep_weight"] * l_percep
-                    stats["l_percep"] = float(l_percep.detach())
-                if cfg.gram_weight > 0:
-                    loss = loss + cfg.gram_weight * l_gram
-                    stats["l_gram"] = float(l_gram.detach())
-            with self._autocast():
-                fake = self.disc(sr)
-                real = self.disc(hr) if self.adv_loss.kind == "esrgan" else None
-            l_adv = self.adv_loss.generator(real, fake)
-            loss = loss + w["adv_weight"] * l_adv
-            stats["l_adv"] = float(l_adv.detach())
-        if not torch.isfinite(loss):
-            self.bad_steps += 1
-            if self.bad_steps >= 10:
-                raise TrainingError(f"loss is not finite for {self.bad_steps} consecutive steps at step {self.step}: "
-                                    "training diverged (lower --lr, use --grad-clip, or --precision fp32)")
-            log.warning("non-finite loss at step %d: step skipped", self.step)
-            self.opt_g.zero_grad(set_to_none=True)
-            self.sched_g.step()
-            if self.disc is not None:
-                self.sched_d.step()
-            return {"loss": float("nan"), "skipped": 1.0}
-        self.bad_steps = 0
-        gnorm = self._clip_and_step(loss, self.opt_g, self.scaler, self.model.parameters(), cfg.grad_clip)
-        stats["loss"] = float(loss.detach())
-        if gnorm is not None:
-            stats["grad_norm"] = gnorm
-        stats["lr"] = self.opt_g.param_groups[0]["lr"]
-        self.sched_g.step()
-        if self.ema is not None:
-            self.ema.update(self.model, self.step)
-        if self.disc is not None:
-            self.disc.requires_grad_(True)
-            with self._autocast():
-                real = self.disc(hr)
-                fake = self.disc(sr.detach())
-            l_d = self.adv_loss.discriminator(real, fake)
-            if torch.isfinite(l_d):
-                self._clip_and_step(l_d, self.opt_d, self.scaler_d, self.disc.parameters(), cfg.grad_clip)
-            self.sched_d.step()
-            stats["l_d"] = float(l_d.detach())
-            stats["d_real"] = float(torch.sigmoid(real.detach().float()).mean())
-            stats["d_fake"] = float(torch.sigmoid(fake.detach().float()).mean())
-        return stats
+        """One optimiser step of the run's stage (PSNR or GAN); returns its statistics."""
+        return train_step(self, lr, hr)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -877,7 +525,8 @@ class Trainer:
             status = self._loop()
         finally:
             self._restore_signals(old)
-        result = TrainResult(self.run_dir, self.step, status, history=self.val_history)
+        result = TrainResult(self.run_dir, self.step, status, history=self.val_history,
+                             signal=self.stop_signal if status == "interrupted" else None)
         if status == "completed":
             if self.val_images and (not self.val_history or self.val_history[-1]["step"] != self.step):
                 self.validate()

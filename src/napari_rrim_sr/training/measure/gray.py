@@ -1,6 +1,6 @@
 """Score the gray model on the held-out microscopy images against bicubic and the RGB model.
 
-    python training/compare_gray.py --gray weights/rrim-x4-gray.safetensors \
+    python -m napari_rrim_sr.training compare-gray --gray weights/rrim-x4-gray.safetensors \
         --rgb weights/rrim-x4-rgb-psnr.safetensors --json training/logs/rrim-x4-gray/heldout.json
 
 Convention (the gray recipe's validation): each held-out file (``recipes/gray-heldout.txt``;
@@ -15,18 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+#: the gray recipe's held-out list, relative to the repository root (where the commands are run)
+DEFAULT_HELDOUT = "training/recipes/gray-heldout.txt"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training compare-gray",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--gray", required=True, help="1-channel weights (id or file)")
     p.add_argument("--rgb", required=True, help="3-channel weights (id or file)")
-    p.add_argument("--heldout", default=str(HERE / "recipes" / "gray-heldout.txt"))
+    p.add_argument("--heldout", default=DEFAULT_HELDOUT,
+                   help=f"list of held-out files (default: {DEFAULT_HELDOUT}, from the repository root)")
     p.add_argument("--json", help="write the table as JSON here")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
@@ -62,8 +64,10 @@ def main(argv=None) -> int:
     if a.json:
         out = {"convention": __doc__.split("\n\n")[2].replace("\n", " "), "rows": rows, "mean": mean,
                "gray": str(a.gray), "rgb": str(a.rgb)}
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=1))
+        from napari_rrim_sr.jsonable import jsonable
+        from napari_rrim_sr.safe_write import atomic_write
+
+        atomic_write(a.json, json.dumps(jsonable(out), indent=1), overwrite=True, protect=[a.gray, a.rgb])
     for up in ups.values():
         up.close()
     return 0

@@ -16,15 +16,17 @@ Two measures, for each model and bicubic:
    pixel it came from (grey levels). Mean and 99.9th percentile. Bicubic overshoots a little by
    construction; dark holes and bright fringes a model draws show up as large excursions.
 
-    python training/robust_check.py --models weights/rrim-x4-rgb-psnr.safetensors weights/rrim-x4-rgb-real.safetensors
+    python -m napari_rrim_sr.training robust-check \
+        --models weights/rrim-x4-rgb-psnr.safetensors weights/rrim-x4-rgb-real.safetensors
 
 ``--gray``: the same for 1-channel models on the six held-out microscopy files of the gray
 recipe (``recipes/gray-heldout.txt``, normalised to 0..1 by their 0.1/99.9 percentiles as in
-``compare_gray.py``; metrics on 0..1, 4-px border), with the conditions of raw microscopy:
+``compare-gray``; metrics on 0..1, 4-px border), with the conditions of raw microscopy:
 ``clean``; ``poisson50`` (shot noise, 50 photons at full scale); ``gauss5`` (read noise, sigma
 5 of 255); ``aliased``; and overshoot on the bundled nuclei sample (its range scaled to 0..255).
 
-    python training/robust_check.py --gray --models weights/rrim-x4-gray.safetensors weights/rrim-x4-gray-real.safetensors
+    python -m napari_rrim_sr.training robust-check --gray \
+        --models weights/rrim-x4-gray.safetensors weights/rrim-x4-gray-real.safetensors
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+#: the gray recipe's held-out list, relative to the repository root (where the commands are run)
+DEFAULT_HELDOUT = "training/recipes/gray-heldout.txt"
 
 CONDITIONS = {  # name: (HR blur sigma in HR px, noise sigma in 0..255, JPEG quality or 0, aliased)
     "clean": (0.0, 0.0, 0, False),
@@ -112,15 +117,19 @@ def save_figure(path: Path, lr: np.ndarray, outputs: list, y: int = 52, x: int =
     tiles += [o[4 * y:4 * (y + n), 4 * x:4 * (x + n)] for o in outputs]
     gap = np.full((4 * n, 4, 3), 255, np.uint8)
     row = [t for tile in tiles for t in (tile.astype(np.uint8), gap)][:-1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(row, 1)).save(path)
+    from napari_rrim_sr.safe_write import atomic_write
+
+    img = Image.fromarray(np.concatenate(row, 1))
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), overwrite=True)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training robust-check",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", required=True, help="weights (ids or files): 3-channel, or 1 with --gray")
     ap.add_argument("--gray", action="store_true", help="1-channel models on the held-out microscopy files")
-    ap.add_argument("--heldout", default=str(Path(__file__).resolve().parent / "recipes" / "gray-heldout.txt"))
+    ap.add_argument("--heldout", default=DEFAULT_HELDOUT,
+                    help=f"list of held-out files (default: {DEFAULT_HELDOUT}, from the repository root)")
     ap.add_argument("--val", default="../shared/data/val/Kodak24")
     ap.add_argument("--limit", type=int, default=0, help="first N images only (0 = all)")
     ap.add_argument("--json", type=Path, help="write the tables here")
@@ -185,9 +194,11 @@ def report(args, title: str, key: str, conditions: dict, scores: dict, over: dic
         print(f"{Path(n).stem:<{w}}" + "".join(f"  {s} {over[s][n]['mean']:.2f} / {over[s][n]['p99_9']:5.1f}"
                                                for s in over))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"conditions": conditions, **extra, key: table, "overshoot": over},
-                                        indent=1))
+        from napari_rrim_sr.jsonable import jsonable
+        from napari_rrim_sr.safe_write import atomic_write
+
+        atomic_write(args.json, json.dumps(jsonable({"conditions": conditions, **extra, key: table, "overshoot": over}),
+                                           indent=1), overwrite=True, protect=args.models)
 
 
 def main_gray(args) -> int:

@@ -10,7 +10,8 @@ for period p = 2 and 4. HR and bicubic give the floor of the measure for natural
 "Detail" is the RMS of the same residual as a fraction of HR's: how much fine texture a model
 restores (bicubic and PSNR models are below 1, blurred; a GAN model should come closer to 1).
 
-    python training/grid_check.py --models weights/rrim-x4-rgb-psnr.safetensors weights/rrim-x4-rgb-gan.safetensors
+    python -m napari_rrim_sr.training grid-check \
+        --models weights/rrim-x4-rgb-psnr.safetensors weights/rrim-x4-rgb-gan.safetensors
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def main(argv=None) -> int:
     from napari_rrim_sr.image_io import read_image
     from napari_rrim_sr.metrics import rgb_to_y
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training grid-check",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", required=True, help="weights files or ids (RGB x4)")
     ap.add_argument("--val", default="../shared/data/val/Kodak24")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
@@ -80,7 +82,11 @@ def main(argv=None) -> int:
         print(f"{name:<60} {result[name]['period2']:>10.3f} {result[name]['period4']:>10.3f} "
               f"{result[name]['detail']:>7.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"images": len(files), "val": str(args.val), "results": result}, indent=1))
+        from napari_rrim_sr.jsonable import jsonable
+        from napari_rrim_sr.safe_write import atomic_write
+
+        atomic_write(args.json, json.dumps(jsonable({"images": len(files), "val": str(args.val), "results": result}),
+                                           indent=1), overwrite=True, protect=args.models)
     return 0
 
 

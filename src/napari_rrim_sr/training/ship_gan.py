@@ -9,8 +9,10 @@ When the evaluation JSON names the tensors it scored (``provenance.tensors_sha25
 ``evaluate --json`` since it records provenance), they must be the tensors shipped here.
 
     python -m napari_rrim_sr.training interpolate PSNR GAN --alpha 0.5 -o runs/gan-a05.safetensors
-    python -m napari_rrim_sr evaluate ../shared/data/val/Kodak24 --model runs/gan-a05.safetensors --json runs/eval_gan.json
-    python training/ship_gan.py --psnr PSNR --gan GAN --alpha 0.5 --eval runs/eval_gan.json -o weights/rrim-x4-rgb-gan.safetensors --overwrite
+    python -m napari_rrim_sr evaluate ../shared/data/val/Kodak24 --model runs/gan-a05.safetensors \
+        --json runs/eval_gan.json
+    python -m napari_rrim_sr.training ship-gan --psnr PSNR --gan GAN --alpha 0.5 --eval runs/eval_gan.json \
+        -o weights/rrim-x4-rgb-gan.safetensors --overwrite
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ DTYPE = "fp16"  # as the other shipped weights
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training ship-gan",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--psnr", required=True, help="PSNR model (.safetensors): alpha = 0")
     ap.add_argument("--gan", required=True, help="its GAN-stage export (.safetensors): alpha = 1")
     ap.add_argument("--alpha", type=float, default=0.5)
