@@ -26,6 +26,8 @@ PROVENANCE_KEY = "napari_rrim_sr"
 PIL_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 TIFF_SUFFIXES = {".tif": "tiff", ".tiff": "tiff"}
 SUFFIXES = tuple(PIL_SUFFIXES) + tuple(TIFF_SUFFIXES)
+#: read (lossless WebP packs for training, BMP) but never written: outputs keep PNG/JPEG/TIFF
+READ_ONLY_SUFFIXES = {".webp": "webp", ".bmp": "bmp"}
 #: TIFF tags that make a file a GeoTIFF (ModelPixelScale, ModelTiepoint, GeoKeyDirectory)
 _GEOTIFF_TAGS = (33550, 33922, 34735)
 #: GeoTIFF and GDAL tags carried over to outputs (code -> TIFF type), georeferencing kept
@@ -33,13 +35,15 @@ _GEOTIFF_TAG_TYPES = {33550: 12, 33922: 12, 34264: 12, 34735: 3, 34736: 12, 3473
 _MICRO = {"µm", "\u00b5m", "um", "micron", "microns", "micrometer", "\\u00B5m"}
 
 
-def format_for(path) -> str:
+def format_for(path, *, reading: bool = False) -> str:
+    """The format name for ``path``'s suffix; ``reading`` also admits the read-only formats."""
     suffix = Path(path).suffix.lower()
     fmt = PIL_SUFFIXES.get(suffix) or TIFF_SUFFIXES.get(suffix)
+    if fmt is None and reading:
+        fmt = READ_ONLY_SUFFIXES.get(suffix)
     if fmt is None:
-        raise InputError(
-            f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}"
-        )
+        known = SUFFIXES + (tuple(READ_ONLY_SUFFIXES) if reading else ())
+        raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(known)}")
     return fmt
 
 
@@ -63,7 +67,7 @@ def read_image(path) -> tuple[np.ndarray, dict]:
         raise InputError(f"{path}: no such file")
     if not p.is_file():
         raise InputError(f"{path}: not a file")
-    fmt = format_for(p)
+    fmt = format_for(p, reading=True)
     try:
         if fmt == "tiff":
             arr, info = _read_tiff(p)

@@ -44,7 +44,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import RRIMError
-from ..image_io import is_rgb16_png, read_png16
+
 
 log = logging.getLogger(__name__)
 
@@ -121,71 +121,13 @@ class Decoded:
     color: bool
 
 
-def _decode_tiff(path: Path) -> Decoded:
-    import tifffile
-
-    with tifffile.TiffFile(str(path)) as tif:
-        series = tif.series[0]
-        arr = series.asarray()
-        axes = series.axes
-    if arr.ndim != len(axes):  # should not happen; fall back to shape heuristics
-        axes = "Q" * (arr.ndim - 2) + "YX"
-    if "Y" not in axes or "X" not in axes:
-        raise ValueError(f"TIFF axes {axes!r} have no Y/X plane")
-    color = "S" in axes
-    order = [i for i, a in enumerate(axes) if a not in "YXS"] + [axes.index("Y"), axes.index("X")]
-    if color:
-        order.append(axes.index("S"))
-    arr = np.transpose(arr, order)
-    h, w = arr.shape[-3:-1] if color else arr.shape[-2:]
-    c = arr.shape[-1] if color else 1
-    return Decoded(np.ascontiguousarray(arr.reshape(-1, h, w, c)), color)
-
-
-def _decode_pil(path: Path) -> Decoded:
-    from PIL import Image
-
-    if is_rgb16_png(path):  # pillow keeps only the high byte of 16-bit RGB(A) samples
-        return Decoded(read_png16(path)[None], True)
-    with Image.open(path) as im:
-        im.load()
-        mode = im.mode
-        if mode == "P":
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        elif mode in ("1",):
-            im = im.convert("L")
-        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            im = im.convert("RGB")
-        arr = np.asarray(im)
-        mode = im.mode
-    if mode.startswith("I;16"):
-        arr = arr.astype(np.uint16)
-    elif mode == "I":
-        if arr.size and arr.min() >= 0 and arr.max() <= 65535:
-            arr = arr.astype(np.uint16)
-        else:
-            arr = arr.astype(np.float32)
-    if mode == "LA":
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        return Decoded(arr[None, :, :, None], False)
-    return Decoded(arr[None], True)
-
-
 def decode_image(path: str | os.PathLike) -> Decoded:
-    """Decode an image file; raises ``ValueError``/``OSError`` when it cannot be read."""
-    path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        try:
-            return _decode_tiff(path)
-        except ImportError:
-            raise
-        except Exception as tiff_exc:  # some TIFFs (e.g. JPEG-in-TIFF) Pillow reads fine
-            try:
-                return _decode_pil(path)
-            except Exception:
-                raise tiff_exc from None
-    return _decode_pil(path)
+    """Decode an image file through the project's one decoder (:func:`napari_rrim_sr.image_io.decode_image`,
+    the CLI's and the reader's too); raises ``ValueError``/``OSError`` when it cannot be read."""
+    from ..image_io import as_planes
+    from ..image_io import decode_image as _decode
+
+    return Decoded(*as_planes(*_decode(path)))
 
 
 def map_channels(dec: Decoded, channels: int) -> np.ndarray:

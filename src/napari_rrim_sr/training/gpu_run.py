@@ -227,7 +227,7 @@ class TimePlan:
             tr.cfg.steps = total
             for sched in [tr.sched_g] + ([tr.sched_d] if tr.disc is not None else []):
                 sched.lr_lambdas[0].steps = total  # the cosine now ends at the planned last step
-            self.sized = {"step": tr.step, "steps_per_s": round(rate, 3), "steps": total,
+            self.sized = {"at_step": tr.step, "steps_per_s": round(rate, 3), "steps": total,
                           "patches_per_s": round(rate * tr.cfg.batch_size, 1)}
             tr._log_event("time_plan", **self.sized)
             print(f"[train] {rate:.2f} steps/s ({rate * tr.cfg.batch_size:.0f} patches/s): cosine sized to "
