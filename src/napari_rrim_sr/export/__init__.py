@@ -7,8 +7,9 @@ onnxruntime); without it a clear :class:`ExportError` names the extra.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .standalone import STANDALONE, ExportError
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,8 @@ TEST_SIZE = 64
 LICENSE = "BSD-3-Clause"
 #: the RRIM study's lineage (see docs/architecture.md)
 CITATIONS = (
-    ("Ledig et al. 2017, Photo-realistic single image super-resolution using a generative adversarial "
-     "network (SRGAN), CVPR", "10.1109/CVPR.2017.19"),
+    (("Ledig et al. 2017, Photo-realistic single image super-resolution using a generative adversarial "
+      "network (SRGAN), CVPR"), "10.1109/CVPR.2017.19"),
     ("Wang et al. 2018, ESRGAN: Enhanced super-resolution generative adversarial networks, ECCV workshops",
      "10.1007/978-3-030-11021-5_5"),
     ("Szegedy et al. 2016, Rethinking the Inception architecture for computer vision (Inception v3), CVPR",
@@ -114,7 +115,7 @@ def model_card(weights_id: str) -> str:
     for cand in (here.parents[3] / "docs" / "models.md", here.parents[1] / "docs" / "models.md"):
         if cand.is_file():
             text = cand.read_text(encoding="utf-8")
-            m = re.search(rf"^### `{re.escape(weights_id)}`\s*$(.*?)(?=^##+ )", text + "\n## end", re.S | re.M)
+            m = re.search(rf"^### `{re.escape(weights_id)}`\s*$(.*?)(?=^##+ )", text + "\n## end", re.DOTALL | re.MULTILINE)
             if m:
                 return m.group(1).strip()
     return ""
@@ -260,9 +261,10 @@ def _jsonable_kwargs(d) -> dict:
 
 
 def _backbone_spec(loaded, registry=None):
+    from ..errors import RegistryError
     from ..registry import get_registry
 
     try:
         return (registry or get_registry()).backbone(loaded.backbone)
-    except Exception:
+    except RegistryError:
         return None
