@@ -150,8 +150,10 @@ def test_bioimageio_package_passes_bioimageio_core_test(tmp_path, weights_id, ch
     assert rdf["format_version"].startswith("0.5")
     # the real bundled sample (nuclei for gray), not synthetic data
     np.testing.assert_array_equal(test_in[0], sample_crop(channels)[0].astype(np.float32))
-    ax_in = {a["id"]: a for a in rdf["inputs"][0]["axes"]}
-    ax_out = {a["id"]: a for a in rdf["outputs"][0]["axes"]}
+    ax_in = {a.get("id", a["type"]): a for a in rdf["inputs"][0]["axes"]}
+    ax_out = {a.get("id", a["type"]): a for a in rdf["outputs"][0]["axes"]}
+    assert list(ax_in) == list(ax_out) == ["batch", "channel", "y", "x"]
+    assert len(ax_in["channel"]["channel_names"]) == channels
     for a in ("y", "x"):
         assert ax_in[a]["size"] == {"min": 1, "step": 1}
         assert ax_out[a]["size"] == {"tensor_id": "input", "axis_id": a, "offset": 0} or \
@@ -159,6 +161,8 @@ def test_bioimageio_package_passes_bioimageio_core_test(tmp_path, weights_id, ch
         assert ax_in[a].get("scale", 1.0) / ax_out[a]["scale"] == 4
     assert [c["text"].split(" ")[0] for c in rdf["cite"]] == ["Ledig", "Wang", "Szegedy"]
     assert "**Data**" in readme  # the model card from docs/models.md
+    assert "weights_path" not in rdf["config"]["napari_rrim_sr"]  # no local path of the exporting machine
+    assert rdf["config"]["napari_rrim_sr"]["weights_sha256"] == _sha(src)
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -234,3 +238,12 @@ def test_unknown_format_is_one_clear_error(tmp_path, tiny_weights_files):
 
     with pytest.raises(ExportError, match="unknown export format 'tflite'"):
         export_model(tiny_weights_files["tiny-rrim-x4-gray"], "tflite", tmp_path / "x.tflite")
+
+
+def test_missing_export_packages_name_the_extra(tmp_path, tiny_weights_files, monkeypatch):
+    from napari_rrim_sr.export import ExportError, export_model
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the 'export' extra were not installed
+    with pytest.raises(ExportError, match=r"napari-rrim-sr\[export\]"):
+        export_model(tiny_weights_files["tiny-rrim-x4-gray"], "onnx", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()

@@ -202,7 +202,7 @@ def build_package(loaded, out_zip: Path, *, input_range: tuple[float, float] = (
             data=b.IntervalOrRatioDataDescr(type="float32", range=(lo, hi)),
             preprocessing=[
                 b.EnsureDtypeDescr(kwargs=b.EnsureDtypeKwargs(dtype="float32")),
-                b.ScaleLinearDescr(kwargs=b.ScaleLinearKwargs(gain=1.0 / span, offset=-lo / span)),
+                b.ScaleLinearDescr(kwargs=b.ScaleLinearKwargs(gain=1.0 / span, offset=0.0 - lo / span + 0.0)),
                 b.EnsureDtypeDescr(kwargs=b.EnsureDtypeKwargs(dtype="float32")),
             ],
         )
@@ -247,11 +247,19 @@ def build_package(loaded, out_zip: Path, *, input_range: tuple[float, float] = (
             inputs=[inp],
             outputs=[outp],
             weights=weights,
-            config=b.Config(napari_rrim_sr=_jsonable_kwargs(loaded.provenance())),
+            config=b.Config(napari_rrim_sr=_provenance(loaded)),
         )
         say("writing package")
         save_bioimageio_package(descr, output_path=out_zip)
     return out_zip
+
+
+def _provenance(loaded) -> dict:
+    """The weights' provenance without the exporting machine's local path."""
+    prov = dict(loaded.provenance())
+    prov.pop("weights_path", None)
+    prov["weights_file"] = loaded.path.name if loaded.path else None
+    return _jsonable_kwargs(prov)
 
 
 def _jsonable_kwargs(d) -> dict:
