@@ -95,15 +95,6 @@ def torchscript_bytes(loaded) -> bytes:
     return buf.getvalue()
 
 
-def export_onnx(loaded, out, *, overwrite: bool = False, protect: tuple = (), opset: int = OPSET) -> Path:
-    """Write ``loaded`` as ONNX to ``out`` (checked before the export runs, written atomically)."""
-    from ..safe_write import atomic_write, check_target
-
-    check_target(out, overwrite=overwrite, protect=protect)
-    data = onnx_bytes(loaded, opset)
-    return atomic_write(out, data, overwrite=overwrite, protect=protect)
-
-
 def run_onnx(path_or_bytes: Any, x):
     """Run an exported ONNX model with ONNX Runtime on CPU (tests, and a quick check for users)."""
     import onnxruntime as ort
