@@ -1,0 +1,55 @@
+"""Export weights where other tools run models: bioimage.io model packages and ONNX files.
+
+:func:`export_model` is the one entry point (the CLI's ``export`` subcommand and the napari
+widget's *Export...* button call it). Needs the ``export`` extra (bioimageio.core, onnx,
+onnxruntime); without it a clear :class:`ExportError` names the extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .standalone import STANDALONE, ExportError
+
+FORMATS = ("bioimageio", "onnx")
+
+__all__ = ["FORMATS", "STANDALONE", "ExportError", "export_model"]
+
+
+def export_model(model: Any, fmt: str, out, *, overwrite: bool = False,
+                 progress: Callable[[str], Any] | None = None, registry=None,
+                 input_range: tuple[float, float] = (0.0, 255.0)) -> Path:
+    """Export ``model`` (weights id, weights file, WeightsEntry or LoadedModel) as ``fmt`` to ``out``.
+
+    ``out`` is validated before any work (exists without ``overwrite``, or is the weights file
+    itself: refused) and written atomically. ``progress(message)`` is called between steps.
+    ``input_range`` is the value range a bioimage.io package maps to the network's 0..1.
+    """
+    from ..safe_write import atomic_write, check_target
+    from ..weights_io import LoadedModel, load_model
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    say = progress or (lambda msg: None)
+    say("loading weights")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, registry=registry)
+    protect = [loaded.path] if loaded.path else []
+    out = check_target(out, overwrite=overwrite, protect=protect)
+    if fmt == "onnx":
+        from .onnx_export import onnx_bytes
+
+        say("onnx")
+        data = onnx_bytes(loaded)
+        return atomic_write(out, data, overwrite=overwrite, protect=protect)
+    import shutil
+    import tempfile
+
+    from .bioimageio_export import architecture_callable, build_package
+
+    architecture_callable(loaded.backbone)  # unexportable architecture: refuse before any work
+    with tempfile.TemporaryDirectory(prefix="rrim-export-") as tmp:
+        built = build_package(loaded, Path(tmp) / "package.zip", input_range=input_range, progress=say,
+                              registry=registry)
+        return atomic_write(out, lambda t: shutil.copyfile(built, t), overwrite=overwrite, protect=protect)
