@@ -35,8 +35,11 @@ __all__ = [
     "CLEAN_ROBUST_PAIRS",
     "DataCondition",
     "ModelChoice",
+    "choose_for_layer",
     "choose_weights",
+    "installed_weight_ids",
     "measure_condition",
+    "representative_plane",
 ]
 
 #: default (clean) weights per channel count, and the robust weights that replace them.
@@ -209,3 +212,61 @@ def choose_weights(
         return ModelChoice(wid, f"{cond.describe()}; {pair[want_robust]} is not installed", cond, wid == robust_id)
     verdict = "not clean" if want_robust else "clean"
     return ModelChoice(wid, f"{cond.describe()}: {verdict} → {wid}", cond, want_robust)
+
+
+def representative_plane(data: Any, *, spatial_axes: tuple[int, int] | None = None, rgb: bool = False) -> np.ndarray:
+    """The plane the choice is measured on: the middle index of every non-spatial, non-colour axis.
+
+    Why the middle: the first/last slice of a Z stack or time-lapse is often out of focus or
+    bleached; the middle one is the typical plane. Only that plane is read (dask/zarr stay lazy).
+    ``data`` is YX, (..., Y, X, C) with ``rgb``, or any nD array with ``spatial_axes``.
+    """
+    shape = tuple(int(n) for n in np.shape(data))
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"an image needs at least 2 dimensions, got shape {shape}")
+    if spatial_axes is None:
+        spatial_axes = (ndim - 3, ndim - 2) if rgb else (ndim - 2, ndim - 1)
+    sp = tuple(int(a) % ndim for a in spatial_axes)
+    colour = ndim - 1 if rgb else None
+    idx: list[Any] = [slice(None)] * ndim
+    for a in range(ndim):
+        if a not in sp and a != colour:
+            idx[a] = shape[a] // 2
+    plane = np.asarray(data[tuple(idx)])
+    keep = [a for a in range(ndim) if a in sp or a == colour]  # remaining axes, original order
+    want = [sp[0], sp[1]] + ([colour] if colour is not None else [])
+    return np.transpose(plane, [keep.index(a) for a in want])
+
+
+def choose_for_layer(
+    data: Any,
+    *,
+    rgb: bool,
+    available_ids: Iterable[str],
+    metadata: Mapping[str, Any] | None = None,
+    spatial_axes: tuple[int, int] | None = None,
+    requested: str | None = None,
+) -> ModelChoice:
+    """The automatic choice for a whole layer or file (any nD shape): measure its representative plane.
+
+    One call for the CLI, the widgets and the demo so they agree. ``rgb`` data (trailing axis of
+    3 or 4 samples, the 4th being alpha) uses the colour pair; everything else is upscaled plane by
+    plane (Z, T, channels, bands) and uses the gray pair. Returns :class:`ModelChoice`; show
+    ``reason`` to the user and keep ``as_dict()`` in provenance.
+    """
+    channels = 3 if rgb else 1
+    available = list(available_ids)
+    if requested and requested != "auto":
+        return choose_weights(None, channels=channels, available_ids=available, requested=requested)
+    plane = representative_plane(data, spatial_axes=spatial_axes, rgb=rgb)
+    if rgb:
+        plane = plane[..., :3]
+    return choose_weights(plane, channels=channels, rgb=rgb, available_ids=available, metadata=metadata)
+
+
+def installed_weight_ids(scale: int = 4) -> list[str]:
+    """Ids of the installed weights of ``scale`` (what ``available_ids`` usually is)."""
+    from .registry import get_registry
+
+    return [e.id for e in get_registry().weights() if e.scale == scale]
