@@ -154,7 +154,7 @@ def upscale_channels(
 
     ``model="auto"``: each channel gets :func:`~napari_rrim_sr.model_choice.choose_for_layer` on
     its own representative plane; an id or path is used for all. ``spatial_axes`` are axes of
-    ``data`` (default: the last two). ``engine_kw`` go to :func:`napari_rrim_sr.engine.upscale`
+    ``data`` (default: the last two other than the channel axis). ``engine_kw`` go to :func:`napari_rrim_sr.engine.upscale`
     (normalization, tile, device, ...); ``progress``/``cancel`` as there, per channel.
     Returns one :class:`ChannelResult` per channel, in order; each result has ``data.ndim - 1``
     dimensions (the channel axis removed), ready for one napari layer each.
@@ -169,7 +169,8 @@ def upscale_channels(
     if not -ndim <= int(channel_axis) < ndim:
         raise InputError(f"channel_axis {channel_axis} is out of range for shape {shape}")
     c_ax = int(channel_axis) % ndim
-    sp = tuple(int(a) % ndim for a in spatial_axes) if spatial_axes is not None else (ndim - 2, ndim - 1)
+    others = [a for a in range(ndim) if a != c_ax]
+    sp = tuple(int(a) % ndim for a in spatial_axes) if spatial_axes is not None else tuple(others[-2:])
     if c_ax in sp:
         raise InputError(f"the channel axis {c_ax} cannot also be a spatial axis {sp}")
     sp_after = tuple(a - (a > c_ax) for a in sp)  # spatial axes once the channel axis is taken out
