@@ -120,16 +120,18 @@ def measure_kodak(root: Path, threads: int) -> dict:
 
     ids = installed_weight_ids()
     files = sorted((root / "val" / "Kodak24").glob("*.png"))
-    picks, psnr_auto, psnr_clean = [], [], []
+    picks, psnr_auto, psnr_clean, fine = [], [], [], []
     for f in files:
         hr, lr = make_lr(np.asarray(Image.open(f).convert("RGB")), 4)
         choice = choose_for_layer(lr, rgb=True, available_ids=ids)
         picks.append(choice.weights_id)
+        fine.append(choice.condition.fine_detail if choice.condition else float("nan"))
         clean = _run("rrim-x4-rgb-psnr", lr, True, threads)
         auto = clean if choice.weights_id == "rrim-x4-rgb-psnr" else _run(choice.weights_id, lr, True, threads)
         psnr_clean.append(compare(clean, hr, data_range=255, y_channel=True, border=4)["psnr"])
         psnr_auto.append(compare(auto, hr, data_range=255, y_channel=True, border=4)["psnr"])
     return {"n": len(files), "picked": {k: picks.count(k) for k in sorted(set(picks))},
+            "max_fine_detail": float(np.max(fine)) if files else None,
             "psnr_auto": float(np.mean(psnr_auto)) if files else None,
             "psnr_clean": float(np.mean(psnr_clean)) if files else None}
 
@@ -163,7 +165,8 @@ def table(rows: list[dict], skipped: list[str], kodak: dict | None) -> str:
         out += "\n\nSkipped: " + "; ".join(skipped)
     if kodak:
         out += (f"\n\nKodak24 clean LR ({kodak['n']} images): picked {kodak['picked']}; Y-PSNR auto "
-                f"{kodak['psnr_auto']:.3f} dB, rrim-x4-rgb-psnr {kodak['psnr_clean']:.3f} dB")
+                f"{kodak['psnr_auto']:.3f} dB, rrim-x4-rgb-psnr {kodak['psnr_clean']:.3f} dB; "
+                f"largest fine-detail ratio {kodak['max_fine_detail']:.3f}")
     return out
 
 
