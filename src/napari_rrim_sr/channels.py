@@ -77,7 +77,7 @@ def _lut_colormap(lut: np.ndarray) -> Any:
     rgb = lut if lut.shape[1] == 3 else lut.T  # ImageJ stores (3, 256)
     top = rgb.max() or 1.0
     rgb = rgb / top
-    end = tuple(int(round(v)) for v in rgb[-1])
+    end = tuple(round(float(v)) for v in rgb[-1])
     ramp = np.linspace(0, 1, len(rgb))[:, None] * np.array(end, dtype=np.float64)
     if end in _PURE and np.allclose(rgb, ramp, atol=0.02):
         return _PURE[end]

@@ -100,11 +100,11 @@ def _check_options(args) -> None:
 
 def run(args) -> int:
     from .. import __version__
+    from ..bands import classify_fourth_band
     from ..engine import get_upscaler, upscale_bicubic
     from ..image_io import apply_axes, read_image, write_image
-    from ..safe_write import check_target
-    from ..bands import classify_fourth_band
     from ..model_choice import choose_for_layer, installed_weight_ids
+    from ..safe_write import check_target
     from ..weights_io import file_sha256
 
     inputs = [Path(p) for p in args.inputs]

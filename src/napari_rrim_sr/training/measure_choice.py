@@ -73,8 +73,12 @@ def measure_native(root: Path, crop_px: int, threads: int, log=print) -> tuple[l
     from napari_rrim_sr.engine import upscale_bicubic
     from napari_rrim_sr.image_io import read_image
     from napari_rrim_sr.metrics import overshoot
-    from napari_rrim_sr.model_choice import CLEAN_ROBUST_PAIRS, choose_for_layer, installed_weight_ids
-    from napari_rrim_sr.model_choice import representative_plane
+    from napari_rrim_sr.model_choice import (
+        CLEAN_ROBUST_PAIRS,
+        choose_for_layer,
+        installed_weight_ids,
+        representative_plane,
+    )
 
     ids = installed_weight_ids()
     rows, skipped = [], []
@@ -99,8 +103,8 @@ def measure_native(root: Path, crop_px: int, threads: int, log=print) -> tuple[l
         clean_id, robust_id = CLEAN_ROBUST_PAIRS[3 if rgb else 1]
         outs = {wid: _run(wid, crop, rgb, threads) for wid in (clean_id, robust_id)}
         outs["bicubic"] = upscale_bicubic(crop.astype(np.float64), 4, rgb=rgb)
-        f = lambda x: np.asarray(x, np.float64) - lo  # noqa: E731 - overshoot is shift-invariant
-        over = {k: overshoot(f(crop), f(v), 4, data_range=span) for k, v in outs.items()}
+        base = np.asarray(crop, np.float64) - lo  # overshoot is shift-invariant: the crop's range -> 0..255
+        over = {k: overshoot(base, np.asarray(v, np.float64) - lo, 4, data_range=span) for k, v in outs.items()}
         over["auto"] = over[choice.weights_id]
         row = {"file": name, "shape": list(arr.shape), "dtype": str(arr.dtype), "rgb": rgb,
                "crop": list(crop.shape), "choice": choice.as_dict(),
@@ -154,9 +158,9 @@ def table(rows: list[dict], skipped: list[str], kodak: dict | None) -> str:
             continue
         mean = []
         for c in cols:
-            k = lambda r: {"auto": "auto", "clean": r["pair"][0], "robust": r["pair"][1]}.get(c, "bicubic")  # noqa: E731
-            p = np.mean([r["overshoot"][k(r)]["p99_9"] for r in sub])
-            m = np.mean([r["overshoot"][k(r)]["mean"] for r in sub])
+            keys = [{"auto": "auto", "clean": r["pair"][0], "robust": r["pair"][1]}.get(c, "bicubic") for r in sub]
+            p = np.mean([r["overshoot"][k]["p99_9"] for r, k in zip(sub, keys)])
+            m = np.mean([r["overshoot"][k]["mean"] for r, k in zip(sub, keys)])
             mean.append(f"**{p:.2f} / {m:.3f}**")
         n_rob = sum(r["choice"]["robust"] for r in sub)
         lines.append(f"| **mean, {group} ({len(sub)})** | robust for {n_rob}/{len(sub)} | " + " | ".join(mean) + " |")
