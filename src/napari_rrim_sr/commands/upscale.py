@@ -18,7 +18,10 @@ def register(sub) -> None:
         "dtype, with provenance (model, weights sha256, settings) in the file's metadata. "
         "Existing files are never overwritten unless --overwrite is given, and an output that "
         "would replace its input is refused (also through a symlink or hard link), even with "
-        "--overwrite. Each output is written under a temporary name and moved into place.",
+        "--overwrite. Each output is written under a temporary name and moved into place. "
+        "A 4-sample image whose 4th sample is not an alpha mask (not constant or binary-like, e.g. "
+        "RGB + near-infrared) is upscaled as 4 bands, each with the gray model, and kept as 4 bands; "
+        "a line says so. Channel stacks (C axis) are upscaled channel by channel.",
         epilog="Exit status: 0 when every input was written; 1 when the options are invalid (reported "
         "once, before any work) or when at least one input failed (one 'error: INPUT: problem' line "
         "each; the other inputs are still processed); 2 for a usage error.",
