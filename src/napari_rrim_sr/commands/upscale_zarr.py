@@ -60,7 +60,7 @@ def run(args) -> int:
         import os
 
         threads = max(1, (os.cpu_count() or 1) // workers)
-    command = " ".join(shlex.quote(a) for a in ["napari-rrim-sr", *sys.argv[1:]]) if sys.argv else None
+    command = _command(args)
     failed = 0
     try:
         for src, out in zip(srcs, outs):
@@ -84,3 +84,16 @@ def run(args) -> int:
         close()
     return 1 if failed else 0
 
+
+
+def _command(args) -> str:
+    """The command line, for provenance (rebuilt from ``args`` when called in-process)."""
+    if len(sys.argv) > 1 and "upscale" in sys.argv[1:]:
+        return " ".join(shlex.quote(a) for a in ["napari-rrim-sr", *sys.argv[sys.argv.index("upscale"):]])
+    parts = ["napari-rrim-sr", "upscale", *map(str, args.inputs), "-o", str(args.outdir)]
+    for k, v in sorted(vars(args).items()):
+        if k in ("inputs", "outdir", "func", "command", "verbose") or v in (None, False):
+            continue
+        flag = "--" + k.replace("_", "-")
+        parts += [flag] if v is True else [flag, *(map(str, v) if isinstance(v, (list, tuple)) else [str(v)])]
+    return " ".join(shlex.quote(p) for p in parts)
