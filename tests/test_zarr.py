@@ -1,6 +1,5 @@
 """OME-Zarr in and out, chunk by chunk on dask.distributed, resumable after SIGKILL (issue 16)."""
 
-import json
 import os
 import re
 import signal
@@ -23,7 +22,6 @@ from ome_zarr.writer import add_metadata, write_image  # noqa: E402
 
 from napari_rrim_sr import chunked, engine  # noqa: E402
 from napari_rrim_sr.cli import main  # noqa: E402
-from napari_rrim_sr.errors import InputError, OutputError  # noqa: E402
 from napari_rrim_sr.registry import Registry  # noqa: E402
 from napari_rrim_sr.weights_io import save_weights  # noqa: E402
 

@@ -36,19 +36,31 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as _futures_wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from .errors import InputError, OutputError, WeightsError
 from .ngff import Source, open_array
 
-__all__ = ["ChunkJob", "plan_job", "run_job", "plan_output", "upscale_to_store", "chunk_memory",
-           "DONE_DIR", "JOB_FILE", "DEFAULT_CHUNK", "DEFAULT_HALO", "open_scheduler"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "DEFAULT_HALO",
+    "DONE_DIR",
+    "JOB_FILE",
+    "ChunkJob",
+    "chunk_memory",
+    "open_scheduler",
+    "plan_job",
+    "plan_output",
+    "run_job",
+    "upscale_to_store",
+]
 
 DONE_DIR = ".rrim_done"
 JOB_FILE = ".rrim_job.json"

@@ -27,8 +27,15 @@ import numpy as np
 from .errors import InputError
 from .normalize import check_dtype
 
-__all__ = ["Source", "open_source", "output_name", "level_transforms", "write_result_metadata",
-           "read_result_metadata", "TIFF_SUFFIXES"]
+__all__ = [
+    "TIFF_SUFFIXES",
+    "Source",
+    "level_transforms",
+    "open_source",
+    "output_name",
+    "read_result_metadata",
+    "write_result_metadata",
+]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 _TIFF_AXES = {"T": "t", "C": "c", "Z": "z", "Y": "y", "X": "x"}
@@ -37,10 +44,10 @@ _NGFF_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "sp
 
 def _ome_zarr():
     try:
-        import ome_zarr.axes  # noqa: F401
-        import ome_zarr.format  # noqa: F401
-        import ome_zarr.io  # noqa: F401
-        import ome_zarr.writer  # noqa: F401
+        import ome_zarr.axes
+        import ome_zarr.format
+        import ome_zarr.io
+        import ome_zarr.writer
     except ImportError:
         raise InputError("OME-Zarr input/output needs the 'ome-zarr' package: pip install ome-zarr") from None
     return ome_zarr

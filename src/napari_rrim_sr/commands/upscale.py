@@ -94,7 +94,6 @@ def run(args) -> int:
     from ..engine import get_upscaler, upscale_bicubic
     from ..image_io import read_image, write_image
     from ..weights_io import file_sha256
-
     from . import upscale_zarr
 
     if upscale_zarr.wants_chunked(args):  # Zarr inputs, --scheduler, --resume: chunked OME-Zarr output
