@@ -245,3 +245,28 @@ def test_upscale_to_store_returns_a_lazy_result(tmp_path, weights):
     assert np.abs(np.asarray(lazy).astype(int) - want.astype(int)).max() <= 1
     tr = read_back(tmp_path / "r.ome.zarr").metadata["coordinateTransformations"][0]
     assert tr[0]["scale"] == [1.0, 0.125, 0.125]
+
+
+def test_large_tiff_read_lazily(tmp_path, weights):
+    tifffile = pytest.importorskip("tifffile")
+    a = volume((2, 40, 36), seed=5)
+    tifffile.imwrite(tmp_path / "stack.tif", a, metadata={"axes": "ZYX"}, tile=(16, 16))
+    assert main(["upscale", str(tmp_path / "stack.tif"), "-o", str(tmp_path / "o"), "--model", str(weights),
+                 "--scheduler", "threads", "--precision", "fp32", "--chunk", "64", "--quiet"]) == 0
+    got = zarr.open_array(str(tmp_path / "o" / "stack.ome.zarr" / "0"), mode="r")[:]
+    want = engine.upscale(a, str(weights), precision="fp32", tile=0)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_level_transforms_overlay_rule():
+    from napari_rrim_sr.layers import upscaled_geometry
+    from napari_rrim_sr.ngff import level_transforms
+
+    tr = level_transforms([3.0, 2.0, 0.4], [10.0, 5.0, -1.0], (1, 2), 4, 3)
+    s0, t0 = upscaled_geometry([3.0, 2.0, 0.4], [10.0, 5.0, -1.0], 4, spatial_axes=(1, 2))
+    assert tr[0][0]["scale"] == list(s0) and tr[0][1]["translation"] == list(t0)
+    assert t0[1] == pytest.approx(5.0 - 1.0 + 0.25) and t0[0] == 10.0
+    # level 2 (4x4 means of level 0) pixel 0 is centred on level-0 pixels 0..3: (0 + 3) / 2
+    assert tr[2][0]["scale"][1] == pytest.approx(2.0)  # 0.5 * 4: back to the source pixel size
+    assert tr[2][1]["translation"][1] == pytest.approx(t0[1] + 0.5 * 1.5)
+    assert tr[2][1]["translation"][1] == pytest.approx(5.0)  # 4x upscale then 4x mean = the source grid

@@ -207,6 +207,7 @@ def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
     from . import engine
 
     t0 = time.perf_counter()
+    c0 = time.process_time()
     _check_model(job)
     if job.source_obj is not None:
         src = job.source_obj
@@ -254,6 +255,7 @@ def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"chunk": list(idx), "sha256": digest, "read_s": t_read - t0, "compute_s": t_comp - t_read,
             "write_s": t_write - t_comp, "seconds": time.perf_counter() - t0, "in_bytes": int(block.nbytes),
+            "cpu_s": time.process_time() - c0,  # this process's CPU time: the cost without other load
             "out_bytes": int(res.nbytes), "peak_rss": int(rss), "pid": os.getpid()}
 
 

@@ -78,7 +78,8 @@ def _one(src_path: Path, out: Path, workers: int, args) -> dict:
         "workers": workers, "shape": list(src.shape), "dtype": str(src.dtype), "chunks": summary["chunks"],
         "wall_s": wall, "chunks_s": summary["seconds"], "model_load_s": load_s,
         "input_bytes": in_px * src.dtype.itemsize, "output_bytes": out_bytes,
-        "compute_s": sum(r["compute_s"] for r in recs), "read_s": sum(r["read_s"] for r in recs),
+        "compute_s": sum(r["compute_s"] for r in recs), "cpu_s": sum(r["cpu_s"] for r in recs),
+        "load_during_run": os.getloadavg()[0], "read_s": sum(r["read_s"] for r in recs),
         "write_s": sum(r["write_s"] for r in recs), "read_bytes": sum(r["in_bytes"] for r in recs),
         "peak_rss_per_worker": sorted(int(v) * 1024 for v in rss.values()),
         "out_mpix_s": out_bytes / src.dtype.itemsize / 1e6 / wall,
@@ -127,7 +128,7 @@ def _line(r: dict) -> str:
     mb = 1 << 20
     return (f"workers={r['workers']} shape={r['shape']} chunks={r['chunks']} wall={r['wall_s']:.1f}s "
             f"out={r['output_bytes'] / mb:.0f}MiB {r['out_mpix_s']:.2f} out-MP/s compute={r['compute_s']:.1f}s "
-            f"read={r['read_s']:.2f}s write={r['write_s']:.2f}s peakRSS/worker="
+            f"cpu={r['cpu_s']:.1f}s load={r['load_during_run']:.1f} read={r['read_s']:.2f}s write={r['write_s']:.2f}s peakRSS/worker="
             f"{[round(v / mb) for v in r['peak_rss_per_worker']]}MiB")
 
 
