@@ -273,3 +273,20 @@ def test_level_transforms_overlay_rule():
     assert tr[2][0]["scale"][1] == pytest.approx(2.0)  # 0.5 * 4: back to the source pixel size
     assert tr[2][1]["translation"][1] == pytest.approx(t0[1] + 0.5 * 1.5)
     assert tr[2][1]["translation"][1] == pytest.approx(5.0)  # 4x upscale then 4x mean = the source grid
+
+
+def test_each_worker_loads_the_weights_once(tmp_path, weights):
+    distributed = pytest.importorskip("distributed")
+    from napari_rrim_sr.ngff import open_source
+
+    src = open_source(write_ome(tmp_path / "w.ome.zarr", volume((4, 32, 32))))
+    job = chunked.plan_job(src, tmp_path / "w_out.ome.zarr", model=str(weights), chunk=64, threads=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=40) as cluster, \
+            distributed.Client(cluster) as client:
+        summary = chunked.run_job(job, src, client=client, workers=2)
+        cached = client.run(lambda: [up.model.sha256 for up in engine._CACHE.values()])
+    assert summary["computed"] == summary["chunks"] == 4 * 2 * 2
+    # one cached Upscaler per worker process, for these weights, however many chunks it ran
+    assert all(v == [job.model_sha256] for v in cached.values())
+    assert len({r["pid"] for r in summary["records"]}) <= 2
