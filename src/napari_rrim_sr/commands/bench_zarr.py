@@ -19,7 +19,8 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("bench-zarr", help="measure the chunked OME-Zarr path on 1..N local dask workers",
                        description=__doc__)
-    p.add_argument("--model", default="rrim-x4-gray", metavar="ID|PATH", help="1-channel weights (default rrim-x4-gray)")
+    p.add_argument("--model", default="rrim-x4-gray", metavar="ID|PATH",
+                   help="1-channel weights (default rrim-x4-gray)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N", help="worker counts (default 1 2)")
     p.add_argument("--shape", type=int, nargs=3, default=[16, 192, 192], metavar=("Z", "Y", "X"),
                    help="input volume for the scaling runs (default 16 192 192, uint16)")
@@ -114,7 +115,7 @@ def run(args) -> int:
     base = results["runs"][0]
     for r in results["runs"]:
         if r.get("role") != "memory":
-            r["speedup"] = base["wall_s"] / r["wall_s"] * (base["workers"] / base["workers"])
+            r["speedup"] = base["wall_s"] / r["wall_s"]
             r["efficiency"] = r["speedup"] / (r["workers"] / base["workers"])
     print(json.dumps(results, indent=1))
     if args.json:
@@ -128,7 +129,8 @@ def _line(r: dict) -> str:
     mb = 1 << 20
     return (f"workers={r['workers']} shape={r['shape']} chunks={r['chunks']} wall={r['wall_s']:.1f}s "
             f"out={r['output_bytes'] / mb:.0f}MiB {r['out_mpix_s']:.2f} out-MP/s compute={r['compute_s']:.1f}s "
-            f"cpu={r['cpu_s']:.1f}s load={r['load_during_run']:.1f} read={r['read_s']:.2f}s write={r['write_s']:.2f}s peakRSS/worker="
+            f"cpu={r['cpu_s']:.1f}s load={r['load_during_run']:.1f} read={r['read_s']:.2f}s "
+            f"write={r['write_s']:.2f}s peakRSS/worker="
             f"{[round(v / mb) for v in r['peak_rss_per_worker']]}MiB")
 
 
