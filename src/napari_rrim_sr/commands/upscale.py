@@ -58,6 +58,9 @@ def register(sub) -> None:
     p.add_argument("--bicubic", action="store_true", help="also write <stem>_bicubic.<ext>")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from . import upscale_zarr
+
+    upscale_zarr.add_arguments(p)  # --scheduler --resume --chunk --halo --memory-limit (OME-Zarr output)
     p.set_defaults(func=run)
 
 
@@ -109,7 +112,10 @@ def run(args) -> int:
     from ..model_choice import choose_for_layer, installed_weight_ids
     from ..safe_write import check_target
     from ..weights_io import file_sha256
+    from . import upscale_zarr
 
+    if upscale_zarr.wants_chunked(args):  # Zarr inputs, --scheduler, --resume: chunked OME-Zarr output
+        return upscale_zarr.run(args)
     inputs = [Path(p) for p in args.inputs]
     outdir = Path(args.outdir)
     _check_options(args)
