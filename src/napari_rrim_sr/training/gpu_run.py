@@ -22,7 +22,7 @@ sees only the working tree (64 MiB with the carried folder ``.gpu-carry/``: the 
 4. ``outputs``: at most 8 files of at most 16 MiB in ``--out`` (see ``OUTPUTS``).
 
 ``--dry-run`` runs the same path on the CPU with tiny sizes (a few steps, 2 validation images)
-in well under a minute; ``tests/test_gpu_run.py`` runs it so this script cannot rot.
+in well under a minute; ``tests/training/test_gpu_run.py`` runs it so this script cannot rot.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from napari_rrim_sr.errors import InputError
 from napari_rrim_sr.training import gpu_pack
 from napari_rrim_sr.training.gpu_data import GpuPatchSampler
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 DATA = ROOT.parent / "shared" / "data"
 JPG = sorted((DATA / "train" / "SunHays80").glob("*.jpg"))
 PNG = sorted((DATA / "train" / "yang91").glob("*.png"))

@@ -14,7 +14,7 @@ napari = pytest.importorskip("napari")
 from napari_rrim_sr._napari.reader import get_reader  # noqa: E402
 from napari_rrim_sr.layers import META_KEY  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 IMG2D = DATA / "microscopy/stardist_samples/img2d.tif"
 IXM = DATA / "microscopy/bioimage_notebooks/IXMtest_A02_s9.tif"
 NAIP = DATA / "satellite/opengeos_naip/m_4709963_se_14_1_20200831.tif"

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 from napari_rrim_sr.training.config import ConfigError, TrainConfig, dumps_toml, load_toml  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 TRAIN = SHARED / "data" / "train"
 KODAK = SHARED / "data" / "val" / "Kodak24"
 VGG_FILE = SHARED / "weights" / "vgg16_hed_bsds500.safetensors"

@@ -21,12 +21,12 @@ from napari_rrim_sr.errors import WeightsError
 from napari_rrim_sr.registry import Registry
 from napari_rrim_sr.weights_io import detect_backbone, load_model, load_state_dict
 
-CONF = Path(__file__).resolve().parents[2] / "shared" / "conformance"
+CONF = Path(__file__).resolve().parents[3] / "shared" / "conformance"
 CASES = json.loads((CONF / "cases.json").read_text())["cases"] if (CONF / "cases.json").exists() else {}
 needs_conf = pytest.mark.skipif(not CASES, reason=f"conformance fixtures not found at {CONF}")
 ARCH_ID = {"ESRGAN": "esrgan", "Compact": "compact", "SPAN": "span", "SwinIR": "swinir"}
 PUBLIC = tuple(ARCH_ID.values())
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 
 
 @pytest.fixture(scope="module")
