@@ -28,11 +28,11 @@ def viewer(make_napari_viewer, tiny_registry):
 @pytest.fixture
 def notes(monkeypatch):
     """Record the notifications the widgets show (instead of napari's notification manager)."""
-    from napari_rrim_sr._napari import menu, widgets
+    from napari_rrim_sr._napari import _common, menu
 
     got = {"error": [], "info": []}
-    monkeypatch.setattr(widgets, "show_error", lambda m: got["error"].append(m))
-    monkeypatch.setattr(widgets, "show_info", lambda m: got["info"].append(m))
+    monkeypatch.setattr(_common, "show_error", lambda m: got["error"].append(m))
+    monkeypatch.setattr(_common, "show_info", lambda m: got["info"].append(m))
     monkeypatch.setattr(menu, "show_info", lambda m: got["info"].append(m))
     return got
 
