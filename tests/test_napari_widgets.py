@@ -319,6 +319,9 @@ def test_percentile_normalisation_fields(viewer, qtbot, notes):
     viewer.add_image(_gray((20, 20), seed=9), name="img")
     w = _upscale_widget(viewer)
     assert not _shown(w.p_low) and not _shown(w.p_high)
+    assert not _shown(w.normalization)  # an advanced setting (compact widget, issue 19 #5)
+    w.advanced.value = True
+    assert _shown(w.normalization) and not _shown(w.p_low)
     w.normalization.value = "percentile"
     assert _shown(w.p_low) and _shown(w.p_high)
     w.p_low.value, w.p_high.value = 1.0, 99.0

@@ -156,11 +156,6 @@ class _Overlay:
         return getattr(self._base, name)
 
 
-def _tip(widget, text: str):
-    widget.tooltip = text
-    return widget
-
-
 # -- the widget --------------------------------------------------------------------------------
 
 class UpscaleWidget(Container):
@@ -684,6 +679,8 @@ class UpscaleWidget(Container):
         self._job = items[0].job
         self._cancelled = False
         self._ptext.reset()
+        self._started = 0
+        self._batch_pos = (0, len(items))
         self._gen = self._run_all(items)
         worker = create_worker(C.drive, self._gen, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
@@ -708,8 +705,7 @@ class UpscaleWidget(Container):
     @staticmethod
     def _run_all(items):
         results = []
-        for i, it in enumerate(items):
-            yield ("next", i, len(items), it.label)
+        for it in items:  # each run's first event is the engine's "starting": the widget counts them
             results.append((yield from J.run_upscale(it.job)))
         return results
 
@@ -727,11 +723,12 @@ class UpscaleWidget(Container):
             self.cancel()
 
     def _on_yielded(self, p):
-        if isinstance(p, tuple) and p and p[0] == "next":
-            _, i, n, label = p
+        if getattr(p, "message", "") == "starting":  # the next run of a batch begins
+            self._started += 1
+            i, n = self._started - 1, len(self._items)
             self._batch_pos = (i, n)
+            label = self._items[min(i, n - 1)].label
             self._ptext.reset(prefix=f"{label} ({i + 1}/{n}): " if n > 1 else "")
-            return
         text, frac = self._ptext.update(p)
         i, n = self._batch_pos
         pct = int(round(100 * (i + frac) / max(n, 1)))
