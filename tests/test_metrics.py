@@ -346,3 +346,33 @@ def test_range_errors():
         ssim(np.zeros((10, 20)), np.zeros((10, 20)), 1.0)
     with pytest.raises(ValueError, match="stacks"):
         ssim(np.zeros((2, 3, 16, 16)), np.zeros((2, 3, 16, 16)), 1.0)
+
+
+# --- overshoot (no-reference false texture) -------------------------------------------------------
+
+
+def test_overshoot_is_zero_for_nearest_and_counts_a_drawn_spot_in_grey_levels():
+    rng = np.random.default_rng(0)
+    lr = rng.integers(50, 200, (32, 32)).astype(np.uint8)
+    near = np.kron(lr, np.ones((4, 4), np.uint8))
+    assert M.overshoot(lr, near, 4) == (0.0, 0.0)
+    sr = near.astype(np.float64)
+    y, x = 60, 70  # a dark hole 30 grey levels below its 3x3 LR neighbourhood
+    lo = ndi.minimum_filter(lr.astype(float), 3, mode="nearest")[y // 4, x // 4]
+    sr[y, x] = lo - 30
+    mean, p999 = M.overshoot(lr, sr, 4, data_range=255)
+    inner = (128 - 16) ** 2
+    assert mean == pytest.approx(30 / inner)
+    # the same images as 16-bit (x257) measure the same in grey levels
+    assert M.overshoot(lr.astype(np.uint16) * 257, sr * 257, 4, data_range=65535)[0] == pytest.approx(mean)
+
+
+def test_overshoot_rgb_uses_luma_and_rejects_mismatched_shapes():
+    rgb = data.astronaut()[:64, :64]
+    up = np.kron(rgb, np.ones((4, 4, 1), np.uint8))
+    assert M.overshoot(rgb, up, 4) == (0.0, 0.0)
+    bright = up.astype(np.float64)
+    bright[100, 100] = 255 + 100.0  # far above any neighbourhood in every channel
+    assert M.overshoot(rgb, bright, 4)[0] > 0
+    with pytest.raises(M.InputError):
+        M.overshoot(rgb, up[:-4], 4)

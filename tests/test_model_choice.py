@@ -76,3 +76,36 @@ def test_every_kodak24_clean_lr_keeps_the_clean_rgb_model():
         _, lr = make_lr(np.asarray(Image.open(f).convert("RGB")), 4)
         picked.append(choose_weights(lr, channels=3, rgb=True, available_ids=IDS).weights_id)
     assert len(picked) == 24 and set(picked) == {"rrim-x4-rgb-psnr"}
+
+
+def test_aliased_sampling_picks_the_robust_model_and_antialiased_lr_does_not():
+    from skimage import data
+
+    from napari_rrim_sr.bicubic import bicubic_downscale
+
+    hr = data.astronaut().astype(np.float64)
+    aliased = hr[::4, ::4].astype(np.uint8)  # nearest-neighbour sampling, as many satellite tiles
+    c = measure_condition(aliased, rgb=True)
+    assert c.aliased and not c.clean and "fine detail" in c.describe()
+    smooth = np.clip(bicubic_downscale(hr, 4, channel_axis=-1) + 0.5, 0, 255).astype(np.uint8)
+    assert not measure_condition(smooth, rgb=True).aliased
+    assert choose_weights(aliased, channels=3, rgb=True, available_ids=IDS).weights_id == "rrim-x4-rgb-real"
+
+
+def test_layer_choice_measures_the_middle_plane_of_a_stack():
+    from napari_rrim_sr.model_choice import choose_for_layer, representative_plane
+
+    rng = np.random.default_rng(2)
+    clean = (_smooth(128) * 200).astype(np.uint16)
+    noisy = rng.poisson(clean.astype(float) / 4 + 20).astype(np.uint16) * 4
+    stack = np.stack([clean, clean, noisy, clean, clean])  # (Z, Y, X): the middle one is noisy
+    np.testing.assert_array_equal(representative_plane(stack), noisy)
+    assert choose_for_layer(stack, rgb=False, available_ids=IDS).weights_id == "rrim-x4-gray-real"
+    assert choose_for_layer(stack[[0, 1, 0]], rgb=False, available_ids=IDS).weights_id == "rrim-x4-gray"
+    # (Y, Z, X) with spatial_axes, and a (T, Y, X, 3) RGB movie
+    yzx = np.moveaxis(stack, 0, 1)
+    np.testing.assert_array_equal(representative_plane(yzx, spatial_axes=(0, 2)), noisy)
+    movie = np.stack([np.dstack([p] * 3) for p in stack]).astype(np.uint8)
+    assert representative_plane(movie, rgb=True).shape == (128, 128, 3)
+    c = choose_for_layer(stack, rgb=False, available_ids=IDS, requested="rrim-x4-gray")
+    assert c.weights_id == "rrim-x4-gray" and c.reason == "chosen by the user"

@@ -107,9 +107,10 @@ def test_reader_opens_16bit_rgb_and_provenance_pngs(tmp_path):
     ((data, kw, _),) = get_reader(str(ours))(str(ours))
     assert data.dtype == np.uint8 and kw["metadata"][META_KEY]["model_id"] == "m"
 
-    plain16 = tmp_path / "gray16.png"  # 16-bit gray opens fine with the builtins: not claimed
-    PILImage.fromarray(np.zeros((4, 4), np.uint16)).save(plain16)
-    assert get_reader(str(plain16)) is None
+    plain16 = tmp_path / "gray16.png"  # a foreign PNG opens plainly (a remembered reader must not refuse it)
+    PILImage.fromarray(np.full((4, 4), 300, np.uint16)).save(plain16)
+    ((data, kw, _),) = get_reader(str(plain16))(str(plain16))
+    assert data.dtype == np.uint16 and data[0, 0] == 300 and META_KEY not in kw["metadata"]
 
 
 def test_reader_declines_foreign_and_broken_paths(tmp_path):
@@ -136,13 +137,15 @@ def test_reader_declines_foreign_and_broken_paths(tmp_path):
     other_json = tmp_path / "other_json"
     other_json.mkdir()
     (other_json / "bundle.json").write_text(json.dumps({"format": "something-else"}))
-    foreign = [plain, jsondesc, corrupt, empty, png, fake_png, folder, bad_bundle, other_json,
-               tmp_path / "missing.tif", tmp_path / "missing_dir"]
-    shared = Path(__file__).resolve().parents[2] / "shared/data/microscopy/stardist_samples/img2d.tif"
-    if shared.exists():
-        foreign.append(shared)
-    for p in foreign:
+    # undecodable files and folders that are not bundles are declined (issue 19: readable foreign
+    # TIFF/PNGs are no longer declined but opened plainly, see test_reader_foreign.py)
+    broken = [corrupt, empty, fake_png, folder, bad_bundle, other_json, tmp_path / "missing.tif",
+              tmp_path / "missing_dir"]
+    for p in broken:
         assert get_reader(str(p)) is None, p
+    for p in (plain, jsondesc, png):
+        ((data, kw, kind),) = get_reader(str(p))(str(p))
+        assert kind == "image" and data.shape == (4, 4) and META_KEY not in kw["metadata"], p
     assert get_reader([str(plain), str(corrupt)]) is None
     assert get_reader([]) is None
 

@@ -14,7 +14,7 @@ import sys
 from .errors import RRIMError
 
 #: subcommand modules, in the order ``--help`` lists them
-COMMANDS = ("upscale", "evaluate", "models", "bench", "demo", "export")
+COMMANDS = ("upscale", "evaluate", "models", "bench", "bench_zarr", "demo", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,7 @@ __all__ = [
     "fsim",
     "fsimc",
     "compare",
+    "overshoot",
 ]
 
 # ----------------------------------------------------------------------------------------
@@ -516,3 +517,45 @@ def compare(
         + (" and FSIMc" if "fsimc" in out else "")
     )
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# no-reference: false texture on native input (no HR exists)
+
+
+def overshoot(lr, sr, scale: int = 4, *, data_range: float | None = None) -> tuple[float, float]:
+    """``(mean, p99.9)`` of how far each output pixel leaves the range of its 3x3 LR neighbourhood.
+
+    Why: native data (a microscope frame, a satellite tile) has no HR to score against, but an
+    upscaler that stays faithful keeps each output pixel between the min and max of the LR
+    pixels around the one it came from; dark holes, bright fringes and "worms" a model draws
+    into noise leave that range. Bicubic overshoots a little by construction. Gray (2-D) is
+    measured on its values, RGB ((H, W, 3)) on BT.601 Y; both on the 0..255 scale (grey
+    levels): values are multiplied by ``255 / data_range`` (default: the dtype's range for
+    integers, 255 for floats, so pass ``data_range`` for float data in 0..1). The outermost
+    ``2 * scale`` output pixels are left out (their LR neighbourhood is one-sided).
+    """
+    lr_a, sr_a = np.asarray(lr), np.asarray(sr)
+    s = int(scale)
+    if s < 1 or s != scale:
+        raise InputError(f"scale must be a positive integer, got {scale!r}")
+    if lr_a.ndim not in (2, 3) or sr_a.ndim != lr_a.ndim:
+        raise InputError(f"overshoot needs a 2-D gray or (H, W, 3) RGB pair, got {lr_a.shape} and {sr_a.shape}")
+    want = (lr_a.shape[0] * s, lr_a.shape[1] * s, *lr_a.shape[2:])
+    if sr_a.shape != want:
+        raise InputError(f"SR shape {sr_a.shape} is not LR shape {lr_a.shape} times {s} (expected {want})")
+    if data_range is None:
+        data_range = data_range_for(lr_a) if lr_a.dtype.kind in "biu" else 255.0
+    k = 255.0 / positive_number(data_range, "data_range")
+    if lr_a.ndim == 2:
+        ylr, ysr = lr_a.astype(np.float64) * k, sr_a.astype(np.float64) * k
+    else:
+        ylr, ysr = rgb_to_y(lr_a.astype(np.float64) * k, 255.0), rgb_to_y(sr_a.astype(np.float64) * k, 255.0)
+    if min(ylr.shape) <= 4:
+        raise InputError(f"overshoot needs an LR of at least 5x5 pixels, got {lr_a.shape}")
+    lo = np.kron(ndi.minimum_filter(ylr, 3, mode="nearest"), np.ones((s, s)))
+    hi = np.kron(ndi.maximum_filter(ylr, 3, mode="nearest"), np.ones((s, s)))
+    ex = np.maximum(ysr - hi, 0) + np.maximum(lo - ysr, 0)
+    b = 2 * s
+    ex = ex[b:-b, b:-b]
+    return float(ex.mean()), float(np.percentile(ex, 99.9))

@@ -18,7 +18,10 @@ def register(sub) -> None:
         "dtype, with provenance (model, weights sha256, settings) in the file's metadata. "
         "Existing files are never overwritten unless --overwrite is given, and an output that "
         "would replace its input is refused (also through a symlink or hard link), even with "
-        "--overwrite. Each output is written under a temporary name and moved into place.",
+        "--overwrite. Each output is written under a temporary name and moved into place. "
+        "A 4-sample image whose 4th sample is not an alpha mask (not constant or binary-like, e.g. "
+        "RGB + near-infrared) is upscaled as 4 bands, each with the gray model, and kept as 4 bands; "
+        "a line says so. Channel stacks (C axis) are upscaled channel by channel.",
         epilog="Exit status: 0 when every input was written; 1 when the options are invalid (reported "
         "once, before any work) or when at least one input failed (one 'error: INPUT: problem' line "
         "each; the other inputs are still processed); 2 for a usage error.",
@@ -26,9 +29,13 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
     p.add_argument("-o", "--outdir", required=True, metavar="OUTDIR",
                    help="output folder (created when the first output is written; never left empty)")
-    p.add_argument("--model", metavar="ID|PATH", default=None,
-                   help="weights id (see `models`) or a weights file; default: the installed default "
-                   "for the image's channel count")
+    p.add_argument("--model", metavar="auto|ID|PATH", default="auto",
+                   help="auto (default): per input, measure its representative plane (the middle "
+                   "Z/T/channel slice) and choose the clean model (rrim-x4-gray / rrim-x4-rgb-psnr) "
+                   "for clean, already-smoothed data or the robust one (rrim-x4-gray-real / "
+                   "rrim-x4-rgb-real) when it finds white noise above the quantisation level or "
+                   "JPEG 8x8 blocks; the reason is printed per input and kept in the provenance "
+                   "(model_choice). Or a weights id (see `models`) or a weights file, used for every input")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="tile edge in input pixels (0 = no tiling; default: per device)")
     p.add_argument("--overlap", type=int, default=None, metavar="N", help="tile overlap in input pixels (default 24, capped at half a small tile)")
@@ -51,6 +58,9 @@ def register(sub) -> None:
     p.add_argument("--bicubic", action="store_true", help="also write <stem>_bicubic.<ext>")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from . import upscale_zarr
+
+    upscale_zarr.add_arguments(p)  # --scheduler --resume --chunk --halo --memory-limit (OME-Zarr output)
     p.set_defaults(func=run)
 
 
@@ -96,21 +106,28 @@ def _check_options(args) -> None:
 
 def run(args) -> int:
     from .. import __version__
+    from ..bands import classify_fourth_band
     from ..engine import get_upscaler, upscale_bicubic
     from ..image_io import apply_axes, read_image, write_image
+    from ..model_choice import choose_for_layer, installed_weight_ids
     from ..safe_write import check_target
     from ..weights_io import file_sha256
+    from . import upscale_zarr
 
+    if upscale_zarr.wants_chunked(args):  # Zarr inputs, --scheduler, --resume: chunked OME-Zarr output
+        return upscale_zarr.run(args)
     inputs = [Path(p) for p in args.inputs]
     outdir = Path(args.outdir)
     _check_options(args)
     # the output folder must be creatable (not under a file, writable); it is not created here,
     # so a run whose every input fails leaves no empty folder behind
     check_target(outdir, overwrite=True, kind="dir")
-    model_path = Path(args.model) if args.model and Path(args.model).exists() else None
-    if args.model is not None:  # weights named by the user: resolved once (missing, corrupt...)
+    auto = args.model in (None, "auto")
+    model_path = Path(args.model) if not auto and Path(args.model).exists() else None
+    if not auto:  # weights named by the user: resolved once (missing, corrupt...)
         get_upscaler(args.model, device=args.device, precision=args.precision, threads=args.threads,
                      channels=3, self_ensemble=args.self_ensemble)
+    ids = installed_weight_ids() if auto else []
     plans = _outputs(inputs, outdir, args.bicubic)
     protect = [*inputs, *([model_path] if model_path else [])]
     for _, out, bic in plans:  # fail before any compute if the run would stop on an existing file
@@ -127,7 +144,18 @@ def run(args) -> int:
                 arr, axes, spatial, rgb = apply_axes(arr, info, args.axes)
             else:
                 axes, spatial, rgb = None, info.get("spatial_axes"), info.get("rgb")
-            up = get_upscaler(args.model, device=args.device, precision=args.precision,
+                if rgb and arr.shape[-1] == 4:  # RGBA, or RGB + a band (NIR) tagged as alpha?
+                    kind, why = classify_fourth_band(arr)
+                    if kind == "band":
+                        axes, rgb = str(info["axes"])[:-1] + "C", False
+                        print(f"{src.name}: {why}: all 4 bands upscaled one by one with the gray model")
+            choice = None
+            model = args.model
+            if auto:
+                choice = choose_for_layer(arr, rgb=bool(rgb), spatial_axes=spatial, available_ids=ids)
+                model = choice.weights_id  # None: the installed default (no clean/robust pair)
+                print(f"{src.name}: {choice.reason}")
+            up = get_upscaler(model, device=args.device, precision=args.precision,
                               threads=args.threads, channels=3 if rgb else 1,
                               self_ensemble=args.self_ensemble)
             result = _run_with_bar(
@@ -146,6 +174,8 @@ def run(args) -> int:
                 "model": up.model.provenance(),
                 "engine": dict(up.last_run),
             }
+            if choice is not None:
+                prov["model_choice"] = choice.as_dict()
             write_image(out, result, like=info, metadata=prov, scale=up.scale, overwrite=args.overwrite,
                         axes=axes, rgb=rgb, protect=protect)
             print(f"{src} -> {out}  ({up.model.id}, {up.device}, {up.precision})")
