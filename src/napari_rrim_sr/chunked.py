@@ -264,7 +264,7 @@ def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
 def plan_output(shape, dtype, scale: int = 4, budget: int | None = None, n_spatial: int = 2) -> tuple[str, str]:
     """``("memory" | "store", reason)``: whether an upscaled copy of ``shape`` fits in ``budget``
     bytes (default: 50 % of the available memory). What a widget shows before it runs."""
-    from .layers import available_memory, format_bytes, output_nbytes
+    from .job import available_memory, format_bytes, output_nbytes  # (they live in job, not layers)
 
     need = output_nbytes(shape, dtype, scale, n_spatial)
     avail = available_memory()

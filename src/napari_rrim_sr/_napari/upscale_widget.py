@@ -264,18 +264,22 @@ class UpscaleWidget(Container):
         self.progress_bar = ProgressBar(value=0, min=0, max=100, visible=False, label="Progress",
                                         tooltip="Progress of the run.")
         self.status = C.wrap_label(Label(value=""))
+        self.output_info = C.wrap_label(Label(value="", visible=False))
+        #: memory budget (bytes) for the in-memory result of a lazy layer; None: half the free memory
+        self.memory_budget: int | None = None
         super().__init__(
             widgets=[
                 self.source, self.batch, self.channels, self.fourth_band, self.band_info, self.model,
                 self.choice_info, self.model_info, wrow, erow, self.alpha, self.current_slice,
                 self.add_bicubic, self.compute_metrics, self.advanced, self.device, self.precision, self.tile,
-                self.normalization, self.p_low, self.p_high, self.self_ensemble, buttons,
+                self.normalization, self.p_low, self.p_high, self.self_ensemble, self.output_info, buttons,
                 self.progress_bar, self.status,
             ],
             labels=True,
             scrollable=True,
         )
         self.source.changed.connect(self._on_source_changed)
+        self.current_slice.changed.connect(lambda *_: self._show_output_plan())
         self.channels.changed.connect(self._on_mode_changed)
         self.fourth_band.changed.connect(self._on_mode_changed)
         self.model.changed.connect(self._on_model_changed)
@@ -427,7 +431,18 @@ class UpscaleWidget(Container):
             base_name = getattr(base, "name", "gray")
             cmaps = [(_CHANNEL_COLORMAPS[i % len(_CHANNEL_COLORMAPS)] if base_name == "gray" else base)
                      for i in range(n)]
-            return [ChannelView(layer, i, axis="leading", label=f"C{i}", colormap=cmaps[i]) for i in range(n)]
+            labels = [f"C{i}" for i in range(n)]
+            path = getattr(getattr(layer, "source", None), "path", None)
+            if path:  # the file's own channel names and LUTs (ImageJ/OME), as the reader shows them
+                try:
+                    from ..channels import read_channel_displays
+
+                    shown = read_channel_displays(path, n)
+                    labels = [d.name for d in shown]
+                    cmaps = [d.colormap for d in shown]
+                except Exception:  # noqa: BLE001 - displays are a nicety
+                    log.debug("no channel displays from %s", path, exc_info=True)
+            return [ChannelView(layer, i, axis="leading", label=labels[i], colormap=cmaps[i]) for i in range(n)]
         return [layer]
 
     def _on_mode_changed(self, *_):
@@ -438,6 +453,107 @@ class UpscaleWidget(Container):
         if layer is not None:
             self._auto_choose(layer)
         self._on_model_changed(touched=False)
+
+    # -- lazy (dask/zarr) sources: in memory, or an OME-Zarr store -------------------------------
+    @staticmethod
+    def is_lazy(layer) -> bool:
+        """A layer whose data is dask/zarr-backed (not already in memory)."""
+        data = getattr(layer, "data", None)
+        if data is None or isinstance(data, np.ndarray) or getattr(layer, "multiscale", False):
+            return False
+        mod = type(data).__module__
+        return mod.startswith(("dask", "zarr"))
+
+    def output_plan(self, layer=None) -> tuple[str, str] | None:
+        """``("memory" | "store", reason)`` for a lazy source (:func:`chunked.plan_output`), else None."""
+        layer = self.source.value if layer is None else layer
+        if layer is None or not self.is_lazy(layer) or layer.rgb:
+            return None
+        from ..chunked import plan_output
+
+        entry = self._entry(self.model.value) if self.model.value else None
+        factor = int(entry.scale) if entry is not None else 4
+        shape = tuple(layer.data.shape)
+        if self.current_slice.value and L.is_stack(layer.ndim):
+            shape = shape[-2:]
+        return plan_output(shape, layer.data.dtype, factor, budget=self.memory_budget)
+
+    def _show_output_plan(self) -> None:
+        plan = self.output_plan()
+        self.output_info.visible = plan is not None
+        if plan is not None:
+            kind, why = plan
+            self.output_info.value = (f"Output: an OME-Zarr store you choose when you press Run, shown as a lazy "
+                                      f"layer: {why}" if kind == "store" else f"Output: in memory: {why}")
+
+    def ask_store_path(self) -> str | None:
+        """Where to write the OME-Zarr result (a save dialog; tests replace it)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        name = f"{self.source.value.name if self.source.value is not None else 'result'}.ome.zarr"
+        path, _ = QFileDialog.getSaveFileName(self.native, "Write the result to an OME-Zarr store", name,
+                                              "OME-Zarr (*.ome.zarr *.zarr)")
+        return path or None
+
+    def _run_to_store(self, layer):
+        wid = self.model.value
+        path = self.ask_store_path()
+        if not path:
+            self.status.value = "No store chosen; nothing was run."
+            return None
+        norm = str(self.normalization.value)
+        kw = {"device": str(self.device.value), "precision": str(self.precision.value),
+              "tile": int(self.tile.value) or None}
+        if norm in ("dtype", "range", "percentile"):
+            kw["normalization"] = norm
+            kw["percentiles"] = (float(self.p_low.value), float(self.p_high.value))
+        data, scale, translate, name = layer.data, tuple(layer.scale), tuple(layer.translate), layer.name
+
+        def task():
+            from ..chunked import upscale_to_store
+
+            yield f"writing '{name}' to {Path(path).name}"
+            return upscale_to_store(data, path, scale=scale, translate=translate, model=wid, name=name,
+                                    overwrite=False, **kw)
+
+        self._store_ctx = {"layer": layer, "path": path, "weights_id": wid, "choice": self.choice}
+        self._items = []
+        self._cancelled = False
+        worker = create_worker(C.drive, task(), _start_thread=False)
+        worker.yielded.connect(lambda msg: setattr(self.status, "value", f"{msg}…"))
+        worker.returned.connect(self._on_store_returned)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._gen = None
+        self.run_button.enabled = False
+        self.cancel_button.enabled = False  # a store run is resumable, not cancellable between chunks here
+        worker.start()
+        return worker
+
+    def _on_store_returned(self, lazy):
+        ctx = self._store_ctx
+        if isinstance(lazy, C.Failure):
+            msg = user_message(lazy.exc)
+            if not C.check_error(lazy.exc):
+                log.error("store run failed:\n%s", lazy.traceback)
+            self.status.value = f"⚠ {msg}"
+            C.notify_error(msg)
+            return
+        layer = ctx["layer"]
+        if not any(lay is layer for lay in self._viewer.layers):
+            self.status.value = f"'{layer.name}' was deleted during the run; the store {ctx['path']} is kept."
+            return
+        entry = self._entry(ctx["weights_id"])
+        factor = int(entry.scale) if entry is not None else 4
+        record = {"kind": "rrim", "method": "model, chunk by chunk into an OME-Zarr store", "store": str(ctx["path"]),
+                  "model": {"model_id": ctx["weights_id"]}, "factor": factor,
+                  "model_choice": ctx["choice"].as_dict() if ctx["choice"] is not None else None}
+        kw = L.result_layer_kwargs(L.source_info(layer), lazy, kind="rrim", factor=factor, record=record)
+        added = self._viewer.add_image(lazy, **kw)
+        self.last_layers = [added]
+        self.last_results = []
+        self.status.value = f"Added '{added.name}' (lazy, from {ctx['path']})."
+        C.notify_info(self.status.value)
 
     def _auto_choose(self, layer) -> None:
         ids = [v for v in (self.model.choices or ())]
@@ -498,6 +614,7 @@ class UpscaleWidget(Container):
         self.run_button.enabled = bool(wid) and not self.busy
         self.export_button.enabled = bool(wid)
         self._show_choice()
+        self._show_output_plan()
 
     # -- weights files and export ----------------------------------------------------------
     def ask_open_path(self) -> str | None:
@@ -670,6 +787,11 @@ class UpscaleWidget(Container):
             C.notify_info("An upscale run is already in progress; cancel it first.")
             return None
         try:
+            plan = None if (self.batch.value and self.batch.visible) else self.output_plan()
+            if plan is not None and plan[0] == "store":
+                if not self.model.value:
+                    raise InputError(J.no_weights_message())
+                return self._run_to_store(self.source.value)
             items = self.make_jobs()
         except RRIMError as exc:
             self.status.value = f"⚠ {exc}"
