@@ -534,7 +534,7 @@ def test_model_chosen_from_the_data_with_reason_and_provenance(choice_viewer, qt
     rec = viewer.layers["speckles RRIM x4"].metadata[L.META_KEY]
     assert rec["model_choice"]["weights"] == "rrim-x4-gray-real"
     assert "noise σ" in rec["model_choice"]["reason"] and rec["model_choice"]["robust"] is True
-    assert rec["model"]["model_id"] == "rrim-x4-gray-real"
+    assert rec["model_id"] == "rrim-x4-gray-real"
 
 
 def _naip_tile() -> np.ndarray:
@@ -566,7 +566,7 @@ def test_fourth_band_of_naip_is_a_band_not_alpha(choice_viewer, qtbot, notes):
     # NIR is upscaled by the model, on its own: not bicubic, not opacity
     from napari_rrim_sr import engine
 
-    want = engine.upscale(tile[..., 3], nir.metadata[L.META_KEY]["model"]["model_id"])
+    want = engine.upscale(tile[..., 3], nir.metadata[L.META_KEY]["model_id"])
     np.testing.assert_allclose(nir.data.astype(int), want.astype(int), atol=1)
     # the user can say it is alpha after all: one RGBA result, as before
     w.fourth_band.value = "alpha"
@@ -603,9 +603,11 @@ def test_channel_stack_becomes_channel_layers_and_batch(choice_viewer, qtbot, no
     from napari_rrim_sr import engine
 
     mid = viewer.layers[rr[1]]
-    want = engine.upscale(stack[1], mid.metadata[L.META_KEY]["model"]["model_id"], normalization="range")
+    want = engine.upscale(stack[1], mid.metadata[L.META_KEY]["model_id"], normalization="range")
     np.testing.assert_allclose(mid.data.astype(int), want.astype(int), atol=1)
     # a batch of two selected layers runs at once
+    for old in [x for x in viewer.layers if x is not lay]:
+        viewer.layers.remove(old)
     second = viewer.add_image(stack[0], name="single")
     viewer.layers.selection = {lay, second}
     assert _shown(w.batch) and "(2)" in w.batch.text
@@ -634,13 +636,16 @@ def test_both_widgets_fit_a_1600x1000_screen(make_napari_viewer, tiny_registry, 
     assert win.height() <= 1000
     screen_bottom = win.mapToGlobal(win.rect().bottomLeft()).y()
     for widget, button in ((up, up.run_button), (met, met.compute_button)):
-        assert isinstance(widget.native, QScrollArea)
-        widget.native.ensureWidgetVisible(button.native)
+        scroll = widget.native  # what napari docks
+        assert isinstance(scroll, QScrollArea), "not scrollable"
+        assert scroll.parent() is not None and scroll.isVisible()
+        scroll.ensureWidgetVisible(button.native)
         QApplication.processEvents()
         assert not button.native.visibleRegion().isEmpty(), f"{button.text} is not visible"
         y = button.native.mapToGlobal(button.native.rect().bottomLeft()).y()
         assert y <= screen_bottom, (button.text, y, screen_bottom)
-    up.cancel_button.native.isVisibleTo(win)
+        if widget is up:  # Cancel sits next to Run
+            assert not up.cancel_button.native.visibleRegion().isEmpty()
 
 
 def _all_controls(container):

@@ -76,6 +76,32 @@ def is_our_result(layer) -> bool:
     return isinstance(rec, dict) and rec.get("kind") in ("rrim", "bicubic", "error_map")
 
 
+class ScrollableContainer(Container):
+    """A magicgui ``Container(scrollable=True)`` whose ``native`` is its QScrollArea.
+
+    Why: napari docks ``widget.native``; for a scrollable magicgui container that is the inner
+    widget, so the scroll area would be dropped and a tall widget pushes its buttons off the
+    screen (issue 19 #5). Docking the scroll area keeps it scrolling.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(scrollable=True, **kwargs)
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+
+def fit_dock(widget: Container, min_height: int = 160) -> None:
+    """Let a scrollable widget shrink below its content's height (it scrolls), so that two
+    docked widgets fit a 1600x1000 screen: a QScrollArea otherwise asks for its content's
+    height as its minimum."""
+    try:
+        widget.native.setMinimumHeight(min_height)
+    except AttributeError:  # pragma: no cover - non-Qt backend
+        pass
+
+
 def wrap_label(label: Label) -> Label:
     try:
         label.native.setWordWrap(True)

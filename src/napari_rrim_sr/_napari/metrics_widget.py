@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class MetricsWidget(Container):
+class MetricsWidget(C.ScrollableContainer):
     """RMSE / PSNR / SSIM / FSIM of an SR layer (and its bicubic sibling) against a reference,
     or a self-check of a source layer through a model."""
 
@@ -85,7 +85,8 @@ class MetricsWidget(Container):
             self.mode, self.sr_layer, self.bicubic_layer, self.reference, self.source, self.model,
             self.model_note, self.y_channel, self.border, self.data_range, self.error_maps, buttons,
             self.progress_bar, self.title, self.table, self.convention,
-        ], labels=True, scrollable=True)
+        ], labels=True)
+        C.fit_dock(self)
         self.mode.changed.connect(self._on_mode)
         self.sr_layer.changed.connect(self._on_sr_changed)
         self.source.changed.connect(self._sync_model)
@@ -203,7 +204,10 @@ class MetricsWidget(Container):
     def _on_layer_removed(self, event=None):
         gone = getattr(event, "value", None)
         if gone is not None and any(gone is lay for lay in self._shown_layers):
-            self.clear(f"'{gone.name}' was deleted; its metrics were cleared.")
+            try:
+                self.clear(f"'{gone.name}' was deleted; its metrics were cleared.")
+            except RuntimeError:  # pragma: no cover - this widget was closed (Qt object deleted)
+                pass
 
     # -- compute ---------------------------------------------------------------------------
     def compute(self, *_):
@@ -234,7 +238,7 @@ class MetricsWidget(Container):
         return worker
 
     def cancel(self, *_):
-        if self._worker is None or self._cancelled:
+        if getattr(self, "_worker", None) is None or self._cancelled:
             return
         self._cancelled = True
         self.title.value = "Cancelling…"

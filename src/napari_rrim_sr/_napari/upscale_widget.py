@@ -158,7 +158,7 @@ class _Overlay:
 
 # -- the widget --------------------------------------------------------------------------------
 
-class UpscaleWidget(Container):
+class UpscaleWidget(C.ScrollableContainer):
     """Upscale image layers with a registered model (and bicubic, for comparison)."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
@@ -174,6 +174,8 @@ class UpscaleWidget(Container):
         self._ptext = C.ProgressText()
         self._batch_pos = (0, 1)
         self._file_entries: dict[str, Any] = {}
+        self._can_channels = False
+        self._batch_n = 0
         #: the automatic choice for the current source (a ``ModelChoice``; None before one is made)
         self.choice = None
         #: the last completed run (an ``UpscaleResult``; the last of a batch), for scripts and tests
@@ -276,8 +278,8 @@ class UpscaleWidget(Container):
                 self.progress_bar, self.status,
             ],
             labels=True,
-            scrollable=True,
         )
+        C.fit_dock(self)
         self.source.changed.connect(self._on_source_changed)
         self.current_slice.changed.connect(lambda *_: self._show_output_plan())
         self.channels.changed.connect(self._on_mode_changed)
@@ -373,6 +375,7 @@ class UpscaleWidget(Container):
 
     def _on_selection(self, event=None):
         n = len(self._selected_sources())
+        self._batch_n = n
         self.batch.visible = n > 1
         self.batch.text = f"All selected layers ({n})" if n > 1 else "All selected layers"
 
@@ -397,6 +400,7 @@ class UpscaleWidget(Container):
                 self.fourth_band.value = kind
             self.band_info.value = why
         can_channels = layer is not None and not layer.rgb and layer.ndim >= 3
+        self._can_channels = can_channels
         self.channels.visible = can_channels
         with self.channels.changed.blocked():
             self.channels.value = bool(can_channels and leading_axis_is_channels(layer))
@@ -410,7 +414,7 @@ class UpscaleWidget(Container):
         if layer is self.source.value:
             if layer.rgb and layer.data.shape[-1] == 4 and self.fourth_band.value == "band":
                 return "samples"
-            if self.channels.value and self.channels.visible:
+            if self.channels.value and self._can_channels:
                 return "leading"
             return None
         if layer.rgb and layer.data.shape[-1] == 4:
@@ -546,7 +550,7 @@ class UpscaleWidget(Container):
         entry = self._entry(ctx["weights_id"])
         factor = int(entry.scale) if entry is not None else 4
         record = {"kind": "rrim", "method": "model, chunk by chunk into an OME-Zarr store", "store": str(ctx["path"]),
-                  "model": {"model_id": ctx["weights_id"]}, "factor": factor,
+                  "model_id": ctx["weights_id"], "factor": factor,
                   "model_choice": ctx["choice"].as_dict() if ctx["choice"] is not None else None}
         kw = L.result_layer_kwargs(L.source_info(layer), lazy, kind="rrim", factor=factor, record=record)
         added = self._viewer.add_image(lazy, **kw)
@@ -764,7 +768,7 @@ class UpscaleWidget(Container):
     def make_jobs(self) -> list[_Item]:
         """Plan every run of the current settings (raises InputError before anything runs)."""
         layer = self.source.value
-        sources = self._selected_sources() if (self.batch.value and self.batch.visible) else [layer]
+        sources = self._selected_sources() if (self.batch.value and self._batch_n > 1) else [layer]
         if not sources or sources[0] is None:
             raise InputError("No image layer to upscale: open an image (File ▸ Open, or File ▸ "
                              "Open Sample ▸ RRIM super-resolution) and pick it as source.")
@@ -787,7 +791,7 @@ class UpscaleWidget(Container):
             C.notify_info("An upscale run is already in progress; cancel it first.")
             return None
         try:
-            plan = None if (self.batch.value and self.batch.visible) else self.output_plan()
+            plan = None if (self.batch.value and self._batch_n > 1) else self.output_plan()
             if plan is not None and plan[0] == "store":
                 if not self.model.value:
                     raise InputError(J.no_weights_message())
@@ -840,7 +844,7 @@ class UpscaleWidget(Container):
         self._worker.quit()
 
     def _on_dock_closed(self):
-        if self._worker is not None and not self._cancelled:
+        if getattr(self, "_worker", None) is not None and not self._cancelled:
             log.info("upscale dock closed during a run: cancelling")
             self.cancel()
 
