@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-from napari_rrim_sr import job as J  # noqa: E402
-from napari_rrim_sr import layers as L  # noqa: E402
+from napari_rrim_sr import job as J
+from napari_rrim_sr import layers as L
 
 pytestmark = pytest.mark.gui
 
@@ -470,7 +470,7 @@ def choice_viewer(make_napari_viewer, tiny_registry, tmp_path, monkeypatch):
     for i, wid in enumerate(CHOICE_IDS):
         ch = 3 if "rgb" in wid else 1
         torch.manual_seed(99 + i)
-        hp = dict(num_feat=8, num_block=1, scale=4, in_channels=ch, out_channels=ch)
+        hp = {"num_feat": 8, "num_block": 1, "scale": 4, "in_channels": ch, "out_channels": ch}
         save_weights(folder / f"{wid}.safetensors", tiny_registry.build("rrim", **hp), backbone="rrim",
                      hparams=hp, name=wid, description=f"tiny test weights standing in for {wid}")
     tiny_registry.weights(refresh=True)
@@ -490,7 +490,7 @@ def _clean_lr() -> np.ndarray:
 
     from napari_rrim_sr.evaluate import make_lr
 
-    first = sorted(_need(KODAK).iterdir())[0]
+    first = min(_need(KODAK).iterdir())
     _, lr = make_lr(np.asarray(PILImage.open(first).convert("L")), 4)  # bicubic x1/4: clean LR
     return lr
 
@@ -540,7 +540,7 @@ def test_model_chosen_from_the_data_with_reason_and_provenance(choice_viewer, qt
 def _naip_tile() -> np.ndarray:
     import tifffile
 
-    path = sorted(_need(NAIP_DIR).glob("*.tif"))[0]
+    path = min(_need(NAIP_DIR).glob("*.tif"))
     a = tifffile.imread(path)
     assert a.shape[-1] == 4
     return a[300:332, 400:436].copy()
@@ -844,7 +844,7 @@ def test_registry_change_from_another_thread_updates_the_model_list(viewer, qtbo
     assert "fresh-weights" not in w.model.choices
 
     def register():
-        hp = dict(num_feat=8, num_block=1, scale=4, in_channels=1, out_channels=1)
+        hp = {"num_feat": 8, "num_block": 1, "scale": 4, "in_channels": 1, "out_channels": 1}
         save_weights(Path(R.user_weights_dir(create=True)) / "fresh-weights.safetensors",
                      tiny_registry.build("rrim", **hp), backbone="rrim", hparams=hp, name="fresh-weights")
         R.get_registry().weights(refresh=True)
@@ -876,7 +876,7 @@ def test_export_button_writes_onnx_and_never_replaces(viewer, qtbot, notes, tmp_
 
 # -- issue 16: lazy sources too large for memory go to an OME-Zarr store ---------------------
 
-def test_lazy_source_too_large_goes_to_a_store_and_a_lazy_layer(viewer, qtbot, notes, tmp_path, monkeypatch):
+def test_lazy_source_too_large_goes_to_a_store_and_a_lazy_layer(viewer, qtbot, notes, tmp_path):
     da = pytest.importorskip("dask.array")
     pytest.importorskip("zarr")
     data = _gray((48, 40), seed=11)
@@ -889,7 +889,7 @@ def test_lazy_source_too_large_goes_to_a_store_and_a_lazy_layer(viewer, qtbot, n
     w._show_output_plan()
     assert "OME-Zarr store" in w.output_info.value
     store = tmp_path / "lazy.ome.zarr"
-    monkeypatch.setattr(w, "ask_store_path", lambda: str(store))
+    w.ask_store_path = lambda: str(store)  # the save dialog (not monkeypatch: magicgui's delattr)
     w.model.value = "tiny-rrim-x4-gray"
     _run(qtbot, w, add_bicubic=False)
     assert not notes["error"], notes["error"]

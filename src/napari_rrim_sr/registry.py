@@ -328,8 +328,8 @@ def on_change(callback) -> Any:
     return unsubscribe
 
 
-def _notify_change(registry: "Registry") -> None:
-    for cb in list(_change_listeners):
+def _notify_change(registry: Registry) -> None:
+    for cb in tuple(_change_listeners):  # a callback may unsubscribe itself
         try:
             cb(registry)
         except Exception:  # a listener's bug must not break a refresh

@@ -163,7 +163,7 @@ def param_count(path) -> int | None:
 
             with safe_open(str(p), framework="pt") as fh:
                 n = 0
-                for k in fh.keys():
+                for k in fh:
                     shape = fh.get_slice(k).get_shape()
                     size = 1
                     for d in shape:
@@ -174,7 +174,7 @@ def param_count(path) -> int | None:
 
             sd, _ = load_state_dict(p)
             n = int(sum(int(v.numel()) for v in sd.values() if hasattr(v, "numel")))
-    except Exception:  # noqa: BLE001 - a detail label, never an error
+    except Exception:
         log.debug("could not count parameters of %s", key, exc_info=True)
     _PARAMS[key] = n
     return n
@@ -225,7 +225,7 @@ class _DetachFilter(QObject):
         super().__init__()
         self._callback = callback
 
-    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+    def eventFilter(self, obj, event):
         if event.type() == QEvent.ParentChange and obj.parent() is None:
             self._callback()
         return False
@@ -241,7 +241,7 @@ def on_detached(widget: Container, callback) -> QObject:
 
 # -- one shared model selection per viewer (upscale -> metrics self-check) -------------------
 
-_UPSCALE_WIDGETS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_UPSCALE_WIDGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def register_upscale_widget(viewer, widget) -> None:

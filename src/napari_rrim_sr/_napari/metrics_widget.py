@@ -12,7 +12,16 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, SpinBox, Table
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    Table,
+)
 from napari.qt.threading import create_worker
 
 from .. import job as J
@@ -31,7 +40,7 @@ class MetricsWidget(C.ScrollableContainer):
     """RMSE / PSNR / SSIM / FSIM of an SR layer (and its bicubic sibling) against a reference,
     or a self-check of a source layer through a model."""
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
         self._viewer = napari_viewer
         self._layer_choices = C.LayerChoices(napari_viewer, self)
         self._worker = None
@@ -248,9 +257,8 @@ class MetricsWidget(C.ScrollableContainer):
         if isinstance(p, str):
             return
         text, frac = self._ptext.update(p)
-        pct = int(round(100 * frac))
-        if pct > self.progress_bar.value:
-            self.progress_bar.value = pct
+        pct = round(100 * frac)
+        self.progress_bar.value = max(self.progress_bar.value, pct)
         if not self._cancelled:
             self.title.value = f"Self-check: {text}…"
 

@@ -161,7 +161,7 @@ class _Overlay:
 class UpscaleWidget(C.ScrollableContainer):
     """Upscale image layers with a registered model (and bicubic, for comparison)."""
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
         self._viewer = napari_viewer
         self._layer_choices = C.LayerChoices(napari_viewer, self)
         self._model_touched = False
@@ -444,7 +444,7 @@ class UpscaleWidget(C.ScrollableContainer):
                     shown = read_channel_displays(path, n)
                     labels = [d.name for d in shown]
                     cmaps = [d.colormap for d in shown]
-                except Exception:  # noqa: BLE001 - displays are a nicety
+                except Exception:
                     log.debug("no channel displays from %s", path, exc_info=True)
             return [ChannelView(layer, i, axis="leading", label=labels[i], colormap=cmaps[i]) for i in range(n)]
         return [layer]
@@ -565,7 +565,7 @@ class UpscaleWidget(C.ScrollableContainer):
         rgb = bool(getattr(views[0], "rgb", False))
         try:
             choice = _choose(views[0].data, rgb=rgb, available_ids=ids, metadata=layer.metadata)
-        except Exception as exc:  # noqa: BLE001 - a measurement problem must not block the widget
+        except Exception as exc:
             log.debug("automatic model choice failed", exc_info=True)
             choice = None
             reason = f"could not measure the data ({exc})"
@@ -857,7 +857,7 @@ class UpscaleWidget(C.ScrollableContainer):
             self._ptext.reset(prefix=f"{label} ({i + 1}/{n}): " if n > 1 else "")
         text, frac = self._ptext.update(p)
         i, n = self._batch_pos
-        pct = int(round(100 * (i + frac) / max(n, 1)))
+        pct = round(100 * (i + frac) / max(n, 1))
         if pct > self.progress_bar.value:
             self.progress_bar.value = pct
             if self._pbar is not None and pct > self._pbar.n:
@@ -924,7 +924,7 @@ class UpscaleWidget(C.ScrollableContainer):
         widget = getattr(widget, "__wrapped__", widget)
         if hasattr(widget, "show_results"):
             name = result.job.source.get("name")
-            source = self._viewer.layers[name] if name in self._viewer.layers else None
+            source = self._viewer.layers.get(name, None)
             widget.show_results(result.metrics, title=f"Self-check of '{name}' with {result.model.get('model_id')}",
                                 source=source, weights_id=result.job.weights_id)
 
