@@ -166,10 +166,10 @@ class MetricsWidget(C.ScrollableContainer):
         if src is None:
             self.model_note.value = ""
             return
-        from .upscale_widget import _choose
+        from .channel_views import auto_choice
 
         try:
-            choice = _choose(src.data, rgb=bool(src.rgb), available_ids=ids, metadata=src.metadata)
+            choice = auto_choice(src.data, rgb=bool(src.rgb), available_ids=ids, metadata=src.metadata)
         except Exception as exc:  # noqa: BLE001 - never block the widget
             self.model_note.value = f"Could not measure '{src.name}' ({exc}); using {self.model.value}"
             return

@@ -5,17 +5,17 @@ It reads its values into :class:`~napari_rrim_sr.job.UpscaleSettings`, plans wit
 napari ``thread_worker`` (Cancel is checked between tiles). The model is preselected from the
 data by :mod:`napari_rrim_sr.model_choice` and the reason shown; channel stacks and 4-band
 images whose 4th band is not alpha are upscaled channel by channel (gray model, as the CLI does)
-and returned as channel layers; several selected layers run in one batch.
+and returned as channel layers (:mod:`.channel_views`); several selected layers run in one
+batch. *Weights file…*/*Export…* are in :mod:`.weights_actions`, the OME-Zarr output of lazy
+sources in :mod:`.store_output`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -37,6 +37,9 @@ from ..devices import device_choices
 from ..errors import InputError, RRIMError, user_message
 from . import METRICS_WIDGET_NAME, PLUGIN_NAME
 from . import _common as C
+from . import channel_views as V
+from .store_output import StoreOutput
+from .weights_actions import EXPORT_FORMATS, RegistryWithFiles, WeightsActions
 
 if TYPE_CHECKING:
     import napari
@@ -44,86 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-EXPORT_FORMATS = (("bioimage.io package (.zip)", "bioimageio"), ("ONNX (.onnx)", "onnx"))
-_BAND_DISPLAY = (("R", "red"), ("G", "green"), ("B", "blue"), ("band 4", "gray"))
-_CHANNEL_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
-
-
-# -- the core's data decisions (the newer core functions when this checkout has them) ---------
-
-def _choose(data, *, rgb: bool, available_ids, metadata=None):
-    """The automatic model choice of a layer's data (:mod:`napari_rrim_sr.model_choice`)."""
-    from .. import model_choice as MC
-
-    if hasattr(MC, "choose_for_layer"):
-        return MC.choose_for_layer(data, rgb=rgb, available_ids=available_ids, metadata=metadata)
-    plane = L.representative_plane(data, rgb=rgb)
-    if rgb:
-        plane = np.asarray(plane)[..., :3]
-    return MC.choose_weights(np.asarray(plane), channels=3 if rgb else 1, rgb=rgb,
-                             available_ids=available_ids, metadata=metadata)
-
-
-def classify_fourth_band(data) -> tuple[str, str]:
-    """``("alpha" | "band", reason)`` from :func:`napari_rrim_sr.bands.classify_fourth_band`.
-
-    Until that core function is in this checkout, the 4th sample is taken as alpha (napari's
-    reading) and the reason says that the user decides."""
-    try:
-        from ..bands import classify_fourth_band as classify
-    except ImportError:
-        return "alpha", "4th sample taken as alpha (automatic band detection is not installed); choose below"
-    return classify(data)
-
-
-def leading_axis_is_channels(layer) -> bool:
-    """Whether a (non-RGB) layer's metadata says its first axis is channels (tifffile/OME axes
-    letters, as our reader records them)."""
-    if layer.rgb or layer.ndim < 3:
-        return False
-    meta = layer.metadata or {}
-    axes = meta.get("napari_rrim_sr_axes") or meta.get("axes")
-    if not isinstance(axes, str) or len(axes) != layer.data.ndim:
-        return False
-    return axes.upper().startswith("C") and axes.upper().count("C") == 1
-
-
-class ChannelView:
-    """One channel (or band) of a layer, with the attributes :func:`job.plan_upscale` reads from
-    a layer: its result becomes one channel layer at the source's place."""
-
-    multiscale = False
-    rgb = False
-
-    def __init__(self, layer, index: int, *, axis: str, label: str, colormap: Any):
-        self._layer = layer
-        self.index = int(index)
-        self.axis = axis  # "leading" or "samples"
-        if axis == "leading":
-            self.data = layer.data[self.index]
-            drop = 1
-        else:
-            self.data = layer.data[..., self.index]
-            drop = 0
-        self.ndim = int(layer.ndim) - drop
-        self.name = f"{layer.name} [{label}]"
-        self.scale = tuple(layer.scale)[drop:]
-        self.translate = tuple(layer.translate)[drop:]
-        self.colormap = colormap
-        self.blending = "additive"
-        self.gamma = float(getattr(layer, "gamma", 1.0))
-        self.opacity = float(getattr(layer, "opacity", 1.0))
-        self.contrast_limits = None  # each channel gets its own (napari computes them)
-        self.metadata = dict(layer.metadata or {})
-        units = getattr(layer, "units", None)
-        if units is not None:
-            self.units = tuple(units)[drop:]
-        labels = getattr(layer, "axis_labels", None)
-        if labels is not None:
-            self.axis_labels = tuple(labels)[drop:]
-
-    def world_to_data(self, world):
-        return tuple(self._layer.world_to_data(world))[len(tuple(self._layer.scale)) - self.ndim:]
 
 
 @dataclass
@@ -137,28 +60,9 @@ class _Item:
     layer_extra: dict
 
 
-class _Overlay:
-    """The registry plus weights files the user loaded without copying (listed by path)."""
-
-    def __init__(self, base, files: dict):
-        self._base = base
-        self._files = files
-
-    def weights(self, refresh: bool = False):
-        return self._base.weights(refresh) + list(self._files.values())
-
-    def find_weights(self, weights_id: str):
-        if weights_id in self._files:
-            return self._files[weights_id]
-        return self._base.find_weights(weights_id)
-
-    def __getattr__(self, name):
-        return getattr(self._base, name)
-
-
 # -- the widget --------------------------------------------------------------------------------
 
-class UpscaleWidget(C.ScrollableContainer):
+class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
     """Upscale image layers with a registered model (and bicubic, for comparison)."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -316,7 +220,7 @@ class UpscaleWidget(C.ScrollableContainer):
 
     def _registry(self):
         base = C.registry()
-        return _Overlay(base, self._file_entries) if self._file_entries else base
+        return RegistryWithFiles(base, self._file_entries) if self._file_entries else base
 
     def _weights_choices(self, _widget=None):
         out = [(C.entry_label(e), e.id) for e in C.registry().weights()]
@@ -391,11 +295,11 @@ class UpscaleWidget(C.ScrollableContainer):
 
     def _on_source_changed(self, *_):
         layer = self.source.value
-        rgba = layer is not None and layer.rgb and layer.data.shape[-1] == 4
+        rgba = layer is not None and V.is_rgba(layer)
         self.fourth_band.visible = rgba
         self.band_info.visible = rgba
         if rgba:
-            kind, why = classify_fourth_band(layer.data)
+            kind, why = V.classify_fourth_band(layer.data)
             with self.fourth_band.changed.blocked():
                 self.fourth_band.value = kind
             self.band_info.value = why
@@ -403,51 +307,25 @@ class UpscaleWidget(C.ScrollableContainer):
         self._can_channels = can_channels
         self.channels.visible = can_channels
         with self.channels.changed.blocked():
-            self.channels.value = bool(can_channels and leading_axis_is_channels(layer))
+            self.channels.value = bool(can_channels and V.leading_axis_is_channels(layer))
         self._on_mode_changed()
 
     def _channel_mode(self, layer=None) -> str | None:
-        """``"leading"`` (channel stack), ``"samples"`` (4 bands) or None (as napari shows it)."""
+        """``"leading"`` (channel stack), ``"samples"`` (4 bands) or None (as napari shows it):
+        the widget's answers for its source, the data's and metadata's for other layers."""
         layer = self.source.value if layer is None else layer
         if layer is None:
             return None
         if layer is self.source.value:
-            if layer.rgb and layer.data.shape[-1] == 4 and self.fourth_band.value == "band":
-                return "samples"
-            if self.channels.value and self._can_channels:
-                return "leading"
-            return None
-        if layer.rgb and layer.data.shape[-1] == 4:
-            return "samples" if classify_fourth_band(layer.data)[0] == "band" else None
-        return "leading" if leading_axis_is_channels(layer) else None
+            return V.channel_mode(layer, fourth_band=str(self.fourth_band.value),
+                                  channels=bool(self.channels.value and self._can_channels))
+        return V.channel_mode(layer)
 
     def views(self, layer=None) -> list:
-        """What a run processes for ``layer``: the layer itself, or one :class:`ChannelView` per
-        channel/band."""
+        """What a run processes for ``layer``: the layer itself, or one channel view per
+        channel/band (:mod:`.channel_views`)."""
         layer = self.source.value if layer is None else layer
-        mode = self._channel_mode(layer)
-        if mode == "samples":
-            return [ChannelView(layer, i, axis="samples", label=lab, colormap=cm)
-                    for i, (lab, cm) in enumerate(_BAND_DISPLAY)]
-        if mode == "leading":
-            n = int(layer.data.shape[0])
-            base = getattr(layer, "colormap", None)
-            base_name = getattr(base, "name", "gray")
-            cmaps = [(_CHANNEL_COLORMAPS[i % len(_CHANNEL_COLORMAPS)] if base_name == "gray" else base)
-                     for i in range(n)]
-            labels = [f"C{i}" for i in range(n)]
-            path = getattr(getattr(layer, "source", None), "path", None)
-            if path:  # the file's own channel names and LUTs (ImageJ/OME), as the reader shows them
-                try:
-                    from ..channels import read_channel_displays
-
-                    shown = read_channel_displays(path, n)
-                    labels = [d.name for d in shown]
-                    cmaps = [d.colormap for d in shown]
-                except Exception:
-                    log.debug("no channel displays from %s", path, exc_info=True)
-            return [ChannelView(layer, i, axis="leading", label=labels[i], colormap=cmaps[i]) for i in range(n)]
-        return [layer]
+        return V.channel_views(layer, self._channel_mode(layer))
 
     def _on_mode_changed(self, *_):
         layer = self.source.value
@@ -458,113 +336,12 @@ class UpscaleWidget(C.ScrollableContainer):
             self._auto_choose(layer)
         self._on_model_changed(touched=False)
 
-    # -- lazy (dask/zarr) sources: in memory, or an OME-Zarr store -------------------------------
-    @staticmethod
-    def is_lazy(layer) -> bool:
-        """A layer whose data is dask/zarr-backed (not already in memory)."""
-        data = getattr(layer, "data", None)
-        if data is None or isinstance(data, np.ndarray) or getattr(layer, "multiscale", False):
-            return False
-        mod = type(data).__module__
-        return mod.startswith(("dask", "zarr"))
-
-    def output_plan(self, layer=None) -> tuple[str, str] | None:
-        """``("memory" | "store", reason)`` for a lazy source (:func:`chunked.plan_output`), else None."""
-        layer = self.source.value if layer is None else layer
-        if layer is None or not self.is_lazy(layer) or layer.rgb:
-            return None
-        from ..chunked import plan_output
-
-        entry = self._entry(self.model.value) if self.model.value else None
-        factor = int(entry.scale) if entry is not None else 4
-        shape = tuple(layer.data.shape)
-        if self.current_slice.value and L.is_stack(layer.ndim):
-            shape = shape[-2:]
-        return plan_output(shape, layer.data.dtype, factor, budget=self.memory_budget)
-
-    def _show_output_plan(self) -> None:
-        plan = self.output_plan()
-        self.output_info.visible = plan is not None
-        if plan is not None:
-            kind, why = plan
-            self.output_info.value = (f"Output: an OME-Zarr store you choose when you press Run, shown as a lazy "
-                                      f"layer: {why}" if kind == "store" else f"Output: in memory: {why}")
-
-    def ask_store_path(self) -> str | None:
-        """Where to write the OME-Zarr result (a save dialog; tests replace it)."""
-        from qtpy.QtWidgets import QFileDialog
-
-        name = f"{self.source.value.name if self.source.value is not None else 'result'}.ome.zarr"
-        path, _ = QFileDialog.getSaveFileName(self.native, "Write the result to an OME-Zarr store", name,
-                                              "OME-Zarr (*.ome.zarr *.zarr)")
-        return path or None
-
-    def _run_to_store(self, layer):
-        wid = self.model.value
-        path = self.ask_store_path()
-        if not path:
-            self.status.value = "No store chosen; nothing was run."
-            return None
-        norm = str(self.normalization.value)
-        kw = {"device": str(self.device.value), "precision": str(self.precision.value),
-              "tile": int(self.tile.value) or None}
-        if norm in ("dtype", "range", "percentile"):
-            kw["normalization"] = norm
-            kw["percentiles"] = (float(self.p_low.value), float(self.p_high.value))
-        data, scale, translate, name = layer.data, tuple(layer.scale), tuple(layer.translate), layer.name
-
-        def task():
-            from ..chunked import upscale_to_store
-
-            yield f"writing '{name}' to {Path(path).name}"
-            return upscale_to_store(data, path, scale=scale, translate=translate, model=wid, name=name,
-                                    overwrite=False, **kw)
-
-        self._store_ctx = {"layer": layer, "path": path, "weights_id": wid, "choice": self.choice}
-        self._items = []
-        self._cancelled = False
-        worker = create_worker(C.drive, task(), _start_thread=False)
-        worker.yielded.connect(lambda msg: setattr(self.status, "value", f"{msg}…"))
-        worker.returned.connect(self._on_store_returned)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self._gen = None
-        self.run_button.enabled = False
-        self.cancel_button.enabled = False  # a store run is resumable, not cancellable between chunks here
-        worker.start()
-        return worker
-
-    def _on_store_returned(self, lazy):
-        ctx = self._store_ctx
-        if isinstance(lazy, C.Failure):
-            msg = user_message(lazy.exc)
-            if not C.check_error(lazy.exc):
-                log.error("store run failed:\n%s", lazy.traceback)
-            self.status.value = f"⚠ {msg}"
-            C.notify_error(msg)
-            return
-        layer = ctx["layer"]
-        if not any(lay is layer for lay in self._viewer.layers):
-            self.status.value = f"'{layer.name}' was deleted during the run; the store {ctx['path']} is kept."
-            return
-        entry = self._entry(ctx["weights_id"])
-        factor = int(entry.scale) if entry is not None else 4
-        record = {"kind": "rrim", "method": "model, chunk by chunk into an OME-Zarr store", "store": str(ctx["path"]),
-                  "model_id": ctx["weights_id"], "factor": factor,
-                  "model_choice": ctx["choice"].as_dict() if ctx["choice"] is not None else None}
-        kw = L.result_layer_kwargs(L.source_info(layer), lazy, kind="rrim", factor=factor, record=record)
-        added = self._viewer.add_image(lazy, **kw)
-        self.last_layers = [added]
-        self.last_results = []
-        self.status.value = f"Added '{added.name}' (lazy, from {ctx['path']})."
-        C.notify_info(self.status.value)
-
     def _auto_choose(self, layer) -> None:
         ids = [v for v in (self.model.choices or ())]
         views = self.views(layer)
         rgb = bool(getattr(views[0], "rgb", False))
         try:
-            choice = _choose(views[0].data, rgb=rgb, available_ids=ids, metadata=layer.metadata)
+            choice = V.auto_choice(views[0].data, rgb=rgb, available_ids=ids, metadata=layer.metadata)
         except Exception as exc:
             log.debug("automatic model choice failed", exc_info=True)
             choice = None
@@ -620,103 +397,6 @@ class UpscaleWidget(C.ScrollableContainer):
         self._show_choice()
         self._show_output_plan()
 
-    # -- weights files and export ----------------------------------------------------------
-    def ask_open_path(self) -> str | None:
-        """The weights file to load (a file dialog; tests replace it)."""
-        from qtpy.QtWidgets import QFileDialog
-
-        path, _ = QFileDialog.getOpenFileName(self.native, "Load weights", "",
-                                              "Weights (*.safetensors *.pth *.pt *.ckpt);;All files (*)")
-        return path or None
-
-    def ask_save_path(self, fmt: str) -> str | None:
-        """Where to export (a save-file dialog; tests replace it)."""
-        from qtpy.QtWidgets import QFileDialog
-
-        ext = ".zip" if fmt == "bioimageio" else ".onnx"
-        stem = Path(str(self.model.value or "model")).stem
-        path, _ = QFileDialog.getSaveFileName(self.native, "Export weights", f"{stem}{ext}",
-                                              f"{fmt} (*{ext});;All files (*)")
-        return path or None
-
-    def load_weights_file(self, *_, path: str | None = None):
-        """Validate a checkpoint in a worker and list it (copied into the user folder when
-        ticked); returns the worker (None if nothing started)."""
-        path = path or self.ask_open_path()
-        if not path:
-            return None
-        copy = bool(self.copy_weights.value)
-        self.status.value = f"Checking {Path(path).name}…"
-        self.weights_file.enabled = False
-
-        def task():
-            from ..user_weights import add_user_weights
-
-            yield f"checking {Path(path).name}"
-            return add_user_weights(path, copy=copy, registry=C.registry())
-
-        worker = create_worker(C.drive, task(), _start_thread=False)
-        worker.returned.connect(lambda res: self._on_weights_loaded(res, path))
-        worker.finished.connect(lambda *_: setattr(self.weights_file, "enabled", True))
-        self._weights_worker = worker
-        worker.start()
-        return worker
-
-    def _on_weights_loaded(self, res, path):
-        if isinstance(res, C.Failure):
-            msg = user_message(res.exc)
-            self.status.value = f"⚠ {msg}"
-            C.notify_error(msg)
-            return
-        if res.source == "file":
-            self._file_entries[str(res.path)] = res
-            key = str(res.path)
-        else:
-            key = res.id
-        self._reload_models()
-        self.model.value = key  # the user's choice now
-        self._model_touched = True
-        self._on_model_changed(touched=False)
-        self.status.value = f"Loaded {Path(path).name}: {C.describe_entry(res)}"
-
-    def export_weights(self, *_, path: str | None = None):
-        """Export the selected weights (format from the box) in a worker; returns the worker."""
-        wid = self.model.value
-        if not wid:
-            C.notify_error(J.no_weights_message())
-            return None
-        fmt = str(self.export_format.value)
-        path = path or self.ask_save_path(fmt)
-        if not path:
-            return None
-        self.export_button.enabled = False
-        self.status.value = f"Exporting {wid} as {fmt}…"
-        steps: list[str] = []
-
-        def task():
-            from ..export import export_model
-
-            yield "export"
-            return export_model(wid, fmt, path, overwrite=False, progress=steps.append, registry=self._registry())
-
-        worker = create_worker(C.drive, task(), _start_thread=False)
-        worker.returned.connect(self._on_exported)
-        worker.finished.connect(lambda *_: setattr(self.export_button, "enabled", bool(self.model.value)))
-        self._export_worker = worker
-        worker.start()
-        return worker
-
-    def _on_exported(self, res):
-        if isinstance(res, C.Failure):
-            msg = user_message(res.exc)
-            if not C.check_error(res.exc) and "ExportError" not in type(res.exc).__name__:
-                log.error("export failed:\n%s", res.traceback)
-            self.status.value = f"⚠ Export failed: {msg}"
-            C.notify_error(f"Export failed: {msg}")
-            return
-        self.status.value = f"Exported to {res}"
-        C.notify_info(f"Exported to {res}")
-
     # -- run -----------------------------------------------------------------------------
     def settings(self) -> J.UpscaleSettings:
         """The widget's values as one settings object."""
@@ -749,7 +429,7 @@ class UpscaleWidget(C.ScrollableContainer):
             elif view is layer and layer is self.source.value and self.choice is not None:
                 choice = self.choice
             else:
-                choice = _choose(view.data, rgb=bool(view.rgb), available_ids=ids, metadata=layer.metadata)
+                choice = V.auto_choice(view.data, rgb=bool(view.rgb), available_ids=ids, metadata=layer.metadata)
                 if choice.weights_id not in ids:
                     choice = replace(choice, weights_id=settings.weights_id,
                                      reason=f"{choice.reason}; using {settings.weights_id}")
@@ -758,7 +438,7 @@ class UpscaleWidget(C.ScrollableContainer):
                 s = replace(s, current_slice=False)
             job = J.plan_upscale(view, s, point=self._viewer.dims.point, registry=self._registry())
             extra = {}
-            if isinstance(view, ChannelView):
+            if isinstance(view, V.ChannelView):
                 extra = {"colormap": view.colormap, "blending": "additive"}
                 if view.axis == "samples" and view.index == 3:
                     extra["visible"] = False  # NIR over true colour would wash it out
