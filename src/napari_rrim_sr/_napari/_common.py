@@ -163,7 +163,7 @@ def param_count(path) -> int | None:
 
             with safe_open(str(p), framework="pt") as fh:
                 n = 0
-                for k in fh:
+                for k in fh.keys():  # noqa: SIM118 - safe_open is not iterable
                     shape = fh.get_slice(k).get_shape()
                     size = 1
                     for d in shape:

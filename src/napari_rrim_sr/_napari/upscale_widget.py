@@ -604,7 +604,7 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         widget = getattr(widget, "__wrapped__", widget)
         if hasattr(widget, "show_results"):
             name = result.job.source.get("name")
-            source = self._viewer.layers.get(name, None)
+            source = self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401 - no .get
             widget.show_results(result.metrics, title=f"Self-check of '{name}' with {result.model.get('model_id')}",
                                 source=source, weights_id=result.job.weights_id)
 
