@@ -86,6 +86,9 @@ class ScrollableContainer(Container):
 
     def __init__(self, **kwargs):
         super().__init__(scrollable=True, **kwargs)
+        inner = self.root_native_widget.widget()
+        if inner is not None and inner.layout() is not None:
+            inner.layout().addStretch(1)  # pack the controls at the top (compact), not spread out
 
     @property
     def native(self):

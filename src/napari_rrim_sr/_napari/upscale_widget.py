@@ -112,7 +112,7 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         self.weights_file = PushButton(text="Weights file…",
                                        tooltip="Load a checkpoint (.safetensors/.pth: RRIM, ESRGAN, Real-ESRGAN "
                                                "Compact, SPAN, SwinIR); it is validated before it is listed.")
-        self.copy_weights = CheckBox(text="copy into my weights folder", value=True,
+        self.copy_weights = CheckBox(text="keep a copy", value=True,
                                      tooltip="Install a copy in the user weights folder so it is listed next "
                                              "time; unticked: use the file where it is, for this session.")
         self.rescan = PushButton(text="Rescan", tooltip="Look for new weights files and plugins now.")
