@@ -372,7 +372,7 @@ def test_plan_upscale_checks_selects_the_slice_and_pairs_weights(tiny_registry, 
     with pytest.raises(InputError, match="percentiles"):
         J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", normalization="percentile",
                                                             percentiles=(50, 10)), registry=tiny_registry)
-    monkeypatch.setattr(J, "available_memory", lambda: 1000)
+    monkeypatch.setattr("napari_rrim_sr.memory.available_memory", lambda: 1000)
     with pytest.raises(InputError, match="Current slice only"):
         J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", current_slice=False),
                        registry=tiny_registry)

@@ -241,7 +241,7 @@ def test_too_large_for_memory_suggests_current_slice(viewer, qtbot, notes, monke
     viewer.add_image(_gray((4, 16, 16)), name="stack")
     w = _upscale_widget(viewer)
     w.current_slice.value = False
-    monkeypatch.setattr(J, "available_memory", lambda: 100_000)
+    monkeypatch.setattr("napari_rrim_sr.memory.available_memory", lambda: 100_000)
     assert w.run() is None
     assert len(notes["error"]) == 1
     assert "Current slice only" in notes["error"][0] and "memory" in notes["error"][0]

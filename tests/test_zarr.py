@@ -285,7 +285,7 @@ def test_each_worker_loads_the_weights_once(tmp_path, weights):
                                   dashboard_address=None, silence_logs=40) as cluster, \
             distributed.Client(cluster) as client:
         summary = chunked.run_job(job, src, client=client, workers=2)
-        cached = client.run(lambda: [up.model.sha256 for up in engine._CACHE.values()])
+        cached = client.run(lambda: [up.model.sha256 for up in engine.cached_upscalers()])
     assert summary["computed"] == summary["chunks"] == 4 * 2 * 2
     # one cached Upscaler per worker process, for these weights, however many chunks it ran
     assert all(v == [job.model_sha256] for v in cached.values())

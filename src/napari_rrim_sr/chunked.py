@@ -47,6 +47,7 @@ import numpy as np
 
 from .errors import InputError, OutputError, WeightsError
 from .ngff import Source, open_array
+from .safe_write import check_target, fsync_path
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -146,19 +147,6 @@ def _cached(key, opener):
     return a
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def marker_path(out_path: str | Path, idx: tuple[int, ...]) -> Path:
     return Path(out_path) / DONE_DIR / "_".join(str(i) for i in idx)
 
@@ -246,7 +234,7 @@ def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
     chunk_coords = tuple(w.start // c for w, c in zip(write_idx, job.out_chunks))
     try:
         key = out.metadata.encode_chunk_key(chunk_coords)
-        _fsync(Path(job.out_path) / LEVEL0 / key)
+        fsync_path(Path(job.out_path) / LEVEL0 / key)
     except Exception:  # noqa: BLE001 - best effort: not every store is a folder
         pass
     digest = hashlib.sha256(res.tobytes()).hexdigest()
@@ -264,7 +252,7 @@ def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
 def plan_output(shape, dtype, scale: int = 4, budget: int | None = None, n_spatial: int = 2) -> tuple[str, str]:
     """``("memory" | "store", reason)``: whether an upscaled copy of ``shape`` fits in ``budget``
     bytes (default: 50 % of the available memory). What a widget shows before it runs."""
-    from .job import available_memory, format_bytes, output_nbytes  # (they live in job, not layers)
+    from .memory import available_memory, format_bytes, output_nbytes
 
     need = output_nbytes(shape, dtype, scale, n_spatial)
     avail = available_memory()
@@ -365,7 +353,7 @@ def prepare_output(job: ChunkJob, *, overwrite: bool = False, resume: bool = Fal
                    command: str | None = None) -> None:
     """Create the output store and job record, or check a resumable one (same settings)."""
     from .jsonable import jsonable
-    from .safe_write import atomic_write, check_target
+    from .safe_write import atomic_write
 
     out = Path(job.out_path)
     protect = [Path(p) for p in protect]

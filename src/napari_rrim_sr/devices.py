@@ -241,17 +241,5 @@ def sync(device) -> None:
         torch.mps.synchronize()
 
 
-def device_choices() -> list[str]:
-    """The device names a user may pick here: auto, cpu, and the accelerators torch sees
-    (``cuda``, ``cuda:N`` when there are several, ``mps``)."""
-    out = ["auto", "cpu"]
-    try:
-        torch = _torch()
-        if torch.cuda.is_available():
-            n = torch.cuda.device_count()
-            out += ["cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
-        if mps_available():
-            out.append("mps")
-    except Exception:  # pragma: no cover - torch broken: cpu only
-        log.debug("device query failed", exc_info=True)
-    return out
+#: the name the widgets use; the same list
+device_choices = available_devices

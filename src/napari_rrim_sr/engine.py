@@ -67,7 +67,7 @@ from .options import (
 )
 from .progress import Progress, drain
 from .tiling import TileGrid
-from .upscaler import NO_WEIGHTS_MESSAGE, Upscaler, clear_cache, get_upscaler, resolve_model, validate_options
+from .upscaler import NO_WEIGHTS_MESSAGE, Upscaler, cached_upscalers, clear_cache, get_upscaler, resolve_model, validate_options
 
 #: the earlier private names, kept for callers (commands/bench.py)
 _resolve_tile = resolve_tile
@@ -78,7 +78,7 @@ _drain = drain
 __all__ = [
     "BICUBIC_BAND", "BORDER_MARGIN", "DEFAULT_OVERLAP", "DEFAULT_PERCENTILES", "DEFAULT_TILE", "MIN_TILE",
     "NO_WEIGHTS_MESSAGE", "Layout", "ModelRef", "Normalization", "Progress", "TileGrid", "UpscaleOptions",
-    "Upscaler", "bicubic_rows", "clear_cache", "default_overlap", "get_upscaler", "options_from",
+    "Upscaler", "bicubic_rows", "cached_upscalers", "clear_cache", "default_overlap", "get_upscaler", "options_from",
     "resolve_layout", "resolve_model", "upscale", "upscale_bicubic", "upscale_block", "upscale_dask",
     "upscale_iter", "validate_options", "worker_upscaler", "_WORKER_UPSCALERS",
 ]

@@ -17,10 +17,9 @@ No Qt and no napari import here.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from .errors import InputError
 from .interpolation import lerp_state_dicts
 from .jsonable import jsonable
 from .layer_metrics import compare_arrays, metrics_data_range
+from .memory import available_memory, check_fits_in_memory, format_bytes, output_nbytes  # noqa: F401
 from .layers import (
     current_slice_index,
     is_stack,
@@ -92,57 +92,6 @@ def normalization_kwargs(choice: str, dtype, data_min=None, data_max=None,
             )
         return {"normalization": choice}
     raise ValueError(f"unknown normalisation {choice!r}")
-
-
-# -- memory --------------------------------------------------------------------------------
-
-def output_nbytes(shape: Sequence[int], dtype, factor: int = 4, n_spatial: int = 2) -> int:
-    """Bytes of an upscaled copy of an array of ``shape`` (spatial axes x factor each)."""
-    n = int(np.prod([int(s) for s in shape], dtype=np.int64)) if len(shape) else 1
-    return int(n * (int(factor) ** n_spatial) * np.dtype(dtype).itemsize)
-
-
-def available_memory() -> int | None:
-    """Available system memory in bytes (None where it cannot be determined)."""
-    try:
-        import psutil  # optional
-
-        return int(psutil.virtual_memory().available)
-    except Exception:
-        pass
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_fits_in_memory(needed: int, what: str, *, suggestion: str, available: int | None = None,
-                         fraction: float = 0.7) -> None:
-    """Raise an :class:`InputError` with a plain message when ``needed`` bytes would exceed
-    ``fraction`` of the available memory."""
-    available = available_memory() if available is None else available
-    if available is None or needed <= fraction * available:
-        return
-    raise InputError(
-        f"{what} needs about {format_bytes(needed)} but only {format_bytes(available)} of memory "
-        f"is available; {suggestion}"
-    )
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
-
 
 
 # -- network interpolation -----------------------------------------------------------------

@@ -255,16 +255,31 @@ def is_stack(ndim: int) -> bool:
     return ndim > 2
 
 
-def representative_plane(data, *, rgb: bool):
-    """The one representative plane of a stack: the data itself when it is one 2-D (or 2-D +
-    RGB/channel) plane, else the middle plane along every leading axis. A self-check scores it;
-    training validation takes it from a stack file."""
-    nd = data.ndim - (1 if rgb else 0)
-    lead = nd - 2
-    if lead <= 0:
-        return np.asarray(data)
-    idx = tuple(s // 2 for s in data.shape[:lead])
-    return np.asarray(data[idx])
+def representative_plane(data, *, spatial_axes: tuple[int, int] | None = None, rgb: bool = False) -> np.ndarray:
+    """The one representative plane of an image or stack: the middle index of every non-spatial,
+    non-colour axis (the model choice measures it, a self-check scores it, training validation
+    takes it from a stack file).
+
+    Why the middle: the first/last slice of a Z stack or time-lapse is often out of focus or
+    bleached; the middle one is the typical plane. Only that plane is read (dask/zarr stay lazy).
+    ``data`` is YX, (..., Y, X, C) with ``rgb``, or any nD array with ``spatial_axes``.
+    """
+    shape = tuple(int(n) for n in np.shape(data))
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"an image needs at least 2 dimensions, got shape {shape}")
+    if spatial_axes is None:
+        spatial_axes = (ndim - 3, ndim - 2) if rgb else (ndim - 2, ndim - 1)
+    sp = tuple(int(a) % ndim for a in spatial_axes)
+    colour = ndim - 1 if rgb else None
+    idx: list[Any] = [slice(None)] * ndim
+    for a in range(ndim):
+        if a not in sp and a != colour:
+            idx[a] = shape[a] // 2
+    plane = np.asarray(data[tuple(idx)])
+    keep = [a for a in range(ndim) if a in sp or a == colour]  # remaining axes, original order
+    want = [sp[0], sp[1]] + ([colour] if colour is not None else [])
+    return np.transpose(plane, [keep.index(a) for a in want])
 
 
 # -- result layers -------------------------------------------------------------------------

@@ -26,7 +26,7 @@ the overshoot measure too (``docs/models.md``), so a layer may ask for its model
 
 The thresholds were set on Kodak24 clean LR (all 24 must pick the clean model) and the native
 microscopy/satellite images in ``../shared/data``; ``docs/models.md`` has the measured table and
-the command (``python -m napari_rrim_sr.training.measure_choice``) that makes it.
+the command (``python -m napari_rrim_sr.training measure-choice``) that makes it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from .layers import representative_plane  # the one way to pick a plane; re-exported
 
 __all__ = [
     "CLEAN_ROBUST_PAIRS",
@@ -229,31 +231,6 @@ def choose_weights(
         return ModelChoice(wid, f"{cond.describe()}; {pair[want_robust]} is not installed", cond, wid == robust_id)
     verdict = "not clean" if want_robust else "clean"
     return ModelChoice(wid, f"{cond.describe()}: {verdict} → {wid}", cond, want_robust)
-
-
-def representative_plane(data: Any, *, spatial_axes: tuple[int, int] | None = None, rgb: bool = False) -> np.ndarray:
-    """The plane the choice is measured on: the middle index of every non-spatial, non-colour axis.
-
-    Why the middle: the first/last slice of a Z stack or time-lapse is often out of focus or
-    bleached; the middle one is the typical plane. Only that plane is read (dask/zarr stay lazy).
-    ``data`` is YX, (..., Y, X, C) with ``rgb``, or any nD array with ``spatial_axes``.
-    """
-    shape = tuple(int(n) for n in np.shape(data))
-    ndim = len(shape)
-    if ndim < 2:
-        raise ValueError(f"an image needs at least 2 dimensions, got shape {shape}")
-    if spatial_axes is None:
-        spatial_axes = (ndim - 3, ndim - 2) if rgb else (ndim - 2, ndim - 1)
-    sp = tuple(int(a) % ndim for a in spatial_axes)
-    colour = ndim - 1 if rgb else None
-    idx: list[Any] = [slice(None)] * ndim
-    for a in range(ndim):
-        if a not in sp and a != colour:
-            idx[a] = shape[a] // 2
-    plane = np.asarray(data[tuple(idx)])
-    keep = [a for a in range(ndim) if a in sp or a == colour]  # remaining axes, original order
-    want = [sp[0], sp[1]] + ([colour] if colour is not None else [])
-    return np.transpose(plane, [keep.index(a) for a in want])
 
 
 def choose_for_layer(

@@ -36,6 +36,7 @@ __all__ = [
     "atomic_write",
     "check_target",
     "clean_stale_temporaries",
+    "fsync_path",
     "is_same_file",
 ]
 
@@ -197,7 +198,8 @@ def _os_error(p: Path, exc: OSError) -> OutputError:
     return OutputError(p, f"cannot be written: {why}")
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: PathLike) -> None:
+    """Flush a file (or a folder's entries) to disk; errors are ignored (not every filesystem can)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -242,11 +244,11 @@ def atomic_write(
             with open(tmp, "xb") as fh:
                 fh.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
-        _fsync_path(tmp)
+        fsync_path(tmp)
         # Re-check just before the rename: the target may have appeared meanwhile.
         check_target(p, overwrite=overwrite, protect=protect, kind="file")
         os.replace(tmp, p)
-        _fsync_path(p.parent)
+        fsync_path(p.parent)
     except OSError as exc:
         _discard(tmp)
         _undo_parents(created)

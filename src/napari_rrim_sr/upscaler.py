@@ -483,6 +483,12 @@ def validate_options(options: UpscaleOptions, *, channels: int | None = None) ->
     return get_upscaler(options=options, channels=3 if channels is None else int(channels))
 
 
+def cached_upscalers() -> list[Upscaler]:
+    """The upscalers this process holds (one per model/options: a worker loads weights once)."""
+    with _CACHE_LOCK:
+        return list(_CACHE.values())
+
+
 def clear_cache() -> None:
     """Drop cached Upscalers (and their GPU memory)."""
     with _CACHE_LOCK:

@@ -210,6 +210,8 @@ TOOLS = {
     "compare-gray": ("napari_rrim_sr.training.measure.gray",
                      "gray model vs bicubic and the RGB model on held-out microscopy"),
     "size-speed": ("napari_rrim_sr.training.measure.size_speed", "inference speed of RRIM sizes"),
+    "measure-choice": ("napari_rrim_sr.training.measure.choice",
+                       "the automatic model choice: overshoot on native data, Kodak24 clean LR"),
     "ship-gan": ("napari_rrim_sr.training.ship_gan",
                  "assemble the shipped GAN weights (interpolation + recipe + metrics)"),
 }

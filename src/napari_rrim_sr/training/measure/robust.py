@@ -91,22 +91,10 @@ def degraded_lr_gray(hr: np.ndarray, photons: float, noise: float, alias: bool, 
 
 
 def overshoot(lr: np.ndarray, sr: np.ndarray, scale: int = 4) -> tuple[float, float]:
-    """Mean and 99.9th percentile of how far SR's Y (RGB) or value (gray, 0..255) leaves its
-    3x3 LR neighbourhood's range."""
-    from scipy.ndimage import maximum_filter, minimum_filter
+    """:func:`napari_rrim_sr.metrics.overshoot` of values already on the 0..255 scale (as here)."""
+    from napari_rrim_sr.metrics import overshoot as _overshoot
 
-    from napari_rrim_sr.metrics import rgb_to_y
-
-    if lr.ndim == 2:
-        ylr, ysr = lr.astype(np.float64), sr.astype(np.float64)
-    else:
-        ylr, ysr = rgb_to_y(lr, 255.0), rgb_to_y(sr, 255.0)
-    lo = np.kron(minimum_filter(ylr, 3, mode="nearest"), np.ones((scale, scale)))
-    hi = np.kron(maximum_filter(ylr, 3, mode="nearest"), np.ones((scale, scale)))
-    ex = np.maximum(ysr - hi, 0) + np.maximum(lo - ysr, 0)
-    b = 2 * scale  # the outermost LR pixels have a one-sided neighbourhood
-    ex = ex[b:-b, b:-b]
-    return float(ex.mean()), float(np.percentile(ex, 99.9))
+    return _overshoot(lr, sr, scale, data_range=255.0)
 
 
 def save_figure(path: Path, lr: np.ndarray, outputs: list, y: int = 52, x: int = 82, n: int = 40) -> None:

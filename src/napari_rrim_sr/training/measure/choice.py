@@ -9,7 +9,7 @@ centre crop of that plane (default 128 x 128 LR) with the widget's "auto" normal
 Kodak24 clean LR (``evaluate.make_lr``) the choice must keep the clean RGB model for every image,
 so its PSNR is the clean model's.
 
-    python -m napari_rrim_sr.training.measure_choice --json choice.json > choice.md
+    python -m napari_rrim_sr.training measure-choice --json choice.json > choice.md
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _centre(a: np.ndarray, n: int) -> np.ndarray:
 
 def _run(wid: str, crop: np.ndarray, rgb: bool, threads: int) -> np.ndarray:
     from napari_rrim_sr.engine import get_upscaler
-    from napari_rrim_sr.layers import auto_normalization
+    from napari_rrim_sr.job import auto_normalization
 
     up = get_upscaler(wid, device="cpu", precision="fp32", threads=threads, channels=3 if rgb else 1)
     kw = auto_normalization(crop.dtype, float(crop.min()), float(crop.max()))
