@@ -295,6 +295,15 @@ class ProgressText:
         return self.prefix + text, self._frac
 
 
+def eta_text(elapsed_s: float, fraction: float) -> str:
+    """``", ~40 s left"`` from the measured pace of this run (nothing until there is a pace to
+    go by): slow models (transformers on a CPU) get a truthful estimate, not a guess."""
+    if fraction < 0.02 or fraction >= 1.0 or elapsed_s < 0.5:
+        return ""
+    left = elapsed_s * (1.0 - fraction) / fraction
+    return f", ~{left:.0f} s left" if left < 120 else f", ~{left / 60:.0f} min left"
+
+
 def check_error(exc: BaseException) -> bool:
     """Whether an exception is one of ours (a plain message) rather than a bug to log."""
     return isinstance(exc, (RRIMError, MemoryError))

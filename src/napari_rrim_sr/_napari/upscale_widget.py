@@ -13,6 +13,7 @@ sources in :mod:`.store_output`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -198,8 +199,9 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         self.cancel_button.changed.connect(self.cancel)
         self._viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._viewer.layers.selection.events.changed.connect(self._on_selection)
-        self._watch = C.RegistryWatch()
-        self._watch.changed.connect(self._on_registry_changed)
+        self._watch = watch = C.RegistryWatch()
+        watch.changed.connect(self._on_registry_changed)
+        self.native.destroyed.connect(lambda *_: watch.close())  # no listener outlives the widget
         self._detach = C.on_detached(self, self._on_dock_closed)
         C.register_upscale_widget(napari_viewer, self)
         active = self._viewer.layers.selection.active
@@ -486,6 +488,7 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         self._cancelled = False
         self._ptext.reset()
         self._started = 0
+        self._t0 = time.monotonic()
         self._batch_pos = (0, len(items))
         self._gen = self._run_all(items)
         worker = create_worker(C.drive, self._gen, _start_thread=False)
@@ -537,7 +540,9 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
             self._ptext.reset(prefix=f"{label} ({i + 1}/{n}): " if n > 1 else "")
         text, frac = self._ptext.update(p)
         i, n = self._batch_pos
-        pct = round(100 * (i + frac) / max(n, 1))
+        overall = (i + frac) / max(n, 1)
+        pct = round(100 * overall)
+        text += C.eta_text(time.monotonic() - self._t0, overall)
         if pct > self.progress_bar.value:
             self.progress_bar.value = pct
             if self._pbar is not None and pct > self._pbar.n:
