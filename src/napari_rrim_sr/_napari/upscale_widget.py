@@ -243,6 +243,9 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
                 f"'{layer.name}' is a {type(layer).__name__} layer; Upscale (RRIM x4) works on "
                 "image layers"
             )
+        if layer is not None and C.is_our_result(layer):  # not offered as a source: say why
+            C.notify_info(f"'{layer.name}' was made by this plugin; upscale its source instead.")
+            return
         if layer is not None:
             self.source.value = layer
 
