@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
