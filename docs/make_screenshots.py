@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -79,7 +79,7 @@ def main() -> int:
 
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-rrim-sr", show=True)
-    viewer.window._qt_window.resize(1800, 1050)
+    viewer.window._qt_window.resize(1600, 1000)  # the screen size the widgets must fit (issue 19)
     app = QApplication.instance()
     (src,) = viewer.open_sample("napari-rrim-sr", "microscopy")
     if not trained:
@@ -112,8 +112,7 @@ def main() -> int:
             viewer.window.remove_dock_widget(getattr(inner, "native", inner))
     _, met = viewer.window.add_plugin_dock_widget("napari-rrim-sr", "Super-resolution metrics")
     met.mode.value = "self"
-    met.source.value = src
-    met.model.value = up.model.value
+    met.source.value = src  # the model follows the upscale widget's choice for this layer (see its note)
     met.error_maps.value = True
     met.compute()
     _wait(app, met, lambda: met.busy)

@@ -442,7 +442,7 @@ def _describe_norm(kwargs: Mapping[str, Any]) -> dict:
     return out
 
 
-def self_check_images(
+def self_check_images_iter(
     plane,
     model,
     *,
@@ -456,8 +456,11 @@ def self_check_images(
     normalization: str = "auto",
     percentiles: tuple[float, float] = (0.1, 99.9),
     self_ensemble: bool = False,
-) -> tuple[dict, dict]:
-    """Self-check of ``model`` on one plane, by the protocol of :func:`evaluate.evaluate`
+):
+    """Generator form of :func:`self_check_images`: yields engine ``Progress`` per tile of the LR
+    upscale (a widget shows it and can cancel by closing the generator), returns the same pair.
+
+    Self-check of ``model`` on one plane, by the protocol of :func:`evaluate.evaluate`
     (LR = MATLAB bicubic x1/scale of the mod-cropped plane, rounded to its dtype; the model and
     bicubic upscale the LR; both are scored against the plane), also returning the images so
     error maps can be shown.
@@ -484,7 +487,7 @@ def self_check_images(
     up = engine.Upscaler(model, device=device, precision=precision, channels=3 if rgb else 1,
                          self_ensemble=self_ensemble)
     try:
-        sr = up.upscale(lr, rgb=rgb, tile=tile, **norm)  # engine default overlap: capped for small tiles
+        sr = yield from up.upscale_iter(lr, rgb=rgb, tile=tile, **norm)  # default overlap: capped for small tiles
     finally:
         dev = up.device
         up.close()
@@ -504,19 +507,42 @@ def self_check_images(
 
 
 
-def self_check(plane, weights_id: str, *, rgb: bool, y_channel: bool | None = None, border: int | None = None,
-               range_choice: str = "auto", error_maps: bool = False, registry=None) -> tuple[dict, dict]:
-    """:func:`self_check_images` of one plane with registry weights ``weights_id``; returns the
-    metrics and, with ``error_maps``, ``{"model", "bicubic": |image - HR|}``."""
+def self_check_images(plane, model, **kw) -> tuple[dict, dict]:
+    """Self-check of ``model`` on one plane (see :func:`self_check_images_iter` for the protocol
+    and arguments), run to its end in this thread."""
+    from .progress import drain
+
+    return drain(self_check_images_iter(plane, model, **kw))
+
+
+def self_check_iter(plane, weights_id: str, *, rgb: bool, y_channel: bool | None = None,
+                    border: int | None = None, range_choice: str = "auto", error_maps: bool = False,
+                    registry=None):
+    """Generator form of :func:`self_check` (yields ``Progress``: the metrics widget shows it and
+    cancels between tiles); returns the metrics and, with ``error_maps``, ``{"model", "bicubic":
+    |image - HR|}``."""
     from .devices import release_memory
+    from .engine import Progress
     from .layer_metrics import data_range_choice, error_map
 
+    yield Progress(0, 0, 0, 0, f"loading {weights_id}")
     model = load_job_model(weights_id, registry=registry)
     plane = np.asarray(plane)
     try:
         dr = None if range_choice == "auto" else data_range_choice(range_choice, plane.dtype, plane)
-        res, images = self_check_images(plane, model, rgb=rgb, y_channel=y_channel, border=border, data_range=dr)
+        res, images = yield from self_check_images_iter(plane, model, rgb=rgb, y_channel=y_channel, border=border,
+                                                        data_range=dr)
     finally:
         release_memory(None)
     maps = {k: error_map(images[k], images["hr"], rgb=rgb) for k in ("model", "bicubic")} if error_maps else {}
     return res, maps
+
+
+def self_check(plane, weights_id: str, *, rgb: bool, y_channel: bool | None = None, border: int | None = None,
+               range_choice: str = "auto", error_maps: bool = False, registry=None) -> tuple[dict, dict]:
+    """:func:`self_check_images` of one plane with registry weights ``weights_id``; returns the
+    metrics and, with ``error_maps``, ``{"model", "bicubic": |image - HR|}``."""
+    from .progress import drain
+
+    return drain(self_check_iter(plane, weights_id, rgb=rgb, y_channel=y_channel, border=border,
+                                 range_choice=range_choice, error_maps=error_maps, registry=registry))

@@ -241,8 +241,11 @@ class Registry:
                 for plugin_name, paths in self._call("napari_rrim_sr_weights"):
                     for path in paths:
                         add(Path(path), plugin_name)
+                before = None if self._weights is None else [(e.id, str(e.path)) for e in self._weights]
                 self._weights = entries
                 self.broken = broken
+                if before is not None and before != [(e.id, str(e.path)) for e in entries]:
+                    _notify_change(self)
             return list(self._weights)
 
     def find_weights(self, weights_id: str) -> WeightsEntry:
@@ -306,6 +309,31 @@ def entry_from_file(path: Path, source: str) -> WeightsEntry:
 
 _registry: Registry | None = None
 _registry_lock = threading.Lock()
+
+#: callbacks run when a refresh finds a different set of weights (any registry, any thread)
+_change_listeners: list = []
+
+
+def on_change(callback) -> Any:
+    """Call ``callback(registry)`` whenever a refresh of a registry's weights finds a different list
+    (weights installed by *Weights file...*, a fine-tune, ``models --add``). Why: a widget listing
+    weights must show new ones at once. The callback runs in the thread that refreshed (GUI code
+    must hand it over to its own thread). Returns a function that unsubscribes."""
+    _change_listeners.append(callback)
+
+    def unsubscribe() -> None:
+        if callback in _change_listeners:
+            _change_listeners.remove(callback)
+
+    return unsubscribe
+
+
+def _notify_change(registry: Registry) -> None:
+    for cb in tuple(_change_listeners):  # a callback may unsubscribe itself
+        try:
+            cb(registry)
+        except Exception:  # a listener's bug must not break a refresh
+            log.warning("registry change listener %r failed", cb, exc_info=True)
 
 
 def get_registry() -> Registry:
