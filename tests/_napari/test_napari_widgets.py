@@ -438,9 +438,7 @@ def test_self_ensemble_checkbox_is_run_and_recorded(viewer, qtbot, notes):
 
 # -- issue 19: real data, the automatic choice, bands, channels, fitting, stale state ----------
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-if not SHARED.exists():
-    SHARED = Path("/work/shared")
+SHARED = Path(__file__).resolve().parents[3] / "shared"  # ../shared beside the repository
 DATA = SHARED / "data"
 SPECKLES = DATA / "microscopy/cellprofiler_examples/ExampleSpeckles/images/1-162hrh2ax2.tif"
 NAIP_DIR = DATA / "satellite/opengeos_naip"
