@@ -107,9 +107,10 @@ def test_demo_sample_uses_the_weights_its_metadata_suggests(tiny_registry):
                 "photo": (None, {"rgb": True, "metadata": {}}), "microscopy": (None, {})}
 
     default_rgb = tiny_registry.default_weights(3).id
-    models, untrained = demo._models(None, samples("tiny-rrim-x4-rgb-gan"), False)
+    models, untrained, choices = demo._models(None, samples("tiny-rrim-x4-rgb-gan"), False)
     assert not untrained
     assert models["satellite"].id == "tiny-rrim-x4-rgb-gan" != default_rgb
+    assert "metadata" in choices["satellite"].reason
     assert models["photo"].id == default_rgb and models["microscopy"].id == "tiny-rrim-x4-gray"
     assert demo._models(None, samples("not-installed"), False)[0]["satellite"].id == default_rgb
     forced = demo._models("tiny-rrim-x4-rgb", samples("tiny-rrim-x4-rgb-gan"), False)[0]

@@ -52,9 +52,10 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (--headless)")
     p.add_argument("--samples", default=",".join(SAMPLES),
                    help=f"comma-separated samples to run (default: {','.join(SAMPLES)})")
-    p.add_argument("--model", help="weights id or file for every sample (default: the "
-                                   "registry default per channel count, or the weights the "
-                                   "sample's metadata asks for when installed)")
+    p.add_argument("--model", default="auto",
+                   help="weights id or file for every sample, or 'auto' (default): the weights the sample's "
+                        "metadata asks for when installed, else the clean or robust model measured from the "
+                        "data (as `upscale --model auto` and the widget), else the default per channel count")
     p.add_argument("--allow-untrained", action="store_true",
                    help="run with a randomly initialised RRIM when no trained weights are "
                         "installed (the results are then meaningless; labelled as such)")
@@ -125,24 +126,40 @@ def _load_samples(names, size=None):
 
 
 def _models(model_arg, samples, allow_untrained):
-    """``{sample name: LoadedModel}`` (``--model``, else the weights the sample's metadata
-    suggests when installed, as the widget does, else the default for its channel count), and
-    whether any is untrained."""
+    """``({sample name: LoadedModel}, untrained, {sample name: ModelChoice})``.
+
+    ``--model ID|PATH`` is used for every sample. Otherwise (``auto``, the default) each sample
+    gets what the CLI and the widget give it: the weights its metadata asks for when installed,
+    else the model measured from the data (:func:`napari_rrim_sr.model_choice.choose_for_layer`:
+    clean or robust), else the registry default for its channel count.
+    """
     from ..layers import suggested_weights
+    from ..model_choice import ModelChoice, choose_for_layer
     from ..registry import get_registry
     from ..weights_io import load_model
 
     reg = get_registry()
     installed = [e.id for e in reg.weights()]
-    own = {} if model_arg else {name: suggested_weights(kw.get("metadata"), installed)
-                                for name, (_, kw) in samples.items()}
-    own = {name: wid for name, wid in own.items() if wid}
+    explicit = model_arg not in (None, "auto")
+    choices: dict = {}
+    if not explicit:
+        for name, (data, kw) in samples.items():
+            meta = kw.get("metadata")
+            if data is None:  # nothing to measure: the layer's request only
+                wid = suggested_weights(meta, installed)
+                if wid:
+                    choices[name] = ModelChoice(wid, "requested by the layer's metadata (napari_rrim_sr_weights)")
+                continue
+            c = choose_for_layer(data, rgb=bool(kw.get("rgb")), available_ids=installed, metadata=meta)
+            if c.weights_id:
+                choices[name] = c
+    own = {name: c.weights_id for name, c in choices.items()}
     chans = {3 if kw.get("rgb") else 1 for name, (_, kw) in samples.items() if name not in own}
-    by_channels, untrained = _default_models(reg, model_arg, sorted(chans), allow_untrained)
+    by_channels, untrained = _default_models(reg, model_arg if explicit else None, sorted(chans), allow_untrained)
     models = {name: load_model(wid, registry=reg) for name, wid in own.items()}
     for name, (_, kw) in samples.items():
         models.setdefault(name, by_channels.get(3 if kw.get("rgb") else 1))
-    return models, untrained
+    return models, untrained, choices
 
 
 def _default_models(reg, model_arg, chans, allow_untrained):
@@ -213,7 +230,7 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
     if (outdir / "report.md").exists() and not overwrite:
         raise InputError(f"{outdir} already holds a demo report; use --overwrite or another folder")
     loaded = _load_samples(samples, size)
-    models, untrained = _models(model, loaded, allow_untrained)
+    models, untrained, choices = _models(model, loaded, allow_untrained)
     outdir.mkdir(parents=True, exist_ok=True)  # only once samples and models are there
     if untrained:
         log.warning(UNTRAINED_BANNER)
@@ -247,7 +264,12 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
         files["source"] = write_layer_tiff(outdir / f"{name}_source.tif", data, base_meta,
                                            overwrite=overwrite)
         for kind, arr in (("rrim", sr), ("bicubic", bic)):
-            kw = result.layer_kwargs(kind, extra={"untrained": True} if (untrained and kind == "rrim") else None)
+            extra = {}
+            if kind == "rrim" and untrained:
+                extra["untrained"] = True
+            if kind == "rrim" and name in choices:
+                extra["model_choice"] = choices[name].as_dict()  # the CLI's and the widget's key
+            kw = result.layer_kwargs(kind, extra=extra or None)
             files[kind] = write_layer_tiff(outdir / f"{name}_{kind}_x{m.scale}.tif", arr, kw,
                                            overwrite=overwrite)
         norm = {"normalization": result.normalization["mode"]}
@@ -270,6 +292,7 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
             "output_shape": list(sr.shape),
             "normalization": norm["normalization"],
             "model": prov_model,
+            "model_choice": choices[name].as_dict() if name in choices else None,
             "untrained": bool(m.metadata.get("untrained")),
             "device": dev_desc,
             "precision": run_info.get("precision"),
@@ -327,7 +350,8 @@ def _markdown(report: dict) -> str:
             "",
             f"- input {tuple(r['shape'])} {r['dtype']} -> output {tuple(r['output_shape'])}; "
             f"normalisation `{r['normalization']}`",
-            f"- model `{r['model']['model_id']}` ({r['model']['backbone']}), weights sha256 "
+            (f"- model choice: {r['model_choice']['reason']}\n" if r.get("model_choice") else "")
+            + f"- model `{r['model']['model_id']}` ({r['model']['backbone']}), weights sha256 "
             f"`{r['model'].get('weights_sha256') or 'n/a (in memory)'}`"
             + (" — **UNTRAINED**" if r["untrained"] else ""),
             f"- device {r['device']}, tile {r['tile']}; RRIM {r['seconds']['rrim']} s "
