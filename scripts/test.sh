@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: system packages for a virtual display (napari's
 # canvas needs GL; QT_QPA_PLATFORM=offscreen alone fails on it), .venv with the test extras,
-# then pytest under xvfb-run. Extra arguments go to pytest.
+# then ruff (lint + format check), then pytest under xvfb-run. Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 need_apt=0
@@ -20,6 +20,10 @@ bash "$ROOT/scripts/setup.sh" testing
 # shellcheck disable=SC1091
 . "${RRIM_VENV:-$ROOT/.venv}/bin/activate"
 cd "$ROOT"
+# lint and format first (configured in pyproject.toml): a style break fails CI like a test
+echo "[test] ruff check + ruff format --check"
+ruff check .
+ruff format --check .
 if command -v xvfb-run >/dev/null 2>&1; then
   exec xvfb-run -a -s "-screen 0 1600x1000x24" python -m pytest "$@"
 else

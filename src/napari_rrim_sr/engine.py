@@ -67,7 +67,15 @@ from .options import (
 )
 from .progress import Progress, drain
 from .tiling import TileGrid
-from .upscaler import NO_WEIGHTS_MESSAGE, Upscaler, cached_upscalers, clear_cache, get_upscaler, resolve_model, validate_options
+from .upscaler import (
+    NO_WEIGHTS_MESSAGE,
+    Upscaler,
+    cached_upscalers,
+    clear_cache,
+    get_upscaler,
+    resolve_model,
+    validate_options,
+)
 
 #: the earlier private names, kept for callers (commands/bench.py)
 _resolve_tile = resolve_tile

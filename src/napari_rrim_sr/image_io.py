@@ -32,7 +32,7 @@ READ_ONLY_SUFFIXES = {".webp": "webp", ".bmp": "bmp"}
 _GEOTIFF_TAGS = (33550, 33922, 34735)
 #: GeoTIFF and GDAL tags carried over to outputs (code -> TIFF type), georeferencing kept
 _GEOTIFF_TAG_TYPES = {33550: 12, 33922: 12, 34264: 12, 34735: 3, 34736: 12, 34737: 2, 42112: 2, 42113: 2}
-_MICRO = {"µm", "\u00b5m", "um", "micron", "microns", "micrometer", "\\u00B5m"}
+_MICRO = {"µm", "um", "micron", "microns", "micrometer", "\\u00B5m"}
 
 
 def format_for(path, *, reading: bool = False) -> str:

@@ -27,7 +27,6 @@ from .errors import InputError
 from .interpolation import lerp_state_dicts
 from .jsonable import jsonable
 from .layer_metrics import compare_arrays, metrics_data_range
-from .memory import available_memory, check_fits_in_memory, format_bytes, output_nbytes  # noqa: F401
 from .layers import (
     current_slice_index,
     is_stack,
@@ -37,6 +36,7 @@ from .layers import (
     source_info,
     spatial_axes_for,
 )
+from .memory import available_memory, check_fits_in_memory, format_bytes, output_nbytes  # noqa: F401
 from .provenance import provenance
 
 # -- normalisation -------------------------------------------------------------------------

@@ -100,9 +100,9 @@ class Upscaler:
         """``model`` (or ``options.model``) on ``options.device`` at ``options.precision``; the
         keyword form (``device=``, ``precision=``, ``threads=``, ``self_ensemble=``, any other
         :class:`UpscaleOptions` field as a per-call default) still works."""
-        from .weights_io import LoadedModel
-
         import torch
+
+        from .weights_io import LoadedModel
 
         opts = options_from(options, **kw)
         if model is None:

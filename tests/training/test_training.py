@@ -505,8 +505,14 @@ def test_gan_stage_needs_init_and_vgg(tmp_path, iso):
 # -- losses -----------------------------------------------------------------------------------
 
 def test_vgg_features_conventions_and_errors(tmp_path):
-    from napari_rrim_sr.training.losses import (AdversarialLoss, LossError, PerceptualLoss, VGGFeatures,
-                                                build_vgg, read_vgg_state_dict)
+    from napari_rrim_sr.training.losses import (
+        AdversarialLoss,
+        LossError,
+        PerceptualLoss,
+        VGGFeatures,
+        build_vgg,
+        read_vgg_state_dict,
+    )
 
     sd = read_vgg_state_dict(_tiny_vgg(tmp_path / "v16.safetensors"))
     x = torch.rand(2, 3, 16, 16)

@@ -387,7 +387,7 @@ def measure_kernels(models, device, precisions, size: int, repeat: int) -> list[
             ac = torch.autocast(device.type, dtype=torch.bfloat16 if prec == "bf16" else torch.float16,
                                 enabled=prec in ("bf16", "fp16"))
             with torch.inference_mode(), ac:
-                total = _best(lambda: (m(x), _sync(device)), repeat)
+                total = _best(lambda m=m, x=x: (m(x), _sync(device)), repeat)
                 conv_s, macs, kinds = 0.0, 0, []
                 for (cin, cout, k, g, shape), (mod, n) in calls.items():
                     xi = torch.rand(shape, device=device).contiguous(memory_format=torch.channels_last)

@@ -54,7 +54,7 @@ def bench_training(*, backbone: str = "rrim", hparams: dict | None = None, chann
                 hr = hr.contiguous(memory_format=torch.channels_last)
             loss_fn = torch.nn.L1Loss()
 
-            def step():
+            def step(model=model, opt=opt, lr=lr, hr=hr, loss_fn=loss_fn, prec=prec):
                 with devices.autocast(dev, prec):
                     sr = model(lr)
                 loss = loss_fn(sr.float(), hr)

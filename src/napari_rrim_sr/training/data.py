@@ -45,7 +45,6 @@ import numpy as np
 from ..errors import RRIMError
 from .degradations import Degradations, gaussian_blur, jpeg_roundtrip  # noqa: F401 (re-exported)
 
-
 log = logging.getLogger(__name__)
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 @dataclass
 class Degradations:
     """Ranges and probabilities of the on-the-fly LR degradations (see TrainConfig)."""
