@@ -3,7 +3,8 @@
 * ``napari-rrim-sr demo`` opens napari with the microscopy sample and the *Upscale (RRIM x4)*
   widget docked (needs napari with a Qt backend).
 * ``napari-rrim-sr demo --headless -o OUTDIR`` imports no Qt: it upscales the three samples
-  (microscopy, satellite, photo) with the default weights and with bicubic, scores both by the
+  (microscopy, satellite, photo) with the weights ``--model auto`` picks (as the CLI and the
+  widget do; the reason goes into the report) and with bicubic, scores both by the
   self-check protocol of :func:`napari_rrim_sr.evaluate.evaluate`, and writes per sample the
   source, RRIM and bicubic TIFFs (with provenance), PNG previews and a side-by-side crop, plus
   ``report.md`` and ``report.json`` (metrics, timings, device, model provenance).
@@ -44,9 +45,10 @@ def register(sub) -> None:
              "samples and write a report)",
         description="Without options: open napari with the microscopy sample and the Upscale "
                     "(RRIM x4) widget. With --headless -o OUTDIR: upscale the microscopy, "
-                    "satellite and photo samples with the default weights (the decimated "
-                    "Landsat sample: rrim-x4-rgb-real when installed) and bicubic, and "
-                    "write images plus report.md/report.json (no GUI, no Qt).",
+                    "satellite and photo samples with the weights --model auto picks for each (the "
+                    "sample's own request, else the clean or robust model measured from the data; "
+                    "the reason is in the report) and with bicubic, and write images plus "
+                    "report.md/report.json (no GUI, no Qt).",
     )
     p.add_argument("--headless", action="store_true", help="no GUI: compute and write a report")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (--headless)")
