@@ -224,15 +224,20 @@ def choose_degradations(stats: DataStats, *, kind: str = "auto", blur: bool = Fa
     """
     if kind not in ("auto", "clean", "shot", "read", "shot+read"):
         raise InputError(f"degradations must be auto, clean, shot, read or shot+read, not {kind!r}")
-    sigma = read_sigma if read_sigma is not None else stats.noise_sigma
     peak = photons if photons is not None else stats.photons
-    shot_matters = math.isfinite(peak) and stats.shot_slope * max(stats.mean_level, 0.05) > 0.5 * max(
-        stats.read_var, (sigma ** 2) * 0.25)
+    # shot noise matters when it dominates the variance at the median level
+    shot_matters = math.isfinite(peak) and stats.shot_slope * max(stats.mean_level, 0.05) > stats.read_var
+    # read noise: the flat-region σ, unless shot noise is present (that σ then holds the
+    # background's shot noise too): the variance at zero signal
+    sigma = read_sigma if read_sigma is not None else (
+        math.sqrt(stats.read_var) if shot_matters else stats.noise_sigma)
     if kind == "auto":
         if not stats.noisy:
             kind = "clean"
+        elif shot_matters:
+            kind = "shot+read" if sigma >= 0.002 else "shot"
         else:
-            kind = "shot+read" if shot_matters else "read"
+            kind = "read"
     deg = Degradations()
     parts = []
     if "read" in kind:
@@ -613,7 +618,7 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
         data_desc = {"kind": "unpaired", "sources": planes.sources, "description": planes.describe(),
                      "train_planes": len(split.train), "heldout_planes": len(split.heldout),
                      "statistics": stats.as_dict()}
-    say(f"data ready in {time.perf_counter() - t0:.1f} s; held-out: {how}")
+    say(f"data ready in {time.perf_counter() - t0:.1f} s; held-out: {how}; LR: {deg_why}")
 
     # -- budget
     budget = plan_budget(base.module, settings.minutes, scale=s, channels=ch, max_patch=max_patch,
