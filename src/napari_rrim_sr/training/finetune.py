@@ -352,11 +352,18 @@ def plan_budget(module, minutes: float, *, scale: int, channels: int, max_patch:
             break
     b, p = choice
     sps = per_px * b * p * p
+    measured = {"probe": {"batch": probe_b, "patch": probe_p, "seconds_per_step": round(t, 4)},
+                "seconds_per_megapixel": round(per_px * 1e6, 3)}
+    if (b, p) != (probe_b, probe_p) and not max_steps:  # time the chosen size itself (the probe extrapolates)
+        sps = time_steps(module, batch=b, patch=p, scale=scale, channels=channels, steps=1, precision=precision)
+        measured["chosen"] = {"batch": b, "patch": p, "seconds_per_step": round(sps, 4)}
+        if seconds / sps < MIN_STEPS / 2 and ladder.index((b, p)) + 1 < len(ladder):
+            b, p = ladder[ladder.index((b, p)) + 1]  # much slower than predicted (a busy machine): one size down
+            sps = sps * (b * p * p) / (choice[0] * choice[1] ** 2)
     steps = max(10, int(seconds / sps))
     if max_steps:
         steps = min(steps, int(max_steps))
-    return Budget(steps, b, p, sps, {"probe": {"batch": probe_b, "patch": probe_p, "seconds_per_step": round(t, 4)},
-                                     "seconds_per_megapixel": round(per_px * 1e6, 3)})
+    return Budget(steps, b, p, sps, measured)
 
 
 # -- held-out scoring ---------------------------------------------------------------------------
