@@ -131,9 +131,13 @@ class PairedDataset:
         s, p = int(scale), int(patch_size)
         if p % s:
             raise InputError(f"patch size {p} is not a multiple of scale {s}")
-        self.pairs = [(np.asarray(lr, np.float32), np.asarray(hr, np.float32)) for lr, hr in pairs]
+        def chw(a):  # (h, w) or (h, w, C) -> (C, h, w)
+            a = np.asarray(a, np.float32)
+            return np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+
+        self.pairs = [(chw(lr), chw(hr)) for lr, hr in pairs]
         for lr, hr in self.pairs:
-            if min(lr.shape[:2]) < p // s:
+            if min(lr.shape[1:]) < p // s:
                 raise InputError(f"a pair ({lr.shape[1]}x{lr.shape[0]} LR px) is smaller than the LR patch ({p // s} px)")
         self.patch_size, self.scale, self.channels = p, s, int(channels)
         self.augment, self.seed = bool(augment), int(seed)
@@ -147,10 +151,10 @@ class PairedDataset:
         rng = np.random.default_rng([self.seed, int(i)])
         lr_full, hr_full = self.pairs[int(rng.integers(len(self.pairs)))]
         q, s = self.patch_size // self.scale, self.scale
-        y = int(rng.integers(lr_full.shape[0] - q + 1))
-        x = int(rng.integers(lr_full.shape[1] - q + 1))
-        lr = torch.from_numpy(np.ascontiguousarray(lr_full[y:y + q, x:x + q]))[None]
-        hr = torch.from_numpy(np.ascontiguousarray(hr_full[y * s:(y + q) * s, x * s:(x + q) * s]))[None]
+        y = int(rng.integers(lr_full.shape[1] - q + 1))
+        x = int(rng.integers(lr_full.shape[2] - q + 1))
+        lr = torch.from_numpy(np.ascontiguousarray(lr_full[:, y:y + q, x:x + q]))
+        hr = torch.from_numpy(np.ascontiguousarray(hr_full[:, y * s:(y + q) * s, x * s:(x + q) * s]))
         if self.augment:
             if rng.random() < 0.5:
                 hr, lr = hr.flip(-1), lr.flip(-1)
@@ -158,6 +162,6 @@ class PairedDataset:
                 hr, lr = hr.flip(-2), lr.flip(-2)
             if rng.random() < 0.5:
                 hr, lr = hr.transpose(-1, -2), lr.transpose(-1, -2)
-        if self.channels == 3:
+        if self.channels == 3 and hr.shape[0] == 1:
             hr, lr = hr.expand(3, -1, -1), lr.expand(3, -1, -1)
         return lr.contiguous().float(), hr.contiguous().float()
