@@ -31,8 +31,9 @@ def _stack() -> np.ndarray:
 
 
 def _settings(tmp_path, **kw) -> ft.FinetuneSettings:
-    base = dict(data=[_stack()], init="tiny-rrim-x4-gray", minutes=0.5, out=str(tmp_path / "ft"), name="my-ft",
-                max_steps=6, evals=3, heldout_crops=2, heldout_side=64, lr=1e-3, batch_size=2, patch_size=32)
+    base = {"data": [_stack()], "init": "tiny-rrim-x4-gray", "minutes": 0.5, "out": str(tmp_path / "ft"),
+            "name": "my-ft", "max_steps": 6, "evals": 3, "heldout_crops": 2, "heldout_side": 64, "lr": 1e-3,
+            "batch_size": 2, "patch_size": 32}
     base.update(kw)
     return ft.FinetuneSettings(**base)
 

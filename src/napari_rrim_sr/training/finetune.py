@@ -33,17 +33,19 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import itertools
 import logging
 import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, WeightsError
+from ..errors import InputError, RRIMError, WeightsError
 from .data import Degradations, ImageRecord, PatchDataset, decode_image, find_images, map_channels, to_unit_storage
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def split_heldout(planes: Sequence[np.ndarray], *, patch_size: int, scale: int,
     """Held-out planes (several planes) or a held-out region (one plane); see the module doc."""
     n = len(planes)
     if n >= 2:
-        k = max(1, int(round(fraction * n)))
+        k = max(1, round(fraction * n))
         gap = 1 if n - k - 1 >= 2 else 0
         return Split(list(planes[:n - k - gap]), list(planes[n - k:]),
                      f"planes {n - k}..{n - 1} of {n} held out" + (f", plane {n - k - 1} skipped as a gap" if gap else ""))
@@ -179,12 +181,12 @@ def _mean_variance(q: np.ndarray, b: int = 8) -> tuple[float, float]:
     nh, nw = hh.shape[0] // b, hh.shape[1] // b
     if nh * nw < 20:
         return 0.0, 0.0
-    blk = lambda x: x[: nh * b, : nw * b].reshape(nh, b, nw, b).transpose(0, 2, 1, 3).reshape(nh * nw, -1)  # noqa: E731
+    blk = lambda x: x[: nh * b, : nw * b].reshape(nh, b, nw, b).transpose(0, 2, 1, 3).reshape(nh * nw, -1)
     var = (np.median(np.abs(blk(hh)), axis=1) / 0.6745) ** 2
     mean = blk(low).mean(axis=1)
     edges = np.quantile(mean, np.linspace(0, 1, 11))
     xs, ys = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (mean >= lo) & (mean <= hi)
         if sel.sum() >= 5:
             xs.append(float(np.median(mean[sel])))
@@ -602,7 +604,7 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
         pair_arrays = [(a.lr.astype(np.float32)[..., None], a.hr.astype(np.float32)[..., None]) for a in aligned]
         max_patch = min(min(hr.shape[:2]) for _, hr in pair_arrays)
         if len(pair_arrays) >= 2:
-            k = max(1, int(round(HELDOUT_FRACTION * len(pair_arrays))))
+            k = max(1, round(HELDOUT_FRACTION * len(pair_arrays)))
             train_pairs, held_pairs = pair_arrays[:-k], pair_arrays[-k:]
             how = f"pairs {len(pair_arrays) - k}..{len(pair_arrays) - 1} of {len(pair_arrays)} held out (real LR)"
         else:
@@ -724,7 +726,7 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
     for other in settings.compare:
         try:
             om = load_model(other, registry=registry)
-        except Exception as exc:  # a missing comparison model is reported, not fatal
+        except RRIMError as exc:  # a missing comparison model is reported, not fatal
             say(f"cannot score {other}: {exc}")
             continue
         if om.scale != s or om.in_channels != ch:

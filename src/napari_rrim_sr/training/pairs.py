@@ -107,7 +107,7 @@ def register_pair(lr, hr, scale: int, *, max_residual: float = MAX_RESIDUAL, ups
         if max(abs(float(v)) for v in step) < 1.0 / upsample:
             break
     aligned = ndimage.shift(hr, (dy, dx), order=3, mode="nearest")
-    m = int(math.ceil((max(abs(dy), abs(dx)) + 2 * s) / s))  # LR px lost at each side (shift + bicubic support)
+    m = math.ceil((max(abs(dy), abs(dx)) + 2 * s) / s)  # LR px lost at each side (shift + bicubic support)
     if h - 2 * m < 16 or w - 2 * m < 16:
         raise InputError(f"after the shift of ({-dy:.2f}, {-dx:.2f}) HR px the overlap is too small "
                          f"({w - 2 * m}x{h - 2 * m} LR px)")
