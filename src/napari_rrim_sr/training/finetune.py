@@ -294,9 +294,9 @@ def degradation_preview(plane: np.ndarray, deg: Degradations, scale: int, *, siz
     p = p if p.ndim == 3 else p[..., None]
     h, w = p.shape[:2]
     s = int(scale)
-    side = min(size, h, w)
+    side = min(size, h // s, w // s)  # the HR crop behind the synthetic patch must fit too
     real = p[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side].mean(-1)
-    big = min(side * s, h // s * s, w // s * s)
+    big = side * s
     y0, x0 = (h - big) // 2 // s * s, (w - big) // 2 // s * s
     syn = synthesize_lr(p[y0:y0 + big, x0:x0 + big], deg, s, np.random.default_rng(seed)).mean(-1)
     return real, syn
