@@ -61,7 +61,7 @@ class _Canvas:
 class FinetuneWidget(Container):
     """Data (layers, or LR/HR layers), degradations with a preview, base weights, time budget."""
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.layers = Select(label="data layers", choices=self._layer_choices)
