@@ -64,5 +64,6 @@ def test_finetune_curve_updates_cancel_keeps_best_and_registers(widget, qtbot, t
 
     assert "gui-ft" in [v for _, v in _weights_choices()]
     table = widget.table.value
-    assert [r[0] for r in table["data"]] == ["gui-ft", "tiny-rrim-x4-gray", "bicubic"]
+    assert list(table["index"]) == ["gui-ft", "tiny-rrim-x4-gray", "bicubic"]
+    assert table["data"][0][0] == pytest.approx(res.scores["model"]["psnr"], abs=1e-3)
     assert "registered" in widget.status.value

@@ -247,12 +247,10 @@ class FinetuneWidget(Container):
             self.status.value = f"⚠ {result}"
             return
         self.result = result
-        rows = []
-        labels = (("model", result.name), ("base", result.recipe.get("init", "")), ("bicubic", "bicubic"))
-        for key, label in labels:
-            m = result.scores[key]
-            rows.append([label, round(m["psnr"], 3), round(m["ssim"], 4)])
-        self.table.value = {"data": rows, "index": [r[0] for r in rows], "columns": ["model", "PSNR (dB)", "SSIM"]}
+        labels = [result.name, result.recipe.get("init", "base"), "bicubic"]
+        rows = [[round(result.scores[k]["psnr"], 3), round(result.scores[k]["ssim"], 4)]
+                for k in ("model", "base", "bicubic")]
+        self.table.value = {"data": rows, "index": labels, "columns": ["PSNR dB", "SSIM"]}
         verdict = "beats its base model" if result.beats_base else "does NOT beat its base model (keep the base)"
         self.status.value = (f"{result.status} after {result.steps} steps: {result.name} {verdict}; registered "
                              f"({result.installed}); model card {result.card}")
