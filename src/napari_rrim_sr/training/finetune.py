@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 BUDGET_LADDER = ((16, 128), (8, 128), (8, 96), (4, 96), (4, 64), (2, 64))
 MIN_STEPS = 300
 HELDOUT_FRACTION = 0.2
+#: how the fine-tuning data were scaled to 0..1 (stored in the weights; upscale new data the same way)
+NORMALIZATION = ("8-bit data: dtype range (/255); other data: 0.1-99.9 percentiles per file, layer or pair "
+                 "image (upscale 16-bit or float data with percentile normalisation)")
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -771,7 +774,7 @@ def model_card(result: FinetuneResult, data_desc: dict, heldout_desc: dict) -> s
             f"On held-out data never trained on ({heldout_desc['how']}; {heldout_desc['lr']}; {heldout_desc['metric']}) "
             f"it scores {m['psnr']:.2f} dB / SSIM {m['ssim']:.4f}, against {b['psnr']:.2f} dB / {b['ssim']:.4f} for "
             f"the base model and {c['psnr']:.2f} dB / {c['ssim']:.4f} for bicubic{others}. {verdict} "
-            f"Use it only on data like its training data.\n")
+            f"Use it only on data like its training data, scaled the same way ({NORMALIZATION}).\n")
 
 
 def _write_outputs(result: FinetuneResult, state_dict, base, data_desc, heldout_desc, out: Path,
@@ -793,7 +796,7 @@ def _write_outputs(result: FinetuneResult, state_dict, base, data_desc, heldout_
     def write(tmp: Path) -> None:
         save_weights(tmp, state_dict, backbone=base.backbone, hparams=base.hparams, name=result.name,
                      description=desc, recipe=jsonable(result.recipe), metrics=jsonable(metrics), extra=extra,
-                     overwrite=True)
+                     overwrite=True, normalization=NORMALIZATION)
 
     card = model_card(result, data_desc, heldout_desc)
     result.weights = atomic_write(out / f"{result.name}.safetensors", write, overwrite=settings.overwrite)
