@@ -223,3 +223,23 @@ def test_paired_finetune_scores_on_real_lr(tiny_registry, tmp_path):
     assert meta["finetune"]["data"]["kind"] == "paired"
     assert meta["finetune"]["data"]["pairs"][0]["shift_hr_px"] == pytest.approx([2.3, -1.7], abs=0.1)
     assert meta["finetune"]["heldout"]["lr"] == "real LR" and res.steps == 3
+
+
+def test_cli_finetune_on_pair_folders(tiny_registry, tmp_path, capsys):
+    import tifffile
+
+    from napari_rrim_sr.training.cli import main
+
+    lr, hr = _pair()
+    for folder, img in (("lr", lr), ("hr", hr)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "field1.tif", img.astype(np.float32))
+    rc = main(["finetune", "--pairs", str(tmp_path / "lr"), str(tmp_path / "hr"), "--init", "tiny-rrim-x4-gray",
+               "--minutes", "0.1", "--out", str(tmp_path / "cli"), "--name", "cli-pair", "--max-steps", "2",
+               "--batch-size", "2", "--patch-size", "32", "--heldout-crops", "1", "--heldout-side", "32"])
+    out = capsys.readouterr().out
+    import re
+
+    assert rc == 0, out
+    assert re.search(r"pair 0: HR shifted by \(2\.[23]\d, -1\.[67]\d\) px, residual 0\.0", out), out
+    assert tiny_registry.find_weights("cli-pair").metadata["finetune"]["data"]["kind"] == "paired"

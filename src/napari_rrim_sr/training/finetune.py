@@ -552,7 +552,7 @@ def _is_cancelled(cancel) -> bool:
     return bool(cancel())
 
 
-def _prepare_pairs(settings: FinetuneSettings, scale: int, channels: int):
+def _prepare_pairs(settings: FinetuneSettings, scale: int, say: Callable[[str], None]):
     from .pairs import register_pair
 
     loaded = []
@@ -562,7 +562,10 @@ def _prepare_pairs(settings: FinetuneSettings, scale: int, channels: int):
         if len(lr) != len(hr):
             raise InputError(f"the LR and HR of a pair have {len(lr)} and {len(hr)} planes")
         for a, b in zip(lr, hr):
-            loaded.append(register_pair(a[..., 0], b[..., 0], scale, max_residual=settings.max_residual))
+            p = register_pair(a[..., 0], b[..., 0], scale, max_residual=settings.max_residual)
+            say(f"pair {len(loaded)}: HR shifted by ({p.shift[0]:.2f}, {p.shift[1]:.2f}) px, residual {p.residual:.3f}, "
+                f"overlap {p.lr.shape[1]}x{p.lr.shape[0]} LR px")
+            loaded.append(p)
     return loaded
 
 
@@ -603,7 +606,7 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
     paired = bool(settings.pairs)
     t0 = time.perf_counter()
     if paired:
-        aligned = _prepare_pairs(settings, s, ch)
+        aligned = _prepare_pairs(settings, s, say)
         pair_arrays = [(a.lr.astype(np.float32)[..., None], a.hr.astype(np.float32)[..., None]) for a in aligned]
         max_patch = min(min(hr.shape[:2]) for _, hr in pair_arrays)
         if len(pair_arrays) >= 2:
