@@ -243,3 +243,21 @@ def test_cli_finetune_on_pair_folders(tiny_registry, tmp_path, capsys):
     assert rc == 0, out
     assert re.search(r"pair 0: HR shifted by \(2\.[23]\d, -1\.[67]\d\) px, residual 0\.0", out), out
     assert tiny_registry.find_weights("cli-pair").metadata["finetune"]["data"]["kind"] == "paired"
+
+
+def test_time_budget_replans_to_the_measured_speed(tiny_registry, tmp_path):
+    """No step cap: the steps come from the timed probe, then are fitted to the speed seen in the
+    run; the run ends within its budget (plus the scoring around it)."""
+    import time
+
+    t0 = time.perf_counter()
+    res = ft.finetune(_settings(tmp_path, minutes=0.1, max_steps=0, batch_size=0, patch_size=0, evals=4),
+                      registry=tiny_registry)
+    wall = time.perf_counter() - t0
+    r = res.recipe
+    assert r["steps_planned"] >= 10 and r["batch_size"] >= 2 and r["patch_size"] <= 64
+    assert [q["at_step"] for q in r["replans"]][:1] == [max(5, r["steps_planned"] // 10)]
+    assert len(r["replans"]) == 2 and r["replans"][1]["at_step"] == r["replans"][0]["steps"] // 2
+    assert res.steps <= 2 * r["steps_planned"]
+    assert res.curve[-1]["elapsed_s"] <= 6.0 + 3.0  # the trainer's deadline (0.1 min) holds
+    assert wall < 60

@@ -693,7 +693,12 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
         cfg.blur_sigma, cfg.blur_prob = list(deg.blur_sigma), deg.blur_prob
         cfg.noise_sigma, cfg.poisson_peak = list(deg.noise_sigma), list(deg.poisson_peak)
     best = {"psnr": base_scores["psnr"], "ssim": base_scores["ssim"], "step": 0, "state": None}
-    state = {"cancelled": False, "eval_s": 0.0}
+    state = {"cancelled": False, "eval_s": 0.0, "eval_every": eval_every, "replans": []}
+    # without a step cap the loader is made for up to twice the planned steps, and the plan is
+    # fitted to the real speed at 10 % and 50 % of the run (replan); the deadline stays the guard
+    loader_steps = budget.steps if settings.max_steps else 2 * budget.steps
+    replan_at = max(5, budget.steps // 10)
+    cfg.steps = loader_steps
 
     def net_of(tr):
         return tr.ema.module if tr.ema is not None else tr.model
@@ -707,11 +712,26 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
             best.update(psnr=m["psnr"], ssim=m["ssim"], step=tr.step,
                         state={k: v.detach().cpu().clone() for k, v in net_of(tr).state_dict().items()})
 
+    def replan(tr) -> None:
+        """Fit the remaining steps to the remaining time at the speed seen so far (evaluations
+        included): the probe ran before training, on a machine whose load may have changed."""
+        rate = tr.elapsed() / tr.step
+        left = 60.0 * settings.minutes - tr.elapsed() - 2.0 * state["eval_s"] / max(1, len(curve) - 1)
+        total = min(loader_steps, max(tr.step + 1, tr.step + int(left / rate)))
+        state["replans"].append({"at_step": tr.step, "s_per_step": round(rate, 3), "steps": total})
+        tr.set_total_steps(total)
+        state["eval_every"] = max(1, total // max(1, settings.evals))
+        say(f"step {tr.step}: {rate:.2f} s/step so far, {total} steps fit the budget")
+
     def callback(tr, stats) -> None:
         if _is_cancelled(cancel):
             state["cancelled"] = True
             tr.cfg.steps = tr.step  # the trainer finishes at once (as on its deadline)
-        if tr.step % eval_every == 0 or tr.step >= tr.cfg.steps:
+        elif not settings.max_steps and tr.step < tr.cfg.steps and (
+                (not state["replans"] and tr.step >= replan_at)
+                or (len(state["replans"]) == 1 and tr.step >= tr.cfg.steps // 2)):
+            replan(tr)
+        if tr.step % state["eval_every"] == 0 or tr.step >= tr.cfg.steps:
             evaluate(tr)
 
     trainer = Trainer(cfg, callbacks=[callback], registry=registry, dataset=dataset)
@@ -746,7 +766,7 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
               "best_step": best["step"], "batch_size": budget.batch_size, "patch_size": budget.patch_size,
               "lr": settings.lr, "schedule": "cosine", "warmup": warmup, "ema": cfg.ema, "loss": "l1",
               "seconds_per_step": round(budget.seconds_per_step, 4), "budget_probe": budget.measured,
-              "eval_seconds": round(state["eval_s"], 1), "status": status,
+              "eval_seconds": round(state["eval_s"], 1), "replans": state["replans"], "status": status,
               "hardware": trainer.hardware}
     heldout_desc = {"how": held.how, "crops": len(held.hr), "pixels": held.pixels,
                     "lr": "real LR" if paired else "synthetic LR (the training degradations, fixed seed)",

@@ -703,6 +703,15 @@ class Trainer:
         out.mkdir(exist_ok=True)
         img.save(out / f"step_{self.step:07d}.png")
 
+    def set_total_steps(self, steps: int) -> None:
+        """End the running loop at ``steps`` instead of ``cfg.steps`` (not beyond the steps it was
+        started with: its data loader ends there), and fit the LR schedule to it (fine-tuning
+        fits a time budget once the real speed is known)."""
+        self.cfg.steps = max(self.step, int(steps))
+        for sched in (self.sched_g, getattr(self, "sched_d", None)):
+            if sched is not None:
+                sched.lr_lambdas[0].steps = self.cfg.steps
+
     # -- checkpoints ------------------------------------------------------------------------
     def elapsed(self) -> float:
         return self.wall_time + (time.perf_counter() - self._t_start)
