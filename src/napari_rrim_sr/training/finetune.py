@@ -784,6 +784,8 @@ def model_card(result: FinetuneResult, data_desc: dict, heldout_desc: dict) -> s
     sc, r = result.scores, result.recipe
     m, b, c = sc["model"], sc["base"], sc["bicubic"]
     data = data_desc.get("description") or f"{len(data_desc.get('pairs', []))} registered LR/HR pair(s)"
+    if "train_planes" in data_desc:
+        data = f"{data_desc['train_planes']} training planes of {data}"
     others = "".join(f", {k} {v['psnr']:.2f} dB" for k, v in sc.items() if k not in ("model", "base", "bicubic"))
     verdict = ("It beats its base model on the held-out data." if result.beats_base else
                "**It does not beat its base model on the held-out data: keep using the base model** (this file is "
