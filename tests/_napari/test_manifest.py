@@ -51,7 +51,7 @@ def test_menu_command_under_layers_transform(manifest):
 def test_contributions_complete(manifest):
     c = manifest.contributions
     widgets = {w.display_name for w in c.widgets}
-    assert widgets == {"Upscale (RRIM x4)", "Super-resolution metrics"}
+    assert widgets == {"Upscale (RRIM x4)", "Super-resolution metrics", "Fine-tune (own data)"}
     assert {s.key for s in c.sample_data} == {"microscopy", "satellite", "photo"}
     (reader,) = c.readers
     assert reader.accepts_directories and "*.tif" in reader.filename_patterns

@@ -8,6 +8,7 @@
     python -m napari_rrim_sr.training export RUN_DIR [--name NAME]
     python -m napari_rrim_sr.training interpolate A B --alpha 0.8 -o OUT.safetensors
     python -m napari_rrim_sr.training bench [--data DIR]
+    python -m napari_rrim_sr.training finetune --data PATH... --init WEIGHTS --minutes N --out DIR
 
 Every key of the TOML config is also a ``--flag`` (``batch_size`` -> ``--batch-size``); flags
 override the file. Dict keys are given repeatedly: ``--hparam num_feat=32``,
@@ -28,7 +29,7 @@ from typing import Any
 from ..errors import RRIMError
 from .config import ConfigError, TrainConfig, field_help, load_toml, parse_scalar
 
-SUBCOMMANDS = ("train", "export", "interpolate", "bench")
+SUBCOMMANDS = ("train", "export", "interpolate", "bench", "finetune")
 
 #: dict-typed config keys and the repeatable flag that fills each
 DICT_FLAGS = {"hparams": "--hparam", "d_hparams": "--d-hparam", "vgg_layers": "--vgg-layer"}
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
     for name, (_, text) in TOOLS.items():  # listed here; main() hands their arguments to them
         sub.add_parser(name, help=text, add_help=False)
+    add_finetune_parser(sub)
     return parser
 
 
@@ -221,6 +223,91 @@ def run_tool(name: str, argv: list[str]) -> int:
     import importlib
 
     return int(importlib.import_module(TOOLS[name][0]).main(argv) or 0)
+
+
+def add_finetune_parser(sub) -> None:
+    f = sub.add_parser("finetune", help="fine-tune registered weights on your own data within a time budget",
+                       description="Fine-tune WEIGHTS on images or stacks (unpaired: LR made with degradations "
+                                   "chosen from the data's measured noise) or on registered LR/HR pairs, for a "
+                                   "time budget; score model, base model and bicubic on an automatic held-out "
+                                   "split; register the best weights with a model card.")
+    f.add_argument("--data", nargs="+", metavar="PATH", default=[], help="images, stacks or folders (unpaired)")
+    f.add_argument("--pairs", nargs=2, metavar=("LR_DIR", "HR_DIR"),
+                   help="paired data: files of the same name in the two folders (or two files)")
+    f.add_argument("--init", default="rrim-x4-gray", metavar="WEIGHTS", help="weights id or file to start from")
+    f.add_argument("--minutes", type=float, required=True, help="training time budget in minutes")
+    f.add_argument("--out", required=True, metavar="DIR", help="run folder (weights, model card, training run)")
+    f.add_argument("--name", help="id of the new weights (default: INIT-ft-DATE-TIME)")
+    f.add_argument("--degradations", default="auto", choices=("auto", "clean", "shot", "read", "shot+read"))
+    f.add_argument("--blur", action="store_true", help="also blur the HR before downscaling")
+    f.add_argument("--photons", type=float, help="photons at full scale (override the measured shot noise)")
+    f.add_argument("--read-sigma", type=float, help="read-noise sigma in 0..1 units (override the measurement)")
+    f.add_argument("--max-steps", type=int, default=0, help="cap on the number of steps (0 = from the budget)")
+    f.add_argument("--batch-size", type=int, default=0, help="0 = from the budget")
+    f.add_argument("--patch-size", type=int, default=0, help="HR patch side; 0 = from the budget")
+    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--heldout-crops", type=int, default=4, help="held-out crops scored (default 4)")
+    f.add_argument("--heldout-side", type=int, default=192, help="held-out crop side in HR px (default 192)")
+    f.add_argument("--max-residual", type=float, default=0.5, help="refuse pairs that register worse than this")
+    f.add_argument("--compare", nargs="+", default=[], metavar="WEIGHTS", help="also score these on the held-out part")
+    f.add_argument("--no-register", action="store_true", help="do not install into the user weights folder")
+    f.add_argument("--overwrite", action="store_true", help="replace weights of that name")
+    f.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--json", metavar="FILE", help="also write the result (scores, curve, recipe) as JSON")
+    f.set_defaults(func=cmd_finetune)
+
+
+def _pair_files(lr_src: str, hr_src: str) -> list[tuple[str, str]]:
+    from .data import find_images
+
+    lr_p, hr_p = Path(lr_src), Path(hr_src)
+    if lr_p.is_file() and hr_p.is_file():
+        return [(str(lr_p), str(hr_p))]
+    lr_files, _ = find_images([lr_p])
+    hr_files, _ = find_images([hr_p])
+    hr_by = {f.stem: f for f in hr_files}
+    pairs = [(str(f), str(hr_by[f.stem])) for f in lr_files if f.stem in hr_by]
+    if not pairs:
+        raise ConfigError(f"--pairs: no file names in common between {lr_src} and {hr_src}")
+    return pairs
+
+
+def cmd_finetune(ns: argparse.Namespace) -> int:
+    from ..jsonable import jsonable
+    from .finetune import FinetuneSettings, finetune
+
+    if not ns.data and not ns.pairs:
+        raise ConfigError("finetune needs --data PATH... or --pairs LR_DIR HR_DIR")
+    settings = FinetuneSettings(
+        data=list(ns.data), pairs=_pair_files(*ns.pairs) if ns.pairs else [], init=ns.init, minutes=ns.minutes,
+        out=ns.out, name=ns.name or "", degradations=ns.degradations, blur=ns.blur, photons=ns.photons,
+        read_sigma=ns.read_sigma, max_steps=ns.max_steps, batch_size=ns.batch_size, patch_size=ns.patch_size,
+        lr=ns.lr, heldout_crops=ns.heldout_crops, heldout_side=ns.heldout_side, max_residual=ns.max_residual,
+        compare=list(ns.compare), register=not ns.no_register, overwrite=ns.overwrite, threads=ns.threads,
+        seed=ns.seed)
+
+    def point(p: dict) -> None:
+        print(f"  step {p['step']:>6} ({p['elapsed_s']:>7.1f} s): held-out PSNR {p['psnr']:.3f} dB "
+              f"SSIM {p['ssim']:.4f} (base {p['base_psnr']:.3f}, bicubic {p['bicubic_psnr']:.3f})", flush=True)
+
+    res = finetune(settings, on_point=point, on_status=lambda m: print(m, flush=True))
+    print(f"{res.status} after {res.steps} steps (best held-out step {res.best_step})")
+    print("held-out scores:")
+    print(res.table())
+    print(("the fine-tuned model beats" if res.beats_base else "the fine-tuned model does NOT beat") +
+          " its base model on held-out data" + ("" if res.beats_base else ": keep using the base model"))
+    print(f"weights: {res.weights}\nmodel card: {res.card}")
+    if res.installed:
+        print(f"registered as {res.name!r}: {res.installed}")
+    if ns.json:
+        from ..safe_write import atomic_write
+
+        doc = {"name": res.name, "status": res.status, "steps": res.steps, "best_step": res.best_step,
+               "beats_base": res.beats_base, "scores": res.scores, "curve": res.curve, "recipe": res.recipe,
+               "weights": str(res.weights), "installed": str(res.installed) if res.installed else None}
+        atomic_write(ns.json, json.dumps(jsonable(doc), indent=2) + "\n", overwrite=True)
+    return 0
 
 
 # -- config merging ---------------------------------------------------------------------------

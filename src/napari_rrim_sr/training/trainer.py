@@ -105,14 +105,18 @@ class Trainer:
 
     ``resume``: a checkpoint path, ``True``/"last" (the run directory's last checkpoint, which
     must exist) or "auto" (resume if there is one). ``callbacks`` are called as
-    ``fn(trainer, stats)`` after each step (tests, notebooks).
+    ``fn(trainer, stats)`` after each step (tests, notebooks). ``dataset``: a map-style dataset
+    of ``(lr, hr)`` pairs to train on instead of the images of ``cfg.data`` (which then only
+    describes them; in-memory layers, registered LR/HR pairs), with no validation images.
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: str | os.PathLike | bool | None = None,
-                 callbacks: list[Callable[["Trainer", dict], None]] | None = None, registry=None):
+                 callbacks: list[Callable[["Trainer", dict], None]] | None = None, registry=None,
+                 dataset=None):
         from ..registry import get_registry
 
         self.registry = registry or get_registry()
+        self._dataset = dataset
         self.callbacks = list(callbacks or [])
         self.stop_signal: int | None = None
         self._t_start = time.perf_counter()
@@ -310,6 +314,10 @@ class Trainer:
 
     def _setup_data(self) -> None:
         cfg = self.cfg
+        if self._dataset is not None:  # given by the caller (see the class docstring)
+            self.dataset, self.val_images = self._dataset, []
+            self.data_report = DataReport(sources=list(cfg.data), cache="memory")
+            return
         min_side = max(cfg.patch_size, cfg.min_size)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
         records, report = load_records(
@@ -418,6 +426,15 @@ class Trainer:
             save_sample_grid(*first, scale=self.cfg.scale,
                              path=self.run_dir / "samples" / f"step_{self.step:07d}.png")
         return rec
+
+    def set_total_steps(self, steps: int) -> None:
+        """End the running loop at ``steps`` instead of ``cfg.steps`` (not beyond the steps it was
+        started with: its data loader ends there), and fit the LR schedule to it (fine-tuning
+        fits a time budget once the real speed is known)."""
+        self.cfg.steps = max(self.step, int(steps))
+        for sched in (self.sched_g, getattr(self, "sched_d", None)):
+            if sched is not None:
+                sched.lr_lambdas[0].steps = self.cfg.steps
 
     # -- checkpoints ------------------------------------------------------------------------
     def elapsed(self) -> float:
