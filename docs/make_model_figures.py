@@ -21,8 +21,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 KODAK = HERE.parent.parent / "shared" / "data" / "val" / "Kodak24"
 # (file, x, y, size) in HR pixels: textures (foliage, fabric, fur), edges (text, window frames)
-CROPS = [("kodim08.png", 200, 190, 128), ("kodim13.png", 330, 280, 128),
-         ("kodim19.png", 300, 360, 128), ("kodim24.png", 100, 200, 128)]
+CROPS = [
+    ("kodim08.png", 200, 190, 128),
+    ("kodim13.png", 330, 280, 128),
+    ("kodim19.png", 300, 360, 128),
+    ("kodim24.png", 100, 200, 128),
+]
 
 
 def main(argv=None) -> int:
@@ -51,10 +55,16 @@ def main(argv=None) -> int:
         crop = (slice(y, y + s), slice(x, x + s))
         lr_big = np.repeat(np.repeat(lr, 4, 0), 4, 1)
         tiles = [lr_big[crop]] + [o[crop] for o in outs] + [hr_c[crop]]
-        notes = [""] + [
-            "{psnr:.2f} dB / {ssim:.3f} / {fsim:.3f}".format(**compare(o[crop], hr_c[crop], data_range=255,
-                                                                      y_channel=True, border=0))
-            for o in outs] + [""]
+        notes = (
+            [""]
+            + [
+                "{psnr:.2f} dB / {ssim:.3f} / {fsim:.3f}".format(
+                    **compare(o[crop], hr_c[crop], data_range=255, y_channel=True, border=0)
+                )
+                for o in outs
+            ]
+            + [""]
+        )
         rows.append((name, tiles, notes))
         print(name, " | ".join(f"{c}: {n}" for c, n in zip(cols, notes) if n), flush=True)
     z, pad, head, foot = a.zoom, 6, 22, 18

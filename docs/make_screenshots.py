@@ -36,9 +36,14 @@ def _ensure_weights() -> bool:
 
     torch.manual_seed(0)
     hp = {"in_channels": 1, "out_channels": 1, "scale": 4, "num_feat": 8, "num_block": 1}
-    save_weights(tmp / "untrained-rrim-x4-gray.safetensors", Registry(discover=False).build("rrim", **hp),
-                 backbone="rrim", hparams=hp, name="untrained-rrim-x4-gray",
-                 description="randomly initialised, for screenshots of the workflow only")
+    save_weights(
+        tmp / "untrained-rrim-x4-gray.safetensors",
+        Registry(discover=False).build("rrim", **hp),
+        backbone="rrim",
+        hparams=hp,
+        name="untrained-rrim-x4-gray",
+        description="randomly initialised, for screenshots of the workflow only",
+    )
     reset_registry()
     return False
 

@@ -44,7 +44,11 @@ def _make_tiny_weights(folder: Path) -> dict[str, Path]:
         hp = dict(TINY_HP, in_channels=ch, out_channels=ch)
         module = reg.build("rrim", **hp)
         out[wid] = save_weights(
-            folder / f"{wid}.safetensors", module, backbone="rrim", hparams=hp, name=wid,
+            folder / f"{wid}.safetensors",
+            module,
+            backbone="rrim",
+            hparams=hp,
+            name=wid,
             description=f"randomly initialised test RRIM ({ch} channel{'s' if ch > 1 else ''})",
         )
     return out
@@ -96,8 +100,12 @@ DEVICE_ENV = "RRIM_TEST_DEVICE"
 
 
 def pytest_addoption(parser):
-    parser.addoption("--device", default=None, metavar="DEV",
-                     help=f"device of the device tests: cpu (default, or ${DEVICE_ENV}), cuda, cuda:N, mps")
+    parser.addoption(
+        "--device",
+        default=None,
+        metavar="DEV",
+        help=f"device of the device tests: cpu (default, or ${DEVICE_ENV}), cuda, cuda:N, mps",
+    )
 
 
 @pytest.fixture(scope="session")

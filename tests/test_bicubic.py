@@ -81,9 +81,7 @@ def test_matches_naive_loop_without_antialias():
     rng = np.random.default_rng(2)
     img = rng.uniform(0, 1, size=(12, 9))
     for s in (0.25, 0.5):
-        np.testing.assert_allclose(
-            imresize(img, s, antialias=False), _ref_resize(img, s, antialias=False), atol=1e-12
-        )
+        np.testing.assert_allclose(imresize(img, s, antialias=False), _ref_resize(img, s, antialias=False), atol=1e-12)
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -129,8 +127,14 @@ def test_block_constant_downscale_without_antialias_gives_block_values():
 
 @pytest.mark.parametrize(
     "shape,scale,expected",
-    [((7, 9), 0.25, (2, 3)), ((7, 9), 4, (28, 36)), ((5, 3), 0.5, (3, 2)), ((1, 1), 3, (3, 3)),
-     ((10, 11), 1 / 3, (4, 4)), ((2, 5, 13, 6), 0.5, (2, 5, 7, 3))],
+    [
+        ((7, 9), 0.25, (2, 3)),
+        ((7, 9), 4, (28, 36)),
+        ((5, 3), 0.5, (3, 2)),
+        ((1, 1), 3, (3, 3)),
+        ((10, 11), 1 / 3, (4, 4)),
+        ((2, 5, 13, 6), 0.5, (2, 5, 7, 3)),
+    ],
 )
 def test_output_shapes(shape, scale, expected):
     assert imresize(np.zeros(shape), scale).shape == expected
@@ -173,9 +177,7 @@ def test_torch_gather_path_matches_dense(monkeypatch):
     dense = imresize_torch(t, 0.25)
     monkeypatch.setattr(bicubic, "_DENSE_LIMIT", 0)
     for s in (0.25, 3.0):
-        np.testing.assert_allclose(
-            imresize_torch(t, s).numpy(), imresize(t.numpy(), s), atol=1e-10
-        )
+        np.testing.assert_allclose(imresize_torch(t, s).numpy(), imresize(t.numpy(), s), atol=1e-10)
     np.testing.assert_allclose(imresize_torch(t, 0.25).numpy(), dense.numpy(), atol=1e-10)
 
 
@@ -216,12 +218,10 @@ def test_close_to_pil_bicubic(cam):
 
 def test_loosely_close_to_skimage_cubic(cam):
     up = bicubic_upscale(cam, 2)
-    sk_up = sk_resize(cam, (128, 128), order=3, mode="symmetric", anti_aliasing=False,
-                      preserve_range=True)
+    sk_up = sk_resize(cam, (128, 128), order=3, mode="symmetric", anti_aliasing=False, preserve_range=True)
     assert _psnr(up, sk_up) > 35
     dn = bicubic_downscale(cam, 2)
-    sk_dn = sk_resize(cam, (32, 32), order=3, mode="symmetric", anti_aliasing=True,
-                      preserve_range=True)
+    sk_dn = sk_resize(cam, (32, 32), order=3, mode="symmetric", anti_aliasing=True, preserve_range=True)
     assert _psnr(dn, sk_dn) > 30
 
 

@@ -37,8 +37,9 @@ def test_imagej_and_ome_written_displays(tmp_path):
     lut[1] = np.arange(256)  # green ramp
     odd = np.zeros((3, 256), np.uint8)
     odd[0], odd[2] = np.arange(256), np.arange(256) // 2  # purple-ish: not a named ramp
-    tifffile.imwrite(tmp_path / "ij.tif", a, imagej=True, metadata={"axes": "CYX", "LUTs": [lut, odd],
-                                                                     "Labels": ["dapi", "gfp"]})
+    tifffile.imwrite(
+        tmp_path / "ij.tif", a, imagej=True, metadata={"axes": "CYX", "LUTs": [lut, odd], "Labels": ["dapi", "gfp"]}
+    )
     shown = read_channel_displays(tmp_path / "ij.tif", 2)
     assert shown[0].colormap == "green" and shown[0].name == "dapi"
     assert isinstance(shown[1].colormap, np.ndarray) and shown[1].colormap.shape == (256, 3)

@@ -50,8 +50,22 @@ def test_auto_chooses_per_input_prints_the_reason_and_records_it(tmp_path, shipp
     assert prov["model_choice"]["condition"]["noise_sigma"] > 0
     assert read_image(tmp_path / "out" / "clean.tif")[1]["provenance"]["model"]["model_id"] == "rrim-x4-gray"
     # an explicit id is used as before: no choice recorded
-    assert main(["upscale", str(srcs[0]), "-o", str(tmp_path / "o2"), "--quiet", "--device", "cpu",
-                 "--model", "rrim-x4-gray"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(srcs[0]),
+                "-o",
+                str(tmp_path / "o2"),
+                "--quiet",
+                "--device",
+                "cpu",
+                "--model",
+                "rrim-x4-gray",
+            ]
+        )
+        == 0
+    )
     prov = read_image(tmp_path / "o2" / "noisy.tif")[1]["provenance"]
     assert prov["model"]["model_id"] == "rrim-x4-gray" and "model_choice" not in prov
 

@@ -53,8 +53,22 @@ def test_help(cmd, capsys):
 def test_upscale_png_with_model_path_and_bicubic(tmp_path, rgb_png, weights, capsys):
     src, arr = rgb_png
     outdir = tmp_path / "out"
-    rc = main(["upscale", str(src), "-o", str(outdir), "--model", str(weights[3]), "--bicubic",
-               "--tile", "24", "--overlap", "8", "--quiet"])
+    rc = main(
+        [
+            "upscale",
+            str(src),
+            "-o",
+            str(outdir),
+            "--model",
+            str(weights[3]),
+            "--bicubic",
+            "--tile",
+            "24",
+            "--overlap",
+            "8",
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     up, info = read_image(outdir / "photo.png")
     assert up.shape == (132, 164, 3) and up.dtype == np.uint8
@@ -76,8 +90,24 @@ def test_upscale_16bit_tiff_stack_keeps_dtype_axes_and_12_bit(tmp_path, weights)
     stack = np.random.default_rng(1).integers(0, 4096, (3, 20, 18)).astype(np.uint16)
     src = write_image(tmp_path / "stack.tif", stack, axes="ZYX")
     outdir = tmp_path / "o"
-    assert main(["upscale", str(src), "-o", str(outdir), "--model", str(weights[1]), "--tile", "0",
-                 "--bit-depth", "12", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(src),
+                "-o",
+                str(outdir),
+                "--model",
+                str(weights[1]),
+                "--tile",
+                "0",
+                "--bit-depth",
+                "12",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     up, info = read_image(outdir / "stack.tif")
     assert up.shape == (3, 80, 72) and up.dtype == np.uint16 and info["axes"] == "ZYX"
     assert up.max() <= 4095
@@ -155,8 +185,23 @@ def test_evaluate_json(tmp_path, rgb_png, weights, capsys):
 
 def test_bench_smoke(tmp_path, weights, capsys):
     js = tmp_path / "bench.json"
-    rc = main(["bench", "--model", str(weights[3]), "--size", "16", "--tile-size", "72", "--mem-size", "0",
-               "--quick", "--no-rrdbnet", "--json", str(js)])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            str(weights[3]),
+            "--size",
+            "16",
+            "--tile-size",
+            "72",
+            "--mem-size",
+            "0",
+            "--quick",
+            "--no-rrdbnet",
+            "--json",
+            str(js),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "engine MP/s" in out and "seam error" in out and "bf16" in out
@@ -168,8 +213,21 @@ def test_bench_smoke(tmp_path, weights, capsys):
 
 def test_bench_kernels_splits_forward_into_convolutions(tmp_path, weights, capsys):
     js = tmp_path / "kernels.json"
-    rc = main(["bench", "--kernels", "--model", str(weights[3]), "--size", "16", "--repeat", "1", "--no-rrdbnet",
-               "--json", str(js)])
+    rc = main(
+        [
+            "bench",
+            "--kernels",
+            "--model",
+            str(weights[3]),
+            "--size",
+            "16",
+            "--repeat",
+            "1",
+            "--no-rrdbnet",
+            "--json",
+            str(js),
+        ]
+    )
     assert rc == 0
     assert "non-conv share" in capsys.readouterr().out
     res = json.loads(js.read_text())
@@ -187,8 +245,23 @@ def test_bench_kernels_splits_forward_into_convolutions(tmp_path, weights, capsy
 def test_self_ensemble_flag_reaches_engine_and_provenance(tmp_path, rgb_png, weights, capsys):
     src, arr = rgb_png
     outdir = tmp_path / "out"
-    assert main(["upscale", str(src), "-o", str(outdir), "--model", str(weights[3]), "--self-ensemble",
-                 "--tile", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(src),
+                "-o",
+                str(outdir),
+                "--model",
+                str(weights[3]),
+                "--self-ensemble",
+                "--tile",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     up, info = read_image(outdir / "photo.png")
     assert info["provenance"]["engine"]["self_ensemble"] is True
     from napari_rrim_sr.engine import upscale
@@ -202,6 +275,7 @@ def test_self_ensemble_flag_reaches_engine_and_provenance(tmp_path, rgb_png, wei
 
 
 # -- issue 13: --axes against the file as stored (defect 5) -------------------------------------
+
 
 def test_axes_describe_the_file_as_stored_planar_rgb(tmp_path, weights, capsys):
     import tifffile
@@ -238,6 +312,7 @@ def test_upscale_help_states_the_default_axes_reading(capsys):
 
 # -- issue 13: output-location failures (defects 8 and 10b) -------------------------------------
 
+
 def test_output_under_a_file_is_one_line_no_traceback_no_work(tmp_path, rgb_png, weights, capsys):
     src, _ = rgb_png
     blocker = tmp_path / "file"
@@ -252,8 +327,12 @@ def test_output_under_a_file_is_one_line_no_traceback_no_work(tmp_path, rgb_png,
 def test_bad_options_are_reported_once_before_any_input(tmp_path, rgb_png, weights, capsys):
     src, _ = rgb_png
     other = write_image(src.parent / "other.png", np.zeros((12, 12, 3), np.uint8))
-    for extra, word in ((["--tile", "-5"], "tile"), (["--tile", "3"], "tile"), (["--threads", "0"], "threads"),
-                        (["--model", str(tmp_path / "missing.safetensors")], "missing.safetensors")):
+    for extra, word in (
+        (["--tile", "-5"], "tile"),
+        (["--tile", "3"], "tile"),
+        (["--threads", "0"], "threads"),
+        (["--model", str(tmp_path / "missing.safetensors")], "missing.safetensors"),
+    ):
         args = ["upscale", str(src), str(other), "-o", str(tmp_path / "o"), "--quiet"]
         if extra[0] != "--model":
             args += ["--model", str(weights[3])]
@@ -288,8 +367,9 @@ def test_one_unwritable_output_fails_alone_and_others_are_written(tmp_path, weig
 def test_unwritable_places_give_one_line_per_input(tmp_path, rgb_png, weights, capsys):
     src, _ = rgb_png
     other = write_image(tmp_path / "in" / "other.png", np.zeros((12, 12, 3), np.uint8))
-    rc = main(["upscale", str(src), str(other), "-o", "/proc/napari-rrim-sr-test", "--model", str(weights[3]),
-               "--quiet"])
+    rc = main(
+        ["upscale", str(src), str(other), "-o", "/proc/napari-rrim-sr-test", "--model", str(weights[3]), "--quiet"]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) in (1, 2)  # up front or per input
@@ -309,6 +389,7 @@ def test_no_empty_output_folder_when_every_input_fails(tmp_path, weights, capsys
 
 
 # -- issue 13: every bad input keeps its one clear line and a non-zero exit ---------------------
+
 
 def _bad_inputs(tmp_path):
     import tifffile
@@ -342,8 +423,20 @@ def _bad_inputs(tmp_path):
     return cases
 
 
-BAD_INPUTS = ["empty file", "truncated", "text as image", "missing", "directory", "1x1", "empty array", "nan",
-              "inf", "bool", "complex", "unsupported suffix"]
+BAD_INPUTS = [
+    "empty file",
+    "truncated",
+    "text as image",
+    "missing",
+    "directory",
+    "1x1",
+    "empty array",
+    "nan",
+    "inf",
+    "bool",
+    "complex",
+    "unsupported suffix",
+]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)

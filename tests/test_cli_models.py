@@ -22,8 +22,14 @@ def user_weights(tmp_path, monkeypatch):
     hp = {"num_feat": 8, "num_block": 1, "in_channels": 1, "out_channels": 1, "scale": 4}
     torch.manual_seed(0)
     module = registry.Registry(discover=False).build("rrim", **hp)
-    path = save_weights(tmp_path / "gray-test.safetensors", module, backbone="rrim", hparams=hp,
-                        name="gray-test", description="test weights")
+    path = save_weights(
+        tmp_path / "gray-test.safetensors",
+        module,
+        backbone="rrim",
+        hparams=hp,
+        name="gray-test",
+        description="test weights",
+    )
     yield path
     registry.reset_registry()
 
@@ -52,7 +58,8 @@ def test_help_everywhere():
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     assert "models" in sub.choices
     for name in sub.choices:
-        r = subprocess.run([sys.executable, "-m", "napari_rrim_sr", name, "--help"],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "napari_rrim_sr", name, "--help"], capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 0, (name, r.stderr)
         assert "usage:" in r.stdout

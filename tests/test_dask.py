@@ -67,9 +67,12 @@ def test_distributed_local_cluster_matches_in_memory():
     m = tiny(1, seed=5)
     want = engine.upscale(img, m, precision="fp32", tile=0)
     d = da.from_array(img, chunks=(1, 24, 44))
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, silence_logs=40) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=40
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         lazy = engine.upscale_dask(d, m, precision="fp32")
         got = client.compute(lazy).result(timeout=240)
         workers = client.run(lambda: len(engine._WORKER_UPSCALERS))
@@ -96,7 +99,8 @@ def test_an_image_smaller_than_the_overlap_works_as_in_memory():
     m = tiny(1, seed=6)
     for chunks in ((5, 7), (3, 4)):
         got = engine.upscale_dask(da.from_array(img, chunks=chunks), m, precision="fp32").compute(
-            scheduler="synchronous")
+            scheduler="synchronous"
+        )
         want = engine.upscale(img, m, precision="fp32")
         assert got.shape == (20, 28)
         np.testing.assert_array_equal(got, want)
@@ -135,8 +139,9 @@ def test_upscale_block_is_a_reusable_per_chunk_function():
 
     img = smooth_stack((30, 26), seed=8)
     m = tiny(1, seed=8)
-    opts = engine.UpscaleOptions(model=engine.ModelRef(m), precision="fp32", device="cpu",
-                                 normalization=compute_normalization(img, "range"))
+    opts = engine.UpscaleOptions(
+        model=engine.ModelRef(m), precision="fp32", device="cpu", normalization=compute_normalization(img, "range")
+    )
     opts = pickle.loads(pickle.dumps(opts))  # as a worker receives it
     got = engine.upscale_block(img, opts)
     np.testing.assert_array_equal(got, engine.upscale(img, m, precision="fp32", normalization="range"))

@@ -21,10 +21,15 @@ NO_QT = (
 
 
 def _run(args, env_weights_dir, tmp_path):
-    env = dict(os.environ, NAPARI_RRIM_SR_WEIGHTS_DIR=str(env_weights_dir),
-               NAPARI_RRIM_SR_PLUGINS="none", QT_QPA_PLATFORM="offscreen")
-    return subprocess.run([sys.executable, "-c", NO_QT, *args], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=600)
+    env = dict(
+        os.environ,
+        NAPARI_RRIM_SR_WEIGHTS_DIR=str(env_weights_dir),
+        NAPARI_RRIM_SR_PLUGINS="none",
+        QT_QPA_PLATFORM="offscreen",
+    )
+    return subprocess.run(
+        [sys.executable, "-c", NO_QT, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+    )
 
 
 def test_headless_demo_writes_report_without_qt(tmp_path, tiny_weights_files):
@@ -33,8 +38,9 @@ def test_headless_demo_writes_report_without_qt(tmp_path, tiny_weights_files):
     for p in tiny_weights_files.values():
         (weights / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "demo"
-    proc = _run(["demo", "--headless", "-o", str(out), "--samples", "microscopy,photo",
-                 "--size", "48"], weights, tmp_path)
+    proc = _run(
+        ["demo", "--headless", "-o", str(out), "--samples", "microscopy,photo", "--size", "48"], weights, tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert "QT-MODULES: []" in proc.stdout
     report = json.loads((out / "report.json").read_text())
@@ -59,10 +65,10 @@ def test_headless_demo_writes_report_without_qt(tmp_path, tiny_weights_files):
     assert data.dtype == np.uint16 and data.shape == (192, 192)
     assert kw["metadata"]["napari_rrim_sr"]["model_id"] == "tiny-rrim-x4-gray"
     assert kw["metadata"]["napari_rrim_sr"]["metrics"]["model"]["psnr"] == pytest.approx(
-        micro["metrics"]["model"]["psnr"])
+        micro["metrics"]["model"]["psnr"]
+    )
     # refuses to overwrite an existing report
-    again = _run(["demo", "--headless", "-o", str(out), "--samples", "photo", "--size", "32"],
-                 weights, tmp_path)
+    again = _run(["demo", "--headless", "-o", str(out), "--samples", "photo", "--size", "32"], weights, tmp_path)
     assert again.returncode == 1 and "already holds a demo report" in again.stderr
 
 
@@ -70,15 +76,17 @@ def test_headless_demo_without_weights(tmp_path):
     empty = tmp_path / "none"
     empty.mkdir()
     out = tmp_path / "demo"
-    proc = _run(["demo", "--headless", "-o", str(out), "--samples", "microscopy", "--size", "32"],
-                empty, tmp_path)
+    proc = _run(["demo", "--headless", "-o", str(out), "--samples", "microscopy", "--size", "32"], empty, tmp_path)
     assert proc.returncode == 1
     assert "No trained weights" in proc.stderr and "--allow-untrained" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (out / "report.json").exists()
 
-    proc = _run(["demo", "--headless", "-o", str(out), "--samples", "microscopy", "--size", "32",
-                 "--allow-untrained"], empty, tmp_path)
+    proc = _run(
+        ["demo", "--headless", "-o", str(out), "--samples", "microscopy", "--size", "32", "--allow-untrained"],
+        empty,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "RANDOMLY INITIALISED" in proc.stderr
     report = json.loads((out / "report.json").read_text())
@@ -102,8 +110,11 @@ def test_demo_sample_uses_the_weights_its_metadata_suggests(tiny_registry):
     from napari_rrim_sr.layers import SUGGESTED_WEIGHTS_KEY
 
     def samples(suggest):
-        return {"satellite": (None, {"rgb": True, "metadata": {SUGGESTED_WEIGHTS_KEY: suggest}}),
-                "photo": (None, {"rgb": True, "metadata": {}}), "microscopy": (None, {})}
+        return {
+            "satellite": (None, {"rgb": True, "metadata": {SUGGESTED_WEIGHTS_KEY: suggest}}),
+            "photo": (None, {"rgb": True, "metadata": {}}),
+            "microscopy": (None, {}),
+        }
 
     default_rgb = tiny_registry.default_weights(3).id
     models, untrained, choices = demo._models(None, samples("tiny-rrim-x4-rgb-gan"), False)

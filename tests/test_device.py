@@ -87,8 +87,9 @@ def test_cancel_on_device_returns_nothing(test_device, photo, model):
 
     img = photo[:128, :128]
     with pytest.raises(Cancelled):
-        engine.upscale(img, model, device=test_device, tile=32, overlap=8, progress=progress,
-                       cancel=lambda: len(seen) >= 3)
+        engine.upscale(
+            img, model, device=test_device, tile=32, overlap=8, progress=progress, cancel=lambda: len(seen) >= 3
+        )
     assert max(seen) < 16  # stopped between tiles, long before the 16th
 
 

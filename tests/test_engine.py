@@ -32,8 +32,9 @@ class Nearest(nn.Module):
 
 
 def nearest(channels=1):
-    return LoadedModel.from_module(Nearest(channels), "nearest-test", {"scale": 4, "in_channels": channels,
-                                                                       "out_channels": channels})
+    return LoadedModel.from_module(
+        Nearest(channels), "nearest-test", {"scale": 4, "in_channels": channels, "out_channels": channels}
+    )
 
 
 def tiny(channels=1, seed=0):
@@ -150,8 +151,11 @@ def test_percentile_normalisation_round_trips_highlights():
 
 
 def test_source_is_never_modified(photo):
-    srcs = [photo[:20, :25].copy(), np.ascontiguousarray(photo[:20, :25, 0]).astype(np.uint16) * 200,
-            np.concatenate([photo[:16, :16], photo[:16, :16, :1]], axis=-1)]
+    srcs = [
+        photo[:20, :25].copy(),
+        np.ascontiguousarray(photo[:20, :25, 0]).astype(np.uint16) * 200,
+        np.concatenate([photo[:16, :16], photo[:16, :16, :1]], axis=-1),
+    ]
     m = tiny(1)
     for src in srcs:
         before = src.copy()
@@ -598,14 +602,24 @@ def test_options_object_equals_the_keyword_form_and_pickles():
         engine.upscale(img, m, tiles=16)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(tile=3), "at least 8"), (dict(tile=-1), "non-negative"), (dict(tile="big"), "non-negative"),
-    (dict(overlap=-3), "overlap must be >= 0"), (dict(tile=16, overlap=12), "at most half"),
-    (dict(threads=0), "threads must be >= 1"), (dict(device="tpu"), "device must be one of"),
-    (dict(precision="fp8"), "precision must be one of"), (dict(blend="box"), "blend must be one of"),
-    (dict(normalization="minmax"), "normalization must be one of"), (dict(normalization=(5, 1)), "lo < hi"),
-    (dict(percentiles=(50, 10)), "percentiles"), (dict(bit_depth=0), "bit_depth"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(tile=3), "at least 8"),
+        (dict(tile=-1), "non-negative"),
+        (dict(tile="big"), "non-negative"),
+        (dict(overlap=-3), "overlap must be >= 0"),
+        (dict(tile=16, overlap=12), "at most half"),
+        (dict(threads=0), "threads must be >= 1"),
+        (dict(device="tpu"), "device must be one of"),
+        (dict(precision="fp8"), "precision must be one of"),
+        (dict(blend="box"), "blend must be one of"),
+        (dict(normalization="minmax"), "normalization must be one of"),
+        (dict(normalization=(5, 1)), "lo < hi"),
+        (dict(percentiles=(50, 10)), "percentiles"),
+        (dict(bit_depth=0), "bit_depth"),
+    ],
+)
 def test_options_are_validated_when_built_before_any_work(kw, match):
     with pytest.raises(InputError, match=match):
         engine.UpscaleOptions(**kw)

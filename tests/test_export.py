@@ -55,7 +55,8 @@ def test_standalone_architecture_imports_and_matches_without_the_project(tmp_pat
     src = tmp_path / f"{backbone}_architecture.py"
     src.write_text(standalone_source(backbone))
     assert "napari_rrim_sr." not in "\n".join(
-        line for line in src.read_text().splitlines() if line.lstrip().startswith(("import", "from")))
+        line for line in src.read_text().splitlines() if line.lstrip().startswith(("import", "from"))
+    )
     torch.save(module.state_dict(), tmp_path / "weights.pt")
     x = torch.rand(1, TINY[backbone]["in_channels"], 12, 20)
     np.save(tmp_path / "x.npy", x.numpy())
@@ -81,13 +82,20 @@ def test_standalone_architecture_imports_and_matches_without_the_project(tmp_pat
         assert "napari_rrim_sr" not in sys.modules
         print(float(np.abs(y - ref).max()))
     """)
-    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300,
-                       env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert float(r.stdout.strip().splitlines()[-1]) == 0.0
 
 
 # -- ONNX -----------------------------------------------------------------------------------
+
 
 def test_onnx_matches_torch_on_a_non_square_input_with_provenance(tmp_path):
     _need("onnx", "onnxruntime")
@@ -120,6 +128,7 @@ def test_onnx_matches_torch_on_a_non_square_input_with_provenance(tmp_path):
 
 # -- bioimage.io ----------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("weights_id,channels", [("rrim-x4-gray", 1), ("rrim-x4-rgb-psnr", 3)])
 def test_bioimageio_package_passes_bioimageio_core_test(tmp_path, weights_id, channels):
@@ -145,8 +154,17 @@ def test_bioimageio_package_passes_bioimageio_core_test(tmp_path, weights_id, ch
         readme = z.read("README.md").decode()
         with z.open("test_input.npy") as fh:
             test_in = np.load(fh)
-    assert {"rdf.yaml", "weights.pt", "weights_torchscript.pt", "weights.onnx", "rrim_architecture.py",
-            "test_input.npy", "test_output.npy", "cover.png", "README.md"} <= files
+    assert {
+        "rdf.yaml",
+        "weights.pt",
+        "weights_torchscript.pt",
+        "weights.onnx",
+        "rrim_architecture.py",
+        "test_input.npy",
+        "test_output.npy",
+        "cover.png",
+        "README.md",
+    } <= files
     assert rdf["format_version"].startswith("0.5")
     # the real bundled sample (nuclei for gray), not synthetic data
     np.testing.assert_array_equal(test_in[0], sample_crop(channels)[0].astype(np.float32))
@@ -156,8 +174,10 @@ def test_bioimageio_package_passes_bioimageio_core_test(tmp_path, weights_id, ch
     assert len(ax_in["channel"]["channel_names"]) == channels
     for a in ("y", "x"):
         assert ax_in[a]["size"] == {"min": 1, "step": 1}
-        assert ax_out[a]["size"] == {"tensor_id": "input", "axis_id": a, "offset": 0} or \
-            ax_out[a]["size"] == {"tensor_id": "input", "axis_id": a}
+        assert ax_out[a]["size"] == {"tensor_id": "input", "axis_id": a, "offset": 0} or ax_out[a]["size"] == {
+            "tensor_id": "input",
+            "axis_id": a,
+        }
         assert ax_in[a].get("scale", 1.0) / ax_out[a]["scale"] == 4
     assert [c["text"].split(" ")[0] for c in rdf["cite"]] == ["Ledig", "Wang", "Szegedy"]
     assert "**Data**" in readme  # the model card from docs/models.md
@@ -167,6 +187,7 @@ def test_bioimageio_package_passes_bioimageio_core_test(tmp_path, weights_id, ch
 
 # -- bad input ------------------------------------------------------------------------------
 
+
 def _toy_backbone_plugin():
     from napari_rrim_sr.hookspecs import hookimpl
     from napari_rrim_sr.registry import BackboneSpec
@@ -174,14 +195,21 @@ def _toy_backbone_plugin():
     def build(in_channels=1, out_channels=1, scale=4):
         import torch
 
-        return torch.nn.Sequential(torch.nn.Conv2d(in_channels, out_channels * scale * scale, 3, 1, 1),
-                                   torch.nn.PixelShuffle(scale))
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, out_channels * scale * scale, 3, 1, 1), torch.nn.PixelShuffle(scale)
+        )
 
     class Plugin:
         @hookimpl
         def napari_rrim_sr_backbones(self):
-            return [BackboneSpec(id="toy", builder=build, defaults={"in_channels": 1, "out_channels": 1, "scale": 4},
-                                 description="a plugin backbone with no shippable source")]
+            return [
+                BackboneSpec(
+                    id="toy",
+                    builder=build,
+                    defaults={"in_channels": 1, "out_channels": 1, "scale": 4},
+                    description="a plugin backbone with no shippable source",
+                )
+            ]
 
     return Plugin()
 
@@ -192,8 +220,13 @@ def test_plugin_backbone_is_refused_for_bioimageio_with_one_line(tmp_path, isola
 
     isolated_registry.register_plugin(_toy_backbone_plugin(), name="toy-plugin")
     module = isolated_registry.build("toy", in_channels=1, out_channels=1, scale=4)
-    w = save_weights(tmp_path / "toy.safetensors", module, backbone="toy",
-                     hparams={"in_channels": 1, "out_channels": 1, "scale": 4}, name="toy-x4")
+    w = save_weights(
+        tmp_path / "toy.safetensors",
+        module,
+        backbone="toy",
+        hparams={"in_channels": 1, "out_channels": 1, "scale": 4},
+        name="toy-x4",
+    )
     out = tmp_path / "toy.zip"
     assert main(["export", "--format", "bioimageio", str(w), "-o", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

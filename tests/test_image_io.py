@@ -52,9 +52,13 @@ def _png48(path: Path, arr: np.ndarray) -> None:
 
     h, w, _ = arr.shape
     raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in arr)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"pHYs", struct.pack(">IIB", 3937, 3937, 1))  # 100 dpi
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+        + chunk(b"pHYs", struct.pack(">IIB", 3937, 3937, 1))  # 100 dpi
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_16bit_rgb_png_is_read_at_full_depth_and_written_back_with_dpi(tmp_path):
@@ -102,8 +106,18 @@ def test_stack_axes_and_scaled_pixel_size_survive(tmp_path):
 
     arr = np.random.default_rng(7).integers(0, 255, (4, 12, 10), dtype=np.uint8)
     src = tmp_path / "ome.ome.tif"
-    tifffile.imwrite(src, arr, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.3,
-                                                  "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    tifffile.imwrite(
+        src,
+        arr,
+        ome=True,
+        metadata={
+            "axes": "ZYX",
+            "PhysicalSizeX": 0.2,
+            "PhysicalSizeY": 0.3,
+            "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeYUnit": "µm",
+        },
+    )
     a, info = read_image(src)
     assert info["axes"] == "ZYX" and info["spatial_axes"] == (1, 2)
     assert info["pixel_size"] == pytest.approx((0.3, 0.2)) and info["unit"] == "µm"
@@ -195,6 +209,7 @@ def test_unreadable_files(tmp_path):
 
 # -- issue 13: one decoder for the CLI, the reader and training ----------------------------------
 
+
 def test_decoder_gray_alpha_is_rgba_with_alpha_kept(tmp_path):
     from PIL import Image
 
@@ -241,7 +256,7 @@ def test_decoder_keeps_16_bit_gray_png(tmp_path):
 
     from napari_rrim_sr.image_io import decode_image
 
-    a = (np.arange(30, dtype=np.uint16).reshape(5, 6) * 2000)
+    a = np.arange(30, dtype=np.uint16).reshape(5, 6) * 2000
     p = tmp_path / "g16.png"
     Image.fromarray(a).save(p)
     arr, _ = decode_image(p)

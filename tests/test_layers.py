@@ -15,6 +15,7 @@ from napari_rrim_sr.interpolation import lerp_state_dicts
 
 # -- names -----------------------------------------------------------------------------------
 
+
 def test_result_names_round_trip():
     assert L.result_name("cells", "rrim") == "cells RRIM x4"
     assert L.result_name("cells", "bicubic") == "cells bicubic x4"
@@ -28,6 +29,7 @@ def test_result_names_round_trip():
 
 
 # -- geometry --------------------------------------------------------------------------------
+
 
 def test_upscaled_geometry_formula():
     scale, translate = L.upscaled_geometry((2.0, 0.5, 3.0), (1.0, 10.0, -4.0), 4)
@@ -78,19 +80,19 @@ def test_single_bright_pixel_maps_to_centre_of_its_block(shape, pos):
 
 def test_alignment_with_rotation_and_shear_matches_napari():
     napari_layers = pytest.importorskip("napari.layers")
-    src = napari_layers.Image(np.zeros((6, 7)), scale=(0.5, 2.0), translate=(3.0, 1.0),
-                              rotate=25.0, shear=[0.3])
+    src = napari_layers.Image(np.zeros((6, 7)), scale=(0.5, 2.0), translate=(3.0, 1.0), rotate=25.0, shear=[0.3])
     info = L.source_info(src)
     out = np.zeros((24, 28))
     kw = L.result_layer_kwargs(info, out, kind="rrim")
-    res = napari_layers.Image(out, scale=kw["scale"], translate=kw["translate"],
-                              rotate=kw["rotate"], shear=kw["shear"])
+    res = napari_layers.Image(out, scale=kw["scale"], translate=kw["translate"], rotate=kw["rotate"], shear=kw["shear"])
     for pos in [(0, 0), (2, 5), (5, 6)]:
         centre = np.array(pos) * 4 + 1.5
         np.testing.assert_allclose(res.data_to_world(centre), src.data_to_world(pos), atol=1e-9)
-        np.testing.assert_allclose(L.world_centre(info["scale"], info["translate"], pos,
-                                                  info["rotate"], info["shear"]),
-                                   src.data_to_world(pos), atol=1e-9)
+        np.testing.assert_allclose(
+            L.world_centre(info["scale"], info["translate"], pos, info["rotate"], info["shear"]),
+            src.data_to_world(pos),
+            atol=1e-9,
+        )
 
 
 def test_current_slice_geometry_and_index():
@@ -106,10 +108,22 @@ def test_current_slice_geometry_and_index():
 
 # -- layer kwargs ----------------------------------------------------------------------------
 
+
 def _info(**kw):
-    base = dict(name="img", ndim=2, rgb=False, shape=(4, 5), dtype=np.dtype(np.uint16),
-                scale=(1.0, 1.0), translate=(0.0, 0.0), contrast_limits=(10.0, 900.0),
-                colormap="viridis", blending="additive", gamma=0.8, opacity=0.5)
+    base = dict(
+        name="img",
+        ndim=2,
+        rgb=False,
+        shape=(4, 5),
+        dtype=np.dtype(np.uint16),
+        scale=(1.0, 1.0),
+        translate=(0.0, 0.0),
+        contrast_limits=(10.0, 900.0),
+        colormap="viridis",
+        blending="additive",
+        gamma=0.8,
+        opacity=0.5,
+    )
     base.update(kw)
     return base
 
@@ -134,6 +148,7 @@ def test_result_layer_kwargs_copy_appearance_and_record():
 
 # -- normalisation and memory ----------------------------------------------------------------
 
+
 def test_auto_normalization_rules():
     assert J.auto_normalization(np.uint8, 0, 255) == {"normalization": "dtype"}
     assert J.auto_normalization(np.uint8, 0, 20) == {"normalization": "dtype"}  # dark photo
@@ -144,7 +159,9 @@ def test_auto_normalization_rules():
     with pytest.raises(InputError):
         J.auto_normalization(np.bool_)
     assert J.normalization_kwargs("percentile", np.uint16, percentiles=(1, 99)) == {
-        "normalization": "percentile", "percentiles": (1.0, 99.0)}
+        "normalization": "percentile",
+        "percentiles": (1.0, 99.0),
+    }
     with pytest.raises(InputError):
         J.normalization_kwargs("percentile", np.uint16, percentiles=(50, 10))
     with pytest.raises(InputError):
@@ -155,12 +172,12 @@ def test_memory_check_and_estimate():
     assert J.output_nbytes((3, 100, 100), np.uint16) == 3 * 100 * 100 * 16 * 2
     J.check_fits_in_memory(1000, "x", suggestion="s", available=10_000)
     with pytest.raises(InputError, match="tick 'Current slice only'"):
-        J.check_fits_in_memory(10_000, "Upscaling the stack", available=10_000,
-                               suggestion="tick 'Current slice only'")
+        J.check_fits_in_memory(10_000, "Upscaling the stack", available=10_000, suggestion="tick 'Current slice only'")
     assert J.available_memory() is None or J.available_memory() > 0
 
 
 # -- network interpolation -------------------------------------------------------------------
+
 
 def test_interpolation_pair_and_state_dicts():
     torch = pytest.importorskip("torch")
@@ -181,9 +198,13 @@ def test_interpolation_pair_and_state_dicts():
 
 # -- metrics helpers -------------------------------------------------------------------------
 
+
 def test_metrics_table_and_data_range():
-    res = {"model": {"rmse": 2.0, "psnr": 30.0, "ssim": 0.9, "fsim": 0.95},
-           "bicubic": {"rmse": 3.0, "psnr": 28.5, "ssim": 0.85, "fsim": 0.9}, "convention": "c"}
+    res = {
+        "model": {"rmse": 2.0, "psnr": 30.0, "ssim": 0.9, "fsim": 0.95},
+        "bicubic": {"rmse": 3.0, "psnr": 28.5, "ssim": 0.85, "fsim": 0.9},
+        "convention": "c",
+    }
     t = LM.metrics_table(res)
     assert t["index"] == ["RMSE", "PSNR (dB)", "SSIM", "FSIM"]
     assert t["columns"] == ["RRIM", "bicubic", "RRIM - bicubic"]
@@ -213,6 +234,7 @@ def test_compare_arrays_averages_planes():
 
 # -- the upscale job -------------------------------------------------------------------------
 
+
 def _drain(gen):
     events = []
     try:
@@ -227,10 +249,15 @@ def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
     data = rng.integers(0, 4096, size=(2, 20, 24), dtype=np.uint16)
     before = data.copy()
     data.flags.writeable = False  # any write into the source would raise
-    src = _info(name="stack", ndim=3, shape=data.shape, scale=(3.0, 1.0, 1.0),
-                translate=(0.0, 0.0, 0.0), contrast_limits=(0, 4095))
-    job = J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=32,
-                       bicubic=True, metrics=True)
+    src = _info(
+        name="stack",
+        ndim=3,
+        shape=data.shape,
+        scale=(3.0, 1.0, 1.0),
+        translate=(0.0, 0.0, 0.0),
+        contrast_limits=(0, 4095),
+    )
+    job = J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=32, bicubic=True, metrics=True)
     res, events = _drain(J.run_upscale(job))
     np.testing.assert_array_equal(data, before)
     assert res.sr.shape == res.bicubic.shape == (2, 80, 96) and res.sr.dtype == np.uint16
@@ -247,8 +274,9 @@ def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
     bkw = res.layer_kwargs("bicubic")
     assert bkw["metadata"][L.META_KEY]["model_id"] is None
     # the widget allows 16-px tiles: the engine's default overlap shrinks to fit (8 px)
-    small, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
-                                                 tile=16, bicubic=False)))
+    small, _ = _drain(
+        J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=16, bicubic=False))
+    )
     assert small.overlap == 8 and small.sr.shape == (2, 80, 96)
 
 
@@ -256,13 +284,12 @@ def test_run_upscale_on_dask_equals_numpy(tiny_registry):
     da = pytest.importorskip("dask.array")
     rng = np.random.default_rng(2)
     data = rng.integers(0, 256, size=(2, 16, 18), dtype=np.uint8)
-    src = _info(name="s", ndim=3, shape=data.shape, dtype=np.dtype(np.uint8),
-                scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0))
-    res_np, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray",
-                                                  bicubic=True)))
+    src = _info(
+        name="s", ndim=3, shape=data.shape, dtype=np.dtype(np.uint8), scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0)
+    )
+    res_np, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", bicubic=True)))
     lazy = da.from_array(data, chunks=(1, 16, 18))
-    res_da, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=lazy, weights_id="tiny-rrim-x4-gray",
-                                                  bicubic=True)))
+    res_da, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=lazy, weights_id="tiny-rrim-x4-gray", bicubic=True)))
     np.testing.assert_array_equal(res_da.sr, res_np.sr)
     np.testing.assert_array_equal(res_da.bicubic, res_np.bicubic)
 
@@ -274,8 +301,9 @@ def test_closing_a_run_stops_between_tiles_and_releases_memory(tiny_registry, mo
     real = devices.release_memory
     monkeypatch.setattr(devices, "release_memory", lambda d=None: (released.append(d), real(d)))
     data = np.zeros((64, 64), np.uint8)
-    job = J.UpscaleJob(source=_info(shape=data.shape, dtype=np.dtype(np.uint8)), data=data,
-                       weights_id="tiny-rrim-x4-gray", tile=32)
+    job = J.UpscaleJob(
+        source=_info(shape=data.shape, dtype=np.dtype(np.uint8)), data=data, weights_id="tiny-rrim-x4-gray", tile=32
+    )
     gen = J.run_upscale(job)
     first = next(gen)
     second = next(gen)
@@ -298,9 +326,11 @@ def test_no_weights_message_names_the_user_folder(isolated_registry):
 def test_layers_module_imports_no_qt():
     import subprocess
 
-    code = ("import sys, napari_rrim_sr.layers, napari_rrim_sr.job, napari_rrim_sr.bundle; "
-            "bad = [m for m in sys.modules if m.startswith(('qtpy', 'PyQt5', 'PySide', 'napari.', 'magicgui'))]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, napari_rrim_sr.layers, napari_rrim_sr.job, napari_rrim_sr.bundle; "
+        "bad = [m for m in sys.modules if m.startswith(('qtpy', 'PyQt5', 'PySide', 'napari.', 'magicgui'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -339,6 +369,7 @@ def test_preselected_weights_prefers_what_the_layer_asks_for(tiny_registry):
 
 # -- the job pipeline (job.py): planning without a viewer ----------------------------------------
 
+
 class _FakeLayer:
     """What plan_upscale reads of a napari Image layer (the GUI tests use real ones)."""
 
@@ -360,8 +391,11 @@ def test_plan_upscale_checks_selects_the_slice_and_pairs_weights(tiny_registry, 
     assert job.slice_index == {0: 2} and job.data.shape == (1, 16, 16)  # kept as a stack of one
     np.testing.assert_array_equal(job.data, stack[2:3])
     assert job.pair == ("tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan") and job.alpha == 1.0  # the chosen end
-    job = J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", alpha=0.3, current_slice=False),
-                         registry=tiny_registry)
+    job = J.plan_upscale(
+        _FakeLayer(stack),
+        J.UpscaleSettings("tiny-rrim-x4-gray", alpha=0.3, current_slice=False),
+        registry=tiny_registry,
+    )
     assert job.slice_index == {} and job.data.shape == stack.shape and job.pair is None and job.alpha is None
     with pytest.raises(InputError, match="multiscale"):
         J.plan_upscale(_FakeLayer(stack, multiscale=True), s, registry=tiny_registry)
@@ -370,20 +404,23 @@ def test_plan_upscale_checks_selects_the_slice_and_pairs_weights(tiny_registry, 
     with pytest.raises(InputError, match="No trained weights"):
         J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings(None), registry=tiny_registry)
     with pytest.raises(InputError, match="percentiles"):
-        J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", normalization="percentile",
-                                                            percentiles=(50, 10)), registry=tiny_registry)
+        J.plan_upscale(
+            _FakeLayer(stack),
+            J.UpscaleSettings("tiny-rrim-x4-gray", normalization="percentile", percentiles=(50, 10)),
+            registry=tiny_registry,
+        )
     monkeypatch.setattr("napari_rrim_sr.memory.available_memory", lambda: 1000)
     with pytest.raises(InputError, match="Current slice only"):
-        J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", current_slice=False),
-                       registry=tiny_registry)
+        J.plan_upscale(
+            _FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", current_slice=False), registry=tiny_registry
+        )
 
 
 def test_run_job_result_describes_layers_like_the_widget(tiny_registry):
     """The demo and scripts run the same pipeline as the widget: run_job returns the result
     whose layer_kwargs carry geometry and provenance."""
     img = (np.random.default_rng(0).random((12, 10)) * 4000).astype(np.uint16)
-    job = J.plan_upscale(_FakeLayer(img), J.UpscaleSettings("tiny-rrim-x4-gray", device="cpu"),
-                         registry=tiny_registry)
+    job = J.plan_upscale(_FakeLayer(img), J.UpscaleSettings("tiny-rrim-x4-gray", device="cpu"), registry=tiny_registry)
     res = J.run_job(job)
     assert res.sr.shape == (48, 40) and res.sr.dtype == np.uint16 and res.bicubic.shape == (48, 40)
     kw = res.layer_kwargs("rrim", extra={"untrained": False})

@@ -50,8 +50,9 @@ def _jpeg(img, quality):
 
 
 def _sk_ssim(a, b, r, channel_axis=None):
-    return structural_similarity(a, b, data_range=r, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, channel_axis=channel_axis)
+    return structural_similarity(
+        a, b, data_range=r, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, channel_axis=channel_axis
+    )
 
 
 # --- conventions -----------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def test_fsim_downsampling_matches_matlab_conv2_same():
     x = rng.uniform(size=(11, 9))
     for f in (2, 3, 4):
         full = convolve2d(x, np.ones((f, f)) / f**2, mode="full")
-        same = full[f // 2: f // 2 + 11, f // 2: f // 2 + 9]  # MATLAB's 'same' offset
+        same = full[f // 2 : f // 2 + 11, f // 2 : f // 2 + 9]  # MATLAB's 'same' offset
         np.testing.assert_allclose(M._box_same_subsample(x, f), same[::f, ::f], atol=1e-12)
     # MATLAB's documented conv(u, v, 'same') example pins that offset down
     full = np.convolve([-1, 2, 3, -2, 0, 1, 2], [2, 4, -1, 1])

@@ -19,7 +19,9 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     (whl,) = out.glob("napari_rrim_sr-*.whl")
     return whl
@@ -40,8 +42,9 @@ def test_wheel_contains_every_shipped_weights_file(wheel):
     shipped = sorted(p.name for p in (ROOT / "weights").iterdir() if p.is_file())
     assert shipped, "weights/ should at least hold its README"
     with zipfile.ZipFile(wheel) as zf:
-        inside = {n.split("/")[-1]: zf.getinfo(n).file_size
-                  for n in zf.namelist() if n.startswith("napari_rrim_sr/weights/")}
+        inside = {
+            n.split("/")[-1]: zf.getinfo(n).file_size for n in zf.namelist() if n.startswith("napari_rrim_sr/weights/")
+        }
     for name in shipped:
         assert name in inside, name
         assert inside[name] == (ROOT / "weights" / name).stat().st_size

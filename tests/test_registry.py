@@ -37,8 +37,16 @@ def _detect(sd):
 class TinyPlugin:
     @hookimpl
     def napari_rrim_sr_backbones(self):
-        return [BackboneSpec(id="tiny", builder=TinyNet, defaults={"width": 4}, scales=(2, 4),
-                             detect=_detect, description="a tiny test net")]
+        return [
+            BackboneSpec(
+                id="tiny",
+                builder=TinyNet,
+                defaults={"width": 4},
+                scales=(2, 4),
+                detect=_detect,
+                description="a tiny test net",
+            )
+        ]
 
 
 def test_builtin_backbones_registered_by_builtin_plugin():
@@ -104,7 +112,8 @@ def test_plugin_failing_in_hook_is_reported_and_skipped():
 @pytest.fixture
 def installed_plugin(tmp_path, monkeypatch):
     """A third-party package 'fake-sr' installed as a dist-info on a temporary sys.path."""
-    (tmp_path / "fake_sr_plugin.py").write_text(textwrap.dedent('''
+    (tmp_path / "fake_sr_plugin.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
         from napari_rrim_sr.hookspecs import hookimpl
@@ -121,14 +130,13 @@ def installed_plugin(tmp_path, monkeypatch):
         @hookimpl
         def napari_rrim_sr_backbones():
             return [BackboneSpec(id="fake-net", builder=FakeNet, description="from an entry point")]
-    '''))
+    """)
+    )
     (tmp_path / "broken_sr_plugin.py").write_text("raise ImportError('missing dependency xyz')\n")
     dist = tmp_path / "fake_sr-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-sr\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[napari_rrim_sr]\nfake = fake_sr_plugin\nbroken = broken_sr_plugin\n"
-    )
+    (dist / "entry_points.txt").write_text("[napari_rrim_sr]\nfake = fake_sr_plugin\nbroken = broken_sr_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     for mod in ("fake_sr_plugin", "broken_sr_plugin"):

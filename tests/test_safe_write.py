@@ -107,6 +107,7 @@ def test_jsonable_is_strict_json():
 
 # -- every writer of the project goes through it (defect 2 of issue 13) --------------------------
 
+
 def _links(tmp_path, src):
     """The same file under three names: a symlink, a hard link, and the path itself."""
     sym = tmp_path / f"sym-{src.name}"
@@ -146,8 +147,7 @@ def test_evaluate_json_never_replaces_an_input_image(tmp_path, tiny_weights, cap
     rc = main(["evaluate", str(tmp_path), "--model", str(tiny_weights[0]), "--json", str(img), "--overwrite"])
     assert rc == 1 and img.read_bytes() == before
     w_before = tiny_weights[0].read_bytes()
-    rc = main(["evaluate", str(img), "--model", str(tiny_weights[0]), "--json", str(tiny_weights[0]),
-               "--overwrite"])
+    rc = main(["evaluate", str(img), "--model", str(tiny_weights[0]), "--json", str(tiny_weights[0]), "--overwrite"])
     assert rc == 1 and tiny_weights[0].read_bytes() == w_before
     # a good target: strict JSON, no temporaries
     out = tmp_path / "r" / "res.json"
@@ -164,8 +164,23 @@ def test_bench_json_never_replaces_the_weights(tmp_path, tiny_weights, capsys):
     w = tiny_weights[1]
     before = w.read_bytes()
     for target in _links(tmp_path, w):
-        rc = main(["bench", "--quick", "--model", str(w), "--json", str(target), "--overwrite", "--kernels",
-                   "--no-rrdbnet", "--size", "16", "--device", "cpu"])
+        rc = main(
+            [
+                "bench",
+                "--quick",
+                "--model",
+                str(w),
+                "--json",
+                str(target),
+                "--overwrite",
+                "--kernels",
+                "--no-rrdbnet",
+                "--size",
+                "16",
+                "--device",
+                "cpu",
+            ]
+        )
         assert rc == 1
         assert "is an input" in capsys.readouterr().err
     assert w.read_bytes() == before
@@ -206,8 +221,7 @@ def test_write_image_never_replaces_a_protected_file(tmp_path):
 def test_bundle_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     from napari_rrim_sr import bundle
 
-    layers = [(np.zeros((8, 8), np.uint8), {"name": "a"}, "image"),
-              (np.ones((8, 8), np.uint8), {"name": "b"}, "image")]
+    layers = [(np.zeros((8, 8), np.uint8), {"name": "a"}, "image"), (np.ones((8, 8), np.uint8), {"name": "b"}, "image")]
     calls = []
     real = bundle.write_layer_tiff
 

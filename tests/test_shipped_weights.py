@@ -16,8 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = {"rrim-x4-rgb-psnr": 3, "rrim-x4-rgb-gan": 3, "rrim-x4-rgb-real": 3, "rrim-x4-gray": 1,
-           "rrim-x4-gray-real": 1}
+SHIPPED = {
+    "rrim-x4-rgb-psnr": 3,
+    "rrim-x4-rgb-gan": 3,
+    "rrim-x4-rgb-real": 3,
+    "rrim-x4-gray": 1,
+    "rrim-x4-gray-real": 1,
+}
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ from napari_rrim_sr.errors import InputError
 from napari_rrim_sr.tiling import TileGrid, axis_starts, axis_weights, read_window, reflect_indices
 
 
-@pytest.mark.parametrize("length,tile,overlap,margin", [(517, 96, 16, 8), (389, 64, 8, 4), (100, 256, 16, 8),
-                                                        (33, 16, 4, 2), (1000, 250, 0, 0)])
+@pytest.mark.parametrize(
+    "length,tile,overlap,margin",
+    [(517, 96, 16, 8), (389, 64, 8, 4), (100, 256, 16, 8), (33, 16, 4, 2), (1000, 250, 0, 0)],
+)
 def test_axis_starts_cover_the_extended_range(length, tile, overlap, margin):
     starts = axis_starts(length, tile, overlap, margin)
     assert starts[0] == -margin

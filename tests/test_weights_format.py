@@ -36,8 +36,13 @@ def f32(n: int, start: int = 0) -> dict:
     return {"dtype": "F32", "shape": [n], "data_offsets": [start, start + 4 * n]}
 
 
-META = {"__metadata__": {"napari_rrim_sr": json.dumps({"backbone": "rrim", "scale": 4, "in_channels": 1,
-                                                        "out_channels": 1, "hparams": TINY})}}
+META = {
+    "__metadata__": {
+        "napari_rrim_sr": json.dumps(
+            {"backbone": "rrim", "scale": 4, "in_channels": 1, "out_channels": 1, "hparams": TINY}
+        )
+    }
+}
 
 # (id, header, data, words the problem must contain)
 MALFORMED = [
@@ -59,24 +64,45 @@ MALFORMED = [
     ("gap", {"a": f32(2), "b": f32(2, 12)}, bytes(20), "gap"),
     ("out-of-file", {"a": f32(2**20)}, bytes(64), "truncated"),
     ("trailing-bytes", {"a": f32(2)}, bytes(12), "not described"),
-    ("metadata-not-str", {"__metadata__": {"napari_rrim_sr": {"backbone": "rrim"}}, "a": f32(2)}, bytes(8),
-     "__metadata__ must map names to strings"),
+    (
+        "metadata-not-str",
+        {"__metadata__": {"napari_rrim_sr": {"backbone": "rrim"}}, "a": f32(2)},
+        bytes(8),
+        "__metadata__ must map names to strings",
+    ),
     ("metadata-not-object", {"__metadata__": [1], "a": f32(2)}, bytes(8), "__metadata__"),
     ("metadata-bad-json", {"__metadata__": {"napari_rrim_sr": "{oops"}, "a": f32(2)}, bytes(8), "not valid JSON"),
     ("metadata-json-list", {"__metadata__": {"napari_rrim_sr": "[1]"}, "a": f32(2)}, bytes(8), "not a JSON object"),
-    ("metadata-scale-str", {"__metadata__": {"napari_rrim_sr": json.dumps({"backbone": "rrim", "scale": "4"})},
-                            "a": f32(2)}, bytes(8), "scale must be a positive integer"),
-    ("metadata-backbone-not-str", {"__metadata__": {"napari_rrim_sr": json.dumps({"backbone": ["rrim"]})},
-                                   "a": f32(2)}, bytes(8), "backbone must be a string"),
-    ("metadata-hparams-list", {"__metadata__": {"napari_rrim_sr": json.dumps({"backbone": "rrim", "hparams": [8]})},
-                               "a": f32(2)}, bytes(8), "hparams must be a JSON object"),
+    (
+        "metadata-scale-str",
+        {"__metadata__": {"napari_rrim_sr": json.dumps({"backbone": "rrim", "scale": "4"})}, "a": f32(2)},
+        bytes(8),
+        "scale must be a positive integer",
+    ),
+    (
+        "metadata-backbone-not-str",
+        {"__metadata__": {"napari_rrim_sr": json.dumps({"backbone": ["rrim"]})}, "a": f32(2)},
+        bytes(8),
+        "backbone must be a string",
+    ),
+    (
+        "metadata-hparams-list",
+        {"__metadata__": {"napari_rrim_sr": json.dumps({"backbone": "rrim", "hparams": [8]})}, "a": f32(2)},
+        bytes(8),
+        "hparams must be a JSON object",
+    ),
     ("header-not-object", [1, 2], b"", "not a JSON object"),
 ]
 
 
 #: problems of our metadata entry: the safetensors header itself is valid.
-OUR_METADATA = {"metadata-bad-json", "metadata-json-list", "metadata-scale-str", "metadata-backbone-not-str",
-                "metadata-hparams-list"}
+OUR_METADATA = {
+    "metadata-bad-json",
+    "metadata-json-list",
+    "metadata-scale-str",
+    "metadata-backbone-not-str",
+    "metadata-hparams-list",
+}
 
 
 @pytest.mark.parametrize("case, header, data, problem", MALFORMED, ids=[m[0] for m in MALFORMED])
@@ -95,9 +121,13 @@ def test_every_malformed_header_gives_one_weights_error(tmp_path, case, header, 
 
 
 def test_duplicate_keys_and_non_utf8_header(tmp_path):
-    dup = craft(tmp_path / "dup.safetensors", {}, bytes(8),
-                raw_header=b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
-                           b'"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}')
+    dup = craft(
+        tmp_path / "dup.safetensors",
+        {},
+        bytes(8),
+        raw_header=b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+        b'"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
+    )
     with pytest.raises(WeightsError, match="duplicate key 'a'"):
         read_header(dup)
     latin = craft(tmp_path / "latin.safetensors", {}, b"", raw_header=b'{"\xe9": 1}')
@@ -110,7 +140,9 @@ def _tiny_sd(seed: int = 0) -> dict:
     return Registry(discover=False).build("rrim", **TINY).state_dict()
 
 
-@pytest.mark.parametrize("claim", [{"num_feat": 100_000}, {"num_block": 10**6}, {"num_feat": 100_000, "num_block": 10**6}])
+@pytest.mark.parametrize(
+    "claim", [{"num_feat": 100_000}, {"num_block": 10**6}, {"num_feat": 100_000, "num_block": 10**6}]
+)
 def test_hparams_contradicting_shapes_fail_fast_without_allocating(tmp_path, claim):
     """Metadata claiming a huge network is refused from the tensor shapes, before any build."""
     sd = _tiny_sd()
@@ -243,8 +275,10 @@ BROKEN = {
     "no-offsets.safetensors": ({"a": {"dtype": "F32", "shape": [2]}, **META}, bytes(8)),
     "meta-not-str.safetensors": ({"__metadata__": {"napari_rrim_sr": {"backbone": "rrim"}}, "a": f32(2)}, bytes(8)),
     "truncated.safetensors": ({"a": f32(1000), **META}, bytes(40)),
-    "incomplete.safetensors": ({"__metadata__": {"napari_rrim_sr": json.dumps({"backbone": "rrim"})},
-                                "a": f32(2)}, bytes(8)),
+    "incomplete.safetensors": (
+        {"__metadata__": {"napari_rrim_sr": json.dumps({"backbone": "rrim"})}, "a": f32(2)},
+        bytes(8),
+    ),
 }
 
 
@@ -258,8 +292,13 @@ def broken_folder(tmp_path, monkeypatch):
     (folder / "empty.safetensors").write_bytes(b"")
     (folder / "a-folder.safetensors").mkdir()
     torch.manual_seed(0)
-    good = save_weights(folder / "gray-good.safetensors", Registry(discover=False).build("rrim", **TINY),
-                        backbone="rrim", hparams=TINY, name="gray-good")
+    good = save_weights(
+        folder / "gray-good.safetensors",
+        Registry(discover=False).build("rrim", **TINY),
+        backbone="rrim",
+        hparams=TINY,
+        name="gray-good",
+    )
     monkeypatch.setenv(registry.WEIGHTS_DIR_ENV, str(folder))
     monkeypatch.setenv(registry.PLUGINS_ENV, "none")
     registry.reset_registry()

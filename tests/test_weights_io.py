@@ -35,8 +35,15 @@ def tiny_rrim(reg):
 
 
 def test_safetensors_round_trip_is_bit_exact(tmp_path, tiny_rrim, reg):
-    path = save_weights(tmp_path / "m.safetensors", tiny_rrim, backbone="rrim", hparams=TINY,
-                        name="tiny", metrics={"psnr": 1.0}, recipe={"steps": 3})
+    path = save_weights(
+        tmp_path / "m.safetensors",
+        tiny_rrim,
+        backbone="rrim",
+        hparams=TINY,
+        name="tiny",
+        metrics={"psnr": 1.0},
+        recipe={"steps": 3},
+    )
     loaded = load_model(path, registry=reg)
     ref = tiny_rrim.state_dict()
     got = loaded.module.state_dict()
@@ -54,8 +61,7 @@ def test_safetensors_round_trip_is_bit_exact(tmp_path, tiny_rrim, reg):
 
 
 def test_fp16_storage_loads_as_fp32(tmp_path, tiny_rrim, reg):
-    path = save_weights(tmp_path / "h.safetensors", tiny_rrim, backbone="rrim", hparams=TINY,
-                        dtype="fp16")
+    path = save_weights(tmp_path / "h.safetensors", tiny_rrim, backbone="rrim", hparams=TINY, dtype="fp16")
     sd, _ = load_state_dict(path)
     for k, v in tiny_rrim.state_dict().items():
         assert sd[k].dtype == torch.float32
@@ -136,8 +142,7 @@ def test_mismatched_backbone_or_shapes(tmp_path, tiny_rrim, reg):
     path = save_weights(tmp_path / "r.safetensors", tiny_rrim, backbone="rrim", hparams=TINY)
     with pytest.raises(WeightsError, match="does not match backbone 'srresnet'"):
         load_model(path, registry=reg, backbone="srresnet", hparams={"num_feat": 8, "num_block": 1})
-    lying = save_weights(tmp_path / "lying.safetensors", tiny_rrim, backbone="rrim",
-                         hparams={**TINY, "num_feat": 16})
+    lying = save_weights(tmp_path / "lying.safetensors", tiny_rrim, backbone="rrim", hparams={**TINY, "num_feat": 16})
     # metadata hparams that contradict the tensors are refused before any build (issue 13)
     with pytest.raises(WeightsError, match=r"contradict the tensor shapes \(num_feat=16 \(metadata\)"):
         load_model(lying, registry=reg)
@@ -161,8 +166,9 @@ def test_unknown_architecture_and_format(tmp_path, reg):
 
 def test_registry_lists_user_weights_and_skips_bad_ones(tmp_path, tiny_rrim, monkeypatch):
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
-    save_weights(tmp_path / "my-model.safetensors", tiny_rrim, backbone="rrim", hparams=TINY,
-                 name="my-model", description="mine")
+    save_weights(
+        tmp_path / "my-model.safetensors", tiny_rrim, backbone="rrim", hparams=TINY, name="my-model", description="mine"
+    )
     (tmp_path / "broken.safetensors").write_bytes(b"junk")
     reg = Registry(discover=False)
     entries = [e for e in reg.weights() if e.source == "user"]
@@ -180,8 +186,7 @@ def test_plugin_contributed_weights(tmp_path, tiny_rrim, monkeypatch):
     from napari_rrim_sr.hookspecs import hookimpl
 
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
-    path = save_weights(tmp_path / "plug.safetensors", tiny_rrim, backbone="rrim", hparams=TINY,
-                        name="plugin-model")
+    path = save_weights(tmp_path / "plug.safetensors", tiny_rrim, backbone="rrim", hparams=TINY, name="plugin-model")
 
     class WeightsPlugin:
         @hookimpl

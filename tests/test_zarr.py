@@ -49,8 +49,13 @@ def volume(shape=(3, 40, 36), seed=0) -> np.ndarray:
 
 def write_ome(path: Path, a: np.ndarray, axes="zyx", scale=None, omero=None) -> Path:
     g = zarr.open_group(str(path), mode="w")
-    write_image(a, g, axes=axes, scale=scale or {"z": 2.0, "y": 0.5, "x": 0.5},
-                storage_options=dict(chunks=(1,) * (a.ndim - 2) + (16, 16)))
+    write_image(
+        a,
+        g,
+        axes=axes,
+        scale=scale or {"z": 2.0, "y": 0.5, "x": 0.5},
+        storage_options=dict(chunks=(1,) * (a.ndim - 2) + (16, 16)),
+    )
     if omero:
         add_metadata(g, {"omero": omero})
     return path
@@ -66,8 +71,23 @@ def test_ome_zarr_local_cluster_matches_in_memory(tmp_path, weights):
     src = write_ome(tmp_path / "vol.ome.zarr", a)
     before = sorted(str(p.relative_to(src)) + str(p.stat().st_mtime_ns) for p in src.rglob("*"))
     out = tmp_path / "out"
-    rc = main(["upscale", str(src), "-o", str(out), "--model", str(weights), "--scheduler", "local:2",
-               "--precision", "fp32", "--chunk", "96", "--quiet"])
+    rc = main(
+        [
+            "upscale",
+            str(src),
+            "-o",
+            str(out),
+            "--model",
+            str(weights),
+            "--scheduler",
+            "local:2",
+            "--precision",
+            "fp32",
+            "--chunk",
+            "96",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     res = out / "vol.ome.zarr"
     node = read_back(res)
@@ -75,11 +95,15 @@ def test_ome_zarr_local_cluster_matches_in_memory(tmp_path, weights):
     assert axes == ["z", "y", "x"]
     tr = node.metadata["coordinateTransformations"]
     # level 0: z kept, y/x scale / 4 and translate t - s/2 + s/8 (the napari overlay rule)
-    assert tr[0] == [{"type": "scale", "scale": [2.0, 0.125, 0.125]},
-                     {"type": "translation", "translation": [0.0, -0.1875, -0.1875]}]
+    assert tr[0] == [
+        {"type": "scale", "scale": [2.0, 0.125, 0.125]},
+        {"type": "translation", "translation": [0.0, -0.1875, -0.1875]},
+    ]
     # level 1: a 2x2 mean of level 0
-    assert tr[1] == [{"type": "scale", "scale": [2.0, 0.25, 0.25]},
-                     {"type": "translation", "translation": [0.0, -0.125, -0.125]}]
+    assert tr[1] == [
+        {"type": "scale", "scale": [2.0, 0.25, 0.25]},
+        {"type": "translation", "translation": [0.0, -0.125, -0.125]},
+    ]
     got = np.asarray(node.data[0])
     assert got.dtype == np.uint8 and got.shape == (3, 288, 272)
     want = engine.upscale(a, str(weights), precision="fp32", tile=0)
@@ -95,10 +119,22 @@ def test_ome_zarr_local_cluster_matches_in_memory(tmp_path, weights):
 
 def test_channels_and_omero_are_kept(tmp_path, weights):
     a = volume((2, 24, 20))
-    omero = {"channels": [{"label": "DAPI", "color": "0000FF", "window": {"min": 0, "max": 255, "start": 5,
-                                                                           "end": 200}, "active": True},
-                          {"label": "GFP", "color": "00FF00", "window": {"min": 0, "max": 255, "start": 0,
-                                                                          "end": 255}, "active": True}]}
+    omero = {
+        "channels": [
+            {
+                "label": "DAPI",
+                "color": "0000FF",
+                "window": {"min": 0, "max": 255, "start": 5, "end": 200},
+                "active": True,
+            },
+            {
+                "label": "GFP",
+                "color": "00FF00",
+                "window": {"min": 0, "max": 255, "start": 0, "end": 255},
+                "active": True,
+            },
+        ]
+    }
     src = write_ome(tmp_path / "cells.ome.zarr", a, axes="cyx", scale={"c": 1.0, "y": 0.3, "x": 0.3}, omero=omero)
     assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", str(weights), "--quiet"]) == 0
     res = tmp_path / "o" / "cells.ome.zarr"
@@ -117,14 +153,29 @@ def _markers(res: Path) -> set:
 def test_sigkill_then_resume_gives_the_identical_array(tmp_path, weights, capsys):
     a = volume((4, 48, 48), seed=3)
     src = write_ome(tmp_path / "big.ome.zarr", a)
-    args = ["upscale", str(src), "--model", str(weights), "--precision", "fp32", "--chunk", "32", "--threads", "1",
-            "--quiet"]
+    args = [
+        "upscale",
+        str(src),
+        "--model",
+        str(weights),
+        "--precision",
+        "fp32",
+        "--chunk",
+        "32",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
     out = tmp_path / "killed"
     res = out / "big.ome.zarr"
     total = 4 * 6 * 6
-    proc = subprocess.Popen([sys.executable, "-m", "napari_rrim_sr", *args, "-o", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_rrim_sr", *args, "-o", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if (res / chunked.DONE_DIR).is_dir() and len(_markers(res)) >= 20:
@@ -138,20 +189,30 @@ def test_sigkill_then_resume_gives_the_identical_array(tmp_path, weights, capsys
     victim = sorted(done_at_kill)[0]
     z, y, x = (int(v) for v in victim.split("_"))
     arr = zarr.open_array(str(res / "0"), mode="r+")
-    arr[z, y * 32:(y + 1) * 32, x * 32:(x + 1) * 32] = 0
+    arr[z, y * 32 : (y + 1) * 32, x * 32 : (x + 1) * 32] = 0
     (res / chunked.DONE_DIR / victim).unlink()
     (res / chunked.DONE_DIR / f".{victim}.tmp-1-1").write_text("{")  # a marker killed mid-write
     done_at_kill.discard(victim)
-    r = subprocess.run([sys.executable, "-m", "napari_rrim_sr", *args, "-o", str(out), "--resume"], env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "napari_rrim_sr", *args, "-o", str(out), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     m = re.search(r"\((\d+) chunks computed, (\d+) already done, of (\d+)\)", r.stdout)
     assert m and int(m.group(3)) == total
     assert int(m.group(1)) == total - len(done_at_kill)  # only the missing chunks were recomputed
     assert int(m.group(2)) == len(done_at_kill)
     full = tmp_path / "full"
-    r2 = subprocess.run([sys.executable, "-m", "napari_rrim_sr", *args, "-o", str(full)], env=env,
-                        capture_output=True, text=True, timeout=300)
+    r2 = subprocess.run(
+        [sys.executable, "-m", "napari_rrim_sr", *args, "-o", str(full)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r2.returncode == 0, r2.stderr
     got = zarr.open_array(str(res / "0"), mode="r")[:]
     want = zarr.open_array(str(full / "big.ome.zarr" / "0"), mode="r")[:]
@@ -171,14 +232,31 @@ def test_sigkill_then_resume_gives_the_identical_array(tmp_path, weights, capsys
 
 # -- bad input -----------------------------------------------------------------------------
 
+
 def test_plain_zarr_needs_axes(tmp_path, weights, capsys):
     a = volume((2, 20, 20))
     zarr.save_array(str(tmp_path / "plain.zarr"), a)
     assert main(["upscale", str(tmp_path / "plain.zarr"), "-o", str(tmp_path / "o"), "--model", str(weights)]) == 1
     err = capsys.readouterr().err
     assert "needs --axes" in err and len(err.strip().splitlines()) == 1
-    assert main(["upscale", str(tmp_path / "plain.zarr"), "-o", str(tmp_path / "o"), "--model", str(weights),
-                 "--axes", "zyx", "--quiet", "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(tmp_path / "plain.zarr"),
+                "-o",
+                str(tmp_path / "o"),
+                "--model",
+                str(weights),
+                "--axes",
+                "zyx",
+                "--quiet",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     got = zarr.open_array(str(tmp_path / "o" / "plain.ome.zarr" / "0"), mode="r")[:]
     want = engine.upscale(a, str(weights), precision="fp32", tile=0)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
@@ -228,6 +306,7 @@ def test_existing_output_and_input_are_protected(tmp_path, weights, capsys):
 
 # -- napari-facing core ----------------------------------------------------------------------
 
+
 def test_plan_output():
     kind, why = chunked.plan_output((10, 100, 100), np.uint16, 4, budget=10 << 20)
     assert kind == "memory" and "fits" in why  # 10*400*400*2 = 3.2 MB
@@ -238,8 +317,15 @@ def test_plan_output():
 def test_upscale_to_store_returns_a_lazy_result(tmp_path, weights):
     da = pytest.importorskip("dask.array")
     a = volume((2, 30, 26))
-    lazy = chunked.upscale_to_store(da.from_array(a, chunks=(1, 15, 13)), tmp_path / "r.ome.zarr", axes="zyx",
-                                    scale=(1.0, 0.5, 0.5), model=str(weights), precision="fp32", chunk=64)
+    lazy = chunked.upscale_to_store(
+        da.from_array(a, chunks=(1, 15, 13)),
+        tmp_path / "r.ome.zarr",
+        axes="zyx",
+        scale=(1.0, 0.5, 0.5),
+        model=str(weights),
+        precision="fp32",
+        chunk=64,
+    )
     assert isinstance(lazy, da.Array) and lazy.shape == (2, 120, 104)
     want = engine.upscale(a, str(weights), precision="fp32", tile=0)
     assert np.abs(np.asarray(lazy).astype(int) - want.astype(int)).max() <= 1
@@ -252,9 +338,28 @@ def test_large_tiff_read_lazily(tmp_path, weights):
     a = volume((2, 40, 36), seed=5)
     a[0, :20, :18] //= 4  # chunks with different ranges
     tifffile.imwrite(tmp_path / "stack.tif", a, metadata={"axes": "ZYX"}, tile=(16, 16))
-    assert main(["upscale", str(tmp_path / "stack.tif"), "-o", str(tmp_path / "o"), "--model", str(weights),
-                 "--scheduler", "threads", "--precision", "fp32", "--chunk", "64", "--quiet",
-                 "--normalize", "range"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(tmp_path / "stack.tif"),
+                "-o",
+                str(tmp_path / "o"),
+                "--model",
+                str(weights),
+                "--scheduler",
+                "threads",
+                "--precision",
+                "fp32",
+                "--chunk",
+                "64",
+                "--quiet",
+                "--normalize",
+                "range",
+            ]
+        )
+        == 0
+    )
     got = zarr.open_array(str(tmp_path / "o" / "stack.ome.zarr" / "0"), mode="r")[:]
     # one global range for every chunk (a per-chunk range would differ by many grey levels)
     want = engine.upscale(a, str(weights), precision="fp32", tile=0, normalization="range")
@@ -281,9 +386,12 @@ def test_each_worker_loads_the_weights_once(tmp_path, weights):
 
     src = open_source(write_ome(tmp_path / "w.ome.zarr", volume((4, 32, 32))))
     job = chunked.plan_job(src, tmp_path / "w_out.ome.zarr", model=str(weights), chunk=64, threads=1)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, silence_logs=40) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=40
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         summary = chunked.run_job(job, src, client=client, workers=2)
         cached = client.run(lambda: [up.model.sha256 for up in engine.cached_upscalers()])
     assert summary["computed"] == summary["chunks"] == 4 * 2 * 2

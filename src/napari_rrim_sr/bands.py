@@ -50,7 +50,10 @@ def classify_fourth_band(data_yxc: Any) -> tuple[Literal["alpha", "band"], str]:
     top = float(vals[-1])
     between = float(np.mean((v > 0) & (v < top)))
     if vals[0] >= 0 and between <= ALPHA_EDGE_MAX:
-        return "alpha", (f"4th sample is {100 * (1 - between):.1f} % at 0 or its maximum ({top:g}): "
-                         "an alpha mask with soft edges")
-    return "band", (f"4th sample varies ({vals.size} distinct values, {100 * between:.0f} % between 0 and "
-                    f"{top:g}): a band (e.g. near-infrared), not alpha")
+        return "alpha", (
+            f"4th sample is {100 * (1 - between):.1f} % at 0 or its maximum ({top:g}): an alpha mask with soft edges"
+        )
+    return "band", (
+        f"4th sample varies ({vals.size} distinct values, {100 * between:.0f} % between 0 and "
+        f"{top:g}): a band (e.g. near-infrared), not alpha"
+    )

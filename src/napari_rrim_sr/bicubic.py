@@ -54,9 +54,9 @@ def cubic(x: np.ndarray) -> np.ndarray:
     ax = np.abs(np.asarray(x, dtype=np.float64))
     ax2 = ax * ax
     ax3 = ax2 * ax
-    return (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1) + (
-        -0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0
-    ) * ((ax > 1) & (ax <= 2))
+    return (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * (
+        (ax > 1) & (ax <= 2)
+    )
 
 
 def _output_size(in_size: int, scale: float) -> int:
@@ -151,9 +151,7 @@ def imresize(x, scale: float, *, antialias: bool = True) -> np.ndarray:
 def _torch_operator(in_size, out_size, scale, antialias, dtype, device):
     import torch
 
-    return torch.from_numpy(_dense_matrix(in_size, out_size, scale, antialias).copy()).to(
-        device=device, dtype=dtype
-    )
+    return torch.from_numpy(_dense_matrix(in_size, out_size, scale, antialias).copy()).to(device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=64)
@@ -211,9 +209,7 @@ def _spatial_last(arr: np.ndarray, channel_axis: int | None) -> tuple[np.ndarray
     if channel_axis is None:
         return arr, None
     if arr.ndim < 3:
-        raise InputError(
-            f"channel_axis={channel_axis} given for an array of shape {arr.shape} (needs >= 3 axes)"
-        )
+        raise InputError(f"channel_axis={channel_axis} given for an array of shape {arr.shape} (needs >= 3 axes)")
     ax = channel_axis % arr.ndim if -arr.ndim <= channel_axis < arr.ndim else None
     if ax is None:
         raise InputError(f"channel_axis={channel_axis} out of range for shape {arr.shape}")
@@ -306,8 +302,9 @@ def bicubic_rows(plane: np.ndarray, scale: int, a: int, b: int) -> np.ndarray:
     return up[..., a - i0 * scale : b - i0 * scale, :]
 
 
-def upscale_bicubic(image, scale: int = 4, *, spatial_axes=None, rgb=None, out=None, slices=None,
-                    progress=None, cancel=None) -> np.ndarray:
+def upscale_bicubic(
+    image, scale: int = 4, *, spatial_axes=None, rgb=None, out=None, slices=None, progress=None, cancel=None
+) -> np.ndarray:
     """MATLAB-convention bicubic (``imresize(x, scale)``) with the engine's axis/dtype handling.
 
     Same dtype out (integers rounded and clipped to the dtype's range; floats clipped only to their
@@ -346,4 +343,3 @@ def _bicubic_iter(image, layout, planes, writer, s, h_out, step, total):
             done += 1
             yield Progress(done, total, k, len(planes), f"plane {k + 1}/{len(planes)}")
     return writer.arr
-

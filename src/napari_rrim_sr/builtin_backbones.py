@@ -36,7 +36,14 @@ def napari_rrim_sr_backbones():
         BackboneSpec(
             id="srresnet",
             builder=_lazy("srresnet", "SRResNet"),
-            defaults={"in_channels": 3, "out_channels": 3, "scale": 4, "num_feat": 64, "num_block": 16, "use_bn": False},
+            defaults={
+                "in_channels": 3,
+                "out_channels": 3,
+                "scale": 4,
+                "num_feat": 64,
+                "num_block": 16,
+                "use_bn": False,
+            },
             scales=(2, 4),
             channels=(1, 3),
             detect=_lazy("srresnet", "detect"),
@@ -45,7 +52,14 @@ def napari_rrim_sr_backbones():
         BackboneSpec(
             id="rrdbnet",
             builder=_lazy("rrdbnet", "RRDBNet"),
-            defaults={"in_channels": 3, "out_channels": 3, "scale": 4, "num_feat": 64, "num_block": 23, "num_grow_ch": 32},
+            defaults={
+                "in_channels": 3,
+                "out_channels": 3,
+                "scale": 4,
+                "num_feat": 64,
+                "num_block": 23,
+                "num_grow_ch": 32,
+            },
             scales=(2, 4),
             channels=(1, 3),
             detect=_lazy("rrdbnet", "detect"),

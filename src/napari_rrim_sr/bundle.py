@@ -49,13 +49,27 @@ METRICS_FILE = "metrics.json"
 PROVENANCE_FILE = "provenance.json"
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: layer attributes stored in and restored from a layer TIFF
-LAYER_KEYS = ("name", "scale", "translate", "rotate", "shear", "contrast_limits", "colormap",
-              "blending", "gamma", "opacity", "rgb", "units", "axis_labels")
+LAYER_KEYS = (
+    "name",
+    "scale",
+    "translate",
+    "rotate",
+    "shear",
+    "contrast_limits",
+    "colormap",
+    "blending",
+    "gamma",
+    "opacity",
+    "rgb",
+    "units",
+    "axis_labels",
+)
 
 LayerData = tuple  # (data, kwargs, layer_type)
 
 
 # -- layer attributes <-> JSON -----------------------------------------------------------------
+
 
 def _colormap_name(cmap) -> str | None:
     if cmap is None:
@@ -82,7 +96,9 @@ def layer_attributes(meta: Mapping[str, Any], ndim: int) -> dict:
             arr = np.asarray(val, dtype=float)
             if key == "rotate" and arr.shape == (ndim, ndim) and np.allclose(arr, np.eye(ndim)):
                 continue
-            if key == "shear" and (np.allclose(arr, 0) or (arr.shape == (ndim, ndim) and np.allclose(arr, np.eye(ndim)))):
+            if key == "shear" and (
+                np.allclose(arr, 0) or (arr.shape == (ndim, ndim) and np.allclose(arr, np.eye(ndim)))
+            ):
                 continue
             val = arr.tolist()
         elif key in ("units", "axis_labels"):
@@ -115,6 +131,7 @@ def _pixel_size_like(attrs: Mapping[str, Any]) -> dict:
 
 # -- layer TIFFs ---------------------------------------------------------------------------
 
+
 def write_layer_tiff(path, data, meta: Mapping[str, Any] | None = None, *, overwrite: bool = False) -> Path:
     """Write one image layer (``data`` + napari layer ``meta``) as a TIFF, keeping dtype,
     geometry, appearance and provenance."""
@@ -125,8 +142,9 @@ def write_layer_tiff(path, data, meta: Mapping[str, Any] | None = None, *, overw
         raise InputError(f"{path}: layer files are written as .tif / .tiff")
     meta = dict(meta or {})
     if meta.get("multiscale"):
-        raise InputError("multiscale layers cannot be written as one TIFF; save the full-"
-                         "resolution level as a plain layer first")
+        raise InputError(
+            "multiscale layers cannot be written as one TIFF; save the full-resolution level as a plain layer first"
+        )
     arr = np.asarray(data)
     rgb = bool(meta.get("rgb", False))
     ndim = arr.ndim - (1 if rgb else 0)
@@ -331,6 +349,7 @@ def _check_units(kwargs: dict) -> None:
 
 # -- bundles -------------------------------------------------------------------------------
 
+
 def _slug(name: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
     return s or "layer"
@@ -342,8 +361,9 @@ def _role(meta: Mapping[str, Any]) -> str:
     return {"rrim": "sr", "bicubic": "bicubic", "error_map": "error_map"}.get(kind, "source")
 
 
-def write_bundle(path, layers: Sequence[LayerData], *, overwrite: bool = False,
-                 compute_metrics: bool = True) -> list[str]:
+def write_bundle(
+    path, layers: Sequence[LayerData], *, overwrite: bool = False, compute_metrics: bool = True
+) -> list[str]:
     """Write image layers (napari layer-data tuples) into a bundle folder; returns the paths
     written (the folder first). The folder must not exist or be empty (or ``overwrite``)."""
     from .safe_write import atomic_dir
@@ -374,10 +394,21 @@ def write_bundle(path, layers: Sequence[LayerData], *, overwrite: bool = False,
             k += 1
         used.add(stem)
         plan.append((f"{stem}.tif", role, stem))
-    entries = [{"file": fname, "role": role, "name": meta.get("name", stem), "shape": list(np.shape(data)),
-                "dtype": str(np.asarray(data).dtype)} for (fname, role, stem), (data, meta, _) in zip(plan, images)]
-    provenance = {e["name"]: jsonable((m.get("metadata") or {}).get(META_KEY))
-                  for e, (_, m, _) in zip(entries, images) if (m.get("metadata") or {}).get(META_KEY)}
+    entries = [
+        {
+            "file": fname,
+            "role": role,
+            "name": meta.get("name", stem),
+            "shape": list(np.shape(data)),
+            "dtype": str(np.asarray(data).dtype),
+        }
+        for (fname, role, stem), (data, meta, _) in zip(plan, images)
+    ]
+    provenance = {
+        e["name"]: jsonable((m.get("metadata") or {}).get(META_KEY))
+        for e, (_, m, _) in zip(entries, images)
+        if (m.get("metadata") or {}).get(META_KEY)
+    }
     metrics = _bundle_metrics(images, entries) if compute_metrics else {}
     from . import __version__
 
@@ -425,13 +456,11 @@ def _bundle_metrics(images, entries) -> dict:
                 ref = np.asarray(d_ref)
                 rgb = bool(m_ref.get("rgb", False))
                 dr = metrics_data_range(ref.dtype, ref)
-                res = {"model": compare_arrays(d_sr, ref, rgb=rgb, data_range=dr, border=4,
-                                               y_channel=rgb)}
+                res = {"model": compare_arrays(d_sr, ref, rgb=rgb, data_range=dr, border=4, y_channel=rgb)}
                 conv = res["model"].pop("convention")
                 for e_b, d_b, _ in bics:
                     if tuple(np.shape(d_b)) == tuple(np.shape(d_sr)):
-                        res["bicubic"] = compare_arrays(d_b, ref, rgb=rgb, data_range=dr,
-                                                        border=4, y_channel=rgb)
+                        res["bicubic"] = compare_arrays(d_b, ref, rgb=rgb, data_range=dr, border=4, y_channel=rgb)
                         res["bicubic"].pop("convention", None)
                         break
                 res["convention"] = conv
@@ -511,8 +540,10 @@ def read_bundle(path) -> list[LayerData]:
         name = entry.get("file")
         f = _inside_file(folder, name)
         if f is None:
-            _warn(f"{folder}: layer {i} file {_short(name)} is not a file inside the bundle "
-                  "(a path or a link pointing out of it); skipped, not followed")
+            _warn(
+                f"{folder}: layer {i} file {_short(name)} is not a file inside the bundle "
+                "(a path or a link pointing out of it); skipped, not followed"
+            )
             continue
         try:
             data, kwargs, kind = read_layer_tiff(f)
@@ -554,7 +585,7 @@ def read_png(path) -> LayerData:
 
 
 def owned_reader_target(path) -> str | None:
-    """"bundle", "tiff", "png" or None for a path napari asks about (never raises)."""
+    """ "bundle", "tiff", "png" or None for a path napari asks about (never raises)."""
     try:
         p = Path(str(path))
         if p.is_dir():

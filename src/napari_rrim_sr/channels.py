@@ -32,8 +32,13 @@ __all__ = [
 ]
 
 _PURE = {  # LUT ramps napari knows by name: (r, g, b) end colour
-    (1, 0, 0): "red", (0, 1, 0): "green", (0, 0, 1): "blue", (1, 1, 1): "gray",
-    (0, 1, 1): "cyan", (1, 0, 1): "magenta", (1, 1, 0): "yellow",
+    (1, 0, 0): "red",
+    (0, 1, 0): "green",
+    (0, 0, 1): "blue",
+    (1, 1, 1): "gray",
+    (0, 1, 1): "cyan",
+    (1, 0, 1): "magenta",
+    (1, 1, 0): "yellow",
 }
 _DEFAULT = ["magenta", "green", "cyan", "yellow", "red", "blue"]
 
@@ -91,8 +96,15 @@ def _ome_color(value: Any) -> Any:
         return None
     r, g, b = (v >> 24) & 255, (v >> 16) & 255, (v >> 8) & 255
     end = tuple(int(c > 127) for c in (r, g, b))
-    if (r, g, b) in ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 255, 255), (255, 0, 255),
-                     (255, 255, 0)):
+    if (r, g, b) in (
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+        (255, 255, 255),
+        (0, 255, 255),
+        (255, 0, 255),
+        (255, 255, 0),
+    ):
         return _PURE[end]
     return np.linspace(0, 1, 256)[:, None] * (np.array([r, g, b], dtype=np.float64) / 255.0)
 
@@ -134,8 +146,14 @@ def read_channel_displays(path: str | Path, n_channels: int) -> list[ChannelDisp
                 names[i] = names[i] or attrs.get("Name") or None
                 if "Color" in attrs and cmaps[i] is None:
                     cmaps[i] = _ome_color(attrs["Color"])
-    return [ChannelDisplay(names[i] or f"C{i}", cmaps[i] if cmaps[i] is not None else _DEFAULT[i % len(_DEFAULT)]
-                           if n_channels > 1 else "gray", limits[i]) for i in range(n_channels)]
+    return [
+        ChannelDisplay(
+            names[i] or f"C{i}",
+            cmaps[i] if cmaps[i] is not None else _DEFAULT[i % len(_DEFAULT)] if n_channels > 1 else "gray",
+            limits[i],
+        )
+        for i in range(n_channels)
+    ]
 
 
 def upscale_channels(
@@ -188,14 +206,26 @@ def upscale_channels(
             choice = choose_for_layer(ch, rgb=False, spatial_axes=sp_after, available_ids=ids)
         else:
             choice = ModelChoice(str(model), "chosen by the user")
-        res = upscale(np.asarray(ch), choice.weights_id, spatial_axes=sp_after, rgb=False,
-                      progress=progress, cancel=cancel, **engine_kw)
+        res = upscale(
+            np.asarray(ch),
+            choice.weights_id,
+            spatial_axes=sp_after,
+            rgb=False,
+            progress=progress,
+            cancel=cancel,
+            **engine_kw,
+        )
         out.append(ChannelResult(res, shown[i], choice))
     return out
 
 
-def layer_data(results: Iterable[ChannelResult], *, name: str | None = None, scale: Iterable[float] | None = None,
-               metadata: Mapping[str, Any] | None = None) -> list[tuple[np.ndarray, dict, str]]:
+def layer_data(
+    results: Iterable[ChannelResult],
+    *,
+    name: str | None = None,
+    scale: Iterable[float] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> list[tuple[np.ndarray, dict, str]]:
     """napari layer-data tuples, one per channel: the source's colour/contrast/blending, the choice in metadata."""
     out = []
     for r in results:

@@ -99,8 +99,10 @@ class ChunkJob:
 
     @property
     def out_chunks(self) -> tuple[int, ...]:
-        return tuple(min(self.block * self.scale, self.out_shape[a]) if a in self.spatial else 1
-                     for a in range(len(self.in_shape)))
+        return tuple(
+            min(self.block * self.scale, self.out_shape[a]) if a in self.spatial else 1
+            for a in range(len(self.in_shape))
+        )
 
     def grid(self) -> list[tuple[int, ...]]:
         """Chunk indices (one per output chunk of level 0)."""
@@ -114,14 +116,22 @@ class ChunkJob:
         from .jsonable import jsonable
 
         norm = self.norm.as_dict() if hasattr(self.norm, "as_dict") else self.norm
-        return jsonable({
-            "source": {"path": str(Path(self.source_path).resolve()) if self.source_path else None,
-                       "array": self.source_array,
-                       "shape": list(self.in_shape), "dtype": self.dtype},
-            "model_sha256": self.model_sha256, "scale": self.scale, "block": self.block, "halo": self.halo,
-            "normalization": norm,
-            "engine": {k: v for k, v in sorted(self.engine_kw.items()) if k != "threads"},  # threads: speed only
-        })
+        return jsonable(
+            {
+                "source": {
+                    "path": str(Path(self.source_path).resolve()) if self.source_path else None,
+                    "array": self.source_array,
+                    "shape": list(self.in_shape),
+                    "dtype": self.dtype,
+                },
+                "model_sha256": self.model_sha256,
+                "scale": self.scale,
+                "block": self.block,
+                "halo": self.halo,
+                "normalization": norm,
+                "engine": {k: v for k, v in sorted(self.engine_kw.items()) if k != "threads"},  # threads: speed only
+            }
+        )
 
 
 def chunk_memory(block: int, halo: int, scale: int, itemsize: int, num_feat: int = 64) -> int:
@@ -181,8 +191,9 @@ def _check_model(job: ChunkJob) -> None:
     kw = {k: job.engine_kw[k] for k in ("device", "precision", "threads", "self_ensemble") if k in job.engine_kw}
     up = engine.get_upscaler(job.model, channels=1, **kw)  # the engine's per-process cache
     if up.model.sha256 != job.model_sha256:
-        raise WeightsError(job.model, f"has sha256 {up.model.sha256} on this worker, the job expects "
-                           f"{job.model_sha256}")
+        raise WeightsError(
+            job.model, f"has sha256 {up.model.sha256} on this worker, the job expects {job.model_sha256}"
+        )
     _VERIFIED.add(key)
 
 
@@ -200,8 +211,10 @@ def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
     if job.source_obj is not None:
         src = job.source_obj
     else:
-        src = _cached(("in", job.source_kind, job.source_path, job.source_array),
-                      lambda: open_array(job.source_kind, job.source_path, job.source_array, job.source_series))
+        src = _cached(
+            ("in", job.source_kind, job.source_path, job.source_array),
+            lambda: open_array(job.source_kind, job.source_path, job.source_array, job.source_series),
+        )
     out = _cached(("out", job.out_path), lambda: zarr.open_array(str(Path(job.out_path) / LEVEL0), mode="r+"))
     s, b, h = job.scale, job.block, job.halo
     read_idx: list[Any] = []
@@ -220,15 +233,16 @@ def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
             write_idx.append(slice(i, i + 1))
     block = np.asarray(src[tuple(read_idx)])
     t_read = time.perf_counter()
-    model = job.model.get() if hasattr(job.model, "get") and not isinstance(job.model, (str, os.PathLike)) \
-        else job.model
+    model = (
+        job.model.get() if hasattr(job.model, "get") and not isinstance(job.model, (str, os.PathLike)) else job.model
+    )
     with _COMPUTE_LOCK:
-        res = engine.upscale(block, model=model, spatial_axes=(0, 1), rgb=False, normalization=job.norm,
-                             **job.engine_kw)
+        res = engine.upscale(
+            block, model=model, spatial_axes=(0, 1), rgb=False, normalization=job.norm, **job.engine_kw
+        )
     t_comp = time.perf_counter()
     res = np.ascontiguousarray(res[tuple(crop)])
-    shaped = res.reshape(tuple(1 if a not in job.spatial else res.shape[job.spatial.index(a)]
-                               for a in range(len(idx))))
+    shaped = res.reshape(tuple(1 if a not in job.spatial else res.shape[job.spatial.index(a)] for a in range(len(idx))))
     out[tuple(write_idx)] = shaped
     # flush the chunk's file(s) before its marker exists (local stores; remote stores are durable on return)
     chunk_coords = tuple(w.start // c for w, c in zip(write_idx, job.out_chunks))
@@ -241,13 +255,23 @@ def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
     t_write = time.perf_counter()
     _write_marker(marker_path(job.out_path, idx), {"sha256": digest})
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"chunk": list(idx), "sha256": digest, "read_s": t_read - t0, "compute_s": t_comp - t_read,
-            "write_s": t_write - t_comp, "seconds": time.perf_counter() - t0, "in_bytes": int(block.nbytes),
-            "cpu_s": time.process_time() - c0,  # this process's CPU time: the cost without other load
-            "out_bytes": int(res.nbytes), "peak_rss": int(rss), "pid": os.getpid()}
+    return {
+        "chunk": list(idx),
+        "sha256": digest,
+        "read_s": t_read - t0,
+        "compute_s": t_comp - t_read,
+        "write_s": t_write - t_comp,
+        "seconds": time.perf_counter() - t0,
+        "in_bytes": int(block.nbytes),
+        "cpu_s": time.process_time() - c0,  # this process's CPU time: the cost without other load
+        "out_bytes": int(res.nbytes),
+        "peak_rss": int(rss),
+        "pid": os.getpid(),
+    }
 
 
 # -- planning ------------------------------------------------------------------------------
+
 
 def plan_output(shape, dtype, scale: int = 4, budget: int | None = None, n_spatial: int = 2) -> tuple[str, str]:
     """``("memory" | "store", reason)``: whether an upscaled copy of ``shape`` fits in ``budget``
@@ -260,14 +284,30 @@ def plan_output(shape, dtype, scale: int = 4, budget: int | None = None, n_spati
         budget = int(0.5 * avail) if avail else 4 << 30
     if need <= budget:
         return "memory", f"the result ({format_bytes(need)}) fits in the memory budget ({format_bytes(budget)})"
-    return "store", (f"the result ({format_bytes(need)}) exceeds the memory budget ({format_bytes(budget)}); "
-                     "it is written chunk by chunk to an OME-Zarr store and shown lazily")
+    return "store", (
+        f"the result ({format_bytes(need)}) exceeds the memory budget ({format_bytes(budget)}); "
+        "it is written chunk by chunk to an OME-Zarr store and shown lazily"
+    )
 
 
-def plan_job(src: Source, out_path: Path | str, *, model=None, normalization="dtype", percentiles=(0.1, 99.9),
-             bit_depth=None, chunk: int = DEFAULT_CHUNK, halo: int = DEFAULT_HALO, tile=None, overlap=None,
-             device: str = "auto", precision: str = "auto", threads: int | None = None,
-             self_ensemble: bool = False, array=None) -> ChunkJob:
+def plan_job(
+    src: Source,
+    out_path: Path | str,
+    *,
+    model=None,
+    normalization="dtype",
+    percentiles=(0.1, 99.9),
+    bit_depth=None,
+    chunk: int = DEFAULT_CHUNK,
+    halo: int = DEFAULT_HALO,
+    tile=None,
+    overlap=None,
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    self_ensemble: bool = False,
+    array=None,
+) -> ChunkJob:
     """Resolve the model and the global normalisation once, up front, and describe the job."""
     import dask.array as da
 
@@ -288,12 +328,32 @@ def plan_job(src: Source, out_path: Path | str, *, model=None, normalization="dt
         model_arg: Any = str(loaded.path)
     else:
         model_arg = engine.ModelRef(loaded)
-    ekw: dict = {"tile": tile, "overlap": overlap, "device": device, "precision": precision,
-                 "self_ensemble": bool(self_ensemble)}
+    ekw: dict = {
+        "tile": tile,
+        "overlap": overlap,
+        "device": device,
+        "precision": precision,
+        "self_ensemble": bool(self_ensemble),
+    }
     if threads is not None:
         ekw["threads"] = int(threads)
-    return ChunkJob(src.kind, str(src.path), src.array_path, src.series, tuple(src.shape), str(src.dtype),
-                    src.spatial, s, chunk // s, int(halo), str(out_path), model_arg, loaded.sha256, norm, ekw)
+    return ChunkJob(
+        src.kind,
+        str(src.path),
+        src.array_path,
+        src.series,
+        tuple(src.shape),
+        str(src.dtype),
+        src.spatial,
+        s,
+        chunk // s,
+        int(halo),
+        str(out_path),
+        model_arg,
+        loaded.sha256,
+        norm,
+        ekw,
+    )
 
 
 def _read_chunks(src: Source) -> tuple:
@@ -301,6 +361,7 @@ def _read_chunks(src: Source) -> tuple:
 
 
 # -- running -------------------------------------------------------------------------------
+
 
 def open_scheduler(spec: str | None, *, memory_limit: str | None = None):
     """``(client, closer, n_workers)`` for ``None``/"threads" (in-process threads: client None),
@@ -318,14 +379,21 @@ def open_scheduler(spec: str | None, *, memory_limit: str | None = None):
             n = 0
         if n < 1:
             raise InputError(f"--scheduler {spec!r}: expected local:N with N >= 1 workers")
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                           dashboard_address=None, silence_logs=40,
-                                           memory_limit=memory_limit or "auto")
+        cluster = distributed.LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=40,
+            memory_limit=memory_limit or "auto",
+        )
         client = distributed.Client(cluster)
 
         def close():
             client.close()
             cluster.close()
+
         return client, close, n
     try:
         client = distributed.Client(spec, timeout=30)
@@ -344,13 +412,21 @@ def _create_store(job: ChunkJob) -> None:
 
     out = Path(job.out_path)
     zarr.open_group(str(out), mode="w-", zarr_format=3)
-    zarr.create_array(str(out / LEVEL0), shape=job.out_shape, chunks=job.out_chunks, dtype=job.dtype,
-                      fill_value=0, dimension_names=None, zarr_format=3)
+    zarr.create_array(
+        str(out / LEVEL0),
+        shape=job.out_shape,
+        chunks=job.out_chunks,
+        dtype=job.dtype,
+        fill_value=0,
+        dimension_names=None,
+        zarr_format=3,
+    )
     (out / DONE_DIR).mkdir()
 
 
-def prepare_output(job: ChunkJob, *, overwrite: bool = False, resume: bool = False, protect: Iterable = (),
-                   command: str | None = None) -> None:
+def prepare_output(
+    job: ChunkJob, *, overwrite: bool = False, resume: bool = False, protect: Iterable = (), command: str | None = None
+) -> None:
     """Create the output store and job record, or check a resumable one (same settings)."""
     from .jsonable import jsonable
     from .safe_write import atomic_write
@@ -365,21 +441,29 @@ def prepare_output(job: ChunkJob, *, overwrite: bool = False, resume: bool = Fal
         try:
             rec = json.loads(rec_path.read_text())
         except (OSError, ValueError):
-            raise OutputError(out, f"has no readable {JOB_FILE}; cannot resume (use --overwrite to start over)") \
-                from None
+            raise OutputError(
+                out, f"has no readable {JOB_FILE}; cannot resume (use --overwrite to start over)"
+            ) from None
         want = job.settings()
         if rec.get("settings") != want:
-            diff = sorted(k for k in set(want) | set(rec.get("settings", {}))
-                          if want.get(k) != rec.get("settings", {}).get(k))
-            raise OutputError(out, f"was started with other settings ({', '.join(diff)}); refusing to resume "
-                              "(rerun with the same settings, or --overwrite to start over)")
+            diff = sorted(
+                k for k in set(want) | set(rec.get("settings", {})) if want.get(k) != rec.get("settings", {}).get(k)
+            )
+            raise OutputError(
+                out,
+                f"was started with other settings ({', '.join(diff)}); refusing to resume "
+                "(rerun with the same settings, or --overwrite to start over)",
+            )
         return
     check_target(out, overwrite=overwrite, protect=protect, kind="dir")
     if out.exists():  # --overwrite, checked above: never an input, never containing one
         shutil.rmtree(out)
     _create_store(job)
-    rec = {"settings": job.settings(), "command": command,
-           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    rec = {
+        "settings": job.settings(),
+        "command": command,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     atomic_write(rec_path, json.dumps(jsonable(rec), indent=1), protect=protect)
 
 
@@ -399,8 +483,15 @@ def _wait_first(client, pending):
     return distributed.wait(pending, return_when="FIRST_COMPLETED")
 
 
-def run_chunks(job: ChunkJob, chunks: list[tuple[int, ...]], *, client=None, workers: int = 2,
-               progress: Callable[[int, int], Any] | None = None, max_in_flight: int | None = None) -> list[dict]:
+def run_chunks(
+    job: ChunkJob,
+    chunks: list[tuple[int, ...]],
+    *,
+    client=None,
+    workers: int = 2,
+    progress: Callable[[int, int], Any] | None = None,
+    max_in_flight: int | None = None,
+) -> list[dict]:
     """Run ``chunks`` on ``client`` (dask.distributed) or in-process threads, bounded in flight."""
     limit = max_in_flight or max(2, 2 * workers)
     records: list[dict] = []
@@ -443,8 +534,9 @@ def build_pyramid(job: ChunkJob, *, client=None, min_size: int = 256) -> list[st
     while max(prev.shape[a] for a in job.spatial) > min_size and min(prev.shape[a] for a in job.spatial) >= 2:
         k += 1
         axes = {a: 2 for a in job.spatial}
-        trimmed = prev[tuple(slice(0, (n // 2) * 2) if a in job.spatial else slice(None)
-                             for a, n in enumerate(prev.shape))]
+        trimmed = prev[
+            tuple(slice(0, (n // 2) * 2) if a in job.spatial else slice(None) for a, n in enumerate(prev.shape))
+        ]
         mean = da.coarsen(np.mean, trimmed.astype(np.float64), axes, trim_excess=True)
         dt = np.dtype(job.dtype)
         if dt.kind in "iu":
@@ -454,8 +546,9 @@ def build_pyramid(job: ChunkJob, *, client=None, min_size: int = 256) -> list[st
         chunks = tuple(min(c, n) for c, n in zip(job.out_chunks, lvl.shape))
         lvl = lvl.rechunk(chunks)
         path = str(k)
-        arr = zarr.create_array(str(out / path), shape=lvl.shape, chunks=chunks, dtype=dt, fill_value=0,
-                                overwrite=True, zarr_format=3)
+        arr = zarr.create_array(
+            str(out / path), shape=lvl.shape, chunks=chunks, dtype=dt, fill_value=0, overwrite=True, zarr_format=3
+        )
         store = da.store(lvl, arr, lock=False, compute=False)
         if client is not None:
             client.compute(store).result()
@@ -466,9 +559,19 @@ def build_pyramid(job: ChunkJob, *, client=None, min_size: int = 256) -> list[st
     return paths
 
 
-def run_job(job: ChunkJob, src: Source, *, client=None, workers: int = 2, overwrite: bool = False,
-            resume: bool = False, quiet: bool = True, command: str | None = None,
-            provenance_extra: dict | None = None, kill_after: int | None = None) -> dict:
+def run_job(
+    job: ChunkJob,
+    src: Source,
+    *,
+    client=None,
+    workers: int = 2,
+    overwrite: bool = False,
+    resume: bool = False,
+    quiet: bool = True,
+    command: str | None = None,
+    provenance_extra: dict | None = None,
+    kill_after: int | None = None,
+) -> dict:
     """Prepare (or resume) the output, run the missing chunks, build the pyramid, write metadata.
 
     Returns a summary: chunks total / computed / skipped, seconds, per-chunk records.
@@ -508,9 +611,16 @@ def run_job(job: ChunkJob, src: Source, *, client=None, workers: int = 2, overwr
             "completed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command or rec.get("command"),
             "method": "model, chunk by chunk (napari_rrim_sr.chunked)",
-            "source": {"path": str(src.path), "kind": src.kind, "array": src.array_path, "shape": list(src.shape),
-                       "dtype": str(src.dtype), "axes": src.axis_names, "scale": src.scale,
-                       "translate": src.translate},
+            "source": {
+                "path": str(src.path),
+                "kind": src.kind,
+                "array": src.array_path,
+                "shape": list(src.shape),
+                "dtype": str(src.dtype),
+                "axes": src.axis_names,
+                "scale": src.scale,
+                "translate": src.translate,
+            },
             "model": _model_provenance(job),
             "settings": job.settings(),
             "chunks": len(grid),
@@ -518,8 +628,14 @@ def run_job(job: ChunkJob, src: Source, *, client=None, workers: int = 2, overwr
         }
         write_result_metadata(out, src, job.scale, paths, prov)
         _write_marker(complete, {"sha256": "", "levels": paths})
-    return {"chunks": len(grid), "computed": len(records), "skipped": len(grid) - len(todo),
-            "seconds": t_chunks, "records": records, "out": str(out)}
+    return {
+        "chunks": len(grid),
+        "computed": len(records),
+        "skipped": len(grid) - len(todo),
+        "seconds": t_chunks,
+        "records": records,
+        "out": str(out),
+    }
 
 
 def _model_provenance(job: ChunkJob) -> dict:
@@ -531,9 +647,24 @@ def _model_provenance(job: ChunkJob) -> dict:
 
 # -- napari-facing ---------------------------------------------------------------------------
 
-def upscale_to_store(array, out_path: Path | str, *, axes: str | None = None, scale=None, translate=None,
-                     model=None, name: str = "image", client=None, workers: int = 2, overwrite: bool = False,
-                     resume: bool = False, chunk: int = DEFAULT_CHUNK, halo: int = DEFAULT_HALO, **kw):
+
+def upscale_to_store(
+    array,
+    out_path: Path | str,
+    *,
+    axes: str | None = None,
+    scale=None,
+    translate=None,
+    model=None,
+    name: str = "image",
+    client=None,
+    workers: int = 2,
+    overwrite: bool = False,
+    resume: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+    halo: int = DEFAULT_HALO,
+    **kw,
+):
     """Upscale a numpy/dask/zarr-backed ``array`` into the OME-Zarr store ``out_path`` chunk by chunk
     and return the result's level 0 as a lazy dask array (for a napari layer).
 
@@ -547,14 +678,22 @@ def upscale_to_store(array, out_path: Path | str, *, axes: str | None = None, sc
 
     shape = tuple(int(n) for n in array.shape)
     if axes is None:
-        axes = "tczyx"[-len(shape):] if len(shape) <= 5 else None
+        axes = "tczyx"[-len(shape) :] if len(shape) <= 5 else None
         if axes is None:
             raise InputError(f"an array of {len(shape)} dimensions needs axes")
     ax = _parse_axes(axes, len(shape))
-    src = Source(Path(out_path).with_name(name), "object", "", shape, np.dtype(array.dtype), ax,
-                 [float(v) for v in (scale or [1.0] * len(shape))],
-                 [float(v) for v in (translate or [0.0] * len(shape))], tuple(getattr(array, "chunksize", shape)),
-                 name=name)
+    src = Source(
+        Path(out_path).with_name(name),
+        "object",
+        "",
+        shape,
+        np.dtype(array.dtype),
+        ax,
+        [float(v) for v in (scale or [1.0] * len(shape))],
+        [float(v) for v in (translate or [0.0] * len(shape))],
+        tuple(getattr(array, "chunksize", shape)),
+        name=name,
+    )
     job = plan_job(src, out_path, model=model, chunk=chunk, halo=halo, array=array, **kw)
     job.source_kind, job.source_path, job.source_obj = "object", "", array
     run_job(job, src, client=client, workers=workers, overwrite=overwrite, resume=resume)

@@ -64,17 +64,13 @@ class ModelRef:
                 if loaded.sha256 == self.sha256:
                     self._local = loaded
                     return loaded
-            raise RRIMError(
-                f"weights file {self.path} is not available (or differs) on this dask worker"
-            )
+            raise RRIMError(f"weights file {self.path} is not available (or differs) on this dask worker")
         import torch
 
         module = _registry().build(self.backbone, **self.hparams)
         module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state.items()})
         self._local = LoadedModel.from_module(module, self.backbone, self.hparams, id=self.id)
         return self._local
-
-
 
     def __repr__(self) -> str:
         return f"ModelRef({self.id!r}, token={self.token[:12]})"
@@ -139,8 +135,7 @@ def _even_chunks(length: int, size: int) -> tuple[int, ...]:
     return tuple(base + (1 if i < extra else 0) for i in range(n))
 
 
-def upscale_dask(darr, model=None, *, options: UpscaleOptions | None = None, depth: int | None = None,
-                 **kw: Any):
+def upscale_dask(darr, model=None, *, options: UpscaleOptions | None = None, depth: int | None = None, **kw: Any):
     """A lazy dask array: ``darr`` upscaled chunk by chunk (``map_overlap``, trimmed overlap).
 
     Each chunk is extended by ``depth`` (default: the tile overlap) real pixels from its
@@ -184,13 +179,23 @@ def upscale_dask(darr, model=None, *, options: UpscaleOptions | None = None, dep
         darr = darr.rechunk(want)
     spatial = (layout.y_axis, layout.x_axis)
     # an axis held in one chunk borrows nothing (dask refuses a depth larger than the array)
-    depth_map = {ax: (min(d, min(darr.chunks[ax])) if ax in spatial and len(darr.chunks[ax]) > 1 else 0)
-                 for ax in range(darr.ndim)}
+    depth_map = {
+        ax: (min(d, min(darr.chunks[ax])) if ax in spatial and len(darr.chunks[ax]) > 1 else 0)
+        for ax in range(darr.ndim)
+    }
     out_chunks = tuple(tuple(c * s for c in ch) if ax in spatial else ch for ax, ch in enumerate(darr.chunks))
-    block_opts = opts.replace(model=ModelRef(loaded), device=str(dev), normalization=norm,
-                              spatial_axes=spatial, rgb=layout.rgb)
+    block_opts = opts.replace(
+        model=ModelRef(loaded), device=str(dev), normalization=norm, spatial_axes=spatial, rgb=layout.rgb
+    )
     return da.map_overlap(
-        _dask_block, darr, depth=depth_map, boundary="none", trim=False, dtype=darr.dtype,
-        chunks=out_chunks, meta=np.empty((0,) * darr.ndim, dtype=darr.dtype), options=block_opts,
+        _dask_block,
+        darr,
+        depth=depth_map,
+        boundary="none",
+        trim=False,
+        dtype=darr.dtype,
+        chunks=out_chunks,
+        meta=np.empty((0,) * darr.ndim, dtype=darr.dtype),
+        options=block_opts,
         depth_px={ax: v for ax, v in depth_map.items() if v},
     )

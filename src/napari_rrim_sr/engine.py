@@ -84,11 +84,36 @@ _is_dask = is_dask
 _drain = drain
 
 __all__ = [
-    "BICUBIC_BAND", "BORDER_MARGIN", "DEFAULT_OVERLAP", "DEFAULT_PERCENTILES", "DEFAULT_TILE", "MIN_TILE",
-    "NO_WEIGHTS_MESSAGE", "Layout", "ModelRef", "Normalization", "Progress", "TileGrid", "UpscaleOptions",
-    "Upscaler", "bicubic_rows", "cached_upscalers", "clear_cache", "default_overlap", "get_upscaler", "options_from",
-    "resolve_layout", "resolve_model", "upscale", "upscale_bicubic", "upscale_block", "upscale_dask",
-    "upscale_iter", "validate_options", "worker_upscaler", "_WORKER_UPSCALERS",
+    "BICUBIC_BAND",
+    "BORDER_MARGIN",
+    "DEFAULT_OVERLAP",
+    "DEFAULT_PERCENTILES",
+    "DEFAULT_TILE",
+    "MIN_TILE",
+    "NO_WEIGHTS_MESSAGE",
+    "Layout",
+    "ModelRef",
+    "Normalization",
+    "Progress",
+    "TileGrid",
+    "UpscaleOptions",
+    "Upscaler",
+    "bicubic_rows",
+    "cached_upscalers",
+    "clear_cache",
+    "default_overlap",
+    "get_upscaler",
+    "options_from",
+    "resolve_layout",
+    "resolve_model",
+    "upscale",
+    "upscale_bicubic",
+    "upscale_block",
+    "upscale_dask",
+    "upscale_iter",
+    "validate_options",
+    "worker_upscaler",
+    "_WORKER_UPSCALERS",
 ]
 
 
@@ -96,8 +121,9 @@ def _channels_for(image, spatial_axes, rgb) -> int:
     return 3 if resolve_layout(image.shape, spatial_axes, rgb).rgb else 1
 
 
-def upscale_iter(image, model=None, *, options: UpscaleOptions | None = None, out=None, slices=None,
-                 **kw: Any) -> Generator[Progress, None, np.ndarray]:
+def upscale_iter(
+    image, model=None, *, options: UpscaleOptions | None = None, out=None, slices=None, **kw: Any
+) -> Generator[Progress, None, np.ndarray]:
     """Upscale ``image`` by the model's scale, yielding :class:`Progress` after every tile.
 
     The result (same dtype, spatial axes exactly ``scale`` x larger) is the generator's return
@@ -137,8 +163,15 @@ def upscale_iter(image, model=None, *, options: UpscaleOptions | None = None, ou
     return (yield from up.upscale_iter(image, opts, out=out, slices=slices))
 
 
-def upscale(image, model=None, *, options: UpscaleOptions | None = None,
-            progress: Callable[[Progress], Any] | None = None, cancel=None, **kw: Any) -> np.ndarray:
+def upscale(
+    image,
+    model=None,
+    *,
+    options: UpscaleOptions | None = None,
+    progress: Callable[[Progress], Any] | None = None,
+    cancel=None,
+    **kw: Any,
+) -> np.ndarray:
     """Upscale ``image`` (see :func:`upscale_iter` for the arguments).
 
     ``progress(Progress)`` is called after every tile; ``cancel`` (a ``threading.Event`` or a

@@ -64,8 +64,11 @@ def user_message(exc: BaseException, *, stack: bool = False) -> str:
     if isinstance(exc, MemoryError):
         return "Not enough memory for this run. Try: " + hint + "a smaller tile size, or crop the layer first."
     if _is_device_oom(exc):
-        return ("The GPU ran out of memory even with smaller tiles. Try " + hint +
-                "precision fp16/bf16, a smaller tile size, or device 'cpu'.")
+        return (
+            "The GPU ran out of memory even with smaller tiles. Try "
+            + hint
+            + "precision fp16/bf16, a smaller tile size, or device 'cpu'."
+        )
     if isinstance(exc, RRIMError):
         return str(exc)
     return f"Upscaling failed: {type(exc).__name__}: {exc}"

@@ -47,8 +47,9 @@ def make_lr(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(hr_c), lr
 
 
-def evaluate(hr, model, *, data_range=None, y_channel=None, border=None, scale=None,
-             upscaler=None, **engine_kw) -> dict:
+def evaluate(
+    hr, model, *, data_range=None, y_channel=None, border=None, scale=None, upscaler=None, **engine_kw
+) -> dict:
     """Model vs bicubic on one HR image (2-D gray or (H, W, 3) RGB).
 
     Returns ``{"model": {metrics}, "bicubic": {metrics}, "convention": str, "shape": ...}``.
@@ -138,20 +139,22 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
                 ups[ch] = Upscaler(model, channels=ch, **up_kw)
             res = evaluate(hr, None, upscaler=ups[ch], **ekw)
             convention = res["convention"]
-            rows.append({"image": str(f), "shape": res["shape"], "model": res["model"],
-                         "bicubic": res["bicubic"]})
+            rows.append({"image": str(f), "shape": res["shape"], "model": res["model"], "bicubic": res["bicubic"]})
             if progress is not None:
                 progress(i + 1, len(files), f)
         model = next(iter(ups.values())).model
     finally:
         for up in ups.values():
             up.close()
-    mean = {
-        which: {k: _mean([r[which][k] for r in rows]) for k in METRIC_KEYS}
-        for which in ("model", "bicubic")
+    mean = {which: {k: _mean([r[which][k] for r in rows]) for k in METRIC_KEYS} for which in ("model", "bicubic")}
+    return {
+        "rows": rows,
+        "mean": mean,
+        "convention": convention,
+        "model_id": model.id,
+        "provenance": model.provenance(),
+        "self_ensemble": bool(up_kw["self_ensemble"]),
     }
-    return {"rows": rows, "mean": mean, "convention": convention, "model_id": model.id,
-            "provenance": model.provenance(), "self_ensemble": bool(up_kw["self_ensemble"])}
 
 
 def _mean(values) -> float:

@@ -109,8 +109,12 @@ def as_planes(arr: np.ndarray, info: dict) -> tuple[np.ndarray, bool]:
     if len(axes) != arr.ndim or "Y" not in axes or "X" not in axes:
         raise InputError(f"{info.get('path', 'image')}: axes {axes!r} have no Y/X plane for shape {arr.shape}")
     color = bool(info.get("rgb")) and axes.endswith("S")
-    if not color and axes.endswith("C") and arr.shape[-1] == 2 and any(
-            "alpha" in str(e) for e in info.get("extrasamples") or ()):
+    if (
+        not color
+        and axes.endswith("C")
+        and arr.shape[-1] == 2
+        and any("alpha" in str(e) for e in info.get("extrasamples") or ())
+    ):
         arr, axes = arr[..., 0], axes[:-1]
     order = [i for i, a in enumerate(axes) if a not in "YXS"] + [axes.index("Y"), axes.index("X")]
     if color:
@@ -134,8 +138,10 @@ def apply_axes(arr: np.ndarray, info: dict, axes: str) -> tuple[np.ndarray, str,
     stored = tuple(info.get("stored_shape") or arr.shape)
     order = tuple(info.get("stored_order") or range(arr.ndim))
     if len(a) != len(stored):
-        raise InputError(f"--axes {axes!r} has {len(a)} letters but the file stores {len(stored)} dimensions "
-                         f"{stored} (as {info.get('stored_axes') or '?'})")
+        raise InputError(
+            f"--axes {axes!r} has {len(a)} letters but the file stores {len(stored)} dimensions "
+            f"{stored} (as {info.get('stored_axes') or '?'})"
+        )
     if a.count("Y") != 1 or a.count("X") != 1:
         raise InputError(f"--axes {axes!r} must contain Y and X exactly once")
     if len(set(a)) != len(a):
@@ -146,7 +152,7 @@ def apply_axes(arr: np.ndarray, info: dict, axes: str) -> tuple[np.ndarray, str,
     if "S" in arr_axes and not arr_axes.endswith("S"):
         k = arr_axes.index("S")
         arr = np.ascontiguousarray(np.moveaxis(arr, k, -1))
-        arr_axes = arr_axes[:k] + arr_axes[k + 1:] + "S"
+        arr_axes = arr_axes[:k] + arr_axes[k + 1 :] + "S"
     rgb = arr_axes.endswith("S") and arr.shape[-1] in (3, 4)
     if arr_axes.endswith("S") and not rgb:
         arr_axes = arr_axes[:-1] + "C"
@@ -274,8 +280,10 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
             if shaped.get("pixel_size") and shaped.get("unit"):  # ours: exact, with its unit
                 ours = _pixel_size_field(shaped["pixel_size"], shaped["unit"])
                 if ours is None:
-                    warnings.append(f"ignoring invalid pixel_size {shaped['pixel_size']!r} / unit "
-                                    f"{shaped['unit']!r} in the metadata")
+                    warnings.append(
+                        f"ignoring invalid pixel_size {shaped['pixel_size']!r} / unit "
+                        f"{shaped['unit']!r} in the metadata"
+                    )
                 else:
                     pixel_size, unit = ours
         geotags = []
@@ -376,9 +384,18 @@ def _tiff_pixel_size(tf, page) -> tuple[tuple[float, float] | None, str | None]:
 # writing
 
 
-def write_image(path, array, *, like: dict | None = None, metadata: dict | None = None,
-                scale: int | float | None = None, overwrite: bool = False,
-                axes: str | None = None, rgb: bool | None = None, protect: Iterable = ()) -> Path:
+def write_image(
+    path,
+    array,
+    *,
+    like: dict | None = None,
+    metadata: dict | None = None,
+    scale: int | float | None = None,
+    overwrite: bool = False,
+    axes: str | None = None,
+    rgb: bool | None = None,
+    protect: Iterable = (),
+) -> Path:
     """Write ``array`` in the format of ``path``'s suffix, keeping its dtype.
 
     ``like`` is the ``info`` of the source image (from :func:`read_image`): its axes, colour
@@ -430,7 +447,9 @@ def _write_pil(tmp: Path, arr: np.ndarray, fmt: str, like: dict, prov, scale) ->
         raise InputError(f"{fmt.upper()} holds a 2-D gray, RGB or RGBA image, not shape {arr.shape}; write a .tif")
     if fmt == "jpeg":
         if arr.dtype != np.uint8 or (arr.ndim == 3 and arr.shape[-1] == 4):
-            raise InputError(f"JPEG holds 8-bit gray or RGB only (got {arr.dtype}, shape {arr.shape}); write a .tif or .png")
+            raise InputError(
+                f"JPEG holds 8-bit gray or RGB only (got {arr.dtype}, shape {arr.shape}); write a .tif or .png"
+            )
     elif arr.dtype == np.uint16 and arr.ndim == 3:
         _write_png16(tmp, arr, like, prov, scale)  # pillow cannot write 16-bit RGB(A)
         return

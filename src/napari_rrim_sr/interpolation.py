@@ -20,8 +20,9 @@ from .errors import InputError
 __all__ = ["lerp_state_dicts"]
 
 
-def lerp_state_dicts(a: Mapping[str, Any], b: Mapping[str, Any], alpha: float, *,
-                     names: tuple[str, str] = ("A", "B")) -> dict:
+def lerp_state_dicts(
+    a: Mapping[str, Any], b: Mapping[str, Any], alpha: float, *, names: tuple[str, str] = ("A", "B")
+) -> dict:
     """``(1 - alpha) * a + alpha * b`` for every floating tensor, in float32 (alpha 0 = ``a``,
     1 = ``b``); other tensors (counters such as BN ``num_batches_tracked``) are ``a``'s.
     Both must have the same tensor names and shapes (an :class:`InputError` naming the first
@@ -41,7 +42,8 @@ def lerp_state_dicts(a: Mapping[str, Any], b: Mapping[str, Any], alpha: float, *
     for k, ta in a.items():
         tb = b[k]
         if tuple(ta.shape) != tuple(tb.shape):
-            raise InputError(f"{names[0]} and {names[1]} weights differ in the shape of {k}: "
-                             f"{tuple(ta.shape)} vs {tuple(tb.shape)}")
+            raise InputError(
+                f"{names[0]} and {names[1]} weights differ in the shape of {k}: {tuple(ta.shape)} vs {tuple(tb.shape)}"
+            )
         out[k] = torch.lerp(ta.float(), tb.float(), alpha) if ta.is_floating_point() else ta.clone()
     return out

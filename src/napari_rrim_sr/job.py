@@ -75,8 +75,9 @@ def auto_normalization(dtype, data_min: float | None = None, data_max: float | N
     raise InputError(f"cannot upscale {dt} data")
 
 
-def normalization_kwargs(choice: str, dtype, data_min=None, data_max=None,
-                         percentiles: tuple[float, float] = (0.1, 99.9)) -> dict:
+def normalization_kwargs(
+    choice: str, dtype, data_min=None, data_max=None, percentiles: tuple[float, float] = (0.1, 99.9)
+) -> dict:
     """Engine keyword arguments for a widget choice (``auto``/``dtype``/``range``/``percentile``)."""
     if choice == "auto":
         return auto_normalization(dtype, data_min, data_max)
@@ -87,9 +88,7 @@ def normalization_kwargs(choice: str, dtype, data_min=None, data_max=None,
         return {"normalization": "percentile", "percentiles": (lo, hi)}
     if choice in ("dtype", "range"):
         if choice == "dtype" and np.dtype(dtype).kind == "f":
-            raise InputError(
-                "float data has no dtype range; choose 'auto', 'data range' or 'percentiles'"
-            )
+            raise InputError("float data has no dtype range; choose 'auto', 'data range' or 'percentiles'")
         return {"normalization": choice}
     raise ValueError(f"unknown normalisation {choice!r}")
 
@@ -110,11 +109,8 @@ def interpolation_pair(weights_id: str, available_ids: Iterable[str]) -> tuple[s
     return pair if pair[0] in ids and pair[1] in ids else None
 
 
-
-
-
-
 # -- plan ------------------------------------------------------------------------------------
+
 
 @dataclass
 class UpscaleSettings:
@@ -143,8 +139,10 @@ def available_weight_ids(registry=None) -> list[str]:
 def check_plain_layer(layer, what: str = "Upscale (RRIM x4) works on plain image layers") -> None:
     """Refuse a multiscale (pyramid) layer: only its full-resolution level can be processed."""
     if getattr(layer, "multiscale", False):
-        raise InputError(f"'{layer.name}' is a multiscale (pyramid) layer; open its full-"
-                         "resolution level as a plain layer or crop it first")
+        raise InputError(
+            f"'{layer.name}' is a multiscale (pyramid) layer; open its full-"
+            "resolution level as a plain layer or crop it first"
+        )
 
 
 def current_plane(layer, point=None) -> tuple[np.ndarray, dict]:
@@ -190,12 +188,19 @@ def plan_upscale(layer, settings: UpscaleSettings, *, point=None, registry=None)
     factor = int(entry.scale)
     n_out = 2 if settings.bicubic else 1
     needed = int(output_nbytes(data.shape, data.dtype, factor) * n_out * 1.25)
-    what = (f"Upscaling all {int(np.prod(data.shape[:ndim - 2]))} slices of '{layer.name}'"
-            if stack and not slice_index else f"Upscaling '{layer.name}'")
+    what = (
+        f"Upscaling all {int(np.prod(data.shape[: ndim - 2]))} slices of '{layer.name}'"
+        if stack and not slice_index
+        else f"Upscaling '{layer.name}'"
+    )
     check_fits_in_memory(
-        needed, what,
-        suggestion=("tick 'Current slice only' or crop the stack" if stack and not slice_index
-                    else "crop the layer first, or use the command line with a zarr output"),
+        needed,
+        what,
+        suggestion=(
+            "tick 'Current slice only' or crop the stack"
+            if stack and not slice_index
+            else "crop the layer first, or use the command line with a zarr output"
+        ),
     )
     pair = interpolation_pair(wid, available_weight_ids(registry))
     alpha = settings.alpha
@@ -220,6 +225,7 @@ def plan_upscale(layer, settings: UpscaleSettings, *, point=None, registry=None)
 # -- run and describe ----------------------------------------------------------------------
 
 # -- the upscale job (run in a worker thread by the widget, inline by the demo) ------------
+
 
 @dataclass
 class UpscaleJob:
@@ -289,8 +295,9 @@ class UpscaleResult:
             metrics=self.metrics,
             extra=more or None,
         )
-        return result_layer_kwargs(self.job.source, data, kind=kind, factor=self.factor,
-                                   slice_index=self.job.slice_index, record=record)
+        return result_layer_kwargs(
+            self.job.source, data, kind=kind, factor=self.factor, slice_index=self.job.slice_index, record=record
+        )
 
 
 def load_job_model(weights_id: str | None, *, pair=None, alpha=None, registry=None):
@@ -312,15 +319,14 @@ def load_job_model(weights_id: str | None, *, pair=None, alpha=None, registry=No
     psnr = load_model(pair[0], registry=registry)
     gan = load_model(pair[1], registry=registry)
     if psnr.backbone != gan.backbone or psnr.hparams != gan.hparams:
-        raise InputError(
-            f"{pair[0]} and {pair[1]} are different architectures; they cannot be interpolated"
-        )
+        raise InputError(f"{pair[0]} and {pair[1]} are different architectures; they cannot be interpolated")
     sd = lerp_state_dicts(psnr.module.state_dict(), gan.module.state_dict(), alpha, names=("PSNR", "GAN"))
     psnr.module.load_state_dict(sd)
     stem = pair[0][: -len("-psnr")]
     psnr.id = f"{stem} (alpha={alpha:.2f})"
-    psnr.metadata = dict(psnr.metadata, interpolated_from=[
-        {"id": pair[0], "sha256": psnr.sha256}, {"id": pair[1], "sha256": gan.sha256}])
+    psnr.metadata = dict(
+        psnr.metadata, interpolated_from=[{"id": pair[0], "sha256": psnr.sha256}, {"id": pair[1], "sha256": gan.sha256}]
+    )
     psnr.sha256 = ""  # no single file holds these weights
     psnr.path = None
     return psnr
@@ -352,8 +358,13 @@ def run_upscale(job: UpscaleJob, *, model=None):
     spatial = spatial_axes_for(job.ndim)
     norm_kwargs = _job_normalization(job, data)
     loaded = model if model is not None else load_job_model(job.weights_id, pair=job.pair, alpha=job.alpha)
-    up = engine.Upscaler(loaded, device=job.device, precision=job.precision,
-                         channels=3 if job.rgb else 1, self_ensemble=job.self_ensemble)
+    up = engine.Upscaler(
+        loaded,
+        device=job.device,
+        precision=job.precision,
+        channels=3 if job.rgb else 1,
+        self_ensemble=job.self_ensemble,
+    )
     device = up.device
     factor = int(loaded.scale)
     out_shape = list(data.shape)
@@ -364,8 +375,12 @@ def run_upscale(job: UpscaleJob, *, model=None):
     t0 = _time.perf_counter()
     try:
         yield from up.upscale_iter(
-            data, spatial_axes=spatial, rgb=job.rgb, tile=job.tile,
-            out=sr, **norm_kwargs,
+            data,
+            spatial_axes=spatial,
+            rgb=job.rgb,
+            tile=job.tile,
+            out=sr,
+            **norm_kwargs,
         )
         run_info = dict(up.last_run)
     finally:
@@ -384,9 +399,14 @@ def run_upscale(job: UpscaleJob, *, model=None):
         yield engine.Progress(0, 0, 0, 0, "self-check metrics")
         try:
             metrics, _ = self_check_images(
-                representative_plane(data, rgb=job.rgb), loaded, rgb=job.rgb,
-                device=job.device, precision=job.precision, tile=job.tile,
-                normalization=job.normalization, percentiles=job.percentiles,
+                representative_plane(data, rgb=job.rgb),
+                loaded,
+                rgb=job.rgb,
+                device=job.device,
+                precision=job.precision,
+                tile=job.tile,
+                normalization=job.normalization,
+                percentiles=job.percentiles,
                 self_ensemble=job.self_ensemble,
             )
         finally:
@@ -398,10 +418,19 @@ def run_upscale(job: UpscaleJob, *, model=None):
     if run_info.get("normalization"):
         norm["applied"] = jsonable(run_info["normalization"])
     result = UpscaleResult(
-        job=job, sr=sr, bicubic=bic, model=prov, normalization=norm,
-        device=str(run_info.get("device", device)), precision=str(run_info.get("precision", "")),
-        elapsed_s=elapsed, bicubic_elapsed_s=bic_elapsed, metrics=metrics, factor=factor,
-        tile=run_info.get("tile"), overlap=run_info.get("overlap"),
+        job=job,
+        sr=sr,
+        bicubic=bic,
+        model=prov,
+        normalization=norm,
+        device=str(run_info.get("device", device)),
+        precision=str(run_info.get("precision", "")),
+        elapsed_s=elapsed,
+        bicubic_elapsed_s=bic_elapsed,
+        metrics=metrics,
+        factor=factor,
+        tile=run_info.get("tile"),
+        overlap=run_info.get("overlap"),
     )
     return result
 
@@ -484,8 +513,9 @@ def self_check_images_iter(
         raise InputError(f"the plane {plane.shape[:2]} is too small for a x{factor} self-check")
     lo, hi = _minmax(lr) if normalization == "auto" else (None, None)
     norm = normalization_kwargs(normalization, lr.dtype, lo, hi, percentiles)
-    up = engine.Upscaler(model, device=device, precision=precision, channels=3 if rgb else 1,
-                         self_ensemble=self_ensemble)
+    up = engine.Upscaler(
+        model, device=device, precision=precision, channels=3 if rgb else 1, self_ensemble=self_ensemble
+    )
     try:
         sr = yield from up.upscale_iter(lr, rgb=rgb, tile=tile, **norm)  # default overlap: capped for small tiles
     finally:
@@ -501,10 +531,10 @@ def self_check_images_iter(
     }
     conv = res["model"].pop("convention")
     res["bicubic"].pop("convention", None)
-    res["convention"] = (f"self-check: LR = MATLAB bicubic x1/{factor} of the "
-                         f"{'x'.join(str(n) for n in hr.shape[:2])} plane; {conv}")
+    res["convention"] = (
+        f"self-check: LR = MATLAB bicubic x1/{factor} of the {'x'.join(str(n) for n in hr.shape[:2])} plane; {conv}"
+    )
     return jsonable(res), {"hr": hr, "lr": lr, "model": sr, "bicubic": bic}
-
 
 
 def self_check_images(plane, model, **kw) -> tuple[dict, dict]:
@@ -515,9 +545,17 @@ def self_check_images(plane, model, **kw) -> tuple[dict, dict]:
     return drain(self_check_images_iter(plane, model, **kw))
 
 
-def self_check_iter(plane, weights_id: str, *, rgb: bool, y_channel: bool | None = None,
-                    border: int | None = None, range_choice: str = "auto", error_maps: bool = False,
-                    registry=None):
+def self_check_iter(
+    plane,
+    weights_id: str,
+    *,
+    rgb: bool,
+    y_channel: bool | None = None,
+    border: int | None = None,
+    range_choice: str = "auto",
+    error_maps: bool = False,
+    registry=None,
+):
     """Generator form of :func:`self_check` (yields ``Progress``: the metrics widget shows it and
     cancels between tiles); returns the metrics and, with ``error_maps``, ``{"model", "bicubic":
     |image - HR|}``."""
@@ -530,19 +568,39 @@ def self_check_iter(plane, weights_id: str, *, rgb: bool, y_channel: bool | None
     plane = np.asarray(plane)
     try:
         dr = None if range_choice == "auto" else data_range_choice(range_choice, plane.dtype, plane)
-        res, images = yield from self_check_images_iter(plane, model, rgb=rgb, y_channel=y_channel, border=border,
-                                                        data_range=dr)
+        res, images = yield from self_check_images_iter(
+            plane, model, rgb=rgb, y_channel=y_channel, border=border, data_range=dr
+        )
     finally:
         release_memory(None)
     maps = {k: error_map(images[k], images["hr"], rgb=rgb) for k in ("model", "bicubic")} if error_maps else {}
     return res, maps
 
 
-def self_check(plane, weights_id: str, *, rgb: bool, y_channel: bool | None = None, border: int | None = None,
-               range_choice: str = "auto", error_maps: bool = False, registry=None) -> tuple[dict, dict]:
+def self_check(
+    plane,
+    weights_id: str,
+    *,
+    rgb: bool,
+    y_channel: bool | None = None,
+    border: int | None = None,
+    range_choice: str = "auto",
+    error_maps: bool = False,
+    registry=None,
+) -> tuple[dict, dict]:
     """:func:`self_check_images` of one plane with registry weights ``weights_id``; returns the
     metrics and, with ``error_maps``, ``{"model", "bicubic": |image - HR|}``."""
     from .progress import drain
 
-    return drain(self_check_iter(plane, weights_id, rgb=rgb, y_channel=y_channel, border=border,
-                                 range_choice=range_choice, error_maps=error_maps, registry=registry))
+    return drain(
+        self_check_iter(
+            plane,
+            weights_id,
+            rgb=rgb,
+            y_channel=y_channel,
+            border=border,
+            range_choice=range_choice,
+            error_maps=error_maps,
+            registry=registry,
+        )
+    )

@@ -42,21 +42,28 @@ def iter_planes(shape: Sequence[int], rgb: bool):
         yield idx
 
 
-def compare_arrays(sr, hr, *, rgb: bool, data_range: float, y_channel: bool = False,
-                   border: int = 0) -> dict:
+def compare_arrays(sr, hr, *, rgb: bool, data_range: float, y_channel: bool = False, border: int = 0) -> dict:
     """:func:`metrics.compare` over every plane of a stack (mean over planes)."""
     from .metrics import compare
 
     sr = np.asarray(sr)
     hr = np.asarray(hr)
     if sr.shape != hr.shape:
-        raise InputError(f"the layers differ in shape: {sr.shape} vs {hr.shape}; pick a reference "
-                         "of the same shape (for example the source of a self-check)")
+        raise InputError(
+            f"the layers differ in shape: {sr.shape} vs {hr.shape}; pick a reference "
+            "of the same shape (for example the source of a self-check)"
+        )
     rows = []
     convention = ""
     for idx in iter_planes(sr.shape, rgb):
-        res = compare(sr[idx], hr[idx], data_range=data_range, y_channel=y_channel, border=border,
-                      channel_axis=-1 if (rgb or sr[idx].ndim == 3) else None)
+        res = compare(
+            sr[idx],
+            hr[idx],
+            data_range=data_range,
+            y_channel=y_channel,
+            border=border,
+            channel_axis=-1 if (rgb or sr[idx].ndim == 3) else None,
+        )
         convention = res.pop("convention", convention)
         rows.append(res)
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -86,8 +93,12 @@ def metrics_table(result: Mapping[str, Any]) -> dict:
     headers = [{"model": "RRIM", "bicubic": "bicubic"}[c] for c in cols]
     if has_diff:
         headers.append("RRIM - bicubic")
-    return {"index": [METRIC_LABELS[k] for k in keys], "columns": headers, "data": data,
-            "convention": str(result.get("convention", ""))}
+    return {
+        "index": [METRIC_LABELS[k] for k in keys],
+        "columns": headers,
+        "data": data,
+        "convention": str(result.get("convention", "")),
+    }
 
 
 def error_map(sr, hr, *, rgb: bool) -> np.ndarray:
@@ -98,7 +109,6 @@ def error_map(sr, hr, *, rgb: bool) -> np.ndarray:
         raise InputError(f"cannot subtract layers of shapes {sr.shape} and {hr.shape}")
     err = np.abs(sr - hr)
     return err.mean(axis=-1) if rgb else err
-
 
 
 DATA_RANGE_CHOICES = (("auto", "auto"), ("dtype range", "dtype"), ("reference min-max", "reference"))
@@ -119,8 +129,9 @@ def data_range_choice(choice: str, dtype, reference) -> float:
     raise ValueError(f"unknown data range {choice!r}")
 
 
-def compare_layers(sr, ref, bic=None, *, rgb: bool, y_channel: bool, border: int, range_choice: str = "auto",
-                   error_maps: bool = False) -> tuple[dict, dict]:
+def compare_layers(
+    sr, ref, bic=None, *, rgb: bool, y_channel: bool, border: int, range_choice: str = "auto", error_maps: bool = False
+) -> tuple[dict, dict]:
     """An SR result (and optionally its bicubic sibling) scored against a reference of the same
     shape: ``({"model", ["bicubic",] "convention"}, {"model", ["bicubic"]: |SR - HR|})``."""
     sr, ref = np.asarray(sr), np.asarray(ref)

@@ -45,6 +45,7 @@ _RESULT_NAME = re.compile(r"^(?P<base>.*) (?P<kind>RRIM|bicubic) x(?P<factor>\d+
 
 # -- names ---------------------------------------------------------------------------------
 
+
 def result_name(source_name: str, kind: str = "rrim", factor: int = 4) -> str:
     """``"<name> RRIM x4"`` (kind ``"rrim"``) or ``"<name> bicubic x4"`` (kind ``"bicubic"``)."""
     try:
@@ -73,6 +74,7 @@ def sibling_name(name: str, kind: str) -> str | None:
 
 
 # -- source description --------------------------------------------------------------------
+
 
 def _colormap_of(layer) -> Any:
     cmap = getattr(layer, "colormap", None)
@@ -140,8 +142,9 @@ def source_from_data(data, layer_kwargs: Mapping[str, Any] | None = None) -> dic
     }
     for key in ("units", "axis_labels"):
         if kw.get(key) is not None:
-            info[key] = tuple(str(u) for u in np.atleast_1d(kw[key])) if not isinstance(kw[key], str) \
-                else (kw[key],) * ndim
+            info[key] = (
+                tuple(str(u) for u in np.atleast_1d(kw[key])) if not isinstance(kw[key], str) else (kw[key],) * ndim
+            )
     for key in ("blending", "gamma", "opacity", "rotate", "shear", "affine"):
         if kw.get(key) is not None:
             info[key] = kw[key]
@@ -156,6 +159,7 @@ def spatial_axes_for(ndim: int) -> tuple[int, int]:
 
 
 # -- geometry ------------------------------------------------------------------------------
+
 
 def linear_matrix(scale: Sequence[float], rotate=None, shear=None) -> np.ndarray:
     """``rotate @ shear @ diag(scale)`` as napari composes them (shear as napari stores it:
@@ -227,9 +231,8 @@ def world_centre(scale, translate, index, rotate=None, shear=None) -> np.ndarray
 
 # -- slices --------------------------------------------------------------------------------
 
-def current_slice_index(
-    shape: Sequence[int], ndim: int, data_point: Sequence[float]
-) -> dict[int, int]:
+
+def current_slice_index(shape: Sequence[int], ndim: int, data_point: Sequence[float]) -> dict[int, int]:
     """Indices along the non-spatial axes for the slice under ``data_point`` (the viewer's
     position in the layer's data coordinates), clamped to the data."""
     out = {}
@@ -299,13 +302,16 @@ def result_layer_kwargs(
     data_ndim = np.ndim(data) if not hasattr(data, "ndim") else data.ndim
     if data_ndim != ndim + (1 if rgb else 0):
         raise InputError(
-            f"result has {data_ndim} dimensions, expected {ndim + rgb} like the source "
-            f"{src.get('name', '')!r}"
+            f"result has {data_ndim} dimensions, expected {ndim + rgb} like the source {src.get('name', '')!r}"
         )
     scale, translate = upscaled_geometry(
-        src["scale"], src["translate"], factor,
-        spatial_axes=spatial_axes_for(ndim), slice_index=slice_index,
-        rotate=src.get("rotate"), shear=src.get("shear"),
+        src["scale"],
+        src["translate"],
+        factor,
+        spatial_axes=spatial_axes_for(ndim),
+        slice_index=slice_index,
+        rotate=src.get("rotate"),
+        shear=src.get("shear"),
     )
     kwargs: dict[str, Any] = {
         "name": result_name(src.get("name", "image"), kind, factor),
@@ -358,8 +364,9 @@ def suggested_weights(metadata: Mapping[str, Any] | None, available_ids: Iterabl
     return wid if isinstance(wid, str) and wid in set(available_ids) else None
 
 
-def preselected_weights(metadata: Mapping[str, Any] | None, channels: int, available_ids: Iterable[str],
-                        registry) -> str | None:
+def preselected_weights(
+    metadata: Mapping[str, Any] | None, channels: int, available_ids: Iterable[str], registry
+) -> str | None:
     """The weights id to preselect for a layer: what its metadata asks for, else the registry's
     default for its channel count; only ids among ``available_ids``, else None."""
     ids = set(available_ids)
@@ -372,8 +379,10 @@ def preselected_weights(metadata: Mapping[str, Any] | None, channels: int, avail
 
 # -- error maps ----------------------------------------------------------------------------
 
-def error_map_layer(err, kind: str, *, reference=None, compared=None, source=None,
-                    slice_index: Mapping[int, int] | None = None) -> tuple[Any, dict]:
+
+def error_map_layer(
+    err, kind: str, *, reference=None, compared=None, source=None, slice_index: Mapping[int, int] | None = None
+) -> tuple[Any, dict]:
     """``(data, add_image kwargs)`` of an ``|image - HR|`` map (``kind`` ``"model"`` or
     ``"bicubic"``): on the ``reference`` layer's grid when a layer ``compared`` was scored
     against it, or (a self-check) on the ``source`` layer's grid, placed at its slice."""
@@ -390,10 +399,16 @@ def error_map_layer(err, kind: str, *, reference=None, compared=None, source=Non
         if idx:  # place the 2-D map at its slice
             err = err.reshape((1,) * (ndim - 2) + err.shape)
             scale = tuple(source.scale)
-            translate = tuple(float(t) + float(s) * idx.get(a, 0) if a < ndim - 2 else float(t)
-                              for a, (t, s) in enumerate(zip(source.translate, source.scale)))
+            translate = tuple(
+                float(t) + float(s) * idx.get(a, 0) if a < ndim - 2 else float(t)
+                for a, (t, s) in enumerate(zip(source.translate, source.scale))
+            )
         geom = {"scale": scale, "translate": translate}
         name = f"{source.name} self-check |{label} − HR|"
-    return err, dict(name=name, colormap="magma", blending="additive",
-                     metadata={META_KEY: {"kind": "error_map", "of": label}}, **geom)
-
+    return err, dict(
+        name=name,
+        colormap="magma",
+        blending="additive",
+        metadata={META_KEY: {"kind": "error_map", "of": label}},
+        **geom,
+    )

@@ -151,7 +151,6 @@ def check_image(image):
     return arr
 
 
-
 class Plane:
     """One plane to process: its index over the plane axes and its position in a compact result."""
 
@@ -160,7 +159,6 @@ class Plane:
     def __init__(self, index: tuple[int, ...], pos: tuple[int, ...]):
         self.index = index
         self.pos = pos
-
 
 
 def plan_planes(layout: Layout, slices, s: int) -> tuple[list[Plane], tuple[int, ...]]:

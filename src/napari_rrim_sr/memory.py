@@ -40,8 +40,9 @@ def available_memory() -> int | None:
         return None
 
 
-def check_fits_in_memory(needed: int, what: str, *, suggestion: str, available: int | None = None,
-                         fraction: float = 0.7) -> None:
+def check_fits_in_memory(
+    needed: int, what: str, *, suggestion: str, available: int | None = None, fraction: float = 0.7
+) -> None:
     """Raise an :class:`InputError` with a plain message when ``needed`` bytes would exceed
     ``fraction`` of the available memory."""
     available = available_memory() if available is None else available

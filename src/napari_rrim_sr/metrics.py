@@ -93,10 +93,7 @@ def _resolve_range(data_range, *arrays) -> float:
     if data_range is None:
         ranges = {data_range_for(np.asarray(x).dtype) for x in arrays}
         if len(ranges) != 1:
-            raise InputError(
-                "data_range is required: the images' dtypes imply different ranges "
-                f"({sorted(ranges)})"
-            )
+            raise InputError(f"data_range is required: the images' dtypes imply different ranges ({sorted(ranges)})")
         return ranges.pop()
     return positive_number(data_range, "data_range")
 
@@ -107,15 +104,12 @@ def _to_hwc(a: np.ndarray, channel_axis: int | None) -> tuple[np.ndarray, bool]:
         return a[:, :, None], False
     if a.ndim == 3:
         if channel_axis is None:
-            raise InputError(
-                f"a 3-D image {a.shape} needs a channel_axis (stacks: score each plane)"
-            )
+            raise InputError(f"a 3-D image {a.shape} needs a channel_axis (stacks: score each plane)")
         if not -3 <= channel_axis < 3:
             raise InputError(f"channel_axis={channel_axis} out of range for shape {a.shape}")
         return np.moveaxis(a, channel_axis, -1), True
     raise InputError(
-        f"expected a 2-D gray or 3-D multichannel image, got shape {a.shape} "
-        "(for Z/T stacks, score each plane)"
+        f"expected a 2-D gray or 3-D multichannel image, got shape {a.shape} (for Z/T stacks, score each plane)"
     )
 
 
@@ -409,9 +403,7 @@ def _fsim_core(a255: np.ndarray, b255: np.ndarray, color: bool) -> tuple[float, 
     q_sim = (2 * q1 * q2 + _FSIM_T4) / (q1**2 + q2**2 + _FSIM_T4)
     iq_sim = i_sim * q_sim
     # real((I*Q)^lambda) as in MATLAB, where a negative base gives a complex power.
-    chroma = np.abs(iq_sim) ** _FSIM_LAMBDA * np.where(
-        iq_sim < 0, math.cos(math.pi * _FSIM_LAMBDA), 1.0
-    )
+    chroma = np.abs(iq_sim) ** _FSIM_LAMBDA * np.where(iq_sim < 0, math.cos(math.pi * _FSIM_LAMBDA), 1.0)
     fsc = float((sim * chroma * pcm).sum() / wsum)
     return fs, fsc
 
@@ -425,9 +417,7 @@ def _fsim_prepare(a, b, data_range, channel_axis):
     return x * s, y * s, multi
 
 
-def fsim(
-    a, b, data_range: float | None = None, *, channel_axis: int | None = -1, rgb: bool | None = None
-) -> float:
+def fsim(a, b, data_range: float | None = None, *, channel_axis: int | None = -1, rgb: bool | None = None) -> float:
     """FSIM (Zhang et al. 2011): phase-congruency-weighted similarity of PC and gradients.
 
     As the authors' ``FeatureSIM.m``: images rescaled to 0..255 via ``data_range``, box

@@ -120,8 +120,10 @@ def _parse_axes(axes: str, ndim: int) -> list[dict]:
     if len(set(a)) != len(a):
         raise InputError(f"--axes {axes!r} repeats a letter")
     if "s" in a:
-        raise InputError(f"--axes {axes!r}: RGB samples (S) are not supported for Zarr output (NGFF puts "
-                         "channels first); convert to CYX or use the in-memory path (TIFF/PNG output)")
+        raise InputError(
+            f"--axes {axes!r}: RGB samples (S) are not supported for Zarr output (NGFF puts "
+            "channels first); convert to CYX or use the in-memory path (TIFF/PNG output)"
+        )
     bad = [c for c in a if c not in _NGFF_TYPES]
     if bad:
         raise InputError(f"--axes {axes!r}: unknown axis {bad[0]!r}; use t, c, z, y, x")
@@ -162,18 +164,32 @@ def open_source(path: Path | str, axes: str | None = None) -> Source:
     except Exception as exc:  # noqa: BLE001 - zarr raises many kinds for "not a store"
         raise InputError(f"{p}: not a readable Zarr store ({type(exc).__name__}: {exc})") from None
     if isinstance(z, zarr.Group):
-        raise InputError(f"{p}: a Zarr group without NGFF 'multiscales' metadata; pass the array inside it "
-                         f"(e.g. {p}/<array>) with --axes")
+        raise InputError(
+            f"{p}: a Zarr group without NGFF 'multiscales' metadata; pass the array inside it "
+            f"(e.g. {p}/<array>) with --axes"
+        )
     check_dtype(z.dtype)
     if axes is None:
         if z.ndim != 2:
-            raise InputError(f"{p}: a plain Zarr array ({z.ndim}D, no NGFF metadata) needs --axes, e.g. "
-                             f"--axes {'zyx' if z.ndim == 3 else 'czyx' if z.ndim == 4 else 'tczyx'}")
+            raise InputError(
+                f"{p}: a plain Zarr array ({z.ndim}D, no NGFF metadata) needs --axes, e.g. "
+                f"--axes {'zyx' if z.ndim == 3 else 'czyx' if z.ndim == 4 else 'tczyx'}"
+            )
         axes = "yx"
     ax = _parse_axes(axes, z.ndim)
     _check_axes(ax, str(p))
-    return Source(p, "zarr", "", tuple(z.shape), np.dtype(z.dtype), ax, [1.0] * z.ndim, [0.0] * z.ndim,
-                  tuple(z.chunks), name=output_name(p))
+    return Source(
+        p,
+        "zarr",
+        "",
+        tuple(z.shape),
+        np.dtype(z.dtype),
+        ax,
+        [1.0] * z.ndim,
+        [0.0] * z.ndim,
+        tuple(z.chunks),
+        name=output_name(p),
+    )
 
 
 def _open_tiff(p: Path, axes: str | None) -> Source:
@@ -188,16 +204,19 @@ def _open_tiff(p: Path, axes: str | None) -> Source:
     check_dtype(dtype)
     if axes is None:
         if "S" in t_axes:
-            raise InputError(f"{p}: RGB(A) TIFF (axes {t_axes}) is not supported for Zarr output; use the "
-                             "in-memory path (without --scheduler)")
+            raise InputError(
+                f"{p}: RGB(A) TIFF (axes {t_axes}) is not supported for Zarr output; use the "
+                "in-memory path (without --scheduler)"
+            )
         axes = "".join(_TIFF_AXES.get(c, "?") for c in t_axes)
         if "?" in axes:
             raise InputError(f"{p}: TIFF axes {t_axes!r} have letters without an NGFF meaning; pass --axes")
     ax = _parse_axes(axes, len(shape))
     _check_axes(ax, str(p))
     z = open_array("tiff", p)
-    return Source(p, "tiff", "", shape, dtype, ax, [1.0] * len(shape), [0.0] * len(shape),
-                  tuple(z.chunks), name=output_name(p))
+    return Source(
+        p, "tiff", "", shape, dtype, ax, [1.0] * len(shape), [0.0] * len(shape), tuple(z.chunks), name=output_name(p)
+    )
 
 
 def _open_multiscales(p: Path, attrs: dict, version: str, axes_override: str | None) -> Source:
@@ -209,8 +228,7 @@ def _open_multiscales(p: Path, attrs: dict, version: str, axes_override: str | N
         raise InputError(f"{p}: inconsistent multiscales: 'multiscales' is not a non-empty list")
     m = ms[0]
     datasets = m.get("datasets")
-    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, dict) and "path" in d
-                                                                 for d in datasets):
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, dict) and "path" in d for d in datasets):
         raise InputError(f"{p}: inconsistent multiscales: 'datasets' must list at least one {{'path': ...}}")
     version = m.get("version", attrs.get("version", version))
     try:
@@ -229,8 +247,10 @@ def _open_multiscales(p: Path, attrs: dict, version: str, axes_override: str | N
         except Exception:  # noqa: BLE001
             raise InputError(f"{p}: inconsistent multiscales: dataset {d['path']!r} is not a readable array") from None
         if z.ndim != len(ax):
-            raise InputError(f"{p}: inconsistent multiscales: dataset {d['path']!r} has {z.ndim} dimensions "
-                             f"but {len(ax)} axes are declared")
+            raise InputError(
+                f"{p}: inconsistent multiscales: dataset {d['path']!r} has {z.ndim} dimensions "
+                f"but {len(ax)} axes are declared"
+            )
         shapes.append(tuple(z.shape))
         if len(shapes) == 1:
             z0 = z
@@ -246,22 +266,37 @@ def _open_multiscales(p: Path, attrs: dict, version: str, axes_override: str | N
         vals = t.get(t.get("type"))
         if t.get("type") in ("scale", "translation"):
             if not isinstance(vals, list) or len(vals) != n:
-                raise InputError(f"{p}: inconsistent multiscales: {t.get('type')} of dataset "
-                                 f"{datasets[0]['path']!r} has {len(vals) if isinstance(vals, list) else '?'} "
-                                 f"values for {n} axes")
+                raise InputError(
+                    f"{p}: inconsistent multiscales: {t.get('type')} of dataset "
+                    f"{datasets[0]['path']!r} has {len(vals) if isinstance(vals, list) else '?'} "
+                    f"values for {n} axes"
+                )
             if t["type"] == "scale":
                 scale = [float(v) for v in vals]
             else:
                 translate = [float(v) for v in vals]
     if not all(np.isfinite(scale)) or any(v <= 0 for v in scale):
         raise InputError(f"{p}: inconsistent multiscales: scale {scale} must be positive")
-    return Source(p, "ome-zarr", str(datasets[0]["path"]), shapes[0], np.dtype(z0.dtype), ax, scale, translate,
-                  tuple(z0.chunks), name=str(m.get("name") or output_name(p)), omero=attrs.get("omero"),
-                  global_transforms=m.get("coordinateTransformations"), ngff_version=str(version))
+    return Source(
+        p,
+        "ome-zarr",
+        str(datasets[0]["path"]),
+        shapes[0],
+        np.dtype(z0.dtype),
+        ax,
+        scale,
+        translate,
+        tuple(z0.chunks),
+        name=str(m.get("name") or output_name(p)),
+        omero=attrs.get("omero"),
+        global_transforms=m.get("coordinateTransformations"),
+        ngff_version=str(version),
+    )
 
 
-def level_transforms(scale: list[float], translate: list[float], spatial: tuple[int, int], factor: int,
-                     levels: int) -> list[list[dict]]:
+def level_transforms(
+    scale: list[float], translate: list[float], spatial: tuple[int, int], factor: int, levels: int
+) -> list[list[dict]]:
     """``coordinateTransformations`` of the result's levels: level 0 upscaled ``factor`` times (the
     napari overlay rule), level ``k`` a ``2**k`` block mean of level 0."""
     from .layers import upscaled_geometry
@@ -271,14 +306,13 @@ def level_transforms(scale: list[float], translate: list[float], spatial: tuple[
     for k in range(levels):
         s, t = list(s0), list(t0)
         for a in spatial:
-            s[a] = s0[a] * 2 ** k
-            t[a] = t0[a] + s0[a] * (2 ** k - 1) / 2
+            s[a] = s0[a] * 2**k
+            t[a] = t0[a] + s0[a] * (2**k - 1) / 2
         out.append([{"type": "scale", "scale": s}, {"type": "translation", "translation": t}])
     return out
 
 
-def write_result_metadata(group_path: Path | str, src: Source, factor: int, paths: list[str],
-                          provenance: dict) -> None:
+def write_result_metadata(group_path: Path | str, src: Source, factor: int, paths: list[str], provenance: dict) -> None:
     """Write NGFF ``multiscales`` (axes, per-level transforms), ``omero`` (copied) and our provenance."""
     ome_zarr = _ome_zarr()
     import zarr

@@ -45,8 +45,7 @@ def check_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.kind == "b":
         raise InputError(
-            "boolean images (masks) cannot be super-resolved; convert to uint8 (0/255) first "
-            "if this is really an image"
+            "boolean images (masks) cannot be super-resolved; convert to uint8 (0/255) first if this is really an image"
         )
     if dt.kind == "c":
         raise InputError(f"complex images ({dt}) are not supported; pass the magnitude or a real part")
@@ -220,8 +219,7 @@ class Normalization:
         return out
 
     def as_dict(self) -> dict:
-        return {"mode": self.mode, "lo": self.lo, "hi": self.hi, "dtype": str(self.dtype),
-                "bit_depth": self.bit_depth}
+        return {"mode": self.mode, "lo": self.lo, "hi": self.hi, "dtype": str(self.dtype), "bit_depth": self.bit_depth}
 
 
 def _percentiles_of(a: np.ndarray, p: Sequence[float]) -> tuple[float, float]:
@@ -327,9 +325,7 @@ def compute_normalization(
     try:
         lo, hi = (float(v) for v in mode)
     except (TypeError, ValueError):
-        raise InputError(
-            f"normalization must be one of {MODES} or a (lo, hi) pair, got {mode!r}"
-        ) from None
+        raise InputError(f"normalization must be one of {MODES} or a (lo, hi) pair, got {mode!r}") from None
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         raise InputError(f"explicit normalization needs finite lo < hi, got ({lo}, {hi})")
     return Normalization(lo, hi, dt, "explicit", bit_depth, out_lo, out_hi)

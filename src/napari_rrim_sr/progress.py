@@ -60,4 +60,3 @@ def drain(gen, progress=None, cancel=None):
                 progress(last)
     finally:
         gen.close()
-

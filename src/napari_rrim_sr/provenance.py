@@ -69,4 +69,3 @@ def provenance(
     if extra:
         rec.update(jsonable(dict(extra)))
     return rec
-

@@ -148,11 +148,7 @@ class Registry:
     def _call(self, hook_name: str):
         """Call a hook on each plugin separately so one failure names its plugin."""
         for name, plugin in list(self.pm.list_name_plugin()):
-            impls = [
-                impl
-                for impl in getattr(self.pm.hook, hook_name).get_hookimpls()
-                if impl.plugin is plugin
-            ]
+            impls = [impl for impl in getattr(self.pm.hook, hook_name).get_hookimpls() if impl.plugin is plugin]
             for impl in impls:
                 try:
                     result = impl.function()
@@ -189,9 +185,7 @@ class Registry:
         try:
             return specs[backbone_id]
         except KeyError:
-            raise RegistryError(
-                f"unknown backbone {backbone_id!r}; registered: {', '.join(sorted(specs))}"
-            ) from None
+            raise RegistryError(f"unknown backbone {backbone_id!r}; registered: {', '.join(sorted(specs))}") from None
 
     def build(self, backbone_id: str, **hparams: Any):
         return self.backbone(backbone_id).build(**hparams)
@@ -217,7 +211,11 @@ class Registry:
                             other = seen[entry.id]
                             log.warning(
                                 "weights id %r from %s (%s) shadows %s (%s)",
-                                entry.id, source, path, other.source, other.path,
+                                entry.id,
+                                source,
+                                path,
+                                other.source,
+                                other.path,
                             )
                             entries.remove(other)
                         seen[entry.id] = entry

@@ -57,9 +57,7 @@ class BackboneSpec:
         if self.kind == "generator":
             scale = _int(hp.get("scale", self.scales[-1]), "scale", self.id)
             if scale not in self.scales:
-                raise RegistryError(
-                    f"backbone {self.id!r} supports scales {list(self.scales)}, not {scale}"
-                )
+                raise RegistryError(f"backbone {self.id!r} supports scales {list(self.scales)}, not {scale}")
             for key in ("in_channels", "out_channels"):
                 ch = _int(hp.get(key, 3), key, self.id)
                 if (self.channels is not None and ch not in self.channels) or ch < 1:

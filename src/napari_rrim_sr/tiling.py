@@ -138,8 +138,17 @@ class TileGrid:
     xs: tuple[int, ...]
 
     @classmethod
-    def make(cls, height: int, width: int, tile: int | None, overlap: int, margin: int,
-             scale: int, blend: str = "cosine", multiple: int = 1) -> "TileGrid":
+    def make(
+        cls,
+        height: int,
+        width: int,
+        tile: int | None,
+        overlap: int,
+        margin: int,
+        scale: int,
+        blend: str = "cosine",
+        multiple: int = 1,
+    ) -> "TileGrid":
         """``tile`` None or 0: a single tile over the extended image. Tile sizes are rounded up
         to ``multiple`` (the model's size constraint) and never exceed the extended image by
         more than that rounding."""

@@ -46,7 +46,6 @@ NO_WEIGHTS_MESSAGE = (
 )
 
 
-
 def _registry():
     from .registry import get_registry
 
@@ -119,9 +118,7 @@ class Upscaler:
             if val not in (1, 3):
                 raise InputError(f"the engine runs 1- or 3-channel models; this model has {key}={val}")
         if m.in_channels != m.out_channels:
-            raise InputError(
-                f"model maps {m.in_channels} to {m.out_channels} channels; the engine needs equal counts"
-            )
+            raise InputError(f"model maps {m.in_channels} to {m.out_channels} channels; the engine needs equal counts")
         self.channels_last = devices.use_channels_last(self.device, self.precision)
         module = m.module
         params = list(module.parameters())
@@ -164,9 +161,7 @@ class Upscaler:
                 raise RRIMError(_non_finite_message(t, self.precision))
         h, w = t.shape[-2:]
         if tuple(y.shape[-2:]) != (h * self.scale, w * self.scale):
-            raise RRIMError(
-                f"model output {tuple(y.shape[-2:])} is not {self.scale}x its input {(h, w)}"
-            )
+            raise RRIMError(f"model output {tuple(y.shape[-2:])} is not {self.scale}x its input {(h, w)}")
         if mode == "rgb":
             y = y[0]
         elif mode == "per_channel":
@@ -246,8 +241,9 @@ class Upscaler:
         norm = None
         if not per_slice:
             colour = image[..., :3] if layout.n_channels == 4 else image  # alpha is not intensity
-            norm = compute_normalization(colour, normalization, percentiles=percentiles,
-                                         bit_depth=bit_depth, dtype=image.dtype)
+            norm = compute_normalization(
+                colour, normalization, percentiles=percentiles, bit_depth=bit_depth, dtype=image.dtype
+            )
         mode = self._mode(layout)
         n_planes = len(planes)
         grid = TileGrid.make(layout.height, layout.width, tile_px, ov, margin, s, blend, self.size_multiple)
@@ -278,21 +274,36 @@ class Upscaler:
                         check_finite(raw, "the image plane")
                     chw = np.transpose(raw, layout.to_chw_perm()) if raw.ndim == 3 else raw[None]
                     pnorm = norm or compute_normalization(
-                        chw[:3] if layout.n_channels == 4 else chw, normalization,
-                        percentiles=percentiles, bit_depth=bit_depth, dtype=image.dtype,
+                        chw[:3] if layout.n_channels == 4 else chw,
+                        normalization,
+                        percentiles=percentiles,
+                        bit_depth=bit_depth,
+                        dtype=image.dtype,
                     )
                     info["normalization"] = pnorm.as_dict()
                     cur_tile = tile_px
                     while True:
-                        g = grid if cur_tile == tile_px else TileGrid.make(
-                            layout.height, layout.width, cur_tile, min(ov, cur_tile // 2),
-                            margin, s, blend, self.size_multiple)
+                        g = (
+                            grid
+                            if cur_tile == tile_px
+                            else TileGrid.make(
+                                layout.height,
+                                layout.width,
+                                cur_tile,
+                                min(ov, cur_tile // 2),
+                                margin,
+                                s,
+                                blend,
+                                self.size_multiple,
+                            )
+                        )
                         try:
                             base = done
                             for i in self._plane(chw, pnorm, g, mode, layout, out, pl):
                                 done = base + i
-                                yield Progress(done, tiles_total, k, n_planes,
-                                               f"plane {k + 1}/{n_planes}, tile {i}/{g.n_tiles}")
+                                yield Progress(
+                                    done, tiles_total, k, n_planes, f"plane {k + 1}/{n_planes}, tile {i}/{g.n_tiles}"
+                                )
                             break
                         except Exception as exc:
                             if not devices.is_oom(exc):
@@ -305,12 +316,24 @@ class Upscaler:
                                 raise RRIMError(
                                     f"out of memory on {self.device} even with {cur_tile or 'no'} px tiles"
                                 ) from exc
-                            log.warning("out of memory on %s with tile %s: retrying with %d", self.device,
-                                        cur_tile or "none", new)
+                            log.warning(
+                                "out of memory on %s with tile %s: retrying with %d",
+                                self.device,
+                                cur_tile or "none",
+                                new,
+                            )
                             cur_tile = new
                             done = base
-                            g2 = TileGrid.make(layout.height, layout.width, cur_tile, min(ov, cur_tile // 2),
-                                               margin, s, blend, self.size_multiple)
+                            g2 = TileGrid.make(
+                                layout.height,
+                                layout.width,
+                                cur_tile,
+                                min(ov, cur_tile // 2),
+                                margin,
+                                s,
+                                blend,
+                                self.size_multiple,
+                            )
                             tiles_total = done + g2.n_tiles * (n_planes - k)
                             info["tile"] = cur_tile
                     yield Progress(done, tiles_total, k + 1, n_planes, f"plane {k + 1}/{n_planes} done")
@@ -322,8 +345,15 @@ class Upscaler:
                     devices.release_memory(self.device)
         return out.arr
 
-    def upscale(self, image, options: UpscaleOptions | None = None, *,
-                progress: Callable[[Progress], Any] | None = None, cancel=None, **kw: Any) -> np.ndarray:
+    def upscale(
+        self,
+        image,
+        options: UpscaleOptions | None = None,
+        *,
+        progress: Callable[[Progress], Any] | None = None,
+        cancel=None,
+        **kw: Any,
+    ) -> np.ndarray:
         """Run :meth:`upscale_iter` to completion; ``cancel`` (``threading.Event`` or callable
         returning bool) is checked between tiles and raises :class:`~.errors.Cancelled`."""
         return drain(self.upscale_iter(image, options, **kw), progress, cancel)
@@ -341,8 +371,16 @@ class Upscaler:
         self.close()
 
     # -- one plane ----------------------------------------------------------------------------
-    def _plane(self, chw: np.ndarray, norm: Normalization, grid: TileGrid, mode: str,
-               layout: Layout, out: "OutWriter", plane: Plane) -> Generator[int, None, None]:
+    def _plane(
+        self,
+        chw: np.ndarray,
+        norm: Normalization,
+        grid: TileGrid,
+        mode: str,
+        layout: Layout,
+        out: "OutWriter",
+        plane: Plane,
+    ) -> Generator[int, None, None]:
         """Process one (C, H, W) plane tile by tile, writing finished rows into ``out``.
 
         Blended rows are accumulated in a band of ``tile_h * s`` output rows by the full
@@ -449,8 +487,13 @@ def get_upscaler(model=None, *, options: UpscaleOptions | None = None, channels:
     key = _model_key(model)
     if key is None:
         return Upscaler(model, options=opts, channels=channels)
-    full = key + (channels if key == ("default",) else None, opts.device, opts.precision, opts.threads,
-                  opts.self_ensemble)
+    full = key + (
+        channels if key == ("default",) else None,
+        opts.device,
+        opts.precision,
+        opts.threads,
+        opts.self_ensemble,
+    )
     with _CACHE_LOCK:
         up = _CACHE.get(full)
         if up is not None and up.module is not None:
@@ -495,4 +538,3 @@ def clear_cache() -> None:
         while _CACHE:
             _, up = _CACHE.popitem()
             up.close()
-

@@ -22,8 +22,9 @@ def _safe_name(stem: str) -> str:
     return name or "weights"
 
 
-def add_user_weights(path, *, copy: bool = True, name: str | None = None, overwrite: bool = False,
-                     registry=None) -> WeightsEntry:
+def add_user_weights(
+    path, *, copy: bool = True, name: str | None = None, overwrite: bool = False, registry=None
+) -> WeightsEntry:
     """Validate ``path`` by loading it; with ``copy`` install it in the user weights folder.
 
     Returns the :class:`~.registry.WeightsEntry` to list: the installed copy (``source="user"``)
@@ -38,11 +39,18 @@ def add_user_weights(path, *, copy: bool = True, name: str | None = None, overwr
     src = Path(path).expanduser()
     loaded = load_model(src, registry=registry)  # raises WeightsError with the reason
     wid = _safe_name(name or src.stem)
-    entry_kw = dict(backbone=loaded.backbone, scale=loaded.scale, in_channels=loaded.in_channels,
-                    out_channels=loaded.out_channels)
+    entry_kw = dict(
+        backbone=loaded.backbone, scale=loaded.scale, in_channels=loaded.in_channels, out_channels=loaded.out_channels
+    )
     if not copy:
-        return WeightsEntry(id=wid, path=src, source="file", description=f"{loaded.backbone} from {src.name}",
-                            metadata={"hparams": loaded.hparams}, **entry_kw)
+        return WeightsEntry(
+            id=wid,
+            path=src,
+            source="file",
+            description=f"{loaded.backbone} from {src.name}",
+            metadata={"hparams": loaded.hparams},
+            **entry_kw,
+        )
     dest = user_weights_dir(create=True) / f"{wid}.safetensors"
     sd, _ = load_state_dict(src)
     source_sha = file_sha256(src)
@@ -54,9 +62,16 @@ def add_user_weights(path, *, copy: bool = True, name: str | None = None, overwr
     description = f"{loaded.backbone} x{loaded.scale}, {loaded.in_channels} channel(s), from {src.name}"
 
     def write(tmp: Path) -> None:  # safe_write's temporary keeps the .safetensors suffix
-        save_weights(tmp, sd, backbone=loaded.backbone, hparams=loaded.hparams, name=wid,
-                     description=description, overwrite=True,
-                     extra={"source_file": src.name, "source_sha256": source_sha})
+        save_weights(
+            tmp,
+            sd,
+            backbone=loaded.backbone,
+            hparams=loaded.hparams,
+            name=wid,
+            description=description,
+            overwrite=True,
+            extra={"source_file": src.name, "source_sha256": source_sha},
+        )
 
     atomic_write(dest, write, overwrite=True, protect=[src])
     registry.weights(refresh=True)

@@ -50,17 +50,26 @@ __all__ = [
 
 METADATA_KEY = "napari_rrim_sr"
 FORMAT_VERSION = 1
-DEFAULT_NORMALIZATION = (
-    "input scaled to 0..1 (dtype range by default); output in 0..1, clipped by the engine"
-)
+DEFAULT_NORMALIZATION = "input scaled to 0..1 (dtype range by default); output in 0..1, clipped by the engine"
 #: the largest header accepted (safetensors' own limit is 100 MB).
 MAX_HEADER_BYTES = 100 * 2**20
 #: safetensors dtype names and their item sizes in bytes.
 DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 #: metadata fields with a fixed type (others are free-form JSON).
 _INT_FIELDS = ("format", "scale", "in_channels", "out_channels")
@@ -93,6 +102,7 @@ class SafetensorsHeader:
 
 # -- hashing -------------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=64)
 def _file_sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
@@ -123,6 +133,7 @@ def tensors_sha256(state_dict: Mapping[str, Any]) -> str:
 
 
 # -- the header ----------------------------------------------------------------------------
+
 
 def check_file(path: Path) -> None:
     """A :class:`WeightsError` unless ``path`` is a non-empty regular file."""
@@ -160,8 +171,11 @@ def read_header(path) -> SafetensorsHeader:
             if n <= 0 or n > MAX_HEADER_BYTES:
                 raise WeightsError(path, f"not a safetensors file (bad header length {n})")
             if n > size - 8:
-                raise WeightsError(path, f"not a safetensors file (bad header length) or truncated: header "
-                                         f"announces {n} bytes, file has {size - 8} after the length")
+                raise WeightsError(
+                    path,
+                    f"not a safetensors file (bad header length) or truncated: header "
+                    f"announces {n} bytes, file has {size - 8} after the length",
+                )
             raw = fh.read(n)
     except OSError as exc:
         raise WeightsError(path, f"cannot be read ({exc.strerror or exc})") from None
@@ -207,14 +221,19 @@ def _tensor_info(path: Path, name: str, entry: Any) -> TensorInfo:
         raise bad(f"has unknown dtype {dtype!r} (known: {', '.join(DTYPE_SIZES)})")
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise bad(f"has shape {shape!r}; expected a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) and o >= 0 for o in offsets)
-            or offsets[0] > offsets[1]):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
         raise bad(f"has data_offsets {offsets!r}; expected [begin, end] with 0 <= begin <= end")
     info = TensorInfo(dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
     expected = info.numel * DTYPE_SIZES[dtype]
     if info.end - info.begin != expected:
-        raise bad(f"of shape {list(shape)} {dtype} needs {expected} bytes, its data_offsets hold "
-                  f"{info.end - info.begin}")
+        raise bad(
+            f"of shape {list(shape)} {dtype} needs {expected} bytes, its data_offsets hold {info.end - info.begin}"
+        )
     return info
 
 
@@ -223,6 +242,7 @@ def _is_int(v: Any) -> bool:
 
 
 # -- our metadata --------------------------------------------------------------------------
+
 
 def parse_metadata(path, raw: Mapping[str, str]) -> dict:
     """Our metadata entry of a validated ``__metadata__`` map ({} if absent), types checked."""

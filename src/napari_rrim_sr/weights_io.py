@@ -122,6 +122,7 @@ class LoadedModel:
 
 # -- writing -------------------------------------------------------------------------------
 
+
 def save_weights(
     path,
     state_dict_or_module,
@@ -184,8 +185,12 @@ def save_weights(
     }
     meta.update(dict(extra or {}))
     text = json.dumps(jsonable(meta), allow_nan=False)
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: text}),
-                        overwrite=overwrite, protect=protect)
+    return atomic_write(
+        path,
+        lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: text}),
+        overwrite=overwrite,
+        protect=protect,
+    )
 
 
 def install_weights(path, *, overwrite: bool = False) -> Path:
@@ -210,6 +215,7 @@ def install_weights(path, *, overwrite: bool = False) -> Path:
 
 
 # -- reading -------------------------------------------------------------------------------
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
@@ -269,6 +275,7 @@ def load_state_dict(path) -> tuple[dict, dict]:
 
 # -- detecting -----------------------------------------------------------------------------
 
+
 def _detect(spec: BackboneSpec, sd: Mapping[str, Any]) -> dict | None:
     """``spec.detect(sd)``, where a detector that raises counts as "not mine"."""
     if spec.detect is None:
@@ -298,6 +305,7 @@ def _some(names, n: int = _SHOW) -> str:
 
 
 # -- loading -------------------------------------------------------------------------------
+
 
 def load_model(source, *, registry=None, backbone: str | None = None, hparams=None) -> LoadedModel:
     """Load a generator from a registry id, a :class:`WeightsEntry` or a file path.
@@ -350,8 +358,9 @@ def _spec(registry, backbone_id: str, path) -> BackboneSpec:
         raise WeightsError(path, str(exc)) from None
 
 
-def _agreed_hparams(spec: BackboneSpec, sd: Mapping[str, Any], meta: Mapping[str, Any],
-                    given: Mapping[str, Any], path) -> dict:
+def _agreed_hparams(
+    spec: BackboneSpec, sd: Mapping[str, Any], meta: Mapping[str, Any], given: Mapping[str, Any], path
+) -> dict:
     """The hyper-parameters to build with, checked against what the tensors say.
 
     With a detector, every value the metadata or the caller states must equal the detected one
@@ -376,8 +385,11 @@ def _agreed_hparams(spec: BackboneSpec, sd: Mapping[str, Any], meta: Mapping[str
             if key in detected and value != detected[key]:
                 clashes.append(f"{key}={value!r} ({label}) but the tensors say {detected[key]!r}")
     if clashes:
-        raise WeightsError(path, f"does not match backbone {spec.id!r}: its hyper-parameters contradict the "
-                                 f"tensor shapes ({'; '.join(clashes[:_SHOW])})")
+        raise WeightsError(
+            path,
+            f"does not match backbone {spec.id!r}: its hyper-parameters contradict the "
+            f"tensor shapes ({'; '.join(clashes[:_SHOW])})",
+        )
     return {**top, **stated, **given, **detected}
 
 
@@ -424,6 +436,7 @@ def _mismatches(own: Mapping[str, Any], sd: Mapping[str, Any]) -> list[str]:
 
 def _build_checked(spec: BackboneSpec, hp: Mapping[str, Any], sd: Mapping[str, Any], path):
     """Compare shapes on a meta-device build, then build for real and load ``sd`` strictly."""
+
     def check(module) -> None:
         problems = _mismatches(module.state_dict(), sd)
         if problems:
@@ -438,8 +451,9 @@ def _build_checked(spec: BackboneSpec, hp: Mapping[str, Any], sd: Mapping[str, A
     except RegistryError as exc:
         raise WeightsError(path, str(exc)) from None
     except Exception as exc:
-        raise WeightsError(path, f"cannot build backbone {spec.id!r} with {dict(hp)}: "
-                                 f"{type(exc).__name__}: {_first_line(exc)}") from None
+        raise WeightsError(
+            path, f"cannot build backbone {spec.id!r} with {dict(hp)}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     check(module)
     try:
         module.load_state_dict(sd, strict=True)

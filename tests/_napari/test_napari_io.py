@@ -18,9 +18,15 @@ from napari.layers import Image  # noqa: E402
 from napari_rrim_sr._napari.reader import get_reader  # noqa: E402
 from napari_rrim_sr._napari.writer import write_bundle, write_image_layer  # noqa: E402
 
-PROV = {"kind": "rrim", "model_id": "tiny-rrim-x4-gray", "weights_sha256": "ab" * 32,
-        "precision": "bf16", "tile": 256, "elapsed_s": 0.5,
-        "metrics": {"model": {"psnr": 30.0}, "bicubic": {"psnr": 29.0}, "convention": "c"}}
+PROV = {
+    "kind": "rrim",
+    "model_id": "tiny-rrim-x4-gray",
+    "weights_sha256": "ab" * 32,
+    "precision": "bf16",
+    "tile": 256,
+    "elapsed_s": 0.5,
+    "metrics": {"model": {"psnr": 30.0}, "bicubic": {"psnr": 29.0}, "convention": "c"},
+}
 
 
 def _layer_tuple(data, **kw):
@@ -38,17 +44,29 @@ def _assert_same_layer(data, kwargs, ref_data, ref_layer: Image):
 
 # -- Qt-free -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype,shape,rgb", [
-    (np.uint16, (12, 10), False), (np.uint8, (8, 9, 3), True), (np.float32, (3, 6, 7), False),
-])
+
+@pytest.mark.parametrize(
+    "dtype,shape,rgb",
+    [
+        (np.uint16, (12, 10), False),
+        (np.uint8, (8, 9, 3), True),
+        (np.float32, (3, 6, 7), False),
+    ],
+)
 def test_tiff_round_trip_keeps_data_dtype_scale_metadata(tmp_path, dtype, shape, rgb):
     rng = np.random.default_rng(0)
     data = (rng.random(shape) * (1 if dtype == np.float32 else np.iinfo(dtype).max)).astype(dtype)
     ndim = len(shape) - (1 if rgb else 0)
-    layer = Image(data, rgb=rgb, name="res RRIM x4", scale=(0.5,) * (ndim - 2) + (0.125, 0.25),
-                  translate=(3.0,) * (ndim - 2) + (-0.375, 1.0), blending="additive",
-                  metadata={META_KEY: PROV, "user": {"note": "x", "n": 3}},
-                  **({} if rgb else {"colormap": "magma", "contrast_limits": (0.1, 0.9) if dtype == np.float32 else (5, 200)}))
+    layer = Image(
+        data,
+        rgb=rgb,
+        name="res RRIM x4",
+        scale=(0.5,) * (ndim - 2) + (0.125, 0.25),
+        translate=(3.0,) * (ndim - 2) + (-0.375, 1.0),
+        blending="additive",
+        metadata={META_KEY: PROV, "user": {"note": "x", "n": 3}},
+        **({} if rgb else {"colormap": "magma", "contrast_limits": (0.1, 0.9) if dtype == np.float32 else (5, 200)}),
+    )
     d, meta, _ = layer.as_layer_data_tuple()
     (out,) = write_image_layer(str(tmp_path / "res.tif"), d, meta)
     reader = get_reader(out)
@@ -80,9 +98,13 @@ def test_pixel_size_in_tiff_metadata(tmp_path):
 def test_cli_written_tiff_opens_with_pixel_size(tmp_path):
     from napari_rrim_sr.image_io import write_image
 
-    path = write_image(tmp_path / "cli.tif", np.ones((8, 8), np.uint16),
-                       like={"pixel_size": (0.4, 0.4), "unit": "µm"}, scale=4,
-                       metadata={"model_id": "m", "kind": "rrim"})
+    path = write_image(
+        tmp_path / "cli.tif",
+        np.ones((8, 8), np.uint16),
+        like={"pixel_size": (0.4, 0.4), "unit": "µm"},
+        scale=4,
+        metadata={"model_id": "m", "kind": "rrim"},
+    )
     reader = get_reader(str(path))
     assert reader is not None
     ((data, kw, _),) = reader(str(path))
@@ -138,8 +160,16 @@ def test_reader_declines_foreign_and_broken_paths(tmp_path):
     (other_json / "bundle.json").write_text(json.dumps({"format": "something-else"}))
     # undecodable files and folders that are not bundles are declined (issue 19: readable foreign
     # TIFF/PNGs are no longer declined but opened plainly, see test_reader_foreign.py)
-    broken = [corrupt, empty, fake_png, folder, bad_bundle, other_json, tmp_path / "missing.tif",
-              tmp_path / "missing_dir"]
+    broken = [
+        corrupt,
+        empty,
+        fake_png,
+        folder,
+        bad_bundle,
+        other_json,
+        tmp_path / "missing.tif",
+        tmp_path / "missing_dir",
+    ]
     for p in broken:
         assert get_reader(str(p)) is None, p
     for p in (plain, jsondesc, png):
@@ -152,12 +182,20 @@ def test_reader_declines_foreign_and_broken_paths(tmp_path):
 def _result_layers(rng):
     hr = rng.integers(0, 4000, size=(32, 36), dtype=np.uint16)
     src = Image(hr[::4, ::4].copy(), name="cells", scale=(2.0, 2.0))
-    sr = Image(np.clip(hr.astype(int) + rng.integers(-30, 31, size=hr.shape), 0, 4095).astype(np.uint16),
-               name="cells RRIM x4", scale=(0.5, 0.5), translate=(-0.75, -0.75),
-               metadata={META_KEY: PROV})
-    bic = Image(np.clip(hr.astype(int) + rng.integers(-200, 201, size=hr.shape), 0, 4095).astype(np.uint16),
-                name="cells bicubic x4", scale=(0.5, 0.5), translate=(-0.75, -0.75),
-                metadata={META_KEY: {"kind": "bicubic", "model_id": None}})
+    sr = Image(
+        np.clip(hr.astype(int) + rng.integers(-30, 31, size=hr.shape), 0, 4095).astype(np.uint16),
+        name="cells RRIM x4",
+        scale=(0.5, 0.5),
+        translate=(-0.75, -0.75),
+        metadata={META_KEY: PROV},
+    )
+    bic = Image(
+        np.clip(hr.astype(int) + rng.integers(-200, 201, size=hr.shape), 0, 4095).astype(np.uint16),
+        name="cells bicubic x4",
+        scale=(0.5, 0.5),
+        translate=(-0.75, -0.75),
+        metadata={META_KEY: {"kind": "bicubic", "model_id": None}},
+    )
     ref = Image(hr, name="ground truth", scale=(0.5, 0.5), translate=(-0.75, -0.75))
     return [src, sr, bic, ref]
 
@@ -168,8 +206,15 @@ def test_bundle_round_trip_and_metrics(tmp_path):
     written = write_bundle(str(folder), [lay.as_layer_data_tuple() for lay in layers])
     assert written[0] == str(folder)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["bicubic.tif", "bundle.json", "metrics.json", "provenance.json",
-                     "source-ground_truth.tif", "source.tif", "sr.tif"]
+    assert names == [
+        "bicubic.tif",
+        "bundle.json",
+        "metrics.json",
+        "provenance.json",
+        "source-ground_truth.tif",
+        "source.tif",
+        "sr.tif",
+    ]
     manifest = json.loads((folder / "bundle.json").read_text())
     assert [e["role"] for e in manifest["layers"]] == ["source", "sr", "bicubic", "source"]
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -224,6 +269,7 @@ def test_sample_data_functions():
 
 # -- through a real viewer ---------------------------------------------------------------------
 
+
 @pytest.mark.gui
 def test_viewer_save_and_open_layer_and_bundle(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
@@ -259,13 +305,13 @@ def test_viewer_save_and_open_layer_and_bundle(make_napari_viewer, tmp_path):
 @pytest.mark.gui
 def test_viewer_opens_samples(make_napari_viewer):
     viewer = make_napari_viewer()
-    for key, dtype, rgb in (("microscopy", np.uint16, False), ("satellite", np.uint8, True),
-                            ("photo", np.uint8, True)):
+    for key, dtype, rgb in (("microscopy", np.uint16, False), ("satellite", np.uint8, True), ("photo", np.uint8, True)):
         (layer,) = viewer.open_sample("napari-rrim-sr", key)
         assert layer.data.dtype == dtype and layer.rgb is rgb
 
 
 # -- issue 13, defect 9: damaged metadata opens plainly; bundles never lead out of their folder --
+
 
 def _own_tiff(path, arr, layer=None, **rec):
     from napari_rrim_sr.image_io import write_image
@@ -275,23 +321,26 @@ def _own_tiff(path, arr, layer=None, **rec):
     return write_image(path, arr, metadata=record)
 
 
-@pytest.mark.parametrize("layer,rec,field", [
-    ({"scale": "abc"}, {}, "scale"),
-    ({"contrast_limits": [5]}, {}, "contrast_limits"),
-    ({"contrast_limits": [9, 1]}, {}, "contrast_limits"),
-    ({"translate": [1, "x"]}, {}, "translate"),
-    ({"scale": [1.0, 2.0, 3.0]}, {}, "scale"),  # wrong length for 2-D data
-    ({"rgb": "yes"}, {}, "rgb"),
-    ({"rgb": True}, {}, "rgb"),  # gray data cannot be RGB
-    ({"opacity": 7}, {}, "opacity"),
-    ({"gamma": -1}, {}, "gamma"),
-    ({"units": 3}, {}, "units"),
-    ({"rotate": "left"}, {}, "rotate"),
-    ({"name": ["a"]}, {}, "name"),
-    ([1, 2], {}, "layer"),
-    ({}, {"metadata": 5}, "metadata"),
-    ({}, {"provenance": "x"}, "provenance"),
-])
+@pytest.mark.parametrize(
+    "layer,rec,field",
+    [
+        ({"scale": "abc"}, {}, "scale"),
+        ({"contrast_limits": [5]}, {}, "contrast_limits"),
+        ({"contrast_limits": [9, 1]}, {}, "contrast_limits"),
+        ({"translate": [1, "x"]}, {}, "translate"),
+        ({"scale": [1.0, 2.0, 3.0]}, {}, "scale"),  # wrong length for 2-D data
+        ({"rgb": "yes"}, {}, "rgb"),
+        ({"rgb": True}, {}, "rgb"),  # gray data cannot be RGB
+        ({"opacity": 7}, {}, "opacity"),
+        ({"gamma": -1}, {}, "gamma"),
+        ({"units": 3}, {}, "units"),
+        ({"rotate": "left"}, {}, "rotate"),
+        ({"name": ["a"]}, {}, "name"),
+        ([1, 2], {}, "layer"),
+        ({}, {"metadata": 5}, "metadata"),
+        ({}, {"provenance": "x"}, "provenance"),
+    ],
+)
 def test_layer_tiff_with_wrong_types_opens_plainly_with_a_warning(tmp_path, layer, rec, field):
     arr = np.arange(36, dtype=np.uint16).reshape(6, 6)
     p = _own_tiff(tmp_path / "bad.tif", arr, layer, **rec)
@@ -326,8 +375,7 @@ def test_invalid_pixel_size_in_our_tiff_metadata_does_not_block_the_pixels(tmp_p
 
 
 def _two_layer_bundle(folder):
-    layers = [(np.zeros((8, 8), np.uint8), {"name": "a"}, "image"),
-              (np.ones((8, 8), np.uint8), {"name": "b"}, "image")]
+    layers = [(np.zeros((8, 8), np.uint8), {"name": "a"}, "image"), (np.ones((8, 8), np.uint8), {"name": "b"}, "image")]
     bundle.write_bundle(folder, layers)
     return json.loads((folder / "bundle.json").read_text())
 
@@ -361,8 +409,11 @@ def test_bundle_never_follows_a_link_out_of_its_folder(tmp_path):
     (folder / "source.tif").unlink()  # the first layer's file
     (folder / "source.tif").symlink_to(outside / "private.tif")
     (folder / "inside.tif").symlink_to(folder / "source-b.tif")  # a link within the bundle is fine
-    manifest["layers"] += [{"file": "../secret/private.tif"}, {"file": str(outside / "private.tif")},
-                           {"file": "inside.tif", "role": "source"}]
+    manifest["layers"] += [
+        {"file": "../secret/private.tif"},
+        {"file": str(outside / "private.tif")},
+        {"file": "inside.tif", "role": "source"},
+    ]
     (folder / "bundle.json").write_text(json.dumps(manifest))
     (folder / "metrics.json").unlink()
     (folder / "metrics.json").symlink_to(outside / "private.tif")

@@ -76,8 +76,15 @@ def _gray(shape=(40, 48), seed=0, hi=60000):
 def test_upscale_2d_gray_uint16(viewer, qtbot, notes, tiny_registry):
     data = _gray()
     before = data.copy()
-    src = viewer.add_image(data, name="cells", scale=(0.5, 2.0), translate=(10.0, -3.0),
-                           colormap="magma", contrast_limits=(100, 50000), blending="additive")
+    src = viewer.add_image(
+        data,
+        name="cells",
+        scale=(0.5, 2.0),
+        translate=(10.0, -3.0),
+        colormap="magma",
+        contrast_limits=(100, 50000),
+        blending="additive",
+    )
     w = _upscale_widget(viewer)
     assert w.source.value is src
     assert w.model.value == "tiny-rrim-x4-gray"  # default for 1-channel data
@@ -119,8 +126,9 @@ def test_upscale_rgb_uint8(viewer, qtbot, notes):
     viewer.add_image(_gray((8, 8)), name="gray")
     w.source.value = viewer.layers["gray"]
     assert w.model.value == "tiny-rrim-x4-gray"  # defaults follow the source...
-    tile = viewer.add_image(data.copy(), name="tile", rgb=True,
-                            metadata={L.SUGGESTED_WEIGHTS_KEY: "tiny-rrim-x4-rgb-psnr"})
+    tile = viewer.add_image(
+        data.copy(), name="tile", rgb=True, metadata={L.SUGGESTED_WEIGHTS_KEY: "tiny-rrim-x4-rgb-psnr"}
+    )
     w.source.value = tile
     assert w.model.value == "tiny-rrim-x4-rgb-psnr"  # ...and the weights a layer asks for
     viewer.layers.remove(tile)
@@ -194,7 +202,7 @@ def test_cancel_stops_within_a_tile_and_adds_no_layer(viewer, qtbot, notes):
     i = seen.index("cancel")
     tiles_total = seen[0].tiles_total
     assert tiles_total > 4
-    after = [p for p in seen[i + 1:] if p != "cancel"]
+    after = [p for p in seen[i + 1 :] if p != "cancel"]
     # the worker checks for cancellation between tiles: at most the tile in flight finishes
     assert len(after) <= 1, after
     last = (after or [seen[i - 1]])[-1]
@@ -468,8 +476,14 @@ def choice_viewer(make_napari_viewer, tiny_registry, tmp_path, monkeypatch):
         ch = 3 if "rgb" in wid else 1
         torch.manual_seed(99 + i)
         hp = {"num_feat": 8, "num_block": 1, "scale": 4, "in_channels": ch, "out_channels": ch}
-        save_weights(folder / f"{wid}.safetensors", tiny_registry.build("rrim", **hp), backbone="rrim",
-                     hparams=hp, name=wid, description=f"tiny test weights standing in for {wid}")
+        save_weights(
+            folder / f"{wid}.safetensors",
+            tiny_registry.build("rrim", **hp),
+            backbone="rrim",
+            hparams=hp,
+            name=wid,
+            description=f"tiny test weights standing in for {wid}",
+        )
     tiny_registry.weights(refresh=True)
     return make_napari_viewer()
 
@@ -661,8 +675,11 @@ def test_every_control_has_a_tooltip(viewer):
 
     viewer.add_image(_gray((16, 16)), name="img")
     for widget in (_upscale_widget(viewer), MetricsWidget(viewer)):
-        missing = [f"{type(c).__name__} {getattr(c, 'label', '') or getattr(c, 'text', '')}"
-                   for c in _all_controls(widget) if not (c.tooltip or "").strip()]
+        missing = [
+            f"{type(c).__name__} {getattr(c, 'label', '') or getattr(c, 'text', '')}"
+            for c in _all_controls(widget)
+            if not (c.tooltip or "").strip()
+        ]
         assert not missing, missing
 
 
@@ -727,8 +744,7 @@ def test_progress_counter_starts_at_one_and_never_goes_back(viewer, qtbot, notes
     worker.yielded.connect(lambda *_: texts.append(w.status.value))
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
     assert not notes["error"], notes["error"]
-    pairs = [tuple(map(int, m.groups())) for t in texts
-             if (m := re.search(r"tile (\d+)/\d+, slice (\d+)/5", t))]
+    pairs = [tuple(map(int, m.groups())) for t in texts if (m := re.search(r"tile (\d+)/\d+, slice (\d+)/5", t))]
     assert pairs and pairs[0] == (1, 1), texts[:3]
     tiles, slices = [p[0] for p in pairs], [p[1] for p in pairs]
     assert tiles == sorted(tiles) and slices == sorted(slices), texts
@@ -793,6 +809,7 @@ def test_deleting_the_source_mid_run_adds_nothing(viewer, qtbot, notes):
 
 # -- issue 14: other architectures' weights, at their own scale ------------------------------
 
+
 def test_weights_file_button_lists_a_span_x2_checkpoint_and_runs_at_x2(viewer, qtbot, notes):
     from skimage import data as skdata
 
@@ -825,8 +842,9 @@ def test_weights_file_button_lists_a_span_x2_checkpoint_and_runs_at_x2(viewer, q
     assert viewer.layers["u16 bicubic x2"].data.shape == (2, 32, 40)
 
 
-def test_weights_file_copy_is_listed_at_once_and_bad_file_is_refused(viewer, qtbot, notes, tmp_path,
-                                                                     tiny_weights_files):
+def test_weights_file_copy_is_listed_at_once_and_bad_file_is_refused(
+    viewer, qtbot, notes, tmp_path, tiny_weights_files
+):
     import shutil
 
     w = _upscale_widget(viewer)
@@ -858,8 +876,13 @@ def test_registry_change_from_another_thread_updates_the_model_list(viewer, qtbo
 
     def register():
         hp = {"num_feat": 8, "num_block": 1, "scale": 4, "in_channels": 1, "out_channels": 1}
-        save_weights(Path(R.user_weights_dir(create=True)) / "fresh-weights.safetensors",
-                     tiny_registry.build("rrim", **hp), backbone="rrim", hparams=hp, name="fresh-weights")
+        save_weights(
+            Path(R.user_weights_dir(create=True)) / "fresh-weights.safetensors",
+            tiny_registry.build("rrim", **hp),
+            backbone="rrim",
+            hparams=hp,
+            name="fresh-weights",
+        )
         R.get_registry().weights(refresh=True)
 
     t = threading.Thread(target=register)
@@ -869,6 +892,7 @@ def test_registry_change_from_another_thread_updates_the_model_list(viewer, qtbo
 
 
 # -- issue 15: export --------------------------------------------------------------------------
+
 
 def test_export_button_writes_onnx_and_never_replaces(viewer, qtbot, notes, tmp_path):
     pytest.importorskip("onnx")
@@ -888,6 +912,7 @@ def test_export_button_writes_onnx_and_never_replaces(viewer, qtbot, notes, tmp_
 
 
 # -- issue 16: lazy sources too large for memory go to an OME-Zarr store ---------------------
+
 
 def test_lazy_source_too_large_goes_to_a_store_and_a_lazy_layer(viewer, qtbot, notes, tmp_path):
     da = pytest.importorskip("dask.array")

@@ -25,8 +25,13 @@ def test_foreign_tiffs_open_with_their_metadata(tmp_path):
     import tifffile
 
     p = tmp_path / "spaced.tif"
-    tifffile.imwrite(p, np.arange(48, dtype=np.uint16).reshape(2, 4, 6), imagej=True,
-                     resolution=(1 / 0.5, 1 / 0.5), metadata={"axes": "ZYX", "unit": "um"})
+    tifffile.imwrite(
+        p,
+        np.arange(48, dtype=np.uint16).reshape(2, 4, 6),
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"axes": "ZYX", "unit": "um"},
+    )
     ((data, kw, _),) = get_reader(str(p))(str(p))
     assert data.shape == (2, 4, 6) and kw["name"] == "spaced" and not kw["rgb"]
     np.testing.assert_allclose(kw["scale"], (1.0, 0.5, 0.5))

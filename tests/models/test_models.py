@@ -78,8 +78,9 @@ def test_rrim_structure():
     model = rrim.RRIM(3, 3, scale=4, num_feat=8, num_block=2)
     mods = list(model.modules())
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods)
-    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
-                   for m in mods)
+    assert not any(
+        isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) for m in mods
+    )
     kernels = {m.kernel_size for m in mods if isinstance(m, nn.Conv2d)}
     assert {(1, 7), (7, 1), (1, 5), (5, 1), (1, 3), (3, 1)} <= kernels
     # 3 shallow + 1 middle per block, one deep module in the tail
@@ -136,12 +137,23 @@ def test_detect_srresnet_use_bn_flag():
 def test_rrdbnet_basicsr_keys_and_wrapped_checkpoint():
     model = rrdbnet.RRDBNet(3, 3, scale=4, num_feat=8, num_block=2, num_grow_ch=4)
     sd = model.state_dict()
-    for key in ("conv_first.weight", "conv_first.bias", "body.0.rdb1.conv1.weight", "body.1.rdb2.conv3.weight",
-                "body.0.rdb3.conv5.bias", "conv_body.weight", "conv_up1.weight", "conv_up2.weight",
-                "conv_hr.weight", "conv_last.weight"):
+    for key in (
+        "conv_first.weight",
+        "conv_first.bias",
+        "body.0.rdb1.conv1.weight",
+        "body.1.rdb2.conv3.weight",
+        "body.0.rdb3.conv5.bias",
+        "conv_body.weight",
+        "conv_up1.weight",
+        "conv_up2.weight",
+        "conv_hr.weight",
+        "conv_last.weight",
+    ):
         assert key in sd, key
-    assert all(k.split(".")[0] in {"conv_first", "body", "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"}
-               for k in sd)
+    assert all(
+        k.split(".")[0] in {"conv_first", "body", "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"}
+        for k in sd
+    )
     wrapped = {"params_ema": {"module." + k: v for k, v in sd.items()}, "params": {}, "iter": 5}
     clean = common.clean_state_dict(wrapped)
     assert set(clean) == set(sd)

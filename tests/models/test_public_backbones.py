@@ -47,8 +47,20 @@ def _expected_hparams(case: dict) -> dict:
         return {"num_feat": cfg["num_feat"], "num_conv": cfg["num_conv"]}
     if arch == "SPAN":
         return {"num_feat": cfg["feature_channels"]}
-    return {k: cfg[k] for k in ("embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "upsampler",
-                                "resi_connection", "img_range", "img_size")}
+    return {
+        k: cfg[k]
+        for k in (
+            "embed_dim",
+            "depths",
+            "num_heads",
+            "window_size",
+            "mlp_ratio",
+            "upsampler",
+            "resi_connection",
+            "img_range",
+            "img_size",
+        )
+    }
 
 
 def _hwc(chw: np.ndarray) -> np.ndarray:
@@ -65,7 +77,10 @@ def test_fixture_loads_by_detection_and_matches_reference(name, reg):
     loaded = load_model(CONF / f"{name}.pth", registry=reg)  # no backbone named: detection only
     assert loaded.backbone == ARCH_ID[case["architecture"]]
     assert (loaded.scale, loaded.in_channels, loaded.out_channels) == (
-        case["scale"], case["in_channels"], case["out_channels"])
+        case["scale"],
+        case["in_channels"],
+        case["out_channels"],
+    )
     for key, val in _expected_hparams(case).items():
         assert loaded.hparams[key] == val, key
     assert sum(p.numel() for p in loaded.module.parameters()) <= case["n_params"]
@@ -187,24 +202,100 @@ OTHER = [
     ("span", dict(scale=1, num_feat=52, in_channels=1, out_channels=1, norm=False)),
     ("span", dict(scale=3, num_feat=16)),
     # 001_classicalSR_DF2K_s64w8_SwinIR-M_x2
-    ("swinir", dict(scale=2, embed_dim=180, depths=[6] * 6, num_heads=[6] * 6, window_size=8, mlp_ratio=2.0,
-                    upsampler="pixelshuffle", resi_connection="1conv", img_size=64)),
+    (
+        "swinir",
+        dict(
+            scale=2,
+            embed_dim=180,
+            depths=[6] * 6,
+            num_heads=[6] * 6,
+            window_size=8,
+            mlp_ratio=2.0,
+            upsampler="pixelshuffle",
+            resi_connection="1conv",
+            img_size=64,
+        ),
+    ),
     # 001_classicalSR_DIV2K_s48w8_SwinIR-M_x3 (s48: img_size 48) and x8
-    ("swinir", dict(scale=3, embed_dim=180, depths=[6] * 6, num_heads=[6] * 6, window_size=8,
-                    upsampler="pixelshuffle", img_size=48)),
-    ("swinir", dict(scale=8, embed_dim=180, depths=[6] * 6, num_heads=[6] * 6, window_size=8,
-                    upsampler="pixelshuffle", img_size=48)),
+    (
+        "swinir",
+        dict(
+            scale=3,
+            embed_dim=180,
+            depths=[6] * 6,
+            num_heads=[6] * 6,
+            window_size=8,
+            upsampler="pixelshuffle",
+            img_size=48,
+        ),
+    ),
+    (
+        "swinir",
+        dict(
+            scale=8,
+            embed_dim=180,
+            depths=[6] * 6,
+            num_heads=[6] * 6,
+            window_size=8,
+            upsampler="pixelshuffle",
+            img_size=48,
+        ),
+    ),
     # 002_lightweightSR_DIV2K_s64w8_SwinIR-S_x4
-    ("swinir", dict(scale=4, embed_dim=60, depths=[6] * 4, num_heads=[6] * 4, window_size=8,
-                    upsampler="pixelshuffledirect", img_size=64)),
+    (
+        "swinir",
+        dict(
+            scale=4,
+            embed_dim=60,
+            depths=[6] * 4,
+            num_heads=[6] * 4,
+            window_size=8,
+            upsampler="pixelshuffledirect",
+            img_size=64,
+        ),
+    ),
     # 003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN: large, 3conv
-    ("swinir", dict(scale=4, embed_dim=240, depths=[6] * 9, num_heads=[8] * 9, window_size=8,
-                    upsampler="nearest+conv", resi_connection="3conv", img_size=64)),
-    ("swinir", dict(scale=2, embed_dim=96, depths=[2, 4], num_heads=[4, 8], window_size=12, mlp_ratio=4.0,
-                    upsampler="nearest+conv", img_size=48)),
+    (
+        "swinir",
+        dict(
+            scale=4,
+            embed_dim=240,
+            depths=[6] * 9,
+            num_heads=[8] * 9,
+            window_size=8,
+            upsampler="nearest+conv",
+            resi_connection="3conv",
+            img_size=64,
+        ),
+    ),
+    (
+        "swinir",
+        dict(
+            scale=2,
+            embed_dim=96,
+            depths=[2, 4],
+            num_heads=[4, 8],
+            window_size=12,
+            mlp_ratio=4.0,
+            upsampler="nearest+conv",
+            img_size=48,
+        ),
+    ),
     # 004_grayDN_DFWB_s128w8_SwinIR-M_noise15: no upsampler, 1 channel, window 8, 128 px training
-    ("swinir", dict(scale=1, in_channels=1, out_channels=1, embed_dim=180, depths=[6] * 6,
-                    num_heads=[6] * 6, window_size=8, upsampler="", img_size=128)),
+    (
+        "swinir",
+        dict(
+            scale=1,
+            in_channels=1,
+            out_channels=1,
+            embed_dim=180,
+            depths=[6] * 6,
+            num_heads=[6] * 6,
+            window_size=8,
+            upsampler="",
+            img_size=128,
+        ),
+    ),
 ]
 
 
@@ -220,13 +311,20 @@ def test_other_configurations_detect_their_hparams(backbone, hp, reg):
     assert set(expected) <= set(found) | {"unshuffle"}
 
 
-@pytest.mark.parametrize("backbone,hp", [
-    ("esrgan", dict(scale=2, num_feat=16, num_block=2, num_grow_ch=8, in_channels=1, out_channels=1)),
-    ("compact", dict(scale=3, num_feat=8, num_conv=3)),
-    ("span", dict(scale=3, num_feat=12)),
-    ("swinir", dict(scale=3, embed_dim=24, depths=[2], num_heads=[3], window_size=4,
-                    upsampler="pixelshuffle", img_size=16)),
-])
+@pytest.mark.parametrize(
+    "backbone,hp",
+    [
+        ("esrgan", dict(scale=2, num_feat=16, num_block=2, num_grow_ch=8, in_channels=1, out_channels=1)),
+        ("compact", dict(scale=3, num_feat=8, num_conv=3)),
+        ("span", dict(scale=3, num_feat=12)),
+        (
+            "swinir",
+            dict(
+                scale=3, embed_dim=24, depths=[2], num_heads=[3], window_size=4, upsampler="pixelshuffle", img_size=16
+            ),
+        ),
+    ],
+)
 def test_saved_pth_round_trip_through_the_loader(backbone, hp, reg, tmp_path):
     """A random net saved as a plain .pth (with a BasicSR-style wrapper) loads by detection and
     runs identically (the full file path, not just the detector)."""

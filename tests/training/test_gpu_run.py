@@ -28,8 +28,7 @@ needs_data = pytest.mark.skipif(not (JPG and PNG and KODAK), reason="shared data
 def tiny_carry(tmp_path_factory):
     """Packs of 2 training JPEGs and 2 Kodak24 images: the dry run's carry folder."""
     carry = tmp_path_factory.mktemp("carry")
-    gpu_pack.pack_images(JPG[:2], carry / gpu_pack.TRAIN_TAR, budget=8 << 20, min_side=88, role="training",
-                         root=DATA)
+    gpu_pack.pack_images(JPG[:2], carry / gpu_pack.TRAIN_TAR, budget=8 << 20, min_side=88, role="training", root=DATA)
     gpu_pack.pack_images(KODAK[:2], carry / gpu_pack.VAL_TAR, budget=8 << 20, role="validation", root=DATA)
     return carry
 
@@ -52,8 +51,9 @@ def test_pack_is_lossless_smaller_and_respects_budget_and_min_side(tmp_path):
         b = np.asarray(Image.open(src).convert("RGB"))
         np.testing.assert_array_equal(a, b)
     # a budget too small for the JPEG: it is left out, and so are images under min_side
-    m2 = gpu_pack.pack_images(JPG[:1] + small, tmp_path / "u.tar", budget=60_000, min_side=100_000,
-                              role="training", root=DATA)
+    m2 = gpu_pack.pack_images(
+        JPG[:1] + small, tmp_path / "u.tar", budget=60_000, min_side=100_000, role="training", root=DATA
+    )
     assert m2["images"] == 0 and len(m2["skipped"]) == 1 + len(small)
     # a corrupted pack is refused on unpacking
     raw = bytearray((tmp_path / "t.tar").read_bytes())
@@ -93,12 +93,17 @@ def test_gpu_sampler_matches_the_full_image_lr_and_is_deterministic():
         assert lr.shape == (6, 3, 8, 8) and hr.shape == (6, 3, 32, 32)
         hr_np = (hr.numpy() * 255).round().astype(np.uint8)
         for j in range(6):  # find each patch in the image, then its LR in the full image's LR
-            pos = [(y, x) for y in range(0, 96 - 31, 4) for x in range(0, 120 - 31, 4)
-                   if np.array_equal(img[y:y + 32, x:x + 32].transpose(2, 0, 1), hr_np[j])]
+            pos = [
+                (y, x)
+                for y in range(0, 96 - 31, 4)
+                for x in range(0, 120 - 31, 4)
+                if np.array_equal(img[y : y + 32, x : x + 32].transpose(2, 0, 1), hr_np[j])
+            ]
             assert pos, "HR patch is not an aligned crop of the image"
             y, x = pos[0]
-            np.testing.assert_allclose(lr[j].numpy(), full[:, y // 4:y // 4 + 8, x // 4:x // 4 + 8].numpy(),
-                                       atol=1e-5)
+            np.testing.assert_allclose(
+                lr[j].numpy(), full[:, y // 4 : y // 4 + 8, x // 4 : x // 4 + 8].numpy(), atol=1e-5
+            )
     a1, b1 = s.batch(5)
     a2, b2 = GpuPatchSampler([img], augment=False, **kw).batch(5)
     assert torch.equal(a1, a2) and torch.equal(b1, b2)
@@ -117,12 +122,28 @@ def test_dry_run_end_to_end(tiny_carry, tmp_path):
     images, and the output folder with the files a GPU run returns (at most 8, <= 16 MiB each)."""
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(ROOT / "training" / "gpu" / "run.sh"), "--dry-run", "--carry", str(tiny_carry),
-                           "--minutes", "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [str(ROOT / "training" / "gpu" / "run.sh"), "--dry-run", "--carry", str(tiny_carry), "--minutes", "3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(["rrim-x4-rgb-psnr-gpu.safetensors", "log.jsonl", "val.png", "checks.json", "bench.json",
-                            "summary.json", "run-extras.tar", "run.log"])
+    assert files == sorted(
+        [
+            "rrim-x4-rgb-psnr-gpu.safetensors",
+            "log.jsonl",
+            "val.png",
+            "checks.json",
+            "bench.json",
+            "summary.json",
+            "run-extras.tar",
+            "run.log",
+        ]
+    )
     assert all((out / f).stat().st_size <= 16 << 20 for f in files)
     summary = json.loads((out / "summary.json").read_text())
     assert not summary["errors"] and summary["checks_ok"]
@@ -157,10 +178,24 @@ def test_max_minutes_stops_validates_and_exports(tmp_path, isolated_registry):
     (tmp_path / "v").mkdir()
     Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(tmp_path / "d" / "a.png")
     Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / "v" / "b.png")
-    cfg = TrainConfig(data=[str(tmp_path / "d")], val=str(tmp_path / "v"), out=str(tmp_path / "run"), name="mm",
-                      steps=10_000, batch_size=2, patch_size=16, hparams={"num_feat": 8, "num_block": 1},
-                      device="cpu", precision="fp32", progress=False, register=False, max_minutes=0.004,
-                      val_every=0, ckpt_every=0, log_every=1000)
+    cfg = TrainConfig(
+        data=[str(tmp_path / "d")],
+        val=str(tmp_path / "v"),
+        out=str(tmp_path / "run"),
+        name="mm",
+        steps=10_000,
+        batch_size=2,
+        patch_size=16,
+        hparams={"num_feat": 8, "num_block": 1},
+        device="cpu",
+        precision="fp32",
+        progress=False,
+        register=False,
+        max_minutes=0.004,
+        val_every=0,
+        ckpt_every=0,
+        log_every=1000,
+    )
     tr = Trainer(cfg, callbacks=[lambda t, s: time.sleep(0.05)])
     res = tr.run()
     assert res.status == "completed" and 1 <= res.step < 50

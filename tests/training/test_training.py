@@ -30,6 +30,7 @@ needs_shared = pytest.mark.skipif(not TRAIN.is_dir(), reason="../shared/data/tra
 
 # -- fixtures ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Two shared cores: keep each test on one thread, restore afterwards."""
@@ -61,7 +62,8 @@ def _crops(folder: Path, sources: list[Path], size: int) -> Path:
             im = im.convert("RGB")
             w, h = im.size
             im.crop((w // 2 - size // 2, h // 2 - size // 2, w // 2 + size // 2, h // 2 + size // 2)).save(
-                folder / f"crop{i}.png")
+                folder / f"crop{i}.png"
+            )
     return folder
 
 
@@ -78,9 +80,23 @@ def data_dirs(tmp_path_factory):
 
 def _cfg(tmp_path: Path, data_dirs, **kw) -> TrainConfig:
     train, val = data_dirs
-    base = dict(data=[str(train)], val=str(val), hparams=dict(TINY), steps=6, batch_size=4, patch_size=32,
-                lr=2e-3, precision="fp32", threads=1, val_every=0, ckpt_every=0, log_every=1, progress=False,
-                out=str(tmp_path / "run"), seed=3)
+    base = dict(
+        data=[str(train)],
+        val=str(val),
+        hparams=dict(TINY),
+        steps=6,
+        batch_size=4,
+        patch_size=32,
+        lr=2e-3,
+        precision="fp32",
+        threads=1,
+        val_every=0,
+        ckpt_every=0,
+        log_every=1,
+        progress=False,
+        out=str(tmp_path / "run"),
+        seed=3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -115,14 +131,31 @@ def _save_tiny(path: Path, backbone="rrim", seed=0, extra=None, recipe=None, **h
 
 # -- configuration ----------------------------------------------------------------------------
 
+
 def test_config_toml_cli_merge_and_roundtrip(tmp_path):
     from napari_rrim_sr.training import cli
 
     toml = tmp_path / "r.toml"
-    toml.write_text('data = ["a", "b"]\nsteps = 100\nbatch-size = 8\nblur_sigma = [0.5, 2.0]\n'
-                    '[hparams]\nnum_feat = 32\nnum_block = 4\n')
-    ns = cli.build_parser().parse_args(["train", "--config", str(toml), "--steps", "7", "--hparam", "num_block=2",
-                                        "--hparam", "extra=true", "--no-augment", "--vgg-layer", "conv4_3=0.5"])
+    toml.write_text(
+        'data = ["a", "b"]\nsteps = 100\nbatch-size = 8\nblur_sigma = [0.5, 2.0]\n'
+        "[hparams]\nnum_feat = 32\nnum_block = 4\n"
+    )
+    ns = cli.build_parser().parse_args(
+        [
+            "train",
+            "--config",
+            str(toml),
+            "--steps",
+            "7",
+            "--hparam",
+            "num_block=2",
+            "--hparam",
+            "extra=true",
+            "--no-augment",
+            "--vgg-layer",
+            "conv4_3=0.5",
+        ]
+    )
     cfg, resume = cli.config_from_args(ns)
     assert resume is None
     assert cfg.data == ["a", "b"] and cfg.steps == 7 and cfg.batch_size == 8
@@ -151,8 +184,17 @@ def test_cli_print_config_and_implied_train(tmp_path, capsys):
     out = capsys.readouterr().out
     parsed = __import__("tomllib").loads(out)
     assert parsed["steps"] == 5 and parsed["hparams"] == {"num_feat": 16}
-    for sub in ("train", "export", "interpolate", "bench", "robust-check", "grid-check", "compare-gray",
-                "size-speed", "ship-gan"):
+    for sub in (
+        "train",
+        "export",
+        "interpolate",
+        "bench",
+        "robust-check",
+        "grid-check",
+        "compare-gray",
+        "size-speed",
+        "ship-gan",
+    ):
         with pytest.raises(SystemExit) as exc:
             main([sub, "--help"])
         assert exc.value.code == 0
@@ -172,6 +214,7 @@ def test_lr_schedule():
 
 
 # -- data -------------------------------------------------------------------------------------
+
 
 def test_data_formats_channels_and_stacks(tmp_path):
     import tifffile
@@ -241,27 +284,47 @@ def test_lr_matches_full_image_bicubic_and_degradations(tmp_path):
     img = rng.integers(0, 256, (80, 92, 3), dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "a.png")
     recs, _ = load_records([str(tmp_path)], channels=3, min_side=32)
-    ds = PatchDataset(recs, patch_size=32, scale=4, channels=3, augment=False, seed=7,
-                      degradations=Degradations(quantize=False))
+    ds = PatchDataset(
+        recs, patch_size=32, scale=4, channels=3, augment=False, seed=7, degradations=Degradations(quantize=False)
+    )
     full_lr = imresize(img[:80, :92].astype(np.float64).transpose(2, 0, 1) / 255.0, 0.25)
     for i in range(6):
         lr, hr = ds[i]
         # locate the HR patch (aligned to the scale grid) and compare with the full-image LR crop
-        hits = [(y, x) for y in range(0, 80 - 31, 4) for x in range(0, 92 - 31, 4)
-                if np.array_equal(np.rint(hr.numpy() * 255).astype(np.uint8), img[y:y + 32, x:x + 32].transpose(2, 0, 1))]
+        hits = [
+            (y, x)
+            for y in range(0, 80 - 31, 4)
+            for x in range(0, 92 - 31, 4)
+            if np.array_equal(
+                np.rint(hr.numpy() * 255).astype(np.uint8), img[y : y + 32, x : x + 32].transpose(2, 0, 1)
+            )
+        ]
         assert len(hits) == 1
         y, x = hits[0]
-        np.testing.assert_allclose(lr.numpy(), full_lr[:, y // 4:y // 4 + 8, x // 4:x // 4 + 8], atol=1e-5)
+        np.testing.assert_allclose(lr.numpy(), full_lr[:, y // 4 : y // 4 + 8, x // 4 : x // 4 + 8], atol=1e-5)
     # alias_prob=1: the same patches, downscaled without the antialiasing filter
-    aliased = PatchDataset(recs, patch_size=32, scale=4, channels=3, augment=False, seed=7,
-                           degradations=Degradations(quantize=False, alias_prob=1.0))
+    aliased = PatchDataset(
+        recs,
+        patch_size=32,
+        scale=4,
+        channels=3,
+        augment=False,
+        seed=7,
+        degradations=Degradations(quantize=False, alias_prob=1.0),
+    )
     sharp_lr = imresize(img[:80, :92].astype(np.float64).transpose(2, 0, 1) / 255.0, 0.25, antialias=False)
     for i in range(3):
         lr, hr = aliased[i]
         assert torch.equal(hr, ds[i][1])  # alias_prob draws after the patch: same HR
-        y, x = [(y, x) for y in range(0, 80 - 31, 4) for x in range(0, 92 - 31, 4)
-                if np.array_equal(np.rint(hr.numpy() * 255).astype(np.uint8), img[y:y + 32, x:x + 32].transpose(2, 0, 1))][0]
-        np.testing.assert_allclose(lr.numpy(), sharp_lr[:, y // 4:y // 4 + 8, x // 4:x // 4 + 8], atol=1e-5)
+        y, x = [
+            (y, x)
+            for y in range(0, 80 - 31, 4)
+            for x in range(0, 92 - 31, 4)
+            if np.array_equal(
+                np.rint(hr.numpy() * 255).astype(np.uint8), img[y : y + 32, x : x + 32].transpose(2, 0, 1)
+            )
+        ][0]
+        np.testing.assert_allclose(lr.numpy(), sharp_lr[:, y // 4 : y // 4 + 8, x // 4 : x // 4 + 8], atol=1e-5)
         assert float((lr - ds[i][0]).abs().mean()) > 1e-3
 
     deg = Degradations(blur_sigma=(0.5, 1.5), noise_sigma=(2, 10), poisson_peak=(30, 300), jpeg_quality=(30, 90))
@@ -298,13 +361,29 @@ def test_bad_data_errors_clearly(tmp_path, capsys):
     recs, rep = load_records([str(bad)], channels=3, min_side=32)
     assert len(recs) == 1 and {Path(p).name for p, _ in rep.skipped} == {"broken.png", "noise.tif"}
     # the CLI prints a plain error, no traceback, exit code 1
-    assert main(["train", "--data", str(empty), "--out", str(tmp_path / "r"), "--no-progress",
-                 "--hparam", "num_feat=8", "--hparam", "num_block=1"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(empty),
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+                "--hparam",
+                "num_feat=8",
+                "--hparam",
+                "num_block=1",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: no image files") and "Traceback" not in err
 
 
 # -- training ---------------------------------------------------------------------------------
+
 
 @needs_shared
 def test_psnr_training_loss_falls_exports_and_registers(tmp_path, data_dirs, iso):
@@ -322,9 +401,19 @@ def test_psnr_training_loss_falls_exports_and_registers(tmp_path, data_dirs, iso
     assert last < 0.8 * first, (first, last)
 
     run = result.run_dir
-    for name in ("config.toml", "config.json", "log.jsonl", "log.csv", "loss.png", "val.png", "data.json",
-                 "checkpoints/last.pt", "samples/step_0000020.png", "samples/step_0000040.png",
-                 "tiny-test-psnr.safetensors"):
+    for name in (
+        "config.toml",
+        "config.json",
+        "log.jsonl",
+        "log.csv",
+        "loss.png",
+        "val.png",
+        "data.json",
+        "checkpoints/last.pt",
+        "samples/step_0000020.png",
+        "samples/step_0000040.png",
+        "tiny-test-psnr.safetensors",
+    ):
         assert (run / name).is_file(), name
     records = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     vals = [r for r in records if r["kind"] == "val"]
@@ -371,8 +460,9 @@ def test_resume_continues_step_lr_and_weights(tmp_path, data_dirs, iso):
 
     common = dict(steps=6, ckpt_every=3, register=False, schedule="cosine", warmup=2, lr_min=1e-5)
     lrs_a: list[float] = []
-    ref = Trainer(_cfg(tmp_path, data_dirs, out=str(tmp_path / "a"), **common),
-                  callbacks=[lambda tr, st: lrs_a.append(st["lr"])])
+    ref = Trainer(
+        _cfg(tmp_path, data_dirs, out=str(tmp_path / "a"), **common), callbacks=[lambda tr, st: lrs_a.append(st["lr"])]
+    )
     res_a = ref.run()
     assert res_a.status == "completed" and res_a.step == 6
 
@@ -405,8 +495,11 @@ def test_resume_continues_step_lr_and_weights(tmp_path, data_dirs, iso):
     for k, v in ref.ema.module.state_dict().items():
         torch.testing.assert_close(second.ema.module.state_dict()[k], v, rtol=1e-5, atol=1e-6)
     # the log holds each step once
-    steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()
-             if json.loads(l)["kind"] == "train"]
+    steps = [
+        json.loads(l)["step"]
+        for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+        if json.loads(l)["kind"] == "train"
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]
     # a second SIGINT while stopping interrupts at once
     second.stop_signal = None
@@ -433,9 +526,34 @@ def test_cli_exit_code_names_the_signal(tmp_path, data_dirs, iso, monkeypatch, c
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
     train, val = data_dirs
     out = tmp_path / "run"
-    rc = cli.main(["--data", str(train), "--val", str(val), "--steps", "4", "--hparam", "num_feat=8",
-                   "--hparam", "num_block=1", "--batch-size", "2", "--patch-size", "32", "--threads", "1",
-                   "--precision", "fp32", "--val-every", "0", "--no-register", "--no-progress", "--out", str(out)])
+    rc = cli.main(
+        [
+            "--data",
+            str(train),
+            "--val",
+            str(val),
+            "--steps",
+            "4",
+            "--hparam",
+            "num_feat=8",
+            "--hparam",
+            "num_block=1",
+            "--batch-size",
+            "2",
+            "--patch-size",
+            "32",
+            "--threads",
+            "1",
+            "--precision",
+            "fp32",
+            "--val-every",
+            "0",
+            "--no-register",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == code
     assert "stopped by signal" in capsys.readouterr().out
     assert list(out.glob("*/checkpoints/last.pt")) or (out / "checkpoints" / "last.pt").is_file()
@@ -449,9 +567,23 @@ def test_gan_stage_runs_from_psnr_weights(tmp_path, data_dirs, iso, gan_type):
     init = _save_tiny(tmp_path / "psnr.safetensors")
     vgg = _tiny_vgg(tmp_path / "vgg.safetensors")
     stats = []
-    cfg = _cfg(tmp_path, data_dirs, stage="gan", init=str(init), hparams={}, steps=3, batch_size=2,
-               vgg_weights=str(vgg), vgg_layers={"conv2_2": 1.0, "relu3_3": 0.5}, gram_weight=1.0,
-               d_hparams={"num_feat": 8}, gan_type=gan_type, register=False, val_every=0, ema=0.0)
+    cfg = _cfg(
+        tmp_path,
+        data_dirs,
+        stage="gan",
+        init=str(init),
+        hparams={},
+        steps=3,
+        batch_size=2,
+        vgg_weights=str(vgg),
+        vgg_layers={"conv2_2": 1.0, "relu3_3": 0.5},
+        gram_weight=1.0,
+        d_hparams={"num_feat": 8},
+        gan_type=gan_type,
+        register=False,
+        val_every=0,
+        ema=0.0,
+    )
     tr = Trainer(cfg, callbacks=[lambda t, s: stats.append(s)])
     assert tr.cfg.hparams["num_feat"] == 8 and tr.cfg.backbone == "rrim"  # taken from the init file
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
@@ -462,8 +594,11 @@ def test_gan_stage_runs_from_psnr_weights(tmp_path, data_dirs, iso, gan_type):
         assert {"l_percep", "l_gram", "l_adv", "l_d", "d_real", "d_fake"} <= set(s)
         assert all(math.isfinite(v) for v in s.values())
         assert ("l_pix" in s) == (w["pixel_weight"] > 0)
-    assert w == ({"percep_weight": 1.0, "adv_weight": 5e-3, "pixel_weight": 1e-2} if gan_type == "esrgan"
-                 else {"percep_weight": 1.0, "adv_weight": 1e-3, "pixel_weight": 0.0})
+    assert w == (
+        {"percep_weight": 1.0, "adv_weight": 5e-3, "pixel_weight": 1e-2}
+        if gan_type == "esrgan"
+        else {"percep_weight": 1.0, "adv_weight": 1e-3, "pixel_weight": 0.0}
+    )
     after = tr.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     from napari_rrim_sr.weights_io import read_metadata
@@ -503,6 +638,7 @@ def test_gan_stage_needs_init_and_vgg(tmp_path, iso):
 
 
 # -- losses -----------------------------------------------------------------------------------
+
 
 def test_vgg_features_conventions_and_errors(tmp_path):
     from napari_rrim_sr.training.losses import (
@@ -566,6 +702,7 @@ def test_shared_vgg16_file_loads():
 
 # -- export / interpolation -------------------------------------------------------------------
 
+
 def test_interpolate_same_backbone_and_refusals(tmp_path, iso, capsys):
     from napari_rrim_sr.training.cli import main
     from napari_rrim_sr.training.export import ExportError, interpolate
@@ -605,19 +742,43 @@ def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
 
     a = _save_tiny(tmp_path / "psnr.safetensors", seed=1)
     # the GAN run read its --init from an out-of-git copy with the same bytes as the PSNR file
-    b = _save_tiny(tmp_path / "gan.safetensors", seed=2,
-                   recipe={"name": "gan", "init": "runs/psnr-copy.safetensors", "stage": "gan"},
-                   extra={"training": {"steps": 250, "init": {"path": "runs/psnr-copy.safetensors",
-                                                               "sha256": file_sha256(a)}}})
-    ev = {"rows": [{"image": "val/K/kodim01.png"}, {"image": "val/K/kodim02.png"}],
-          "mean": {"model": {"psnr": 27.5, "ssim": 0.75, "fsim": 0.93, "rmse": 11.0},
-                   "bicubic": {"psnr": 26.9, "ssim": 0.71, "fsim": 0.90, "rmse": 12.3}},
-          "convention": "test convention"}
+    b = _save_tiny(
+        tmp_path / "gan.safetensors",
+        seed=2,
+        recipe={"name": "gan", "init": "runs/psnr-copy.safetensors", "stage": "gan"},
+        extra={"training": {"steps": 250, "init": {"path": "runs/psnr-copy.safetensors", "sha256": file_sha256(a)}}},
+    )
+    ev = {
+        "rows": [{"image": "val/K/kodim01.png"}, {"image": "val/K/kodim02.png"}],
+        "mean": {
+            "model": {"psnr": 27.5, "ssim": 0.75, "fsim": 0.93, "rmse": 11.0},
+            "bicubic": {"psnr": 26.9, "ssim": 0.71, "fsim": 0.90, "rmse": 12.3},
+        },
+        "convention": "test convention",
+    }
     (tmp_path / "ev.json").write_text(json.dumps(ev))
     out = tmp_path / "shipped.safetensors"
     from napari_rrim_sr.training import ship_gan
-    assert ship_gan.main(["--psnr", str(a), "--gan", str(b), "--alpha", "0.5", "--eval", str(tmp_path / "ev.json"),
-                       "--psnr-steps", "24500", "-o", str(out)]) == 0
+
+    assert (
+        ship_gan.main(
+            [
+                "--psnr",
+                str(a),
+                "--gan",
+                str(b),
+                "--alpha",
+                "0.5",
+                "--eval",
+                str(tmp_path / "ev.json"),
+                "--psnr-steps",
+                "24500",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     sa, sb, sm = load_state_dict(a)[0], load_state_dict(b)[0], load_state_dict(out)[0]
     for k in sa:  # stored as fp16
         torch.testing.assert_close(sm[k], (0.5 * sa[k] + 0.5 * sb[k]).half().float())
@@ -633,8 +794,12 @@ def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
     assert meta["training"]["init"]["path"] == "runs/psnr-copy.safetensors"  # what the run really read
     assert not list(tmp_path.glob("*.tmp.safetensors"))
     # a GAN run from some other file keeps its own init path
-    c = _save_tiny(tmp_path / "gan2.safetensors", seed=3, recipe={"name": "gan", "init": "elsewhere.safetensors"},
-                   extra={"training": {"steps": 10, "init": {"path": "elsewhere.safetensors", "sha256": "0" * 64}}})
+    c = _save_tiny(
+        tmp_path / "gan2.safetensors",
+        seed=3,
+        recipe={"name": "gan", "init": "elsewhere.safetensors"},
+        extra={"training": {"steps": 10, "init": {"path": "elsewhere.safetensors", "sha256": "0" * 64}}},
+    )
     out2 = tmp_path / "shipped2.safetensors"
     assert ship_gan.main(["--psnr", str(a), "--gan", str(c), "--eval", str(tmp_path / "ev.json"), "-o", str(out2)]) == 0
     assert read_metadata(out2)["recipe"]["init"] == "elsewhere.safetensors"
@@ -644,11 +809,36 @@ def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
     # an evaluation that names the tensors it scored must have scored these
     ev["provenance"] = {"tensors_sha256": meta["tensors_sha256"]}
     (tmp_path / "ev_ok.json").write_text(json.dumps(ev))
-    assert ship_gan.main(["--psnr", str(a), "--gan", str(b), "--eval", str(tmp_path / "ev_ok.json"),
-                       "-o", str(tmp_path / "ok.safetensors")]) == 0
+    assert (
+        ship_gan.main(
+            [
+                "--psnr",
+                str(a),
+                "--gan",
+                str(b),
+                "--eval",
+                str(tmp_path / "ev_ok.json"),
+                "-o",
+                str(tmp_path / "ok.safetensors"),
+            ]
+        )
+        == 0
+    )
     with pytest.raises(SystemExit, match="scored other weights"):
-        ship_gan.main(["--psnr", str(a), "--gan", str(b), "--alpha", "0.4", "--eval", str(tmp_path / "ev_ok.json"),
-                    "-o", str(tmp_path / "bad.safetensors")])
+        ship_gan.main(
+            [
+                "--psnr",
+                str(a),
+                "--gan",
+                str(b),
+                "--alpha",
+                "0.4",
+                "--eval",
+                str(tmp_path / "ev_ok.json"),
+                "-o",
+                str(tmp_path / "bad.safetensors"),
+            ]
+        )
     assert not (tmp_path / "bad.safetensors").exists()
 
 
@@ -662,8 +852,9 @@ def test_export_errors(tmp_path, iso):
 def test_bench_training_tiny():
     from napari_rrim_sr.training.bench import bench_training
 
-    rows = bench_training(hparams=dict(TINY), batch_size=2, patch_size=32, steps=1, warmup=1,
-                          precisions=("fp32",), device="cpu")
+    rows = bench_training(
+        hparams=dict(TINY), batch_size=2, patch_size=32, steps=1, warmup=1, precisions=("fp32",), device="cpu"
+    )
     assert len(rows) == 1 and rows[0]["patches_per_s"] > 0 and rows[0]["precision"] == "fp32"
 
 

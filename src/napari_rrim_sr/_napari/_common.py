@@ -200,8 +200,10 @@ def describe_entry(e) -> str:
     untrained = ""
     if not (e.metadata.get("recipe") or e.metadata.get("metrics")) and e.source in ("shipped", "user"):
         untrained = " (no training recipe or metrics recorded)"
-    return (f"{e.backbone} · x{e.scale} · {e.in_channels}→{e.out_channels} channels · "
-            f"{format_params(param_count(e.path))} · {e.source}: {Path(e.path).name} — {desc}{untrained}")
+    return (
+        f"{e.backbone} · x{e.scale} · {e.in_channels}→{e.out_channels} channels · "
+        f"{format_params(param_count(e.path))} · {e.source}: {Path(e.path).name} — {desc}{untrained}"
+    )
 
 
 class RegistryWatch(QObject):
@@ -264,6 +266,7 @@ def upscale_widget_of(viewer):
 
 
 # -- progress text ---------------------------------------------------------------------------
+
 
 class ProgressText:
     """``"tile 3/12, slice 2/5"`` that never goes backwards and counts from 1: the engine

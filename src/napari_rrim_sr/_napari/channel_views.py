@@ -17,8 +17,15 @@ from ..model_choice import ModelChoice, choose_for_layer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BAND_DISPLAY", "ChannelView", "auto_choice", "channel_mode", "channel_views", "classify_fourth_band",
-           "leading_axis_is_channels"]
+__all__ = [
+    "BAND_DISPLAY",
+    "ChannelView",
+    "auto_choice",
+    "channel_mode",
+    "channel_views",
+    "classify_fourth_band",
+    "leading_axis_is_channels",
+]
 
 #: the four bands of an RGB + NIR image: names and colormaps of their result layers
 BAND_DISPLAY = (("R", "red"), ("G", "green"), ("B", "blue"), ("band 4", "gray"))
@@ -81,7 +88,9 @@ def channel_views(layer, mode: str | None) -> list:
     """What a run processes for ``layer`` in ``mode``: ``[layer]``, or one :class:`ChannelView`
     per band/channel."""
     if mode == "samples":
-        return [ChannelView(layer, i, axis="samples", label=lab, colormap=cm) for i, (lab, cm) in enumerate(BAND_DISPLAY)]
+        return [
+            ChannelView(layer, i, axis="samples", label=lab, colormap=cm) for i, (lab, cm) in enumerate(BAND_DISPLAY)
+        ]
     if mode == "leading":
         n = int(layer.data.shape[0])
         labels, cmaps = _stack_displays(layer, n)
@@ -124,4 +133,4 @@ class ChannelView:
             self.axis_labels = tuple(labels)[drop:]
 
     def world_to_data(self, world):
-        return tuple(self._layer.world_to_data(world))[len(tuple(self._layer.scale)) - self.ndim:]
+        return tuple(self._layer.world_to_data(world))[len(tuple(self._layer.scale)) - self.ndim :]

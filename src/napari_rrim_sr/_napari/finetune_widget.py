@@ -68,8 +68,9 @@ class FinetuneWidget(Container):
         self.paired = CheckBox(text="paired LR/HR layers", value=False)
         self.lr_layer = ComboBox(label="LR layer", choices=self._layer_choices, visible=False)
         self.hr_layer = ComboBox(label="HR layer", choices=self._layer_choices, visible=False)
-        self.degradations = ComboBox(label="LR made with", value="auto",
-                                     choices=["auto", "clean", "shot", "read", "shot+read"])
+        self.degradations = ComboBox(
+            label="LR made with", value="auto", choices=["auto", "clean", "shot", "read", "shot+read"]
+        )
         self.blur = CheckBox(text="also blur", value=False)
         self.preview_btn = PushButton(text="Measure and preview")
         self.stats = Label(value="")
@@ -83,9 +84,27 @@ class FinetuneWidget(Container):
         self.cancel_btn = PushButton(text="Cancel (keep best)", enabled=False)
         self.status = Label(value="")
         self.table = MTable(value=[])
-        self.extend([self.layers, self.paired, self.lr_layer, self.hr_layer, self.degradations, self.blur,
-                     self.preview_btn, self.stats, self.base, self.minutes, self.custom_minutes, self.max_steps,
-                     self.name, self.out, self.start_btn, self.cancel_btn, self.status])
+        self.extend(
+            [
+                self.layers,
+                self.paired,
+                self.lr_layer,
+                self.hr_layer,
+                self.degradations,
+                self.blur,
+                self.preview_btn,
+                self.stats,
+                self.base,
+                self.minutes,
+                self.custom_minutes,
+                self.max_steps,
+                self.name,
+                self.out,
+                self.start_btn,
+                self.cancel_btn,
+                self.status,
+            ]
+        )
         for lab in (self.stats, self.status):
             try:
                 lab.native.setWordWrap(True)
@@ -144,9 +163,15 @@ class FinetuneWidget(Container):
 
             name = f"{self.base.value}-ft-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         out = self.out.value.strip() or str(user_weights_dir().parent / "finetune" / name)
-        s = FinetuneSettings(init=str(self.base.value), minutes=minutes, out=out, name=name,
-                             degradations=str(self.degradations.value), blur=bool(self.blur.value),
-                             max_steps=int(self.max_steps.value))
+        s = FinetuneSettings(
+            init=str(self.base.value),
+            minutes=minutes,
+            out=out,
+            name=name,
+            degradations=str(self.degradations.value),
+            blur=bool(self.blur.value),
+            max_steps=int(self.max_steps.value),
+        )
         if self.paired.value:
             if self.lr_layer.value is None or self.hr_layer.value is None:
                 raise RRIMError("choose the LR and the HR layer")
@@ -248,12 +273,16 @@ class FinetuneWidget(Container):
             return
         self.result = result
         labels = [result.name, result.recipe.get("init", "base"), "bicubic"]
-        rows = [[round(result.scores[k]["psnr"], 3), round(result.scores[k]["ssim"], 4)]
-                for k in ("model", "base", "bicubic")]
+        rows = [
+            [round(result.scores[k]["psnr"], 3), round(result.scores[k]["ssim"], 4)]
+            for k in ("model", "base", "bicubic")
+        ]
         self.table.value = {"data": rows, "index": labels, "columns": ["PSNR dB", "SSIM"]}
         verdict = "beats its base model" if result.beats_base else "does NOT beat its base model (keep the base)"
-        self.status.value = (f"{result.status} after {result.steps} steps: {result.name} {verdict}; registered "
-                             f"({result.installed}); model card {result.card}")
+        self.status.value = (
+            f"{result.status} after {result.steps} steps: {result.name} {verdict}; registered "
+            f"({result.installed}); model card {result.card}"
+        )
 
     def _on_finished(self, *_):
         self._worker = None

@@ -52,49 +52,97 @@ class MetricsWidget(C.ScrollableContainer):
         self._shown_layers: list = []
         #: the last result shown: ``{"model": {...}, "bicubic": {...}, "convention": str}``
         self.last_result: dict | None = None
-        self.mode = ComboBox(label="Mode", value="compare", choices=[
-            ("Compare an SR layer with a reference", "compare"),
-            ("Self-check a source layer", "self"),
-        ], tooltip="Compare: score an upscaled layer against a high-resolution reference. Self-check: "
-                   "downscale a layer, upscale it back and score against the original.")
-        self.sr_layer = ComboBox(label="SR layer", choices=self._layer_choices.choices,
-                                 tooltip="The upscaled layer to score.")
-        self.bicubic_layer = ComboBox(label="Bicubic layer", nullable=True, choices=self._layer_choices.choices,
-                                      tooltip="Optional: the bicubic comparison of the same run, scored too.")
-        self.reference = ComboBox(label="Reference (HR)", choices=self._layer_choices.choices,
-                                  tooltip="The high-resolution ground truth, same shape as the SR layer.")
-        self.source = ComboBox(label="Source layer", choices=self._layer_choices.source_choices, visible=False,
-                               tooltip="The layer to self-check (its displayed plane).")
-        self.model = ComboBox(label="Model", choices=lambda _w=None: [(C.entry_label(e), e.id)
-                                                                         for e in C.registry().weights()],
-                              visible=False,
-                              tooltip="The model to self-check: follows the Upscale widget's selection "
-                                      "for the same layer (see the note below); pick another to override.")
+        self.mode = ComboBox(
+            label="Mode",
+            value="compare",
+            choices=[
+                ("Compare an SR layer with a reference", "compare"),
+                ("Self-check a source layer", "self"),
+            ],
+            tooltip="Compare: score an upscaled layer against a high-resolution reference. Self-check: "
+            "downscale a layer, upscale it back and score against the original.",
+        )
+        self.sr_layer = ComboBox(
+            label="SR layer", choices=self._layer_choices.choices, tooltip="The upscaled layer to score."
+        )
+        self.bicubic_layer = ComboBox(
+            label="Bicubic layer",
+            nullable=True,
+            choices=self._layer_choices.choices,
+            tooltip="Optional: the bicubic comparison of the same run, scored too.",
+        )
+        self.reference = ComboBox(
+            label="Reference (HR)",
+            choices=self._layer_choices.choices,
+            tooltip="The high-resolution ground truth, same shape as the SR layer.",
+        )
+        self.source = ComboBox(
+            label="Source layer",
+            choices=self._layer_choices.source_choices,
+            visible=False,
+            tooltip="The layer to self-check (its displayed plane).",
+        )
+        self.model = ComboBox(
+            label="Model",
+            choices=lambda _w=None: [(C.entry_label(e), e.id) for e in C.registry().weights()],
+            visible=False,
+            tooltip="The model to self-check: follows the Upscale widget's selection "
+            "for the same layer (see the note below); pick another to override.",
+        )
         self.model_note = C.wrap_label(Label(value="", visible=False))
-        self.y_channel = CheckBox(text="Y channel for RGB (BT.601)", value=True,
-                                  tooltip="The SR papers' convention; gray layers are scored as they are.")
-        self.border = SpinBox(label="Border (px)", min=0, max=256, value=4,
-                              tooltip="Pixels ignored along each edge (the papers crop the scale factor).")
-        self.data_range = ComboBox(label="Data range", value="auto", choices=list(LM.DATA_RANGE_CHOICES),
-                                   tooltip="The range PSNR/SSIM are relative to; auto: the dtype's, or the "
-                                           "data's for floats.")
-        self.error_maps = CheckBox(text="Add error maps |SR − HR|", value=False,
-                                   tooltip="Add the absolute error images as layers.")
+        self.y_channel = CheckBox(
+            text="Y channel for RGB (BT.601)",
+            value=True,
+            tooltip="The SR papers' convention; gray layers are scored as they are.",
+        )
+        self.border = SpinBox(
+            label="Border (px)",
+            min=0,
+            max=256,
+            value=4,
+            tooltip="Pixels ignored along each edge (the papers crop the scale factor).",
+        )
+        self.data_range = ComboBox(
+            label="Data range",
+            value="auto",
+            choices=list(LM.DATA_RANGE_CHOICES),
+            tooltip="The range PSNR/SSIM are relative to; auto: the dtype's, or the data's for floats.",
+        )
+        self.error_maps = CheckBox(
+            text="Add error maps |SR − HR|", value=False, tooltip="Add the absolute error images as layers."
+        )
         self.compute_button = PushButton(text="Compute", tooltip="Compute the metrics (in the background).")
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip="Stop a self-check in progress.")
         buttons = Container(widgets=[self.compute_button, self.cancel_button], layout="horizontal", labels=False)
-        self.progress_bar = ProgressBar(value=0, min=0, max=100, visible=False, label="Progress",
-                                        tooltip="Progress of the self-check.")
+        self.progress_bar = ProgressBar(
+            value=0, min=0, max=100, visible=False, label="Progress", tooltip="Progress of the self-check."
+        )
         self.title = C.wrap_label(Label(value=""))
         self.table = Table(value={"data": [], "index": [], "columns": []})
         self.table.min_height = 150
         self.table.tooltip = "Metrics (higher is better except RMSE)."
         self.convention = C.wrap_label(Label(value=""))
-        super().__init__(widgets=[
-            self.mode, self.sr_layer, self.bicubic_layer, self.reference, self.source, self.model,
-            self.model_note, self.y_channel, self.border, self.data_range, self.error_maps, buttons,
-            self.progress_bar, self.title, self.table, self.convention,
-        ], labels=True)
+        super().__init__(
+            widgets=[
+                self.mode,
+                self.sr_layer,
+                self.bicubic_layer,
+                self.reference,
+                self.source,
+                self.model,
+                self.model_note,
+                self.y_channel,
+                self.border,
+                self.data_range,
+                self.error_maps,
+                buttons,
+                self.progress_bar,
+                self.title,
+                self.table,
+                self.convention,
+            ],
+            labels=True,
+        )
         C.fit_dock(self)
         self.mode.changed.connect(self._on_mode)
         self.sr_layer.changed.connect(self._on_sr_changed)
@@ -125,8 +173,10 @@ class MetricsWidget(C.ScrollableContainer):
             same = [lay for lay in others if tuple(lay.data.shape) == tuple(sr.data.shape)]
             if same or others:
                 self.reference.value = (same or others)[0]
-        if self.bicubic_layer.value is not None and self.bicubic_layer.value in (self.sr_layer.value,
-                                                                                 self.reference.value):
+        if self.bicubic_layer.value is not None and self.bicubic_layer.value in (
+            self.sr_layer.value,
+            self.reference.value,
+        ):
             self.bicubic_layer.value = None
 
     def _on_mode(self, *_):
@@ -190,8 +240,11 @@ class MetricsWidget(C.ScrollableContainer):
         ref = self.reference.value
         if ref is None or ref is sr or tuple(ref.data.shape) != tuple(sr.data.shape):
             for lay in layers:
-                if (lay is not sr and L.parse_result_name(lay.name) is None
-                        and tuple(lay.data.shape) == tuple(sr.data.shape)):
+                if (
+                    lay is not sr
+                    and L.parse_result_name(lay.name) is None
+                    and tuple(lay.data.shape) == tuple(sr.data.shape)
+                ):
                     self.reference.value = lay
                     break
         sib = L.sibling_name(sr.name, "bicubic")
@@ -271,13 +324,24 @@ class MetricsWidget(C.ScrollableContainer):
             if sr is None or ref is None:
                 raise InputError("Pick an SR layer and a reference layer to compare.")
             LM.check_comparable(sr, ref, bic)
-            ctx = {"mode": "compare", "sr": sr, "ref": ref, "bic": bic,
-                   "title": f"'{sr.name}' vs '{ref.name}'", "layers": [x for x in (sr, ref, bic) if x is not None]}
-            gen = self._compare_task(np.asarray(sr.data), np.asarray(ref.data),
-                                     None if bic is None else np.asarray(bic.data),
-                                     rgb=bool(ref.rgb), y_channel=rgb_y and bool(ref.rgb), border=border,
-                                     range_choice=range_choice,
-                                     error_maps=bool(self.error_maps.value))
+            ctx = {
+                "mode": "compare",
+                "sr": sr,
+                "ref": ref,
+                "bic": bic,
+                "title": f"'{sr.name}' vs '{ref.name}'",
+                "layers": [x for x in (sr, ref, bic) if x is not None],
+            }
+            gen = self._compare_task(
+                np.asarray(sr.data),
+                np.asarray(ref.data),
+                None if bic is None else np.asarray(bic.data),
+                rgb=bool(ref.rgb),
+                y_channel=rgb_y and bool(ref.rgb),
+                border=border,
+                range_choice=range_choice,
+                error_maps=bool(self.error_maps.value),
+            )
             return gen, ctx
         self._sync_model()
         src, wid = self.source.value, self.model.value
@@ -288,11 +352,23 @@ class MetricsWidget(C.ScrollableContainer):
         if src.multiscale:
             raise InputError(f"'{src.name}' is multiscale; metrics need plain layers")
         plane, slice_index = J.current_plane(src, self._viewer.dims.point)
-        ctx = {"mode": "self", "src": src, "slice_index": slice_index, "layers": [src],
-               "title": f"Self-check of '{src.name}' with {wid}"}
-        gen = J.self_check_iter(plane, wid, rgb=bool(src.rgb), y_channel=rgb_y and bool(src.rgb),
-                                border=border, range_choice=range_choice,
-                                error_maps=bool(self.error_maps.value), registry=C.registry())
+        ctx = {
+            "mode": "self",
+            "src": src,
+            "slice_index": slice_index,
+            "layers": [src],
+            "title": f"Self-check of '{src.name}' with {wid}",
+        }
+        gen = J.self_check_iter(
+            plane,
+            wid,
+            rgb=bool(src.rgb),
+            y_channel=rgb_y and bool(src.rgb),
+            border=border,
+            range_choice=range_choice,
+            error_maps=bool(self.error_maps.value),
+            registry=C.registry(),
+        )
         return gen, ctx
 
     @staticmethod
@@ -322,14 +398,14 @@ class MetricsWidget(C.ScrollableContainer):
 
     def _add_error_map(self, err, kind, ctx):
         if ctx["mode"] == "compare":
-            data, kw = L.error_map_layer(err, kind, reference=ctx["ref"],
-                                         compared=ctx["sr"] if kind == "model" else ctx["bic"])
+            data, kw = L.error_map_layer(
+                err, kind, reference=ctx["ref"], compared=ctx["sr"] if kind == "model" else ctx["bic"]
+            )
         else:
             data, kw = L.error_map_layer(err, kind, source=ctx["src"], slice_index=ctx["slice_index"])
         self._viewer.add_image(data, **kw)
 
-    def show_results(self, result: dict, *, title: str = "", source=None,
-                     weights_id: str | None = None) -> None:
+    def show_results(self, result: dict, *, title: str = "", source=None, weights_id: str | None = None) -> None:
         """Fill the table from ``{"model": {...}, "bicubic": {...}, "convention": str}``;
         ``source``/``weights_id`` (a self-check made elsewhere) set the self-check fields too."""
         if source is not None:
@@ -344,8 +420,7 @@ class MetricsWidget(C.ScrollableContainer):
             self._shown_layers = [source]
         table = LM.metrics_table(result)
         # numbers stay numbers (the table shows 4 decimals; scripts read full precision)
-        self.table.value = {"data": table["data"], "index": table["index"],
-                            "columns": table["columns"]}
+        self.table.value = {"data": table["data"], "index": table["index"], "columns": table["columns"]}
         self.title.value = title
         self.convention.value = "Convention: " + table["convention"] if table["convention"] else ""
         self.last_result = result

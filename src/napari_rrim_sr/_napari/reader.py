@@ -77,7 +77,7 @@ _SUFFIXES = (".tif", ".tiff", ".png")
 
 
 def _foreign_target(path) -> str | None:
-    """"foreign" for a TIFF/PNG whose header decodes (cheap: no pixels read), else None."""
+    """ "foreign" for a TIFF/PNG whose header decodes (cheap: no pixels read), else None."""
     try:
         p = Path(str(path))
         if p.suffix.lower() not in _SUFFIXES or not p.is_file() or p.stat().st_size == 0:
@@ -128,8 +128,7 @@ def read_foreign(path) -> list:
         if info.get("photometric") == "rgb" and data.shape[c_ax] == 4:  # RGB + a band (NIR): true colour
             from ..channels import ChannelDisplay
 
-            shown = [ChannelDisplay(n, c) for n, c in (("R", "red"), ("G", "green"), ("B", "blue"),
-                                                         ("band 4", "gray"))]
+            shown = [ChannelDisplay(n, c) for n, c in (("R", "red"), ("G", "green"), ("B", "blue"), ("band 4", "gray"))]
             kwargs["visible"] = [True, True, True, False]
         kwargs["name"] = [d.name if d.name.startswith(p.stem) else f"{p.stem} [{d.name}]" for d in shown]
         kwargs["colormap"] = [d.colormap for d in shown]

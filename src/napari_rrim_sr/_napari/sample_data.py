@@ -53,37 +53,65 @@ def photo_array() -> np.ndarray:
 def microscopy():
     data, info = _read(MICROSCOPY_FILE)
     lo, hi = np.percentile(data, (0.5, 99.9))
-    return [(data, {
-        "name": "nuclei (DSB 2018)",
-        "colormap": "gray",
-        "contrast_limits": (float(lo), float(hi)),
-        "metadata": {"source": info.get("source", ""), "license": info.get("license", "CC0-1.0"),
-                     "attribution": ATTRIBUTION,
-                     # raw fluorescence: the bicubic-trained gray model turns its noise into texture
-                     SUGGESTED_WEIGHTS_KEY: "rrim-x4-gray-real"},
-    }, "image")]
+    return [
+        (
+            data,
+            {
+                "name": "nuclei (DSB 2018)",
+                "colormap": "gray",
+                "contrast_limits": (float(lo), float(hi)),
+                "metadata": {
+                    "source": info.get("source", ""),
+                    "license": info.get("license", "CC0-1.0"),
+                    "attribution": ATTRIBUTION,
+                    # raw fluorescence: the bicubic-trained gray model turns its noise into texture
+                    SUGGESTED_WEIGHTS_KEY: "rrim-x4-gray-real",
+                },
+            },
+            "image",
+        )
+    ]
 
 
 def satellite():
     data, info = satellite_array()
     py, px = info.get("pixel_size_m", (300.0, 300.0))
-    return [(data, {
-        "name": "Landsat 7 RGB",
-        "rgb": True,
-        "scale": (float(py), float(px)),
-        "units": ("m", "m"),
-        "metadata": {"source": info.get("source", ""), "crs": info.get("crs", ""),
-                     "origin_easting_northing_m": info.get("origin_easting_northing_m"),
-                     "license": info.get("license", "CC0-1.0"), "attribution": ATTRIBUTION,
-                     # decimated, hence aliased: the bicubic-trained models over-sharpen it
-                     SUGGESTED_WEIGHTS_KEY: "rrim-x4-rgb-real"},
-    }, "image")]
+    return [
+        (
+            data,
+            {
+                "name": "Landsat 7 RGB",
+                "rgb": True,
+                "scale": (float(py), float(px)),
+                "units": ("m", "m"),
+                "metadata": {
+                    "source": info.get("source", ""),
+                    "crs": info.get("crs", ""),
+                    "origin_easting_northing_m": info.get("origin_easting_northing_m"),
+                    "license": info.get("license", "CC0-1.0"),
+                    "attribution": ATTRIBUTION,
+                    # decimated, hence aliased: the bicubic-trained models over-sharpen it
+                    SUGGESTED_WEIGHTS_KEY: "rrim-x4-rgb-real",
+                },
+            },
+            "image",
+        )
+    ]
 
 
 def photo():
-    return [(photo_array(), {
-        "name": "astronaut",
-        "rgb": True,
-        "metadata": {"source": "skimage.data.astronaut(), crop rows 0:256, cols 128:384",
-                     "license": "public domain (NASA)", "attribution": ATTRIBUTION},
-    }, "image")]
+    return [
+        (
+            photo_array(),
+            {
+                "name": "astronaut",
+                "rgb": True,
+                "metadata": {
+                    "source": "skimage.data.astronaut(), crop rows 0:256, cols 128:384",
+                    "license": "public domain (NASA)",
+                    "attribution": ATTRIBUTION,
+                },
+            },
+            "image",
+        )
+    ]

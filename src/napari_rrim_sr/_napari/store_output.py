@@ -53,16 +53,20 @@ class StoreOutput:
         self.output_info.visible = plan is not None
         if plan is not None:
             kind, why = plan
-            self.output_info.value = (f"Output: an OME-Zarr store you choose when you press Run, shown as a lazy "
-                                      f"layer: {why}" if kind == "store" else f"Output: in memory: {why}")
+            self.output_info.value = (
+                f"Output: an OME-Zarr store you choose when you press Run, shown as a lazy layer: {why}"
+                if kind == "store"
+                else f"Output: in memory: {why}"
+            )
 
     def ask_store_path(self) -> str | None:
         """Where to write the OME-Zarr result (a save dialog; tests replace it)."""
         from qtpy.QtWidgets import QFileDialog
 
         name = f"{self.source.value.name if self.source.value is not None else 'result'}.ome.zarr"
-        path, _ = QFileDialog.getSaveFileName(self.native, "Write the result to an OME-Zarr store", name,
-                                              "OME-Zarr (*.ome.zarr *.zarr)")
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Write the result to an OME-Zarr store", name, "OME-Zarr (*.ome.zarr *.zarr)"
+        )
         return path or None
 
     def _run_to_store(self, layer):
@@ -72,8 +76,11 @@ class StoreOutput:
             self.status.value = "No store chosen; nothing was run."
             return None
         norm = str(self.normalization.value)
-        kw = {"device": str(self.device.value), "precision": str(self.precision.value),
-              "tile": int(self.tile.value) or None}
+        kw = {
+            "device": str(self.device.value),
+            "precision": str(self.precision.value),
+            "tile": int(self.tile.value) or None,
+        }
         if norm in ("dtype", "range", "percentile"):
             kw["normalization"] = norm
             kw["percentiles"] = (float(self.p_low.value), float(self.p_high.value))
@@ -83,8 +90,9 @@ class StoreOutput:
             from ..chunked import upscale_to_store
 
             yield f"writing '{name}' to {Path(path).name}"
-            return upscale_to_store(data, path, scale=scale, translate=translate, model=wid, name=name,
-                                    overwrite=False, **kw)
+            return upscale_to_store(
+                data, path, scale=scale, translate=translate, model=wid, name=name, overwrite=False, **kw
+            )
 
         self._store_ctx = {"layer": layer, "path": path, "weights_id": wid, "choice": self.choice}
         self._items = []
@@ -115,9 +123,14 @@ class StoreOutput:
             return
         entry = self._entry(ctx["weights_id"])
         factor = int(entry.scale) if entry is not None else 4
-        record = {"kind": "rrim", "method": "model, chunk by chunk into an OME-Zarr store", "store": str(ctx["path"]),
-                  "model_id": ctx["weights_id"], "factor": factor,
-                  "model_choice": ctx["choice"].as_dict() if ctx["choice"] is not None else None}
+        record = {
+            "kind": "rrim",
+            "method": "model, chunk by chunk into an OME-Zarr store",
+            "store": str(ctx["path"]),
+            "model_id": ctx["weights_id"],
+            "factor": factor,
+            "model_choice": ctx["choice"].as_dict() if ctx["choice"] is not None else None,
+        }
         kw = L.result_layer_kwargs(L.source_info(layer), lazy, kind="rrim", factor=factor, record=record)
         added = self._viewer.add_image(lazy, **kw)
         self.last_layers = [added]

@@ -63,6 +63,7 @@ class _Item:
 
 # -- the widget --------------------------------------------------------------------------------
 
+
 class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
     """Upscale image layers with a registered model (and bicubic, for comparison)."""
 
@@ -90,97 +91,188 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         #: the layers added by the last completed run
         self.last_layers: list = []
 
-        self.source = ComboBox(label="Source", choices=self._layer_choices.source_choices,
-                               tooltip="The image layer to upscale (never modified). Layers made by this "
-                                       "plugin are not offered.")
-        self.batch = CheckBox(text="All selected layers", value=False, visible=False,
-                              tooltip="Upscale every image layer selected in the layer list in one run, "
-                                      "each with its own automatic model choice (unless you pick a model).")
-        self.channels = CheckBox(text="Leading axis is channels", value=False, visible=False,
-                                 tooltip="The first axis holds channels (stains), not Z or time: upscale "
-                                         "every channel on its own and return one layer per channel.")
-        self.fourth_band = ComboBox(label="4th band", choices=[("alpha (transparency)", "alpha"),
-                                                                ("band (e.g. near-infrared)", "band")],
-                                    value="alpha", visible=False,
-                                    tooltip="napari reads a 4th sample as alpha. 'band': upscale all four "
-                                            "bands one by one with the gray model and keep them as bands.")
+        self.source = ComboBox(
+            label="Source",
+            choices=self._layer_choices.source_choices,
+            tooltip="The image layer to upscale (never modified). Layers made by this plugin are not offered.",
+        )
+        self.batch = CheckBox(
+            text="All selected layers",
+            value=False,
+            visible=False,
+            tooltip="Upscale every image layer selected in the layer list in one run, "
+            "each with its own automatic model choice (unless you pick a model).",
+        )
+        self.channels = CheckBox(
+            text="Leading axis is channels",
+            value=False,
+            visible=False,
+            tooltip="The first axis holds channels (stains), not Z or time: upscale "
+            "every channel on its own and return one layer per channel.",
+        )
+        self.fourth_band = ComboBox(
+            label="4th band",
+            choices=[("alpha (transparency)", "alpha"), ("band (e.g. near-infrared)", "band")],
+            value="alpha",
+            visible=False,
+            tooltip="napari reads a 4th sample as alpha. 'band': upscale all four "
+            "bands one by one with the gray model and keep them as bands.",
+        )
         self.band_info = C.wrap_label(Label(value="", visible=False))
-        self.model = ComboBox(label="Model", choices=self._weights_choices,
-                              tooltip="Weights to run: preselected from the data (why: below); pick "
-                                      "another to override.")
+        self.model = ComboBox(
+            label="Model",
+            choices=self._weights_choices,
+            tooltip="Weights to run: preselected from the data (why: below); pick another to override.",
+        )
         self.choice_info = C.wrap_label(Label(value=""))
         self.model_info = C.wrap_label(Label(value=""))
-        self.weights_file = PushButton(text="Weights file…",
-                                       tooltip="Load a checkpoint (.safetensors/.pth: RRIM, ESRGAN, Real-ESRGAN "
-                                               "Compact, SPAN, SwinIR); it is validated before it is listed.")
-        self.copy_weights = CheckBox(text="keep a copy", value=True,
-                                     tooltip="Install a copy in the user weights folder so it is listed next "
-                                             "time; unticked: use the file where it is, for this session.")
+        self.weights_file = PushButton(
+            text="Weights file…",
+            tooltip="Load a checkpoint (.safetensors/.pth: RRIM, ESRGAN, Real-ESRGAN "
+            "Compact, SPAN, SwinIR); it is validated before it is listed.",
+        )
+        self.copy_weights = CheckBox(
+            text="keep a copy",
+            value=True,
+            tooltip="Install a copy in the user weights folder so it is listed next "
+            "time; unticked: use the file where it is, for this session.",
+        )
         self.rescan = PushButton(text="Rescan", tooltip="Look for new weights files and plugins now.")
-        wrow = Container(widgets=[self.weights_file, self.copy_weights, self.rescan], layout="horizontal",
-                         labels=False)
-        self.export_format = ComboBox(label="Export", choices=list(EXPORT_FORMATS), value="bioimageio",
-                                      tooltip="Format to export the selected weights to (needs the 'export' extra).")
+        wrow = Container(widgets=[self.weights_file, self.copy_weights, self.rescan], layout="horizontal", labels=False)
+        self.export_format = ComboBox(
+            label="Export",
+            choices=list(EXPORT_FORMATS),
+            value="bioimageio",
+            tooltip="Format to export the selected weights to (needs the 'export' extra).",
+        )
         self.export_button = PushButton(text="Export…", tooltip="Export the selected weights: asks where to save.")
         erow = Container(widgets=[self.export_format, self.export_button], layout="horizontal", labels=False)
         self.alpha = FloatSlider(
-            label="PSNR ↔ GAN (α)", min=0.0, max=1.0, step=0.05, value=0.0, visible=False,
+            label="PSNR ↔ GAN (α)",
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            value=0.0,
+            visible=False,
             tooltip="Network interpolation between the PSNR- and GAN-trained weights of the "
-                    "same backbone: 0 = PSNR (smoother, higher PSNR), 1 = GAN (sharper texture).",
+            "same backbone: 0 = PSNR (smoother, higher PSNR), 1 = GAN (sharper texture).",
         )
-        self.current_slice = CheckBox(text="Current slice only", value=True, visible=False,
-                                      tooltip="For stacks: upscale only the displayed slice "
-                                              "(unticked: the whole stack).")
-        self.add_bicubic = CheckBox(text="Add bicubic comparison", value=True,
-                                    tooltip="Also add a bicubic upscale at the model's factor, for comparison.")
+        self.current_slice = CheckBox(
+            text="Current slice only",
+            value=True,
+            visible=False,
+            tooltip="For stacks: upscale only the displayed slice (unticked: the whole stack).",
+        )
+        self.add_bicubic = CheckBox(
+            text="Add bicubic comparison",
+            value=True,
+            tooltip="Also add a bicubic upscale at the model's factor, for comparison.",
+        )
         self.compute_metrics = CheckBox(
-            text="Self-check metrics", value=False,
+            text="Self-check metrics",
+            value=False,
             tooltip="Downscale the source by the model's factor, upscale it with the model and with "
-                    "bicubic and score both against the source (RMSE, PSNR, SSIM, FSIM).",
+            "bicubic and score both against the source (RMSE, PSNR, SSIM, FSIM).",
         )
-        self.advanced = CheckBox(text="Advanced settings", value=False,
-                                 tooltip="Show device, precision, tiling, normalisation and self-ensemble.")
-        self.device = ComboBox(label="Device", choices=device_choices(), value="auto",
-                               tooltip="Where the model runs; auto: the fastest available accelerator.")
-        self.precision = ComboBox(label="Precision", choices=PRECISIONS, value="auto",
-                                  tooltip="auto: bf16 where the hardware runs it natively, else fp32.")
-        self.tile = SpinBox(label="Tile (0 = auto)", min=0, max=8192, step=16, value=0,
-                            tooltip="Input tile edge in pixels; smaller tiles use less memory.")
+        self.advanced = CheckBox(
+            text="Advanced settings",
+            value=False,
+            tooltip="Show device, precision, tiling, normalisation and self-ensemble.",
+        )
+        self.device = ComboBox(
+            label="Device",
+            choices=device_choices(),
+            value="auto",
+            tooltip="Where the model runs; auto: the fastest available accelerator.",
+        )
+        self.precision = ComboBox(
+            label="Precision",
+            choices=PRECISIONS,
+            value="auto",
+            tooltip="auto: bf16 where the hardware runs it natively, else fp32.",
+        )
+        self.tile = SpinBox(
+            label="Tile (0 = auto)",
+            min=0,
+            max=8192,
+            step=16,
+            value=0,
+            tooltip="Input tile edge in pixels; smaller tiles use less memory.",
+        )
         self.normalization = ComboBox(
-            label="Normalisation", choices=list(J.NORMALIZATION_CHOICES), value="auto",
+            label="Normalisation",
+            choices=list(J.NORMALIZATION_CHOICES),
+            value="auto",
             tooltip="auto: dtype range when the data use it, else the data's min..max "
-                    "(e.g. 12-bit values in uint16); percentiles: robust to hot pixels.",
+            "(e.g. 12-bit values in uint16); percentiles: robust to hot pixels.",
         )
-        self.p_low = FloatSpinBox(label="Low percentile", min=0.0, max=100.0, step=0.1, value=0.1,
-                                  visible=False, tooltip="Intensity mapped to 0 (percentile of the data).")
-        self.p_high = FloatSpinBox(label="High percentile", min=0.0, max=100.0, step=0.1,
-                                   value=99.9, visible=False, tooltip="Intensity mapped to 1 (percentile).")
+        self.p_low = FloatSpinBox(
+            label="Low percentile",
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            value=0.1,
+            visible=False,
+            tooltip="Intensity mapped to 0 (percentile of the data).",
+        )
+        self.p_high = FloatSpinBox(
+            label="High percentile",
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            value=99.9,
+            visible=False,
+            tooltip="Intensity mapped to 1 (percentile).",
+        )
         self.self_ensemble = CheckBox(
-            text="Self-ensemble (x8 time)", value=False,
+            text="Self-ensemble (x8 time)",
+            value=False,
             tooltip="Average the model over the 8 rotations/flips of the input: slightly "
-                    "higher fidelity (+0.04 dB PSNR on Kodak24) for eight times the compute.",
+            "higher fidelity (+0.04 dB PSNR on Kodak24) for eight times the compute.",
         )
-        self._advanced_widgets = (self.device, self.precision, self.tile, self.normalization,
-                                  self.self_ensemble)
+        self._advanced_widgets = (self.device, self.precision, self.tile, self.normalization, self.self_ensemble)
         for w in self._advanced_widgets:
             w.visible = False
         self.run_button = PushButton(text="Run", tooltip="Upscale now (in the background).")
-        self.cancel_button = PushButton(text="Cancel", enabled=False,
-                                        tooltip="Stop after the tile in progress; nothing is added.")
+        self.cancel_button = PushButton(
+            text="Cancel", enabled=False, tooltip="Stop after the tile in progress; nothing is added."
+        )
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
-        self.progress_bar = ProgressBar(value=0, min=0, max=100, visible=False, label="Progress",
-                                        tooltip="Progress of the run.")
+        self.progress_bar = ProgressBar(
+            value=0, min=0, max=100, visible=False, label="Progress", tooltip="Progress of the run."
+        )
         self.status = C.wrap_label(Label(value=""))
         self.output_info = C.wrap_label(Label(value="", visible=False))
         #: memory budget (bytes) for the in-memory result of a lazy layer; None: half the free memory
         self.memory_budget: int | None = None
         super().__init__(
             widgets=[
-                self.source, self.batch, self.channels, self.fourth_band, self.band_info, self.model,
-                self.choice_info, self.model_info, wrow, erow, self.alpha, self.current_slice,
-                self.add_bicubic, self.compute_metrics, self.advanced, self.device, self.precision, self.tile,
-                self.normalization, self.p_low, self.p_high, self.self_ensemble, self.output_info, buttons,
-                self.progress_bar, self.status,
+                self.source,
+                self.batch,
+                self.channels,
+                self.fourth_band,
+                self.band_info,
+                self.model,
+                self.choice_info,
+                self.model_info,
+                wrow,
+                erow,
+                self.alpha,
+                self.current_slice,
+                self.add_bicubic,
+                self.compute_metrics,
+                self.advanced,
+                self.device,
+                self.precision,
+                self.tile,
+                self.normalization,
+                self.p_low,
+                self.p_high,
+                self.self_ensemble,
+                self.output_info,
+                buttons,
+                self.progress_bar,
+                self.status,
             ],
             labels=True,
         )
@@ -240,8 +332,7 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         self.reset_choices()
         if layer is not None and not isinstance(layer, Image):
             raise InputError(
-                f"'{layer.name}' is a {type(layer).__name__} layer; Upscale (RRIM x4) works on "
-                "image layers"
+                f"'{layer.name}' is a {type(layer).__name__} layer; Upscale (RRIM x4) works on image layers"
             )
         if layer is not None and C.is_our_result(layer):  # not offered as a source: say why
             C.notify_info(f"'{layer.name}' was made by this plugin; upscale its source instead.")
@@ -274,13 +365,15 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
 
     def _on_active_layer(self, event=None):
         layer = self._viewer.layers.selection.active
-        if isinstance(layer, Image) and not self.busy and self.source.value is None \
-                and not C.is_our_result(layer):
+        if isinstance(layer, Image) and not self.busy and self.source.value is None and not C.is_our_result(layer):
             self.source.value = layer
 
     def _selected_sources(self) -> list:
-        return [lay for lay in self._viewer.layers if lay in self._viewer.layers.selection
-                and isinstance(lay, Image) and not C.is_our_result(lay)]
+        return [
+            lay
+            for lay in self._viewer.layers
+            if lay in self._viewer.layers.selection and isinstance(lay, Image) and not C.is_our_result(lay)
+        ]
 
     def _on_selection(self, event=None):
         n = len(self._selected_sources())
@@ -322,8 +415,11 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         if layer is None:
             return None
         if layer is self.source.value:
-            return V.channel_mode(layer, fourth_band=str(self.fourth_band.value),
-                                  channels=bool(self.channels.value and self._can_channels))
+            return V.channel_mode(
+                layer,
+                fourth_band=str(self.fourth_band.value),
+                channels=bool(self.channels.value and self._can_channels),
+            )
         return V.channel_mode(layer)
 
     def views(self, layer=None) -> list:
@@ -360,8 +456,9 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
             reason = f"{reason}; using the default for {3 if rgb else 1}-channel data" if choice else reason
             choice = ModelChoice(wid, reason)
         if len(views) > 1:
-            choice = replace(choice, reason=f"{views[0].name}: {choice.reason} (each channel is "
-                                            "measured on its own at run time)")
+            choice = replace(
+                choice, reason=f"{views[0].name}: {choice.reason} (each channel is measured on its own at run time)"
+            )
         self.choice = choice
         if not self._model_touched and choice.weights_id is not None:
             self._setting_model = True
@@ -376,8 +473,9 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         if c is None:
             self.choice_info.value = ""
         elif self._model_touched:
-            self.choice_info.value = (f"Chosen by you. The automatic choice would be "
-                                      f"{c.weights_id or 'none'}: {c.reason}")
+            self.choice_info.value = (
+                f"Chosen by you. The automatic choice would be {c.weights_id or 'none'}: {c.reason}"
+            )
         else:
             self.choice_info.value = f"Automatic: {c.reason}"
 
@@ -421,8 +519,9 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
 
     def _plan_layer(self, layer, settings, user_model: bool) -> list[_Item]:
         if not isinstance(layer, Image):
-            raise InputError(f"'{layer.name}' is a {type(layer).__name__} layer; Upscale (RRIM x4) "
-                             "works on image layers")
+            raise InputError(
+                f"'{layer.name}' is a {type(layer).__name__} layer; Upscale (RRIM x4) works on image layers"
+            )
         views = self.views(layer)
         ids = [v for v in (self.model.choices or ())]
         items = []
@@ -436,8 +535,9 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
             else:
                 choice = V.auto_choice(view.data, rgb=bool(view.rgb), available_ids=ids, metadata=layer.metadata)
                 if choice.weights_id not in ids:
-                    choice = replace(choice, weights_id=settings.weights_id,
-                                     reason=f"{choice.reason}; using {settings.weights_id}")
+                    choice = replace(
+                        choice, weights_id=settings.weights_id, reason=f"{choice.reason}; using {settings.weights_id}"
+                    )
             s = replace(settings, weights_id=choice.weights_id)
             if view is not layer and view.ndim == 2:
                 s = replace(s, current_slice=False)
@@ -455,8 +555,10 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         layer = self.source.value
         sources = self._selected_sources() if (self.batch.value and self._batch_n > 1) else [layer]
         if not sources or sources[0] is None:
-            raise InputError("No image layer to upscale: open an image (File ▸ Open, or File ▸ "
-                             "Open Sample ▸ RRIM super-resolution) and pick it as source.")
+            raise InputError(
+                "No image layer to upscale: open an image (File ▸ Open, or File ▸ "
+                "Open Sample ▸ RRIM super-resolution) and pick it as source."
+            )
         settings = self.settings()
         if not settings.weights_id:
             raise InputError(J.no_weights_message())
@@ -588,7 +690,7 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         self._viewer.layers.selection.active = added[-1]
         result = results[-1]
         rr = [lay for lay in added if L.parse_result_name(lay.name) and L.parse_result_name(lay.name)[1] == "rrim"]
-        text = (f"Added '{rr[-1].name}'" if len(rr) == 1 else f"Added {len(rr)} upscaled layers")
+        text = f"Added '{rr[-1].name}'" if len(rr) == 1 else f"Added {len(rr)} upscaled layers"
         if len(added) > len(rr):
             text += " and bicubic" if len(rr) > 1 else f" and '{L.sibling_name(rr[-1].name, 'bicubic')}'"
         text += f" in {sum(r.elapsed_s for r in results):.1f} s ({result.device}, {result.precision})."
@@ -597,8 +699,7 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         if result.metrics:
             m, b = result.metrics.get("model", {}), result.metrics.get("bicubic", {})
             if "psnr" in m and "psnr" in b:
-                text += (f" Self-check PSNR: model {float(m['psnr']):.2f} dB vs bicubic "
-                         f"{float(b['psnr']):.2f} dB.")
+                text += f" Self-check PSNR: model {float(m['psnr']):.2f} dB vs bicubic {float(b['psnr']):.2f} dB."
             self._show_metrics(result)
         self.status.value = text
         C.notify_info(text)
@@ -613,8 +714,12 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         if hasattr(widget, "show_results"):
             name = result.job.source.get("name")
             source = self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401 - no .get
-            widget.show_results(result.metrics, title=f"Self-check of '{name}' with {result.model.get('model_id')}",
-                                source=source, weights_id=result.job.weights_id)
+            widget.show_results(
+                result.metrics,
+                title=f"Self-check of '{name}' with {result.model.get('model_id')}",
+                source=source,
+                weights_id=result.job.weights_id,
+            )
 
     def _on_finished(self, *_):
         if self._cancelled:

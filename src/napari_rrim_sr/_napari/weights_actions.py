@@ -50,8 +50,9 @@ class WeightsActions:
         """The weights file to load (a file dialog; tests replace it)."""
         from qtpy.QtWidgets import QFileDialog
 
-        path, _ = QFileDialog.getOpenFileName(self.native, "Load weights", "",
-                                              "Weights (*.safetensors *.pth *.pt *.ckpt);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Load weights", "", "Weights (*.safetensors *.pth *.pt *.ckpt);;All files (*)"
+        )
         return path or None
 
     def ask_save_path(self, fmt: str) -> str | None:
@@ -60,8 +61,9 @@ class WeightsActions:
 
         ext = ".zip" if fmt == "bioimageio" else ".onnx"
         stem = Path(str(self.model.value or "model")).stem
-        path, _ = QFileDialog.getSaveFileName(self.native, "Export weights", f"{stem}{ext}",
-                                              f"{fmt} (*{ext});;All files (*)")
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Export weights", f"{stem}{ext}", f"{fmt} (*{ext});;All files (*)"
+        )
         return path or None
 
     def load_weights_file(self, *_, path: str | None = None):

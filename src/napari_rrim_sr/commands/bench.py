@@ -29,27 +29,52 @@ def register(sub) -> None:
         "multiply-accumulate against bicubic and an ESRGAN-size RRDBNet in the same process.",
     )
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
-    p.add_argument("--size", type=int, default=None, metavar="N",
-                   help="input edge for the throughput runs (default 192; --quick 96)")
-    p.add_argument("--tile-size", type=int, default=None, metavar="N",
-                   help="input edge for tiled-vs-untiled (default 768; --quick 320)")
-    p.add_argument("--mem-size", type=int, default=None, metavar="N",
-                   help="edge of the uint16 image of the memory test (default 4096; --quick 1024; 0 = skip)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="input edge for the throughput runs (default 192; --quick 96)",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="input edge for tiled-vs-untiled (default 768; --quick 320)",
+    )
+    p.add_argument(
+        "--mem-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="edge of the uint16 image of the memory test (default 4096; --quick 1024; 0 = skip)",
+    )
     p.add_argument("--quick", action="store_true", help="small sizes, one timed run each")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per case, best kept (default 3; --quick 1)")
-    p.add_argument("--model", metavar="ID|PATH", default=None,
-                   help="model to measure (default: installed default weights, else a random default RRIM)")
+    p.add_argument(
+        "--model",
+        metavar="ID|PATH",
+        default=None,
+        help="model to measure (default: installed default weights, else a random default RRIM)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads")
     p.add_argument("--sweep", action="store_true", help="also time several tile sizes (to choose the default)")
     p.add_argument("--no-rrdbnet", action="store_true", help="skip the RRDBNet comparison (slow on CPU)")
-    p.add_argument("--kernels", action="store_true",
-                   help="only: split each model's time into its convolutions (timed alone, per shape) and the "
-                        "rest, in fp32 and bf16 (where does per-MAC throughput go?)")
-    p.add_argument("--arch-compare", action="store_true",
-                   help="only: engine speed of RRIM 64x8, ESRGAN-23 (RRDBNet), Compact 64x32, SPAN-48 and "
-                        "SwinIR-light side by side (x4 RGB, random weights, untiled, cases interleaved; "
-                        "--size sets the input edge, default 64)")
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="only: split each model's time into its convolutions (timed alone, per shape) and the "
+        "rest, in fp32 and bf16 (where does per-MAC throughput go?)",
+    )
+    p.add_argument(
+        "--arch-compare",
+        action="store_true",
+        help="only: engine speed of RRIM 64x8, ESRGAN-23 (RRDBNet), Compact 64x32, SPAN-48 and "
+        "SwinIR-light side by side (x4 RGB, random weights, untiled, cases interleaved; "
+        "--size sets the input edge, default 64)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=run)
 
@@ -74,7 +99,9 @@ def photo(size: int, channels: int = 3) -> tuple[np.ndarray, str]:
     d = _data_dir()
     src = None
     if d is not None:
-        for p in sorted((d / "train" / "SunHays80").glob("*.jpg"))[:1] + sorted((d / "val" / "Kodak24").glob("*.png"))[:1]:
+        for p in (
+            sorted((d / "train" / "SunHays80").glob("*.jpg"))[:1] + sorted((d / "val" / "Kodak24").glob("*.png"))[:1]
+        ):
             src = p
             break
     if src is not None:
@@ -240,12 +267,24 @@ def measure_throughput(models, device, precisions, size: int, repeat: int, threa
         out_mp = (size * loaded.scale) ** 2 / 1e6
         t_mod = t[(mid, prec, "module")]
         t_eng = t.get((mid, prec, "engine"))
-        row = {"model": mid, "backbone": loaded.backbone, "precision": prec, "size": size, "out_mp": out_mp,
-               "module_s": t_mod, "module_mp_s": out_mp / t_mod, "macs_per_lr_px": macs,
-               "module_gmac_s": macs * size * size / t_mod / 1e9}
+        row = {
+            "model": mid,
+            "backbone": loaded.backbone,
+            "precision": prec,
+            "size": size,
+            "out_mp": out_mp,
+            "module_s": t_mod,
+            "module_mp_s": out_mp / t_mod,
+            "macs_per_lr_px": macs,
+            "module_gmac_s": macs * size * size / t_mod / 1e9,
+        }
         if t_eng is not None:
-            row.update(engine_s=t_eng, engine_mp_s=out_mp / t_eng,
-                       engine_gmac_s=macs * size * size / t_eng / 1e9, engine_overhead=t_eng / t_mod - 1.0)
+            row.update(
+                engine_s=t_eng,
+                engine_mp_s=out_mp / t_eng,
+                engine_gmac_s=macs * size * size / t_eng / 1e9,
+                engine_overhead=t_eng / t_mod - 1.0,
+            )
         rows.append(row)
     return rows
 
@@ -256,8 +295,13 @@ def measure_bicubic(size: int, repeat: int) -> dict:
     img, _ = photo(size, 3)
     t = _best(lambda: upscale_bicubic(img, 4), repeat)
     out_mp = (size * 4) ** 2 / 1e6
-    return {"model": "bicubic (MATLAB imresize, numpy float64)", "size": size, "out_mp": out_mp,
-            "engine_s": t, "engine_mp_s": out_mp / t}
+    return {
+        "model": "bicubic (MATLAB imresize, numpy float64)",
+        "size": size,
+        "out_mp": out_mp,
+        "engine_s": t,
+        "engine_mp_s": out_mp / t,
+    }
 
 
 def measure_tiling(loaded, device, precision, size: int, repeat: int, tiles=(None,), threads=None) -> list[dict]:
@@ -275,10 +319,19 @@ def measure_tiling(loaded, device, precision, size: int, repeat: int, tiles=(Non
     rows = []
     for tile, t_tile in zip(tiles, sizes):
         g = TileGrid.make(size, size, t_tile, DEFAULT_OVERLAP, min(BORDER_MARGIN, DEFAULT_OVERLAP // 2), up.scale)
-        rows.append({"size": size, "precision": up.precision, "tile": t_tile, "overlap": DEFAULT_OVERLAP,
-                     "default": tile is None,
-                     "grid": f"{len(g.ys)}x{len(g.xs)} tiles of {g.tile_h}x{g.tile_w}",
-                     "untiled_s": best[0], "tiled_s": best[t_tile], "overhead": best[t_tile] / best[0] - 1.0})
+        rows.append(
+            {
+                "size": size,
+                "precision": up.precision,
+                "tile": t_tile,
+                "overlap": DEFAULT_OVERLAP,
+                "default": tile is None,
+                "grid": f"{len(g.ys)}x{len(g.xs)} tiles of {g.tile_h}x{g.tile_w}",
+                "untiled_s": best[0],
+                "tiled_s": best[t_tile],
+                "overhead": best[t_tile] / best[0] - 1.0,
+            }
+        )
     up.close()
     return rows
 
@@ -295,8 +348,12 @@ def measure_seam(loaded, device, size: int, tile=None, threads=None) -> dict:
     a = up.upscale(img, tile=0)
     b = up.upscale(img, tile=t)
     up.close()
-    return {"image": f"{name} crop {img.shape[1]}x{img.shape[0]}", "tile": t, "max_abs": float(np.abs(a - b).max()),
-            "mean_abs": float(np.abs(a - b).mean())}
+    return {
+        "image": f"{name} crop {img.shape[1]}x{img.shape[0]}",
+        "tile": t,
+        "max_abs": float(np.abs(a - b).max()),
+        "mean_abs": float(np.abs(a - b).mean()),
+    }
 
 
 _MEM_CHILD = textwrap.dedent(
@@ -384,8 +441,9 @@ def measure_kernels(models, device, precisions, size: int, repeat: int) -> list[
         for h in hs:
             h.remove()
         for prec in precisions:
-            ac = torch.autocast(device.type, dtype=torch.bfloat16 if prec == "bf16" else torch.float16,
-                                enabled=prec in ("bf16", "fp16"))
+            ac = torch.autocast(
+                device.type, dtype=torch.bfloat16 if prec == "bf16" else torch.float16, enabled=prec in ("bf16", "fp16")
+            )
             with torch.inference_mode(), ac:
                 total = _best(lambda m=m, x=x: (m(x), _sync(device)), repeat)
                 conv_s, macs, kinds = 0.0, 0, []
@@ -395,30 +453,54 @@ def measure_kernels(models, device, precisions, size: int, repeat: int) -> list[
                     mac = shape[2] * shape[3] * cout * (cin // g) * k[0] * k[1]
                     conv_s += n * t
                     macs += n * mac
-                    kinds.append({"conv": f"{cin}->{cout} {k[0]}x{k[1]} @{shape[2]}x{shape[3]}", "count": n,
-                                  "ms_each": 1e3 * t, "gmac_s": mac / t / 1e9, "share": 0.0})
+                    kinds.append(
+                        {
+                            "conv": f"{cin}->{cout} {k[0]}x{k[1]} @{shape[2]}x{shape[3]}",
+                            "count": n,
+                            "ms_each": 1e3 * t,
+                            "gmac_s": mac / t / 1e9,
+                            "share": 0.0,
+                        }
+                    )
             for kd in kinds:
                 kd["share"] = kd["count"] * kd["ms_each"] / 1e3 / total
-            rows.append({"model": loaded.id, "precision": prec, "size": size, "total_s": total, "conv_s": conv_s,
-                         "non_conv_share": 1 - conv_s / total, "gmac_s_model": macs / total / 1e9,
-                         "gmac_s_convs": macs / conv_s / 1e9,
-                         "kernels": sorted(kinds, key=lambda d: -d["share"])})
+            rows.append(
+                {
+                    "model": loaded.id,
+                    "precision": prec,
+                    "size": size,
+                    "total_s": total,
+                    "conv_s": conv_s,
+                    "non_conv_share": 1 - conv_s / total,
+                    "gmac_s_model": macs / total / 1e9,
+                    "gmac_s_convs": macs / conv_s / 1e9,
+                    "kernels": sorted(kinds, key=lambda d: -d["share"]),
+                }
+            )
     return rows
 
 
 def format_kernels(rows: list[dict]) -> str:
-    lines = ["| model | precision | forward s | convs alone s | non-conv share | GMAC/s whole | GMAC/s convs alone |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | precision | forward s | convs alone s | non-conv share | GMAC/s whole | GMAC/s convs alone |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['precision']} | {r['total_s']:.3f} | {r['conv_s']:.3f} "
-                     f"| {100 * r['non_conv_share']:.0f}% | {r['gmac_s_model']:.1f} | {r['gmac_s_convs']:.1f} |")
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['total_s']:.3f} | {r['conv_s']:.3f} "
+            f"| {100 * r['non_conv_share']:.0f}% | {r['gmac_s_model']:.1f} | {r['gmac_s_convs']:.1f} |"
+        )
     for r in rows:
-        lines += ["", f"{r['model']} {r['precision']}: largest convolution groups",
-                  "| conv (in->out kernel @input) | count | ms each | GMAC/s | share of forward |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"{r['model']} {r['precision']}: largest convolution groups",
+            "| conv (in->out kernel @input) | count | ms each | GMAC/s | share of forward |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for k in r["kernels"][:8]:
-            lines.append(f"| {k['conv']} | {k['count']} | {k['ms_each']:.2f} | {k['gmac_s']:.1f} "
-                         f"| {100 * k['share']:.1f}% |")
+            lines.append(
+                f"| {k['conv']} | {k['count']} | {k['ms_each']:.2f} | {k['gmac_s']:.1f} | {100 * k['share']:.1f}% |"
+            )
     return "\n".join(lines)
 
 
@@ -446,8 +528,11 @@ def run(args) -> int:
     except RRIMError as exc:
         if args.model is not None:
             raise
-        print(f"note: {exc.__class__.__name__}: no trained weights; measuring a randomly initialised "
-              "default-size RRIM (speed does not depend on the weights)", file=sys.stderr)
+        print(
+            f"note: {exc.__class__.__name__}: no trained weights; measuring a randomly initialised "
+            "default-size RRIM (speed does not depend on the weights)",
+            file=sys.stderr,
+        )
         model = random_model("rrim")
         spec_for_child = None
     if dev.type == "cuda":
@@ -458,11 +543,17 @@ def run(args) -> int:
         precisions = ["fp32"]
     auto_prec = devices.resolve_precision("auto", dev)
     env = {
-        "device": devices.describe(dev, auto_prec), "cpu": _cpu_name(), "torch": torch.__version__,
-        "threads": args.threads or torch.get_num_threads(), "python": platform.python_version(),
-        "cpu_bf16_native": devices.cpu_bf16_native(), "load_avg_start": load0,
-        "command": "python -m napari_rrim_sr " + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["bench"]),
-        "default_tile": DEFAULT_TILE.get(dev.type), "overlap": DEFAULT_OVERLAP,
+        "device": devices.describe(dev, auto_prec),
+        "cpu": _cpu_name(),
+        "torch": torch.__version__,
+        "threads": args.threads or torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cpu_bf16_native": devices.cpu_bf16_native(),
+        "load_avg_start": load0,
+        "command": "python -m napari_rrim_sr "
+        + " ".join(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else ["bench"]),
+        "default_tile": DEFAULT_TILE.get(dev.type),
+        "overlap": DEFAULT_OVERLAP,
     }
     if dev.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(dev)
@@ -487,8 +578,11 @@ def run(args) -> int:
             _write_json(args.json, res, args.overwrite, protect)
         return 0
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"[1/5] throughput of {model.id}" + ("" if args.no_rrdbnet else " and RRDBNet 23x64")
-        + f", {size}x{size} RGB input, cases interleaved ...")
+    log(
+        f"[1/5] throughput of {model.id}"
+        + ("" if args.no_rrdbnet else " and RRDBNet 23x64")
+        + f", {size}x{size} RGB input, cases interleaved ..."
+    )
     models = [model] if args.no_rrdbnet else [model, random_model("rrdbnet")]
     res["throughput"] = measure_throughput(models, dev, precisions, size, repeat, args.threads)
     log("[2/5] bicubic ...")
@@ -519,8 +613,9 @@ def _write_json(path, res: dict, overwrite: bool, protect: list) -> None:
     from ..jsonable import jsonable
     from ..safe_write import atomic_write
 
-    atomic_write(path, json.dumps(jsonable(res), indent=2, allow_nan=False) + "\n", overwrite=overwrite,
-                 protect=protect)
+    atomic_write(
+        path, json.dumps(jsonable(res), indent=2, allow_nan=False) + "\n", overwrite=overwrite, protect=protect
+    )
 
 
 def _ratios(res: dict) -> dict:
@@ -546,35 +641,56 @@ def _ratios(res: dict) -> dict:
 
 def format_report(res: dict) -> str:
     env = res["env"]
-    lines = [f"device: {env['device']}; CPU: {env['cpu']}; torch {env['torch']}; threads {env['threads']}",
-             f"load average at start {tuple(round(v, 2) for v in env['load_avg_start'])}, "
-             f"at end {tuple(round(v, 2) for v in env.get('load_avg_end', ()))}", ""]
-    lines += ["| model | precision | input | engine MP/s (out) | module-only MP/s | engine overhead "
-              "| MACs / LR px | engine GMAC/s |",
-              "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"device: {env['device']}; CPU: {env['cpu']}; torch {env['torch']}; threads {env['threads']}",
+        f"load average at start {tuple(round(v, 2) for v in env['load_avg_start'])}, "
+        f"at end {tuple(round(v, 2) for v in env.get('load_avg_end', ()))}",
+        "",
+    ]
+    lines += [
+        "| model | precision | input | engine MP/s (out) | module-only MP/s | engine overhead "
+        "| MACs / LR px | engine GMAC/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in res["throughput"]:
         if "engine_mp_s" in r:
             lines.append(
                 f"| {r['model']} | {r['precision']} | {r['size']}² | {r['engine_mp_s']:.3f} | {r['module_mp_s']:.3f} "
-                f"| {100 * r['engine_overhead']:+.1f}% | {r['macs_per_lr_px'] / 1e6:.2f} M | {r['engine_gmac_s']:.1f} |")
+                f"| {100 * r['engine_overhead']:+.1f}% | {r['macs_per_lr_px'] / 1e6:.2f} M | {r['engine_gmac_s']:.1f} |"
+            )
         else:
-            lines.append(f"| {r['model']} | {r['precision']} (module only) | {r['size']}² | | {r['module_mp_s']:.3f} "
-                         f"| | {r['macs_per_lr_px'] / 1e6:.2f} M | ({r['module_gmac_s']:.1f}) |")
+            lines.append(
+                f"| {r['model']} | {r['precision']} (module only) | {r['size']}² | | {r['module_mp_s']:.3f} "
+                f"| | {r['macs_per_lr_px'] / 1e6:.2f} M | ({r['module_gmac_s']:.1f}) |"
+            )
     b = res["bicubic"]
     lines.append(f"| {b['model']} | float64 | {b['size']}² | {b['engine_mp_s']:.3f} | | | | |")
     t = res["tiling"]
-    lines += ["", "| tiling | precision | input | grid | untiled s | tiled s | overhead |", "|---|---|---|---|---:|---:|---:|",
-              f"| default tile {t['tile']}, overlap {t['overlap']} | {t['precision']} | {t['size']}² | {t['grid']} "
-              f"| {t['untiled_s']:.2f} | {t['tiled_s']:.2f} | {100 * t['overhead']:+.1f}% |"]
+    lines += [
+        "",
+        "| tiling | precision | input | grid | untiled s | tiled s | overhead |",
+        "|---|---|---|---|---:|---:|---:|",
+        f"| default tile {t['tile']}, overlap {t['overlap']} | {t['precision']} | {t['size']}² | {t['grid']} "
+        f"| {t['untiled_s']:.2f} | {t['tiled_s']:.2f} | {100 * t['overhead']:+.1f}% |",
+    ]
     for s in res.get("tile_sweep", []):
-        lines.append(f"| tile {s['tile']} | {s['precision']} | {s['size']}² | {s['grid']} | {s['untiled_s']:.2f} "
-                     f"| {s['tiled_s']:.2f} | {100 * s['overhead']:+.1f}% |")
+        lines.append(
+            f"| tile {s['tile']} | {s['precision']} | {s['size']}² | {s['grid']} | {s['untiled_s']:.2f} "
+            f"| {s['tiled_s']:.2f} | {100 * s['overhead']:+.1f}% |"
+        )
     s = res["seam"]
-    lines += ["", f"seam error (fp32, 0..1 data, {s['image']}, tile {s['tile']}): max {s['max_abs']:.2e}, "
-              f"mean {s['mean_abs']:.2e}"]
+    lines += [
+        "",
+        f"seam error (fp32, 0..1 data, {s['image']}, tile {s['tile']}): max {s['max_abs']:.2e}, "
+        f"mean {s['mean_abs']:.2e}",
+    ]
     if res.get("memory"):
-        lines += ["", "| memory test | precision | tile | input MiB | output MiB | RSS before MiB | peak RSS MiB "
-                  "| overhead MiB | numpy peak (tracemalloc) MiB | s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| memory test | precision | tile | input MiB | output MiB | RSS before MiB | peak RSS MiB "
+            "| overhead MiB | numpy peak (tracemalloc) MiB | s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for m in res["memory"]:
             if "error" in m:
                 lines.append(f"| {m['size']}² | error: {m['error']} |")
@@ -582,6 +698,7 @@ def format_report(res: dict) -> str:
             lines.append(
                 f"| {m['size']}² uint16, {m['model']} | {m['precision']} | {m['tile']} | {m['input_mib']:.0f} "
                 f"| {m['output_mib']:.0f} | {m['rss_before_mib']:.0f} | {m['peak_rss_mib']:.0f} "
-                f"| {m['overhead_mib']:.0f} | {m['tracemalloc_peak_mib']:.0f} | {m['seconds']:.1f} |")
+                f"| {m['overhead_mib']:.0f} | {m['tracemalloc_peak_mib']:.0f} | {m['seconds']:.1f} |"
+            )
     lines += ["", "ratios (same process): " + ", ".join(f"{k} = {v:.3g}" for k, v in res["ratios"].items())]
     return "\n".join(lines)

@@ -12,8 +12,17 @@ ARCH_CASES = (
     ("ESRGAN-23 (RRDBNet 64x23)", "rrdbnet", {"num_feat": 64, "num_block": 23, "num_grow_ch": 32}),
     ("Compact 64x32", "compact", {"num_feat": 64, "num_conv": 32}),
     ("SPAN-48", "span", {"num_feat": 48}),
-    ("SwinIR-light (60, 6x4, w8)", "swinir", {"embed_dim": 60, "depths": [6, 6, 6, 6], "num_heads": [6, 6, 6, 6],
-                                              "window_size": 8, "upsampler": "pixelshuffledirect"}),
+    (
+        "SwinIR-light (60, 6x4, w8)",
+        "swinir",
+        {
+            "embed_dim": 60,
+            "depths": [6, 6, 6, 6],
+            "num_heads": [6, 6, 6, 6],
+            "window_size": 8,
+            "upsampler": "pixelshuffledirect",
+        },
+    ),
 )
 
 
@@ -55,25 +64,40 @@ def measure_arch_compare(device, precisions, size: int, repeat: int, threads=Non
         macs = _macs(loaded, 3) + _attention_macs_per_px(loaded)
         out_mp = (size * 4) ** 2 / 1e6
         params = sum(p.numel() for p in loaded.module.parameters())
-        rows.append({"model": label, "backbone": loaded.backbone, "hparams": loaded.hparams, "precision": prec,
-                     "size": size, "params": params, "engine_s": t[(label, prec)],
-                     "engine_mp_s": out_mp / t[(label, prec)], "macs_per_lr_px": macs,
-                     "engine_gmac_s": macs * size * size / t[(label, prec)] / 1e9})
+        rows.append(
+            {
+                "model": label,
+                "backbone": loaded.backbone,
+                "hparams": loaded.hparams,
+                "precision": prec,
+                "size": size,
+                "params": params,
+                "engine_s": t[(label, prec)],
+                "engine_mp_s": out_mp / t[(label, prec)],
+                "macs_per_lr_px": macs,
+                "engine_gmac_s": macs * size * size / t[(label, prec)] / 1e9,
+            }
+        )
     return rows
 
 
 def format_arch_compare(res: dict) -> str:
     env, rows = res["env"], res["arch_compare"]
-    lines = [f"device: {env['device']}; CPU: {env['cpu']}; torch {env['torch']}; threads {env['threads']}",
-             f"load average at start {tuple(round(v, 2) for v in env['load_avg_start'])}, "
-             f"at end {tuple(round(v, 2) for v in env.get('load_avg_end', ()))}", "",
-             "| model | precision | input | params | MACs / LR px | engine MP/s (out) | vs RRIM | GMAC/s |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"device: {env['device']}; CPU: {env['cpu']}; torch {env['torch']}; threads {env['threads']}",
+        f"load average at start {tuple(round(v, 2) for v in env['load_avg_start'])}, "
+        f"at end {tuple(round(v, 2) for v in env.get('load_avg_end', ()))}",
+        "",
+        "| model | precision | input | params | MACs / LR px | engine MP/s (out) | vs RRIM | GMAC/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     base = {r["precision"]: r["engine_mp_s"] for r in rows if r["backbone"] == "rrim"}
     for r in rows:
-        lines.append(f"| {r['model']} | {r['precision']} | {r['size']}² RGB, x4 | {r['params'] / 1e6:.3f} M "
-                     f"| {r['macs_per_lr_px'] / 1e6:.3f} M | {r['engine_mp_s']:.4f} "
-                     f"| {r['engine_mp_s'] / base[r['precision']]:.2f}x | {r['engine_gmac_s']:.1f} |")
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['size']}² RGB, x4 | {r['params'] / 1e6:.3f} M "
+            f"| {r['macs_per_lr_px'] / 1e6:.3f} M | {r['engine_mp_s']:.4f} "
+            f"| {r['engine_mp_s'] / base[r['precision']]:.2f}x | {r['engine_gmac_s']:.1f} |"
+        )
     lines.append("")
     lines.append("MACs: Conv2d/Linear layers, plus SwinIR's attention matmuls (2·ws²·C per token per block).")
     return "\n".join(lines)

@@ -17,15 +17,27 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench-zarr", help="measure the chunked OME-Zarr path on 1..N local dask workers",
-                       description=__doc__)
-    p.add_argument("--model", default="rrim-x4-gray", metavar="ID|PATH",
-                   help="1-channel weights (default rrim-x4-gray)")
+    p = sub.add_parser(
+        "bench-zarr", help="measure the chunked OME-Zarr path on 1..N local dask workers", description=__doc__
+    )
+    p.add_argument(
+        "--model", default="rrim-x4-gray", metavar="ID|PATH", help="1-channel weights (default rrim-x4-gray)"
+    )
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N", help="worker counts (default 1 2)")
-    p.add_argument("--shape", type=int, nargs=3, default=[16, 192, 192], metavar=("Z", "Y", "X"),
-                   help="input volume for the scaling runs (default 16 192 192, uint16)")
-    p.add_argument("--big-factor", type=int, default=4,
-                   help="the memory run's volume has this many times more planes (default 4; 0 skips it)")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=[16, 192, 192],
+        metavar=("Z", "Y", "X"),
+        help="input volume for the scaling runs (default 16 192 192, uint16)",
+    )
+    p.add_argument(
+        "--big-factor",
+        type=int,
+        default=4,
+        help="the memory run's volume has this many times more planes (default 4; 0 skips it)",
+    )
     p.add_argument("--chunk", type=int, default=512, help="output chunk edge (default 512)")
     p.add_argument("--memory-limit", default="1GiB", help="per-worker memory limit (default 1GiB)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
@@ -43,8 +55,13 @@ def _volume(path: Path, shape) -> None:
     plane = (plane - plane.min()) / (plane.max() - plane.min())
     a = np.stack([np.roll(plane, 7 * z, axis=1) for z in range(shape[0])])
     a = (a * 60000 + 1000).astype(np.uint16)
-    write_image(a, zarr.open_group(str(path), mode="w"), axes="zyx", scale={"z": 1.0, "y": 0.5, "x": 0.5},
-                storage_options={"chunks": (1, 256, 256)})
+    write_image(
+        a,
+        zarr.open_group(str(path), mode="w"),
+        axes="zyx",
+        scale={"z": 1.0, "y": 0.5, "x": 0.5},
+        storage_options={"chunks": (1, 256, 256)},
+    )
 
 
 def _one(src_path: Path, out: Path, workers: int, args) -> dict:
@@ -54,8 +71,15 @@ def _one(src_path: Path, out: Path, workers: int, args) -> dict:
     from ..ngff import open_source
 
     src = open_source(src_path)
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None, silence_logs=40, memory_limit=args.memory_limit)
+    cluster = distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=40,
+        memory_limit=args.memory_limit,
+    )
     client = distributed.Client(cluster)
     try:
         job = chunked.plan_job(src, out, model=args.model, chunk=args.chunk, threads=1)
@@ -76,12 +100,21 @@ def _one(src_path: Path, out: Path, workers: int, args) -> dict:
         in_px *= n
     out_bytes = sum(r["out_bytes"] for r in recs)
     return {
-        "workers": workers, "shape": list(src.shape), "dtype": str(src.dtype), "chunks": summary["chunks"],
-        "wall_s": wall, "chunks_s": summary["seconds"], "model_load_s": load_s,
-        "input_bytes": in_px * src.dtype.itemsize, "output_bytes": out_bytes,
-        "compute_s": sum(r["compute_s"] for r in recs), "cpu_s": sum(r["cpu_s"] for r in recs),
-        "load_during_run": os.getloadavg()[0], "read_s": sum(r["read_s"] for r in recs),
-        "write_s": sum(r["write_s"] for r in recs), "read_bytes": sum(r["in_bytes"] for r in recs),
+        "workers": workers,
+        "shape": list(src.shape),
+        "dtype": str(src.dtype),
+        "chunks": summary["chunks"],
+        "wall_s": wall,
+        "chunks_s": summary["seconds"],
+        "model_load_s": load_s,
+        "input_bytes": in_px * src.dtype.itemsize,
+        "output_bytes": out_bytes,
+        "compute_s": sum(r["compute_s"] for r in recs),
+        "cpu_s": sum(r["cpu_s"] for r in recs),
+        "load_during_run": os.getloadavg()[0],
+        "read_s": sum(r["read_s"] for r in recs),
+        "write_s": sum(r["write_s"] for r in recs),
+        "read_bytes": sum(r["in_bytes"] for r in recs),
         "peak_rss_per_worker": sorted(int(v) * 1024 for v in rss.values()),
         "out_mpix_s": out_bytes / src.dtype.itemsize / 1e6 / wall,
     }
@@ -95,8 +128,14 @@ def run(args) -> int:
         print(f"error: bench-zarr needs {exc.name}", file=sys.stderr)
         return 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    results: dict = {"cpu": _cpu(), "cores": os.cpu_count(), "memory_limit": args.memory_limit, "chunk": args.chunk,
-                     "model": args.model, "runs": []}
+    results: dict = {
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "memory_limit": args.memory_limit,
+        "chunk": args.chunk,
+        "model": args.model,
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory(prefix="rrim-bench-zarr-") as d:
         d = Path(d)
         small = d / "small.ome.zarr"
@@ -127,11 +166,13 @@ def run(args) -> int:
 
 def _line(r: dict) -> str:
     mb = 1 << 20
-    return (f"workers={r['workers']} shape={r['shape']} chunks={r['chunks']} wall={r['wall_s']:.1f}s "
-            f"out={r['output_bytes'] / mb:.0f}MiB {r['out_mpix_s']:.2f} out-MP/s compute={r['compute_s']:.1f}s "
-            f"cpu={r['cpu_s']:.1f}s load={r['load_during_run']:.1f} read={r['read_s']:.2f}s "
-            f"write={r['write_s']:.2f}s peakRSS/worker="
-            f"{[round(v / mb) for v in r['peak_rss_per_worker']]}MiB")
+    return (
+        f"workers={r['workers']} shape={r['shape']} chunks={r['chunks']} wall={r['wall_s']:.1f}s "
+        f"out={r['output_bytes'] / mb:.0f}MiB {r['out_mpix_s']:.2f} out-MP/s compute={r['compute_s']:.1f}s "
+        f"cpu={r['cpu_s']:.1f}s load={r['load_during_run']:.1f} read={r['read_s']:.2f}s "
+        f"write={r['write_s']:.2f}s peakRSS/worker="
+        f"{[round(v / mb) for v in r['peak_rss_per_worker']]}MiB"
+    )
 
 
 def _cpu() -> str:

@@ -41,31 +41,42 @@ UNTRAINED_BANNER = (
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="open napari with a sample and the upscale widget (or --headless: upscale the "
-             "samples and write a report)",
+        help="open napari with a sample and the upscale widget (or --headless: upscale the samples and write a report)",
         description="Without options: open napari with the microscopy sample and the Upscale "
-                    "(RRIM x4) widget. With --headless -o OUTDIR: upscale the microscopy, "
-                    "satellite and photo samples with the weights --model auto picks for each (the "
-                    "sample's own request, else the clean or robust model measured from the data; "
-                    "the reason is in the report) and with bicubic, and write images plus "
-                    "report.md/report.json (no GUI, no Qt).",
+        "(RRIM x4) widget. With --headless -o OUTDIR: upscale the microscopy, "
+        "satellite and photo samples with the weights --model auto picks for each (the "
+        "sample's own request, else the clean or robust model measured from the data; "
+        "the reason is in the report) and with bicubic, and write images plus "
+        "report.md/report.json (no GUI, no Qt).",
     )
     p.add_argument("--headless", action="store_true", help="no GUI: compute and write a report")
     p.add_argument("-o", "--output", metavar="OUTDIR", help="output folder (--headless)")
-    p.add_argument("--samples", default=",".join(SAMPLES),
-                   help=f"comma-separated samples to run (default: {','.join(SAMPLES)})")
-    p.add_argument("--model", default="auto",
-                   help="weights id or file for every sample, or 'auto' (default): the weights the sample's "
-                        "metadata asks for when installed, else the clean or robust model measured from the "
-                        "data (as `upscale --model auto` and the widget), else the default per channel count")
-    p.add_argument("--allow-untrained", action="store_true",
-                   help="run with a randomly initialised RRIM when no trained weights are "
-                        "installed (the results are then meaningless; labelled as such)")
+    p.add_argument(
+        "--samples", default=",".join(SAMPLES), help=f"comma-separated samples to run (default: {','.join(SAMPLES)})"
+    )
+    p.add_argument(
+        "--model",
+        default="auto",
+        help="weights id or file for every sample, or 'auto' (default): the weights the sample's "
+        "metadata asks for when installed, else the clean or robust model measured from the "
+        "data (as `upscale --model auto` and the widget), else the default per channel count",
+    )
+    p.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="run with a randomly initialised RRIM when no trained weights are "
+        "installed (the results are then meaningless; labelled as such)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
     p.add_argument("--tile", type=int, default=None, help="tile size in input pixels (0 = none)")
-    p.add_argument("--size", type=int, default=None, metavar="N",
-                   help="use a central N x N crop of each sample (a quick run; samples are 256)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use a central N x N crop of each sample (a quick run; samples are 256)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace files in OUTDIR")
     p.set_defaults(func=run)
 
@@ -82,9 +93,15 @@ def run(args) -> int:
     if unknown or not samples:
         raise InputError(f"unknown sample(s) {unknown}; choose from {', '.join(SAMPLES)}")
     report = run_headless(
-        Path(args.output), samples=samples, model=args.model,
-        allow_untrained=args.allow_untrained, device=args.device, precision=args.precision,
-        tile=args.tile, overwrite=args.overwrite, size=args.size,
+        Path(args.output),
+        samples=samples,
+        model=args.model,
+        allow_untrained=args.allow_untrained,
+        device=args.device,
+        precision=args.precision,
+        tile=args.tile,
+        overwrite=args.overwrite,
+        size=args.size,
     )
     print(f"wrote {Path(args.output) / 'report.md'}")
     if report["untrained"]:
@@ -94,12 +111,15 @@ def run(args) -> int:
 
 # -- GUI -----------------------------------------------------------------------------------
 
+
 def run_gui() -> int:  # pragma: no cover - interactive
     try:
         import napari
     except ImportError as exc:
-        raise RRIMError(f"the GUI demo needs napari with a Qt backend ({exc}); "
-                        "pip install 'napari-rrim-sr[napari]' or use --headless") from None
+        raise RRIMError(
+            f"the GUI demo needs napari with a Qt backend ({exc}); "
+            "pip install 'napari-rrim-sr[napari]' or use --headless"
+        ) from None
     from .._napari import PLUGIN_NAME, UPSCALE_WIDGET_NAME
 
     viewer = napari.Viewer(title="napari-rrim-sr demo")
@@ -110,6 +130,7 @@ def run_gui() -> int:  # pragma: no cover - interactive
 
 
 # -- headless ------------------------------------------------------------------------------
+
 
 def _load_samples(names, size=None):
     from .._napari import sample_data as sd
@@ -122,7 +143,7 @@ def _load_samples(names, size=None):
                 raise InputError("--size must be at least 16 pixels")
             h, w = data.shape[:2]
             y0, x0 = max((h - size) // 2, 0), max((w - size) // 2, 0)
-            data = np.ascontiguousarray(data[y0:y0 + size, x0:x0 + size])
+            data = np.ascontiguousarray(data[y0 : y0 + size, x0 : x0 + size])
         out[name] = (data, kwargs)
     return out
 
@@ -180,15 +201,16 @@ def _default_models(reg, model_arg, chans, allow_untrained):
         if not allow_untrained:
             from ..job import no_weights_message
 
-            raise RRIMError(no_weights_message() + " To check the pipeline anyway, run the demo "
-                            "with --allow-untrained (a randomly initialised model; meaningless "
-                            "results, clearly labelled).")
+            raise RRIMError(
+                no_weights_message() + " To check the pipeline anyway, run the demo "
+                "with --allow-untrained (a randomly initialised model; meaningless "
+                "results, clearly labelled)."
+            )
         import torch
 
         torch.manual_seed(0)
         module = reg.build("rrim", in_channels=ch, out_channels=ch, scale=4)
-        models[ch] = LoadedModel.from_module(
-            module, "rrim", id=f"UNTRAINED rrim x4 {ch}ch (random init, seed 0)")
+        models[ch] = LoadedModel.from_module(module, "rrim", id=f"UNTRAINED rrim x4 {ch}ch (random init, seed 0)")
         models[ch].metadata = {"untrained": True}
         untrained = True
     return models, untrained
@@ -204,19 +226,27 @@ def _side_by_side(src, bic, sr, lo, hi, *, rgb, factor=4, crop=48) -> np.ndarray
     h, w = src.shape[:2]
     c = min(crop, h, w)
     y0, x0 = (h - c) // 2, (w - c) // 2
-    s = src[y0:y0 + c, x0:x0 + c]
+    s = src[y0 : y0 + c, x0 : x0 + c]
     nn = np.repeat(np.repeat(s, factor, axis=0), factor, axis=1)
-    b = bic[y0 * factor:(y0 + c) * factor, x0 * factor:(x0 + c) * factor]
-    r = sr[y0 * factor:(y0 + c) * factor, x0 * factor:(x0 + c) * factor]
+    b = bic[y0 * factor : (y0 + c) * factor, x0 * factor : (x0 + c) * factor]
+    r = sr[y0 * factor : (y0 + c) * factor, x0 * factor : (x0 + c) * factor]
     gap_shape = (nn.shape[0], 6) + nn.shape[2:]
     gap = np.full(gap_shape, 255, np.uint8)
-    return np.concatenate([_preview_u8(nn, lo, hi), gap, _preview_u8(b, lo, hi), gap,
-                           _preview_u8(r, lo, hi)], axis=1)
+    return np.concatenate([_preview_u8(nn, lo, hi), gap, _preview_u8(b, lo, hi), gap, _preview_u8(r, lo, hi)], axis=1)
 
 
-def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=False,
-                 device="auto", precision="auto", tile=None, overwrite=False,
-                 size: int | None = None) -> dict:
+def run_headless(
+    outdir: Path,
+    *,
+    samples=SAMPLES,
+    model=None,
+    allow_untrained=False,
+    device="auto",
+    precision="auto",
+    tile=None,
+    overwrite=False,
+    size: int | None = None,
+) -> dict:
     """Upscale the samples, evaluate, write images and the report; returns the report dict."""
     from .. import __version__
     from ..bundle import write_layer_tiff
@@ -244,8 +274,17 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
         m = models[name]
         src = source_from_data(data, kwargs)
         # the job pipeline the widget runs: same normalisation, engine call, provenance
-        job = UpscaleJob(source=src, data=data, weights_id=m.id, device=device, precision=precision,
-                         tile=tile, normalization="auto", bicubic=True, metrics=False)
+        job = UpscaleJob(
+            source=src,
+            data=data,
+            weights_id=m.id,
+            device=device,
+            precision=precision,
+            tile=tile,
+            normalization="auto",
+            bicubic=True,
+            metrics=False,
+        )
         result = run_job(job, model=m)
         sr, bic = result.sr, result.bicubic
         t_model, t_bic = result.elapsed_s, result.bicubic_elapsed_s
@@ -253,18 +292,29 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
         lo_hi = (float(data.min()), float(data.max()))
         # the self-check scores by evaluate's protocol (the numbers the README quotes)
         t0 = time.perf_counter()
-        ev = evaluate(data, m, device=device, precision=precision,
-                      data_range=metrics_data_range(data.dtype, data), tile=tile,
-                      **normalization_kwargs("auto", data.dtype, *lo_hi))
+        ev = evaluate(
+            data,
+            m,
+            device=device,
+            precision=precision,
+            data_range=metrics_data_range(data.dtype, data),
+            tile=tile,
+            **normalization_kwargs("auto", data.dtype, *lo_hi),
+        )
         t_eval = time.perf_counter() - t0
         result.metrics = ev
         prov_model = result.model
         files = {}
-        base_meta = {"name": kwargs["name"], "scale": src["scale"], "rgb": rgb,
-                     "metadata": kwargs.get("metadata", {}), "units": kwargs.get("units"),
-                     "colormap": kwargs.get("colormap"), "contrast_limits": kwargs.get("contrast_limits")}
-        files["source"] = write_layer_tiff(outdir / f"{name}_source.tif", data, base_meta,
-                                           overwrite=overwrite)
+        base_meta = {
+            "name": kwargs["name"],
+            "scale": src["scale"],
+            "rgb": rgb,
+            "metadata": kwargs.get("metadata", {}),
+            "units": kwargs.get("units"),
+            "colormap": kwargs.get("colormap"),
+            "contrast_limits": kwargs.get("contrast_limits"),
+        }
+        files["source"] = write_layer_tiff(outdir / f"{name}_source.tif", data, base_meta, overwrite=overwrite)
         for kind, arr in (("rrim", sr), ("bicubic", bic)):
             extra = {}
             if kind == "rrim" and untrained:
@@ -272,8 +322,7 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
             if kind == "rrim" and name in choices:
                 extra["model_choice"] = choices[name].as_dict()  # the CLI's and the widget's key
             kw = result.layer_kwargs(kind, extra=extra or None)
-            files[kind] = write_layer_tiff(outdir / f"{name}_{kind}_x{m.scale}.tif", arr, kw,
-                                           overwrite=overwrite)
+            files[kind] = write_layer_tiff(outdir / f"{name}_{kind}_x{m.scale}.tif", arr, kw, overwrite=overwrite)
         norm = {"normalization": result.normalization["mode"]}
         run_info = {"precision": result.precision, "tile": result.tile}
         lo, hi = lo_hi if data.dtype != np.uint8 else (0.0, 255.0)
@@ -286,34 +335,44 @@ def run_headless(outdir: Path, *, samples=SAMPLES, model=None, allow_untrained=F
         cmp_png = outdir / f"{name}_comparison.png"
         _save_png(cmp_png, _side_by_side(data, bic, sr, lo, hi, rgb=rgb, factor=m.scale), overwrite)
         files["comparison_png"] = cmp_png
-        rows.append({
-            "sample": name,
-            "layer_name": kwargs["name"],
-            "shape": list(data.shape),
-            "dtype": str(data.dtype),
-            "output_shape": list(sr.shape),
-            "normalization": norm["normalization"],
-            "model": prov_model,
-            "model_choice": choices[name].as_dict() if name in choices else None,
-            "untrained": bool(m.metadata.get("untrained")),
-            "device": dev_desc,
-            "precision": run_info.get("precision"),
-            "tile": run_info.get("tile"),
-            "seconds": {"rrim": round(t_model, 3), "bicubic": round(t_bic, 3),
-                        "self_check": round(t_eval, 3)},
-            "megapixels_per_s": round(sr.shape[0] * sr.shape[1] / 1e6 / max(t_model, 1e-9), 4),
-            "metrics": ev,
-            "files": {k: Path(v).name for k, v in files.items()},
-        })
+        rows.append(
+            {
+                "sample": name,
+                "layer_name": kwargs["name"],
+                "shape": list(data.shape),
+                "dtype": str(data.dtype),
+                "output_shape": list(sr.shape),
+                "normalization": norm["normalization"],
+                "model": prov_model,
+                "model_choice": choices[name].as_dict() if name in choices else None,
+                "untrained": bool(m.metadata.get("untrained")),
+                "device": dev_desc,
+                "precision": run_info.get("precision"),
+                "tile": run_info.get("tile"),
+                "seconds": {"rrim": round(t_model, 3), "bicubic": round(t_bic, 3), "self_check": round(t_eval, 3)},
+                "megapixels_per_s": round(sr.shape[0] * sr.shape[1] / 1e6 / max(t_model, 1e-9), 4),
+                "metrics": ev,
+                "files": {k: Path(v).name for k, v in files.items()},
+            }
+        )
 
     report = {
         "software": f"napari-rrim-sr {__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": {"samples": list(samples), "model": model, "device": device,
-                     "precision": precision, "tile": tile, "size": size,
-                     "allow_untrained": allow_untrained},
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine()},
+        "settings": {
+            "samples": list(samples),
+            "model": model,
+            "device": device,
+            "precision": precision,
+            "tile": tile,
+            "size": size,
+            "allow_untrained": allow_untrained,
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+        },
         "untrained": untrained,
         "warning": UNTRAINED_BANNER if untrained else None,
         "samples": rows,
@@ -343,8 +402,11 @@ def _markdown(report: dict) -> str:
     lines = ["# napari-rrim-sr demo report", ""]
     if report["untrained"]:
         lines += [f"> **{report['warning']}**", ""]
-    lines += [f"{report['software']}, {report['created']}; {report['machine']['platform']}, "
-              f"Python {report['machine']['python']}.", ""]
+    lines += [
+        f"{report['software']}, {report['created']}; {report['machine']['platform']}, "
+        f"Python {report['machine']['python']}.",
+        "",
+    ]
     for r in report["samples"]:
         m = r["metrics"]
         lines += [

@@ -20,15 +20,22 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="HR", help="HR image files or folders")
     p.add_argument("--model", metavar="ID|PATH", default=None, help="weights id or file (default: installed default)")
-    p.add_argument("--json", metavar="FILE", default=None,
-                   help="also write the results as JSON (never over an input image or the weights)")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        default=None,
+        help="also write the results as JSON (never over an input image or the weights)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="inference precision (default fp32, so numbers do not depend on hardware)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="inference precision (default fp32, so numbers do not depend on hardware)",
+    )
     p.add_argument("--tile", type=int, default=None, metavar="N", help="tile edge (0 = no tiling)")
     add_self_ensemble_flag(p)
-    p.add_argument("--rgb-channels", action="store_true",
-                   help="metrics on all RGB channels instead of the Y channel")
+    p.add_argument("--rgb-channels", action="store_true", help="metrics on all RGB channels instead of the Y channel")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=run)
 
@@ -47,8 +54,7 @@ def run(args) -> int:
         protect.append(args.model)
     if args.json:  # before any compute: refused targets (exists, an input, unwritable) cost nothing
         check_target(args.json, overwrite=args.overwrite, protect=protect)
-    kw = {"device": args.device, "precision": args.precision, "tile": args.tile,
-          "self_ensemble": args.self_ensemble}
+    kw = {"device": args.device, "precision": args.precision, "tile": args.tile, "self_ensemble": args.self_ensemble}
     if args.rgb_channels:
         kw["y_channel"] = False
 
@@ -65,8 +71,10 @@ def run(args) -> int:
         for which in ("model", "bicubic"):
             m = row[which]
             label = name if which == "model" else ""
-            print(f"{label[:28]:<28} {which:<8} {_fmt(m['psnr'], 2):>7} {_fmt(m['ssim'], 4):>7} "
-                  f"{_fmt(m['fsim'], 4):>7} {_fmt(m['rmse'], 2):>7}")
+            print(
+                f"{label[:28]:<28} {which:<8} {_fmt(m['psnr'], 2):>7} {_fmt(m['ssim'], 4):>7} "
+                f"{_fmt(m['fsim'], 4):>7} {_fmt(m['rmse'], 2):>7}"
+            )
     print(f"\nconvention: {res['convention']}")
     if args.json:
         # strict JSON: identical images give PSNR = inf, written as "inf"

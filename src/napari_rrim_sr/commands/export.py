@@ -19,9 +19,15 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="weights id (see `models`) or a weights file")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (.zip or .onnx)")
     p.add_argument("--format", dest="fmt", required=True, choices=("bioimageio", "onnx"))
-    p.add_argument("--input-range", type=float, nargs=2, default=(0.0, 255.0), metavar=("LO", "HI"),
-                   help="bioimageio: the input values mapped to the network's 0..1 (default 0 255, "
-                   "8-bit data; e.g. 0 65535 for 16-bit, 0 4095 for 12-bit)")
+    p.add_argument(
+        "--input-range",
+        type=float,
+        nargs=2,
+        default=(0.0, 255.0),
+        metavar=("LO", "HI"),
+        help="bioimageio: the input values mapped to the network's 0..1 (default 0 255, "
+        "8-bit data; e.g. 0 65535 for 16-bit, 0 4095 for 12-bit)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=run)
@@ -36,7 +42,8 @@ def run(args) -> int:
         if not args.quiet:
             print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr)
 
-    out = export_model(args.model, args.fmt, args.output, overwrite=args.overwrite, progress=say,
-                       input_range=tuple(args.input_range))
+    out = export_model(
+        args.model, args.fmt, args.output, overwrite=args.overwrite, progress=say, input_range=tuple(args.input_range)
+    )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -22,15 +22,25 @@ def run(args) -> int:
 
     reg = get_registry()
     backbones = [
-        {"id": s.id, "kind": s.kind, "source": s.source, "scales": list(s.scales),
-         "channels": list(s.channels) if s.channels is not None else "any", "description": s.description}
+        {
+            "id": s.id,
+            "kind": s.kind,
+            "source": s.source,
+            "scales": list(s.scales),
+            "channels": list(s.channels) if s.channels is not None else "any",
+            "description": s.description,
+        }
         for s in reg.backbones().values()
     ]
     weights = [e.as_dict() for e in reg.weights()]
     broken = [b.as_dict() for b in reg.broken]
     if args.json:
-        print(json.dumps({"backbones": backbones, "weights": weights, "broken": broken,
-                          "problems": [m for _, m in reg.failed]}, indent=2))
+        print(
+            json.dumps(
+                {"backbones": backbones, "weights": weights, "broken": broken, "problems": [m for _, m in reg.failed]},
+                indent=2,
+            )
+        )
         return 0
     print("Backbones:")
     for b in backbones:

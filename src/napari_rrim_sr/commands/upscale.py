@@ -27,34 +27,73 @@ def register(sub) -> None:
         "each; the other inputs are still processed); 2 for a usage error.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
-    p.add_argument("-o", "--outdir", required=True, metavar="OUTDIR",
-                   help="output folder (created when the first output is written; never left empty)")
-    p.add_argument("--model", metavar="auto|ID|PATH", default="auto",
-                   help="auto (default): per input, measure its representative plane (the middle "
-                   "Z/T/channel slice) and choose the clean model (rrim-x4-gray / rrim-x4-rgb-psnr) "
-                   "for clean, already-smoothed data or the robust one (rrim-x4-gray-real / "
-                   "rrim-x4-rgb-real) when it finds white noise above the quantisation level or "
-                   "JPEG 8x8 blocks; the reason is printed per input and kept in the provenance "
-                   "(model_choice). Or a weights id (see `models`) or a weights file, used for every input")
-    p.add_argument("--tile", type=int, default=None, metavar="N",
-                   help="tile edge in input pixels (0 = no tiling; default: per device)")
-    p.add_argument("--overlap", type=int, default=None, metavar="N", help="tile overlap in input pixels (default 24, capped at half a small tile)")
+    p.add_argument(
+        "-o",
+        "--outdir",
+        required=True,
+        metavar="OUTDIR",
+        help="output folder (created when the first output is written; never left empty)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="auto|ID|PATH",
+        default="auto",
+        help="auto (default): per input, measure its representative plane (the middle "
+        "Z/T/channel slice) and choose the clean model (rrim-x4-gray / rrim-x4-rgb-psnr) "
+        "for clean, already-smoothed data or the robust one (rrim-x4-gray-real / "
+        "rrim-x4-rgb-real) when it finds white noise above the quantisation level or "
+        "JPEG 8x8 blocks; the reason is printed per input and kept in the provenance "
+        "(model_choice). Or a weights id (see `models`) or a weights file, used for every input",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tile edge in input pixels (0 = no tiling; default: per device)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tile overlap in input pixels (default 24, capped at half a small tile)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
     add_self_ensemble_flag(p)
-    p.add_argument("--axes", default=None, metavar="AXES",
-                   help="axes of the input FILE AS STORED, one letter per stored dimension, e.g. YX, ZYX, "
-                   "TCYX, CYX or SYX (planar colour), YXS (S = samples: 3 or 4 are run through the colour "
-                   "model, other counts are bands), C = bands (each upscaled alone); default: the "
-                   "file's own axes metadata (TIFF/OME/ImageJ axes; YX or YXS for PNG/JPEG), else "
-                   "tifffile's guess from the shape")
-    p.add_argument("--normalize", default="dtype", choices=("dtype", "range", "percentile"),
-                   help="intensity normalisation (default: the dtype's full range)")
-    p.add_argument("--percentiles", type=float, nargs=2, default=(0.1, 99.9), metavar=("LO", "HI"),
-                   help="percentiles for --normalize percentile (default 0.1 99.9)")
-    p.add_argument("--bit-depth", type=int, default=None, metavar="BITS",
-                   help="significant bits of unsigned data (e.g. 12 for 12-bit data in uint16)")
+    p.add_argument(
+        "--axes",
+        default=None,
+        metavar="AXES",
+        help="axes of the input FILE AS STORED, one letter per stored dimension, e.g. YX, ZYX, "
+        "TCYX, CYX or SYX (planar colour), YXS (S = samples: 3 or 4 are run through the colour "
+        "model, other counts are bands), C = bands (each upscaled alone); default: the "
+        "file's own axes metadata (TIFF/OME/ImageJ axes; YX or YXS for PNG/JPEG), else "
+        "tifffile's guess from the shape",
+    )
+    p.add_argument(
+        "--normalize",
+        default="dtype",
+        choices=("dtype", "range", "percentile"),
+        help="intensity normalisation (default: the dtype's full range)",
+    )
+    p.add_argument(
+        "--percentiles",
+        type=float,
+        nargs=2,
+        default=(0.1, 99.9),
+        metavar=("LO", "HI"),
+        help="percentiles for --normalize percentile (default 0.1 99.9)",
+    )
+    p.add_argument(
+        "--bit-depth",
+        type=int,
+        default=None,
+        metavar="BITS",
+        help="significant bits of unsigned data (e.g. 12 for 12-bit data in uint16)",
+    )
     p.add_argument("--bicubic", action="store_true", help="also write <stem>_bicubic.<ext>")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,9 +121,7 @@ def _outputs(inputs: list[Path], outdir: Path, bicubic: bool) -> list[tuple[Path
     for src, out, bic in plans:
         for dest in (out, bic):
             if dest is not None and dest.resolve() in in_keys:
-                raise InputError(
-                    f"{dest}: the output path is an input file; choose another output folder (-o)"
-                )
+                raise InputError(f"{dest}: the output path is an input file; choose another output folder (-o)")
     return plans
 
 
@@ -125,8 +162,14 @@ def run(args) -> int:
     auto = args.model in (None, "auto")
     model_path = Path(args.model) if not auto and Path(args.model).exists() else None
     if not auto:  # weights named by the user: resolved once (missing, corrupt...)
-        get_upscaler(args.model, device=args.device, precision=args.precision, threads=args.threads,
-                     channels=3, self_ensemble=args.self_ensemble)
+        get_upscaler(
+            args.model,
+            device=args.device,
+            precision=args.precision,
+            threads=args.threads,
+            channels=3,
+            self_ensemble=args.self_ensemble,
+        )
     ids = installed_weight_ids() if auto else []
     plans = _outputs(inputs, outdir, args.bicubic)
     protect = [*inputs, *([model_path] if model_path else [])]
@@ -155,35 +198,70 @@ def run(args) -> int:
                 choice = choose_for_layer(arr, rgb=bool(rgb), spatial_axes=spatial, available_ids=ids)
                 model = choice.weights_id  # None: the installed default (no clean/robust pair)
                 print(f"{src.name}: {choice.reason}")
-            up = get_upscaler(model, device=args.device, precision=args.precision,
-                              threads=args.threads, channels=3 if rgb else 1,
-                              self_ensemble=args.self_ensemble)
+            up = get_upscaler(
+                model,
+                device=args.device,
+                precision=args.precision,
+                threads=args.threads,
+                channels=3 if rgb else 1,
+                self_ensemble=args.self_ensemble,
+            )
             result = _run_with_bar(
-                up.upscale_iter(arr, spatial_axes=spatial, rgb=rgb, normalization=args.normalize,
-                                percentiles=tuple(args.percentiles), bit_depth=args.bit_depth,
-                                tile=args.tile, overlap=args.overlap),
-                f"{src.name}", args.quiet,
+                up.upscale_iter(
+                    arr,
+                    spatial_axes=spatial,
+                    rgb=rgb,
+                    normalization=args.normalize,
+                    percentiles=tuple(args.percentiles),
+                    bit_depth=args.bit_depth,
+                    tile=args.tile,
+                    overlap=args.overlap,
+                ),
+                f"{src.name}",
+                args.quiet,
             )
             prov = {
                 "software": f"napari-rrim-sr {__version__}",
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "method": "model",
-                "source": {"path": str(src), "sha256": file_sha256(src), "shape": list(arr.shape),
-                           "dtype": str(arr.dtype)},
+                "source": {
+                    "path": str(src),
+                    "sha256": file_sha256(src),
+                    "shape": list(arr.shape),
+                    "dtype": str(arr.dtype),
+                },
                 "scale": up.scale,
                 "model": up.model.provenance(),
                 "engine": dict(up.last_run),
             }
             if choice is not None:
                 prov["model_choice"] = choice.as_dict()
-            write_image(out, result, like=info, metadata=prov, scale=up.scale, overwrite=args.overwrite,
-                        axes=axes, rgb=rgb, protect=protect)
+            write_image(
+                out,
+                result,
+                like=info,
+                metadata=prov,
+                scale=up.scale,
+                overwrite=args.overwrite,
+                axes=axes,
+                rgb=rgb,
+                protect=protect,
+            )
             print(f"{src} -> {out}  ({up.model.id}, {up.device}, {up.precision})")
             if bic is not None:
                 b = upscale_bicubic(arr, up.scale, spatial_axes=spatial, rgb=rgb)
                 prov_b = dict(prov, method="bicubic (MATLAB imresize convention)", model=None, engine=None)
-                write_image(bic, b, like=info, metadata=prov_b, scale=up.scale, overwrite=args.overwrite,
-                            axes=axes, rgb=rgb, protect=protect)
+                write_image(
+                    bic,
+                    b,
+                    like=info,
+                    metadata=prov_b,
+                    scale=up.scale,
+                    overwrite=args.overwrite,
+                    axes=axes,
+                    rgb=rgb,
+                    protect=protect,
+                )
                 print(f"{src} -> {bic}  (bicubic)")
         except RRIMError as exc:
             failed += 1

@@ -17,19 +17,40 @@ from ..errors import InputError, RRIMError
 def add_arguments(p) -> None:
     """The flags of the chunked path (added to the ``upscale`` parser)."""
     g = p.add_argument_group("large data (OME-Zarr output, chunk by chunk, resumable)")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS|local:N|threads",
-                   help="run chunks on a dask.distributed scheduler (tcp://host:8786), a local cluster of N "
-                   "single-threaded worker processes (local:N), or in-process threads (threads, the default "
-                   "for Zarr inputs). Given for a TIFF, the TIFF is read lazily and written as OME-Zarr")
-    g.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run into the existing OUTDIR/<name>.ome.zarr: only chunks "
-                   "without a completion marker are computed; refused if the settings or weights differ")
-    g.add_argument("--chunk", type=int, default=None, metavar="N",
-                   help="output chunk edge in pixels (a multiple of the model's scale; default 512)")
-    g.add_argument("--halo", type=int, default=None, metavar="N",
-                   help="input pixels of context read around each chunk (default 24)")
-    g.add_argument("--memory-limit", default=None, metavar="SIZE",
-                   help="memory limit per worker for --scheduler local:N (e.g. 2GiB; default: dask's auto)")
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS|local:N|threads",
+        help="run chunks on a dask.distributed scheduler (tcp://host:8786), a local cluster of N "
+        "single-threaded worker processes (local:N), or in-process threads (threads, the default "
+        "for Zarr inputs). Given for a TIFF, the TIFF is read lazily and written as OME-Zarr",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into the existing OUTDIR/<name>.ome.zarr: only chunks "
+        "without a completion marker are computed; refused if the settings or weights differ",
+    )
+    g.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        metavar="N",
+        help="output chunk edge in pixels (a multiple of the model's scale; default 512)",
+    )
+    g.add_argument(
+        "--halo",
+        type=int,
+        default=None,
+        metavar="N",
+        help="input pixels of context read around each chunk (default 24)",
+    )
+    g.add_argument(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="memory limit per worker for --scheduler local:N (e.g. 2GiB; default: dask's auto)",
+    )
 
 
 def wants_chunked(args) -> bool:
@@ -66,16 +87,36 @@ def run(args) -> int:
         for src, out in zip(srcs, outs):
             try:
                 job = chunked.plan_job(
-                    src, out, model=args.model, normalization=args.normalize, percentiles=tuple(args.percentiles),
-                    bit_depth=args.bit_depth, chunk=args.chunk or chunked.DEFAULT_CHUNK,
-                    halo=chunked.DEFAULT_HALO if args.halo is None else args.halo, tile=args.tile,
-                    overlap=args.overlap, device=args.device, precision=args.precision, threads=threads,
-                    self_ensemble=args.self_ensemble)
-                summary = chunked.run_job(job, src, client=client, workers=workers, overwrite=args.overwrite,
-                                          resume=args.resume, quiet=args.quiet, command=command,
-                                          provenance_extra={"scheduler": args.scheduler or "threads"})
-                print(f"{src.path} -> {out}  ({summary['computed']} chunks computed, {summary['skipped']} "
-                      f"already done, of {summary['chunks']})")
+                    src,
+                    out,
+                    model=args.model,
+                    normalization=args.normalize,
+                    percentiles=tuple(args.percentiles),
+                    bit_depth=args.bit_depth,
+                    chunk=args.chunk or chunked.DEFAULT_CHUNK,
+                    halo=chunked.DEFAULT_HALO if args.halo is None else args.halo,
+                    tile=args.tile,
+                    overlap=args.overlap,
+                    device=args.device,
+                    precision=args.precision,
+                    threads=threads,
+                    self_ensemble=args.self_ensemble,
+                )
+                summary = chunked.run_job(
+                    job,
+                    src,
+                    client=client,
+                    workers=workers,
+                    overwrite=args.overwrite,
+                    resume=args.resume,
+                    quiet=args.quiet,
+                    command=command,
+                    provenance_extra={"scheduler": args.scheduler or "threads"},
+                )
+                print(
+                    f"{src.path} -> {out}  ({summary['computed']} chunks computed, {summary['skipped']} "
+                    f"already done, of {summary['chunks']})"
+                )
             except RRIMError as exc:
                 failed += 1
                 msg = str(exc)
@@ -85,11 +126,10 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-
 def _command(args) -> str:
     """The command line, for provenance (rebuilt from ``args`` when called in-process)."""
     if len(sys.argv) > 1 and "upscale" in sys.argv[1:]:
-        return " ".join(shlex.quote(a) for a in ["napari-rrim-sr", *sys.argv[sys.argv.index("upscale"):]])
+        return " ".join(shlex.quote(a) for a in ["napari-rrim-sr", *sys.argv[sys.argv.index("upscale") :]])
     parts = ["napari-rrim-sr", "upscale", *map(str, args.inputs), "-o", str(args.outdir)]
     for k, v in sorted(vars(args).items()):
         if k in ("inputs", "outdir", "func", "command", "verbose") or v in (None, False):

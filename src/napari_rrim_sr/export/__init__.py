@@ -18,9 +18,16 @@ FORMATS = ("bioimageio", "onnx")
 __all__ = ["FORMATS", "STANDALONE", "ExportError", "export_model"]
 
 
-def export_model(model: Any, fmt: str, out, *, overwrite: bool = False,
-                 progress: Callable[[str], Any] | None = None, registry=None,
-                 input_range: tuple[float, float] = (0.0, 255.0)) -> Path:
+def export_model(
+    model: Any,
+    fmt: str,
+    out,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[str], Any] | None = None,
+    registry=None,
+    input_range: tuple[float, float] = (0.0, 255.0),
+) -> Path:
     """Export ``model`` (weights id, weights file, WeightsEntry or LoadedModel) as ``fmt`` to ``out``.
 
     ``out`` is validated before any work (exists without ``overwrite``, or is the weights file
@@ -50,6 +57,7 @@ def export_model(model: Any, fmt: str, out, *, overwrite: bool = False,
 
     architecture_callable(loaded.backbone)  # unexportable architecture: refuse before any work
     with tempfile.TemporaryDirectory(prefix="rrim-export-") as tmp:
-        built = build_package(loaded, Path(tmp) / "package.zip", input_range=input_range, progress=say,
-                              registry=registry)
+        built = build_package(
+            loaded, Path(tmp) / "package.zip", input_range=input_range, progress=say, registry=registry
+        )
         return atomic_write(out, lambda t: shutil.copyfile(built, t), overwrite=overwrite, protect=protect)

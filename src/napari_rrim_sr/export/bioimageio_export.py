@@ -37,12 +37,21 @@ TEST_SIZE = 64
 LICENSE = "BSD-3-Clause"
 #: the RRIM study's lineage (see docs/architecture.md)
 CITATIONS = (
-    (("Ledig et al. 2017, Photo-realistic single image super-resolution using a generative adversarial "
-      "network (SRGAN), CVPR"), "10.1109/CVPR.2017.19"),
-    ("Wang et al. 2018, ESRGAN: Enhanced super-resolution generative adversarial networks, ECCV workshops",
-     "10.1007/978-3-030-11021-5_5"),
-    ("Szegedy et al. 2016, Rethinking the Inception architecture for computer vision (Inception v3), CVPR",
-     "10.1109/CVPR.2016.308"),
+    (
+        (
+            "Ledig et al. 2017, Photo-realistic single image super-resolution using a generative adversarial "
+            "network (SRGAN), CVPR"
+        ),
+        "10.1109/CVPR.2017.19",
+    ),
+    (
+        "Wang et al. 2018, ESRGAN: Enhanced super-resolution generative adversarial networks, ECCV workshops",
+        "10.1007/978-3-030-11021-5_5",
+    ),
+    (
+        "Szegedy et al. 2016, Rethinking the Inception architecture for computer vision (Inception v3), CVPR",
+        "10.1109/CVPR.2016.308",
+    ),
 )
 SAMPLES = {1: "nuclei_dsb2018_crop.tif", 3: "landsat7_rgb_crop.tif"}
 SAMPLE_NOTES = {
@@ -84,8 +93,7 @@ def engine_output(loaded, chw: np.ndarray, lo: float, hi: float) -> np.ndarray:
     norm = Normalization(lo, hi, np.dtype(np.float32), "explicit", None, lo, hi)
     x = chw.astype(np.float32)
     img = x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1)
-    y = upscale(img, loaded, normalization=norm, tile=0, overlap=0, device="cpu", precision="fp32",
-                rgb=x.shape[0] == 3)
+    y = upscale(img, loaded, normalization=norm, tile=0, overlap=0, device="cpu", precision="fp32", rgb=x.shape[0] == 3)
     y = y[None] if y.ndim == 2 else np.moveaxis(y, -1, 0)
     return np.ascontiguousarray(y.astype(np.float32))
 
@@ -118,7 +126,9 @@ def model_card(weights_id: str) -> str:
     for cand in (here.parents[3] / "docs" / "models.md", here.parents[1] / "docs" / "models.md"):
         if cand.is_file():
             text = cand.read_text(encoding="utf-8")
-            m = re.search(rf"^### `{re.escape(weights_id)}`\s*$(.*?)(?=^##+ )", text + "\n## end", re.DOTALL | re.MULTILINE)
+            m = re.search(
+                rf"^### `{re.escape(weights_id)}`\s*$(.*?)(?=^##+ )", text + "\n## end", re.DOTALL | re.MULTILINE
+            )
             if m:
                 return m.group(1).strip()
     return ""
@@ -129,7 +139,7 @@ def _readme(loaded, card: str, sample: str, lo: float, hi: float) -> str:
     return f"""# {loaded.id}: x{s} super-resolution ({loaded.backbone})
 
 Exported by napari-rrim-sr from the weights `{loaded.id}` (file sha256 `{loaded.sha256}`,
-tensors sha256 `{loaded.metadata.get('tensors_sha256', '')}`).
+tensors sha256 `{loaded.metadata.get("tensors_sha256", "")}`).
 
 Input: `{loaded.in_channels}` channel(s), any height/width; values in {lo:g}..{hi:g}. Output: {s}x the
 height and width, float32 in {lo:g}..{hi:g}. Pre/postprocessing map {lo:g}..{hi:g} to the network's 0..1
@@ -140,7 +150,7 @@ Test tensors: a {TEST_SIZE}x{TEST_SIZE} crop of {sample}; the test output is nap
 
 ## Model card
 
-{card or loaded.metadata.get('description', '')}
+{card or loaded.metadata.get("description", "")}
 
 ## Validation
 
@@ -149,8 +159,14 @@ metrics of the weights (convention, data): the model card above and napari-rrim-
 """
 
 
-def build_package(loaded, out_zip: Path, *, input_range: tuple[float, float] = (0.0, 255.0),
-                  progress: Callable[[str], Any] | None = None, registry=None) -> Path:
+def build_package(
+    loaded,
+    out_zip: Path,
+    *,
+    input_range: tuple[float, float] = (0.0, 255.0),
+    progress: Callable[[str], Any] | None = None,
+    registry=None,
+) -> Path:
     """Build the package of ``loaded`` at ``out_zip`` (a fresh path; the caller moves it into place)."""
     _require()
     import torch
@@ -174,8 +190,9 @@ def build_package(loaded, out_zip: Path, *, input_range: tuple[float, float] = (
         say("architecture and weights")
         arch = d / f"{loaded.backbone}_architecture.py"
         arch.write_text(standalone_source(loaded.backbone), encoding="utf-8")
-        torch.save({k: v.detach().cpu().float().contiguous() for k, v in loaded.module.state_dict().items()},
-                   d / "weights.pt")
+        torch.save(
+            {k: v.detach().cpu().float().contiguous() for k, v in loaded.module.state_dict().items()}, d / "weights.pt"
+        )
         say("torchscript")
         (d / "weights_torchscript.pt").write_bytes(torchscript_bytes(loaded))
         say("onnx")
@@ -190,12 +207,17 @@ def build_package(loaded, out_zip: Path, *, input_range: tuple[float, float] = (
         (d / "README.md").write_text(_readme(loaded, model_card(loaded.id), sample, lo, hi), encoding="utf-8")
 
         names = [b.Identifier("gray")] if c == 1 else [b.Identifier(n) for n in ("red", "green", "blue")]
-        space_in = [b.SpaceInputAxis(id=b.AxisId(a), size=b.ParameterizedSize(min=min_size, step=step), scale=1.0)
-                    for a in ("y", "x")]
+        space_in = [
+            b.SpaceInputAxis(id=b.AxisId(a), size=b.ParameterizedSize(min=min_size, step=step), scale=1.0)
+            for a in ("y", "x")
+        ]
         # spec: size = ref.size * ref.scale / axis.scale; the output pixel is 1/s of the input pixel
-        space_out = [b.SpaceOutputAxis(id=b.AxisId(a), scale=1.0 / s,
-                                       size=b.SizeReference(tensor_id=b.TensorId("input"), axis_id=b.AxisId(a)))
-                     for a in ("y", "x")]
+        space_out = [
+            b.SpaceOutputAxis(
+                id=b.AxisId(a), scale=1.0 / s, size=b.SizeReference(tensor_id=b.TensorId("input"), axis_id=b.AxisId(a))
+            )
+            for a in ("y", "x")
+        ]
         span = hi - lo
         inp = b.InputTensorDescr(
             id=b.TensorId("input"),
@@ -225,15 +247,24 @@ def build_package(loaded, out_zip: Path, *, input_range: tuple[float, float] = (
         weights = b.WeightsDescr(
             pytorch_state_dict=b.PytorchStateDictWeightsDescr(
                 source=d / "weights.pt",
-                architecture=b.ArchitectureFromFileDescr(source=arch, callable=b.Identifier(callable_name),
-                                                         kwargs=_jsonable_kwargs(loaded.hparams)),
+                architecture=b.ArchitectureFromFileDescr(
+                    source=arch, callable=b.Identifier(callable_name), kwargs=_jsonable_kwargs(loaded.hparams)
+                ),
                 pytorch_version=torch_version,
                 comment=f"napari-rrim-sr weights {loaded.id}, file sha256 {loaded.sha256}",
             ),
-            torchscript=b.TorchscriptWeightsDescr(source=d / "weights_torchscript.pt", pytorch_version=torch_version,
-                                                  parent="pytorch_state_dict", comment="torch.jit.trace"),
-            onnx=b.OnnxWeightsDescr(source=d / "weights.onnx", opset_version=OPSET, parent="pytorch_state_dict",
-                                    comment="torch.onnx.export, dynamic batch/height/width"),
+            torchscript=b.TorchscriptWeightsDescr(
+                source=d / "weights_torchscript.pt",
+                pytorch_version=torch_version,
+                parent="pytorch_state_dict",
+                comment="torch.jit.trace",
+            ),
+            onnx=b.OnnxWeightsDescr(
+                source=d / "weights.onnx",
+                opset_version=OPSET,
+                parent="pytorch_state_dict",
+                comment="torch.onnx.export, dynamic batch/height/width",
+            ),
         )
         kind = "gray" if c == 1 else "RGB"
         descr = b.ModelDescr(
@@ -245,8 +276,14 @@ def build_package(loaded, out_zip: Path, *, input_range: tuple[float, float] = (
             license=b.LicenseId(LICENSE),
             documentation=b.FileDescr(source=d / "README.md"),
             covers=[b.FileDescr(source=d / "cover.png")],
-            tags=["super-resolution", "image-restoration", "2d", "pytorch", "napari",
-                  "fluorescence-light-microscopy" if c == 1 else "rgb"],
+            tags=[
+                "super-resolution",
+                "image-restoration",
+                "2d",
+                "pytorch",
+                "napari",
+                "fluorescence-light-microscopy" if c == 1 else "rgb",
+            ],
             inputs=[inp],
             outputs=[outp],
             weights=weights,

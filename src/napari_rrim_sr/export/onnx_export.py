@@ -48,22 +48,36 @@ def onnx_bytes(loaded, opset: int = OPSET) -> bytes:
         import onnx
         import torch
     except ImportError as exc:
-        raise ExportError(f"ONNX export needs the 'export' extra (pip install 'napari-rrim-sr[export]'): {exc}") from None
+        raise ExportError(
+            f"ONNX export needs the 'export' extra (pip install 'napari-rrim-sr[export]'): {exc}"
+        ) from None
     import copy
     import io
 
     module = copy.deepcopy(loaded.module).float().cpu().eval()  # never touch the caller's module
     buf = io.BytesIO()
-    dyn = {"input": {0: "batch", 2: "height", 3: "width"},
-           "output": {0: "batch", 2: f"height_x{loaded.scale}", 3: f"width_x{loaded.scale}"}}
+    dyn = {
+        "input": {0: "batch", 2: "height", 3: "width"},
+        "output": {0: "batch", 2: f"height_x{loaded.scale}", 3: f"width_x{loaded.scale}"},
+    }
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-            torch.onnx.export(module, (_example(loaded),), buf, input_names=["input"], output_names=["output"],
-                              dynamic_axes=dyn, opset_version=opset, dynamo=False)
+            torch.onnx.export(
+                module,
+                (_example(loaded),),
+                buf,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes=dyn,
+                opset_version=opset,
+                dynamo=False,
+            )
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"{loaded.id}: torch could not export backbone {loaded.backbone!r} to ONNX: {first}") from None
+        raise ExportError(
+            f"{loaded.id}: torch could not export backbone {loaded.backbone!r} to ONNX: {first}"
+        ) from None
     proto = onnx.load_from_string(buf.getvalue())
     del proto.metadata_props[:]
     for key, value in provenance_metadata(loaded).items():

@@ -24,8 +24,17 @@ STANDALONE = {
     "rrdbnet": ("rrdbnet", "RRDBNet"),
 }
 
-_ALLOWED_IMPORTS = {"__future__", "logging", "math", "re", "typing", "collections", "torch", "torch.nn",
-                    "torch.nn.functional"}
+_ALLOWED_IMPORTS = {
+    "__future__",
+    "logging",
+    "math",
+    "re",
+    "typing",
+    "collections",
+    "torch",
+    "torch.nn",
+    "torch.nn.functional",
+}
 
 
 class ExportError(RRIMError):

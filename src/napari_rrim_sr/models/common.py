@@ -48,9 +48,7 @@ def clean_state_dict(obj: Any) -> dict[str, torch.Tensor]:
                 obj = inner.state_dict() if isinstance(inner, nn.Module) else inner
                 break
         else:
-            raise ValueError(
-                "no tensors found in checkpoint; top-level keys: " + ", ".join(map(str, list(obj)[:20]))
-            )
+            raise ValueError("no tensors found in checkpoint; top-level keys: " + ", ".join(map(str, list(obj)[:20])))
     out: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
@@ -61,7 +59,7 @@ def clean_state_dict(obj: Any) -> dict[str, torch.Tensor]:
             changed = False
             for prefix in _PREFIXES:
                 if key.startswith(prefix):
-                    key = key[len(prefix):]
+                    key = key[len(prefix) :]
                     changed = True
         out[key] = value
     return out
@@ -93,8 +91,9 @@ def warn_unused(name: str, kwargs: Mapping[str, Any]) -> None:
 
 
 @torch.no_grad()
-def default_init_weights(modules: nn.Module | Iterable[nn.Module], scale: float = 1.0, bias_fill: float = 0.0,
-                         negative_slope: float = 0.2) -> None:
+def default_init_weights(
+    modules: nn.Module | Iterable[nn.Module], scale: float = 1.0, bias_fill: float = 0.0, negative_slope: float = 0.2
+) -> None:
     """Kaiming-normal (fan-in, leaky slope ``negative_slope``) init of every conv/linear layer
     in ``modules``, weights then multiplied by ``scale`` (ESRGAN uses 0.1 for residual branches)."""
     if isinstance(modules, nn.Module):

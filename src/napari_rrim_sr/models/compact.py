@@ -25,8 +25,15 @@ from .common import shape_of, warn_unused
 class SRVGGNetCompact(nn.Module):
     """``(N, C, H, W)`` -> ``(N, C, scale·H, scale·W)``; ``in_channels == out_channels``."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 4, num_feat: int = 64,
-                 num_conv: int = 16, **other: Any):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_conv: int = 16,
+        **other: Any,
+    ):
         super().__init__()
         warn_unused(type(self).__name__, other)
         self.in_channels, self.out_channels, self.scale = int(in_channels), int(out_channels), int(scale)
@@ -37,7 +44,7 @@ class SRVGGNetCompact(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(self.in_channels, nf, 3, 1, 1), nn.PReLU(num_parameters=nf)]
         for _ in range(self.num_conv):
             layers += [nn.Conv2d(nf, nf, 3, 1, 1), nn.PReLU(num_parameters=nf)]
-        layers.append(nn.Conv2d(nf, self.out_channels * self.scale ** 2, 3, 1, 1))
+        layers.append(nn.Conv2d(nf, self.out_channels * self.scale**2, 3, 1, 1))
         self.body = nn.Sequential(*layers)
         self.upsampler = nn.PixelShuffle(self.scale)
 
@@ -46,8 +53,13 @@ class SRVGGNetCompact(nn.Module):
         return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
 
     def hparams(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "scale": self.scale,
-                "num_feat": self.num_feat, "num_conv": self.num_conv}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "scale": self.scale,
+            "num_feat": self.num_feat,
+            "num_conv": self.num_conv,
+        }
 
 
 _BODY = re.compile(r"body\.(\d+)\.weight$")
@@ -69,8 +81,7 @@ def detect(state_dict: Mapping[str, Any]) -> dict | None:
     scale = math.isqrt(last_out // in_ch) if last_out % in_ch == 0 else 0
     if scale < 1 or scale * scale * in_ch != last_out:
         return None
-    return {"in_channels": in_ch, "out_channels": in_ch, "scale": scale, "num_feat": nf,
-            "num_conv": (last - 2) // 2}
+    return {"in_channels": in_ch, "out_channels": in_ch, "scale": scale, "num_feat": nf, "num_conv": (last - 2) // 2}
 
 
 __all__ = ["SRVGGNetCompact", "detect"]

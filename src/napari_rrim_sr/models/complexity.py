@@ -101,8 +101,10 @@ def table(scale: int = 4, channels: int = 3, timing: bool = False) -> str:
         with torch.device("meta"):
             model = reg.build(backbone, **kw)
         macs = count_macs_per_pixel(model, channels, size=64)
-        line = (f"| {label} | ×{scale} | {count_params(model) / 1e6:.3f} M | {macs / 1e6:.3f} M "
-                f"| {macs * 256 * 256 / 1e9:.1f} |")
+        line = (
+            f"| {label} | ×{scale} | {count_params(model) / 1e6:.3f} M | {macs / 1e6:.3f} M "
+            f"| {macs * 256 * 256 / 1e9:.1f} |"
+        )
         if timing:
             line += f" {_cpu_ms(reg.build(backbone, **kw), channels):.0f} |"
         lines.append(line)

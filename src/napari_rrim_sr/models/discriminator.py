@@ -22,8 +22,7 @@ from .common import default_init_weights, shape_of, warn_unused
 
 
 class SRGANDiscriminator(nn.Module):
-    def __init__(self, in_channels: int = 3, num_feat: int = 64, use_bn: bool = True, pool_size: int = 4,
-                 **other: Any):
+    def __init__(self, in_channels: int = 3, num_feat: int = 64, use_bn: bool = True, pool_size: int = 4, **other: Any):
         super().__init__()
         warn_unused(type(self).__name__, other)
         self.in_channels, self.num_feat = int(in_channels), int(num_feat)
@@ -53,8 +52,12 @@ class SRGANDiscriminator(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
     def hparams(self) -> dict:
-        return {"in_channels": self.in_channels, "num_feat": self.num_feat, "use_bn": self.use_bn,
-                "pool_size": self.pool_size}
+        return {
+            "in_channels": self.in_channels,
+            "num_feat": self.num_feat,
+            "use_bn": self.use_bn,
+            "pool_size": self.pool_size,
+        }
 
 
 def detect(state_dict: Mapping[str, Any]) -> dict | None:

@@ -70,24 +70,34 @@ class _Trunk(nn.Module):
 class ESRGAN(nn.Module):
     """Original-layout ESRGAN. ``(N, C_in, H, W)`` -> ``(N, C_out, scale·H, scale·W)``."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 4, num_feat: int = 64,
-                 num_block: int = 23, num_grow_ch: int = 32, unshuffle: int = 1, **other: Any):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_block: int = 23,
+        num_grow_ch: int = 32,
+        unshuffle: int = 1,
+        **other: Any,
+    ):
         super().__init__()
         warn_unused(type(self).__name__, other)
         self.in_channels, self.out_channels, self.scale = int(in_channels), int(out_channels), int(scale)
         self.num_feat, self.num_block, self.num_grow_ch = int(num_feat), int(num_block), int(num_grow_ch)
         self.unshuffle = int(unshuffle)
         n_up = (self.scale * self.unshuffle).bit_length() - 1
-        if self.unshuffle not in (1, 2, 4) or 2 ** n_up != self.scale * self.unshuffle or n_up > 4:
+        if self.unshuffle not in (1, 2, 4) or 2**n_up != self.scale * self.unshuffle or n_up > 4:
             raise ValueError(f"ESRGAN supports scales 1, 2, 4, 8 (16), not {scale} with unshuffle {unshuffle}")
         self.n_up = n_up
         self.size_multiple = self.unshuffle
         nf = self.num_feat
-        layers: list[nn.Module] = [nn.Conv2d(self.in_channels * self.unshuffle ** 2, nf, 3, 1, 1),
-                                   _Trunk(nf, self.num_block, self.num_grow_ch)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(self.in_channels * self.unshuffle**2, nf, 3, 1, 1),
+            _Trunk(nf, self.num_block, self.num_grow_ch),
+        ]
         for _ in range(n_up):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(nf, nf, 3, 1, 1),
-                       nn.LeakyReLU(0.2)]
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(nf, nf, 3, 1, 1), nn.LeakyReLU(0.2)]
         layers += [nn.Conv2d(nf, nf, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(nf, self.out_channels, 3, 1, 1)]
         self.model = nn.Sequential(*layers)
 
@@ -97,9 +107,15 @@ class ESRGAN(nn.Module):
         return self.model(x)
 
     def hparams(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "scale": self.scale,
-                "num_feat": self.num_feat, "num_block": self.num_block, "num_grow_ch": self.num_grow_ch,
-                "unshuffle": self.unshuffle}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "scale": self.scale,
+            "num_feat": self.num_feat,
+            "num_block": self.num_block,
+            "num_grow_ch": self.num_grow_ch,
+            "unshuffle": self.unshuffle,
+        }
 
 
 _TOP = re.compile(r"model\.(\d+)\.weight$")
@@ -126,14 +142,14 @@ def detect(state_dict: Mapping[str, Any]) -> dict | None:
     out_ch, nf, first_in = int(state_dict[f"model.{last}.weight"].shape[0]), int(first[0]), int(first[1])
     unshuffle = 1
     for r in (1, 2, 4):
-        if first_in == out_ch * r * r and (2 ** n_up) % r == 0 and 2 ** n_up // r >= 1:
+        if first_in == out_ch * r * r and (2**n_up) % r == 0 and 2**n_up // r >= 1:
             unshuffle = r
             break
     in_ch = first_in // (unshuffle * unshuffle)
     return {
         "in_channels": in_ch,
         "out_channels": out_ch,
-        "scale": 2 ** n_up // unshuffle,
+        "scale": 2**n_up // unshuffle,
         "num_feat": nf,
         "num_block": nb,
         "num_grow_ch": int(conv1[0]),

@@ -62,8 +62,16 @@ class RRDB(nn.Module):
 class RRDBNet(nn.Module):
     """ESRGAN generator. ``(N, C_in, H, W)`` in 0..1 -> ``(N, C_out, scale·H, scale·W)``."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 4, num_feat: int = 64,
-                 num_block: int = 23, num_grow_ch: int = 32, **other: Any):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_block: int = 23,
+        num_grow_ch: int = 32,
+        **other: Any,
+    ):
         super().__init__()
         warn_unused(type(self).__name__, other)
         if scale not in _UNSHUFFLE:
@@ -73,7 +81,7 @@ class RRDBNet(nn.Module):
         self.unshuffle = _UNSHUFFLE[self.scale]
         self.size_multiple = self.unshuffle
         nf = self.num_feat
-        self.conv_first = nn.Conv2d(self.in_channels * self.unshuffle ** 2, nf, 3, 1, 1)
+        self.conv_first = nn.Conv2d(self.in_channels * self.unshuffle**2, nf, 3, 1, 1)
         self.body = nn.Sequential(*[RRDB(nf, self.num_grow_ch) for _ in range(self.num_block)])
         self.conv_body = nn.Conv2d(nf, nf, 3, 1, 1)
         self.conv_up1 = nn.Conv2d(nf, nf, 3, 1, 1)
@@ -97,8 +105,14 @@ class RRDBNet(nn.Module):
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
 
     def hparams(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "scale": self.scale,
-                "num_feat": self.num_feat, "num_block": self.num_block, "num_grow_ch": self.num_grow_ch}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "scale": self.scale,
+            "num_feat": self.num_feat,
+            "num_block": self.num_block,
+            "num_grow_ch": self.num_grow_ch,
+        }
 
 
 def _scale_and_in_channels(first_in: int, out_ch: int) -> tuple[int, int] | None:

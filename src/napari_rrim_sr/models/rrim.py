@@ -167,8 +167,15 @@ def branch_channels(num_feat: int) -> int:
 class RRIM(nn.Module):
     """The RRIM generator. ``(N, C_in, H, W)`` in 0..1 -> ``(N, C_out, scale·H, scale·W)``."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 4, num_feat: int = 64,
-                 num_block: int = 8, **other: Any):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_block: int = 8,
+        **other: Any,
+    ):
         super().__init__()
         warn_unused(type(self).__name__, other)
         if scale not in (2, 4):
@@ -201,8 +208,13 @@ class RRIM(nn.Module):
         return self.conv_last(f)
 
     def hparams(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "scale": self.scale,
-                "num_feat": self.num_feat, "num_block": self.num_block}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "scale": self.scale,
+            "num_feat": self.num_feat,
+            "num_block": self.num_block,
+        }
 
 
 def detect(state_dict: Mapping[str, Any]) -> dict | None:

@@ -80,8 +80,16 @@ class SPAB(nn.Module):
 class SPAN(nn.Module):
     """``(N, C_in, H, W)`` -> ``(N, C_out, scale·H, scale·W)``; 6 SPAB blocks of ``num_feat`` channels."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 4, num_feat: int = 48,
-                 img_range: float = 255.0, norm: bool = True, **other: Any):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        scale: int = 4,
+        num_feat: int = 48,
+        img_range: float = 255.0,
+        norm: bool = True,
+        **other: Any,
+    ):
         super().__init__()
         warn_unused(type(self).__name__, other)
         self.in_channels, self.out_channels, self.scale = int(in_channels), int(out_channels), int(scale)
@@ -98,8 +106,9 @@ class SPAN(nn.Module):
             setattr(self, f"block_{i}", SPAB(nf))
         self.conv_cat = nn.Conv2d(nf * 4, nf, 1)
         self.conv_2 = Conv3XC(nf, nf)
-        self.upsampler = nn.Sequential(nn.Conv2d(nf, self.out_channels * self.scale ** 2, 3, 1, 1),
-                                       nn.PixelShuffle(self.scale))
+        self.upsampler = nn.Sequential(
+            nn.Conv2d(nf, self.out_channels * self.scale**2, 3, 1, 1), nn.PixelShuffle(self.scale)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm:
@@ -114,8 +123,14 @@ class SPAN(nn.Module):
         return self.upsampler(self.conv_cat(torch.cat([feat, out_b6, out_b1, out_b5_2], 1)))
 
     def hparams(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "scale": self.scale,
-                "num_feat": self.num_feat, "img_range": self.img_range, "norm": self.norm}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "scale": self.scale,
+            "num_feat": self.num_feat,
+            "img_range": self.img_range,
+            "norm": self.norm,
+        }
 
 
 def detect(state_dict: Mapping[str, Any]) -> dict | None:
@@ -129,8 +144,14 @@ def detect(state_dict: Mapping[str, Any]) -> dict | None:
     scale = math.isqrt(int(up[0]) // out_ch) if int(up[0]) % out_ch == 0 else 0
     if scale < 1 or scale * scale * out_ch != int(up[0]):
         return None
-    return {"in_channels": in_ch, "out_channels": out_ch, "scale": scale, "num_feat": nf,
-            "img_range": 255.0, "norm": "no_norm" not in state_dict}
+    return {
+        "in_channels": in_ch,
+        "out_channels": out_ch,
+        "scale": scale,
+        "num_feat": nf,
+        "img_range": 255.0,
+        "norm": "no_norm" not in state_dict,
+    }
 
 
 __all__ = ["SPAN", "SPAB", "Conv3XC", "detect"]

@@ -53,8 +53,16 @@ class Upsample(nn.Module):
 class SRResNet(nn.Module):
     """SRGAN's generator. ``(N, C_in, H, W)`` in 0..1 -> ``(N, C_out, scale·H, scale·W)``."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 4, num_feat: int = 64,
-                 num_block: int = 16, use_bn: bool = False, **other: Any):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_block: int = 16,
+        use_bn: bool = False,
+        **other: Any,
+    ):
         super().__init__()
         warn_unused(type(self).__name__, other)
         if scale not in (2, 4):
@@ -77,8 +85,14 @@ class SRResNet(nn.Module):
         return self.conv_last(self.upsample(f))
 
     def hparams(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "scale": self.scale,
-                "num_feat": self.num_feat, "num_block": self.num_block, "use_bn": self.use_bn}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "scale": self.scale,
+            "num_feat": self.num_feat,
+            "num_block": self.num_block,
+            "use_bn": self.use_bn,
+        }
 
 
 def detect(state_dict: Mapping[str, Any]) -> dict | None:
@@ -94,7 +108,7 @@ def detect(state_dict: Mapping[str, Any]) -> dict | None:
     return {
         "in_channels": int(first[1]),
         "out_channels": int(last[0]),
-        "scale": 2 ** n_up,
+        "scale": 2**n_up,
         "num_feat": int(first[0]),
         "num_block": count_indexed(state_dict, "body."),
         "use_bn": "bn_body.weight" in state_dict,

@@ -145,8 +145,13 @@ def _resi_conv(dim: int, kind: str) -> nn.Module:
         return nn.Conv2d(dim, dim, 3, 1, 1)
     if kind == "3conv":
         q = dim // 4
-        return nn.Sequential(nn.Conv2d(dim, q, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(q, q, 1),
-                             nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(q, dim, 3, 1, 1))
+        return nn.Sequential(
+            nn.Conv2d(dim, q, 3, 1, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(q, q, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(q, dim, 3, 1, 1),
+        )
     raise ValueError(f"resi_connection must be '1conv' or '3conv', not {kind!r}")
 
 
@@ -185,11 +190,25 @@ class _PatchNorm(nn.Module):
 class SwinIR(nn.Module):
     """``(N, C_in, H, W)`` -> ``(N, C_out, scale·H, scale·W)``, any H, W (padded to the window)."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, scale: int = 4, embed_dim: int = 60,
-                 depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
-                 window_size: int = 8, mlp_ratio: float = 2.0, img_size: int = 64, img_range: float = 1.0,
-                 upsampler: str = "pixelshuffledirect", resi_connection: str = "1conv", num_feat: int = 64,
-                 patch_norm: bool = True, ape: bool = False, **other: Any):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        scale: int = 4,
+        embed_dim: int = 60,
+        depths: Sequence[int] = (6, 6, 6, 6),
+        num_heads: Sequence[int] = (6, 6, 6, 6),
+        window_size: int = 8,
+        mlp_ratio: float = 2.0,
+        img_size: int = 64,
+        img_range: float = 1.0,
+        upsampler: str = "pixelshuffledirect",
+        resi_connection: str = "1conv",
+        num_feat: int = 64,
+        patch_norm: bool = True,
+        ape: bool = False,
+        **other: Any,
+    ):
         super().__init__()
         warn_unused(type(self).__name__, other)
         if upsampler not in UPSAMPLERS:
@@ -209,7 +228,7 @@ class SwinIR(nn.Module):
         self.conv_first = nn.Conv2d(self.in_channels, dim, 3, 1, 1)
         self.patch_embed = _PatchNorm(dim, self.patch_norm)
         if self.ape:
-            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.img_size ** 2, dim))
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.img_size**2, dim))
         self.layers = nn.ModuleList(
             RSTB(dim, self.img_size, d, h, self.window_size, self.mlp_ratio, resi_connection)
             for d, h in zip(self.depths, self.num_heads)
@@ -274,19 +293,31 @@ class SwinIR(nn.Module):
             else:
                 x = self.conv_before_upsample(x)
                 for i in range(1, self.n_up + 1):
-                    x = F.leaky_relu(getattr(self, f"conv_up{i}")(F.interpolate(x, scale_factor=2, mode="nearest")),
-                                     0.2)
+                    x = F.leaky_relu(
+                        getattr(self, f"conv_up{i}")(F.interpolate(x, scale_factor=2, mode="nearest")), 0.2
+                    )
                 x = self.conv_last(F.leaky_relu(self.conv_hr(x), 0.2))
         x = x / self.img_range + mean
         return x[..., : h * self.scale, : w * self.scale]
 
     def hparams(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "scale": self.scale,
-                "embed_dim": self.embed_dim, "depths": list(self.depths), "num_heads": list(self.num_heads),
-                "window_size": self.window_size, "mlp_ratio": self.mlp_ratio, "img_size": self.img_size,
-                "img_range": self.img_range, "upsampler": self.upsampler,
-                "resi_connection": self.resi_connection, "num_feat": self.num_feat,
-                "patch_norm": self.patch_norm, "ape": self.ape}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "scale": self.scale,
+            "embed_dim": self.embed_dim,
+            "depths": list(self.depths),
+            "num_heads": list(self.num_heads),
+            "window_size": self.window_size,
+            "mlp_ratio": self.mlp_ratio,
+            "img_size": self.img_size,
+            "img_range": self.img_range,
+            "upsampler": self.upsampler,
+            "resi_connection": self.resi_connection,
+            "num_feat": self.num_feat,
+            "patch_norm": self.patch_norm,
+            "ape": self.ape,
+        }
 
 
 _BLOCK = re.compile(r"layers\.(\d+)\.residual_group\.blocks\.(\d+)\.")
@@ -307,8 +338,10 @@ def detect(state_dict: Mapping[str, Any]) -> dict | None:
     if sorted(blocks) != list(range(n_layers)):
         return None
     depths = [len(blocks[i]) for i in range(n_layers)]
-    heads = [int(state_dict[f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table"].shape[1])
-             for i in range(n_layers)]
+    heads = [
+        int(state_dict[f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table"].shape[1])
+        for i in range(n_layers)
+    ]
     ws = (math.isqrt(int(table[0])) + 1) // 2
     fc1 = shape_of(state_dict, "layers.0.residual_group.blocks.0.mlp.fc1.weight")
     mlp_ratio = int(fc1[0]) / dim if fc1 else 2.0
@@ -347,10 +380,21 @@ def detect(state_dict: Mapping[str, Any]) -> dict | None:
     else:
         return None
     return {
-        "in_channels": in_ch, "out_channels": out_ch, "scale": scale, "embed_dim": dim, "depths": depths,
-        "num_heads": heads, "window_size": ws, "mlp_ratio": mlp_ratio, "img_size": img_size, "img_range": 1.0,
-        "upsampler": upsampler, "resi_connection": resi, "num_feat": num_feat,
-        "patch_norm": "patch_embed.norm.weight" in state_dict, "ape": "absolute_pos_embed" in state_dict,
+        "in_channels": in_ch,
+        "out_channels": out_ch,
+        "scale": scale,
+        "embed_dim": dim,
+        "depths": depths,
+        "num_heads": heads,
+        "window_size": ws,
+        "mlp_ratio": mlp_ratio,
+        "img_size": img_size,
+        "img_range": 1.0,
+        "upsampler": upsampler,
+        "resi_connection": resi,
+        "num_feat": num_feat,
+        "patch_norm": "patch_embed.norm.weight" in state_dict,
+        "ape": "absolute_pos_embed" in state_dict,
     }
 
 

@@ -15,10 +15,23 @@ import torch
 from .. import devices
 
 
-def bench_training(*, backbone: str = "rrim", hparams: dict | None = None, channels: int = 3, scale: int = 4,
-                   batch_size: int = 16, patch_size: int = 128, steps: int = 5, warmup: int = 2,
-                   precisions: Sequence[str] = ("fp32", "bf16"), channels_last: Sequence[bool] | None = None,
-                   device: str = "auto", threads: int = 0, registry=None, progress=None) -> list[dict[str, Any]]:
+def bench_training(
+    *,
+    backbone: str = "rrim",
+    hparams: dict | None = None,
+    channels: int = 3,
+    scale: int = 4,
+    batch_size: int = 16,
+    patch_size: int = 128,
+    steps: int = 5,
+    warmup: int = 2,
+    precisions: Sequence[str] = ("fp32", "bf16"),
+    channels_last: Sequence[bool] | None = None,
+    device: str = "auto",
+    threads: int = 0,
+    registry=None,
+    progress=None,
+) -> list[dict[str, Any]]:
     """One row per (precision, layout): seconds per step and HR patches/s."""
     from ..registry import get_registry
 
@@ -76,10 +89,17 @@ def bench_training(*, backbone: str = "rrim", hparams: dict | None = None, chann
             med = times[len(times) // 2]
             total = sum(times)
             row = {
-                "backbone": backbone, "hparams": {k: hp[k] for k in hp if k not in ("in_channels", "out_channels")},
-                "device": str(dev), "precision": prec, "channels_last": bool(cl), "batch_size": batch_size,
-                "patch_size": patch_size, "threads": torch.get_num_threads(), "steps": steps,
-                "s_per_step_median": round(med, 4), "s_per_step_min": round(times[0], 4),
+                "backbone": backbone,
+                "hparams": {k: hp[k] for k in hp if k not in ("in_channels", "out_channels")},
+                "device": str(dev),
+                "precision": prec,
+                "channels_last": bool(cl),
+                "batch_size": batch_size,
+                "patch_size": patch_size,
+                "threads": torch.get_num_threads(),
+                "steps": steps,
+                "s_per_step_median": round(med, 4),
+                "s_per_step_min": round(times[0], 4),
                 "patches_per_s": round(batch_size * steps / total, 2),
                 "patches_per_s_median": round(batch_size / med, 2),
             }
@@ -94,16 +114,30 @@ def bench_training(*, backbone: str = "rrim", hparams: dict | None = None, chann
     return rows
 
 
-def bench_loader(data: Sequence[str], *, channels: int = 3, scale: int = 4, batch_size: int = 16,
-                 patch_size: int = 128, workers: Sequence[int] = (0,), batches: int = 20,
-                 degradations=None, cache: str = "memory") -> dict[str, Any]:
+def bench_loader(
+    data: Sequence[str],
+    *,
+    channels: int = 3,
+    scale: int = 4,
+    batch_size: int = 16,
+    patch_size: int = 128,
+    workers: Sequence[int] = (0,),
+    batches: int = 20,
+    degradations=None,
+    cache: str = "memory",
+) -> dict[str, Any]:
     """Decode time and patches/s of the training data loader (LR made on the fly)."""
     from .data import Degradations, PatchDataset, load_records, measure_loader
 
-    records, report = load_records(list(data), channels=channels, min_side=patch_size, cache=cache,
-                                   cache_dir=None)
-    ds = PatchDataset(records, patch_size=patch_size, scale=scale, channels=channels,
-                      degradations=degradations or Degradations(), seed=0)
+    records, report = load_records(list(data), channels=channels, min_side=patch_size, cache=cache, cache_dir=None)
+    ds = PatchDataset(
+        records,
+        patch_size=patch_size,
+        scale=scale,
+        channels=channels,
+        degradations=degradations or Degradations(),
+        seed=0,
+    )
     out = {"data": report.summary(), "decode_seconds": round(report.decode_seconds, 2), "loader": []}
     for w in workers:
         out["loader"].append(measure_loader(ds, batch_size=batch_size, workers=w, batches=batches))

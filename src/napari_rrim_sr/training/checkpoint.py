@@ -25,8 +25,17 @@ log = logging.getLogger(__name__)
 
 CKPT_FORMAT = 1
 
-__all__ = ["CKPT_FORMAT", "TrainingError", "adapt_channels", "find_checkpoint", "load_checkpoint", "plain", "rng_state",
-           "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "CKPT_FORMAT",
+    "TrainingError",
+    "adapt_channels",
+    "find_checkpoint",
+    "load_checkpoint",
+    "plain",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 
 class TrainingError(RRIMError):
@@ -39,8 +48,13 @@ def rng_state() -> dict:
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": {"version": int(py_state[0]), "state": list(py_state[1]), "gauss": py_state[2]},
     }
     if torch.cuda.is_available():
@@ -51,8 +65,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():

@@ -36,11 +36,17 @@ DICT_FLAGS = {"hparams": "--hparam", "d_hparams": "--d-hparam", "vgg_layers": "-
 #: list keys that take exactly two values (ranges)
 PAIR_KEYS = {"blur_sigma", "noise_sigma", "poisson_peak", "jpeg_quality", "betas", "percentiles"}
 CHOICES = {
-    "stage": ("psnr", "gan"), "schedule": ("cosine", "step", "constant"), "pixel_loss": ("l1", "mse", "charbonnier"),
-    "gan_type": ("srgan", "esrgan"), "vgg_arch": ("auto", "vgg16", "vgg19"),
-    "vgg_input": ("auto", "bgr-caffe", "rgb-imagenet", "rgb-01"), "percep_criterion": ("l1", "mse"),
-    "normalize": ("auto", "dtype", "percentile", "minmax"), "cache": ("memory", "disk", "none"),
-    "precision": ("auto", "fp32", "bf16", "fp16"), "channels_last": ("auto", "on", "off"),
+    "stage": ("psnr", "gan"),
+    "schedule": ("cosine", "step", "constant"),
+    "pixel_loss": ("l1", "mse", "charbonnier"),
+    "gan_type": ("srgan", "esrgan"),
+    "vgg_arch": ("auto", "vgg16", "vgg19"),
+    "vgg_input": ("auto", "bgr-caffe", "rgb-imagenet", "rgb-01"),
+    "percep_criterion": ("l1", "mse"),
+    "normalize": ("auto", "dtype", "percentile", "minmax"),
+    "cache": ("memory", "disk", "none"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "channels_last": ("auto", "on", "off"),
     "export_dtype": ("fp32", "fp16", "bf16"),
 }
 
@@ -98,11 +104,23 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.name in DICT_FLAGS:
             if f.name == "vgg_layers":
-                g.add_argument(DICT_FLAGS[f.name], action="append", type=_layer_weight, metavar="LAYER[=W]",
-                               help=h + " Repeatable.", **common)
+                g.add_argument(
+                    DICT_FLAGS[f.name],
+                    action="append",
+                    type=_layer_weight,
+                    metavar="LAYER[=W]",
+                    help=h + " Repeatable.",
+                    **common,
+                )
             else:
-                g.add_argument(DICT_FLAGS[f.name], action="append", type=_key_value, metavar="KEY=VALUE",
-                               help=h + " Repeatable.", **common)
+                g.add_argument(
+                    DICT_FLAGS[f.name],
+                    action="append",
+                    type=_key_value,
+                    metavar="KEY=VALUE",
+                    help=h + " Repeatable.",
+                    **common,
+                )
             continue
         if kind == "bool":
             g.add_argument(flag, action=argparse.BooleanOptionalAction, help=h, **common)
@@ -121,37 +139,52 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, type=float, metavar="X", help=h, **common)
         else:
             choices = CHOICES.get(f.name)
-            g.add_argument(flag, choices=choices, metavar=None if choices else f.name.split("_")[-1].upper(),
-                           help=h, **common)
+            g.add_argument(
+                flag, choices=choices, metavar=None if choices else f.name.split("_")[-1].upper(), help=h, **common
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m napari_rrim_sr.training",
         description="Train, validate, export and register super-resolution weights for any registered "
-                    "backbone (PSNR stage, GAN stage). Without a subcommand, 'train' is assumed.",
+        "backbone (PSNR stage, GAN stage). Without a subcommand, 'train' is assumed.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("::", 1)[1].split("Every key")[0] if "::" in __doc__ else None,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train (or --resume) a model",
-                       description="Train a generator. Every config key is also a flag; flags override "
-                                   "--config. The resolved config is saved in the run directory.")
+    t = sub.add_parser(
+        "train",
+        help="train (or --resume) a model",
+        description="Train a generator. Every config key is also a flag; flags override "
+        "--config. The resolved config is saved in the run directory.",
+    )
     t.add_argument("--config", metavar="FILE", help="TOML config (e.g. training/recipes/*.toml)")
-    t.add_argument("--resume", nargs="?", const="last", metavar="CKPT|auto",
-                   help="continue the run in --out (its checkpoints/last.pt), a given checkpoint file, or "
-                        "'auto' (resume if a checkpoint exists, else start)")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        metavar="CKPT|auto",
+        help="continue the run in --out (its checkpoints/last.pt), a given checkpoint file, or "
+        "'auto' (resume if a checkpoint exists, else start)",
+    )
     t.add_argument("--print-config", action="store_true", help="print the merged config as TOML and exit")
-    t.add_argument("--benchmark", action="store_true",
-                   help="measure training throughput with this config's model, batch and patch size, then exit")
+    t.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="measure training throughput with this config's model, batch and patch size, then exit",
+    )
     add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="export a run's weights (.safetensors) and register them",
-                       description="Write RUN_DIR/NAME.safetensors from the run's last checkpoint (EMA weights) "
-                                   "with full metadata, and copy it into the user weights folder.")
+    e = sub.add_parser(
+        "export",
+        help="export a run's weights (.safetensors) and register them",
+        description="Write RUN_DIR/NAME.safetensors from the run's last checkpoint (EMA weights) "
+        "with full metadata, and copy it into the user weights folder.",
+    )
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--name", help="weights id (default: the run's name)")
     e.add_argument("--checkpoint", metavar="CKPT", help="a specific checkpoint (default: checkpoints/last.pt)")
@@ -162,9 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--description", help="description stored in the metadata")
     e.set_defaults(func=cmd_export)
 
-    i = sub.add_parser("interpolate", help="ESRGAN network interpolation of two weights",
-                       description="theta = (1 - alpha) * A + alpha * B for two weights of the same backbone and "
-                                   "hyper-parameters (A: PSNR model, B: GAN model).")
+    i = sub.add_parser(
+        "interpolate",
+        help="ESRGAN network interpolation of two weights",
+        description="theta = (1 - alpha) * A + alpha * B for two weights of the same backbone and "
+        "hyper-parameters (A: PSNR model, B: GAN model).",
+    )
     i.add_argument("a", metavar="A", help="weights file or registered id (alpha = 0)")
     i.add_argument("b", metavar="B", help="weights file or registered id (alpha = 1)")
     i.add_argument("--alpha", type=float, required=True, help="weight of B, in 0..1")
@@ -175,9 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None, help="stored dtype (default fp32)")
     i.set_defaults(func=cmd_interpolate)
 
-    b = sub.add_parser("bench", help="training throughput (HR patches/s), fp32 vs bf16",
-                       description="Time full training steps (forward, L1, backward, Adam) on random tensors "
-                                   "for each precision; optionally time the data loader on --data.")
+    b = sub.add_parser(
+        "bench",
+        help="training throughput (HR patches/s), fp32 vs bf16",
+        description="Time full training steps (forward, L1, backward, Adam) on random tensors "
+        "for each precision; optionally time the data loader on --data.",
+    )
     b.add_argument("--backbone", default="rrim")
     b.add_argument("--hparam", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
     b.add_argument("--channels", type=int, default=3, choices=(1, 3))
@@ -193,8 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", nargs="+", metavar="PATH", help="also measure the data loader on these images")
     b.add_argument("--workers", type=int, nargs="+", default=[0], help="loader worker counts to try")
     b.add_argument("--loader-only", action="store_true", help="only measure the data loader")
-    b.add_argument("--degrade", action="store_true",
-                   help="loader with degradations (blur sigma 0.2-2, noise sigma 1-10, JPEG quality 50-95)")
+    b.add_argument(
+        "--degrade",
+        action="store_true",
+        help="loader with degradations (blur sigma 0.2-2, noise sigma 1-10, JPEG quality 50-95)",
+    )
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench)
     for name, (_, text) in TOOLS.items():  # listed here; main() hands their arguments to them
@@ -206,16 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
 #: measurements and the shipped-GAN assembly: ``python -m napari_rrim_sr.training NAME ...`` runs
 #: ``main(argv)`` of the module (its own options; NAME --help lists them)
 TOOLS = {
-    "robust-check": ("napari_rrim_sr.training.measure.robust",
-                     "score RGB (or --gray) models on degraded LR and measure overshoot"),
+    "robust-check": (
+        "napari_rrim_sr.training.measure.robust",
+        "score RGB (or --gray) models on degraded LR and measure overshoot",
+    ),
     "grid-check": ("napari_rrim_sr.training.measure.grid", "measure the 2-/4-px GAN grid and detail on Kodak24"),
-    "compare-gray": ("napari_rrim_sr.training.measure.gray",
-                     "gray model vs bicubic and the RGB model on held-out microscopy"),
+    "compare-gray": (
+        "napari_rrim_sr.training.measure.gray",
+        "gray model vs bicubic and the RGB model on held-out microscopy",
+    ),
     "size-speed": ("napari_rrim_sr.training.measure.size_speed", "inference speed of RRIM sizes"),
-    "measure-choice": ("napari_rrim_sr.training.measure.choice",
-                       "the automatic model choice: overshoot on native data, Kodak24 clean LR"),
-    "ship-gan": ("napari_rrim_sr.training.ship_gan",
-                 "assemble the shipped GAN weights (interpolation + recipe + metrics)"),
+    "measure-choice": (
+        "napari_rrim_sr.training.measure.choice",
+        "the automatic model choice: overshoot on native data, Kodak24 clean LR",
+    ),
+    "finetune-report": (
+        "napari_rrim_sr.training.measure.finetune_report",
+        "docs table of fine-tune runs from their finetune --json files",
+    ),
+    "ship-gan": (
+        "napari_rrim_sr.training.ship_gan",
+        "assemble the shipped GAN weights (interpolation + recipe + metrics)",
+    ),
 }
 
 
@@ -226,14 +280,21 @@ def run_tool(name: str, argv: list[str]) -> int:
 
 
 def add_finetune_parser(sub) -> None:
-    f = sub.add_parser("finetune", help="fine-tune registered weights on your own data within a time budget",
-                       description="Fine-tune WEIGHTS on images or stacks (unpaired: LR made with degradations "
-                                   "chosen from the data's measured noise) or on registered LR/HR pairs, for a "
-                                   "time budget; score model, base model and bicubic on an automatic held-out "
-                                   "split; register the best weights with a model card.")
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune registered weights on your own data within a time budget",
+        description="Fine-tune WEIGHTS on images or stacks (unpaired: LR made with degradations "
+        "chosen from the data's measured noise) or on registered LR/HR pairs, for a "
+        "time budget; score model, base model and bicubic on an automatic held-out "
+        "split; register the best weights with a model card.",
+    )
     f.add_argument("--data", nargs="+", metavar="PATH", default=[], help="images, stacks or folders (unpaired)")
-    f.add_argument("--pairs", nargs=2, metavar=("LR_DIR", "HR_DIR"),
-                   help="paired data: files of the same name in the two folders (or two files)")
+    f.add_argument(
+        "--pairs",
+        nargs=2,
+        metavar=("LR_DIR", "HR_DIR"),
+        help="paired data: files of the same name in the two folders (or two files)",
+    )
     f.add_argument("--init", default="rrim-x4-gray", metavar="WEIGHTS", help="weights id or file to start from")
     f.add_argument("--minutes", type=float, required=True, help="training time budget in minutes")
     f.add_argument("--out", required=True, metavar="DIR", help="run folder (weights, model card, training run)")
@@ -280,37 +341,70 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
     if not ns.data and not ns.pairs:
         raise ConfigError("finetune needs --data PATH... or --pairs LR_DIR HR_DIR")
     settings = FinetuneSettings(
-        data=list(ns.data), pairs=_pair_files(*ns.pairs) if ns.pairs else [], init=ns.init, minutes=ns.minutes,
-        out=ns.out, name=ns.name or "", degradations=ns.degradations, blur=ns.blur, photons=ns.photons,
-        read_sigma=ns.read_sigma, max_steps=ns.max_steps, batch_size=ns.batch_size, patch_size=ns.patch_size,
-        lr=ns.lr, heldout_crops=ns.heldout_crops, heldout_side=ns.heldout_side, max_residual=ns.max_residual,
-        compare=list(ns.compare), register=not ns.no_register, overwrite=ns.overwrite, threads=ns.threads,
-        seed=ns.seed)
+        data=list(ns.data),
+        pairs=_pair_files(*ns.pairs) if ns.pairs else [],
+        init=ns.init,
+        minutes=ns.minutes,
+        out=ns.out,
+        name=ns.name or "",
+        degradations=ns.degradations,
+        blur=ns.blur,
+        photons=ns.photons,
+        read_sigma=ns.read_sigma,
+        max_steps=ns.max_steps,
+        batch_size=ns.batch_size,
+        patch_size=ns.patch_size,
+        lr=ns.lr,
+        heldout_crops=ns.heldout_crops,
+        heldout_side=ns.heldout_side,
+        max_residual=ns.max_residual,
+        compare=list(ns.compare),
+        register=not ns.no_register,
+        overwrite=ns.overwrite,
+        threads=ns.threads,
+        seed=ns.seed,
+    )
 
     def point(p: dict) -> None:
-        print(f"  step {p['step']:>6} ({p['elapsed_s']:>7.1f} s): held-out PSNR {p['psnr']:.3f} dB "
-              f"SSIM {p['ssim']:.4f} (base {p['base_psnr']:.3f}, bicubic {p['bicubic_psnr']:.3f})", flush=True)
+        print(
+            f"  step {p['step']:>6} ({p['elapsed_s']:>7.1f} s): held-out PSNR {p['psnr']:.3f} dB "
+            f"SSIM {p['ssim']:.4f} (base {p['base_psnr']:.3f}, bicubic {p['bicubic_psnr']:.3f})",
+            flush=True,
+        )
 
     res = finetune(settings, on_point=point, on_status=lambda m: print(m, flush=True))
     print(f"{res.status} after {res.steps} steps (best held-out step {res.best_step})")
     print("held-out scores:")
     print(res.table())
-    print(("the fine-tuned model beats" if res.beats_base else "the fine-tuned model does NOT beat") +
-          " its base model on held-out data" + ("" if res.beats_base else ": keep using the base model"))
+    print(
+        ("the fine-tuned model beats" if res.beats_base else "the fine-tuned model does NOT beat")
+        + " its base model on held-out data"
+        + ("" if res.beats_base else ": keep using the base model")
+    )
     print(f"weights: {res.weights}\nmodel card: {res.card}")
     if res.installed:
         print(f"registered as {res.name!r}: {res.installed}")
     if ns.json:
         from ..safe_write import atomic_write
 
-        doc = {"name": res.name, "status": res.status, "steps": res.steps, "best_step": res.best_step,
-               "beats_base": res.beats_base, "scores": res.scores, "curve": res.curve, "recipe": res.recipe,
-               "weights": str(res.weights), "installed": str(res.installed) if res.installed else None}
+        doc = {
+            "name": res.name,
+            "status": res.status,
+            "steps": res.steps,
+            "best_step": res.best_step,
+            "beats_base": res.beats_base,
+            "scores": res.scores,
+            "curve": res.curve,
+            "recipe": res.recipe,
+            "weights": str(res.weights),
+            "installed": str(res.installed) if res.installed else None,
+        }
         atomic_write(ns.json, json.dumps(jsonable(doc), indent=2) + "\n", overwrite=True)
     return 0
 
 
 # -- config merging ---------------------------------------------------------------------------
+
 
 def _cli_values(ns: argparse.Namespace) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -360,6 +454,7 @@ def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, Any]:
 
 # -- commands ---------------------------------------------------------------------------------
 
+
 def cmd_train(ns: argparse.Namespace) -> int:
     cfg, resume = config_from_args(ns)
     if ns.print_config:
@@ -367,26 +462,38 @@ def cmd_train(ns: argparse.Namespace) -> int:
         return 0
     if ns.benchmark:
         return _bench_rows(
-            backbone=cfg.backbone or "rrim", hparams=cfg.hparams, channels=cfg.channels or 3,
-            scale=cfg.scale or 4, batch_size=cfg.batch_size, patch_size=cfg.patch_size,
+            backbone=cfg.backbone or "rrim",
+            hparams=cfg.hparams,
+            channels=cfg.channels or 3,
+            scale=cfg.scale or 4,
+            batch_size=cfg.batch_size,
+            patch_size=cfg.patch_size,
             precisions=("fp32", "bf16") if cfg.precision == "auto" else (cfg.precision,),
-            device=cfg.device, threads=cfg.threads, as_json=False,
+            device=cfg.device,
+            threads=cfg.threads,
+            as_json=False,
         )
     from .trainer import Trainer
 
     trainer = Trainer(cfg, resume=resume)
     print(f"run directory: {trainer.run_dir}")
-    print(f"data: {trainer.data_report.summary()}" +
-          (f" (listed in {trainer.run_dir / 'data.json'})" if trainer.data_report.skipped else ""))
-    print(f"model: {trainer.cfg.backbone} {trainer.cfg.hparams}; device {trainer.device}, "
-          f"precision {trainer.precision}, channels_last {trainer.channels_last}; step {trainer.step}/{cfg.steps}")
+    print(
+        f"data: {trainer.data_report.summary()}"
+        + (f" (listed in {trainer.run_dir / 'data.json'})" if trainer.data_report.skipped else "")
+    )
+    print(
+        f"model: {trainer.cfg.backbone} {trainer.cfg.hparams}; device {trainer.device}, "
+        f"precision {trainer.precision}, channels_last {trainer.channels_last}; step {trainer.step}/{cfg.steps}"
+    )
     result = trainer.run()
     print(f"{result.status} at step {result.step}")
     if result.metrics:
         m = result.metrics
         bic = f" (bicubic {m['bicubic_psnr']:.3f} dB)" if "bicubic_psnr" in m else ""
-        print(f"validation: PSNR {m.get('psnr', float('nan')):.3f} dB{bic}, SSIM {m.get('ssim', float('nan')):.4f}, "
-              f"FSIM {m.get('fsim', float('nan')):.4f} [{trainer.val_convention()}]")
+        print(
+            f"validation: PSNR {m.get('psnr', float('nan')):.3f} dB{bic}, SSIM {m.get('ssim', float('nan')):.4f}, "
+            f"FSIM {m.get('fsim', float('nan')):.4f} [{trainer.val_convention()}]"
+        )
     if result.weights:
         print(f"weights: {result.weights}")
     if result.installed:
@@ -401,8 +508,16 @@ def cmd_train(ns: argparse.Namespace) -> int:
 def cmd_export(ns: argparse.Namespace) -> int:
     from .export import export_run
 
-    res = export_run(ns.run_dir, name=ns.name, checkpoint=ns.checkpoint, use_ema=not ns.no_ema, dtype=ns.dtype,
-                     register=not ns.no_register, description=ns.description, overwrite=ns.overwrite)
+    res = export_run(
+        ns.run_dir,
+        name=ns.name,
+        checkpoint=ns.checkpoint,
+        use_ema=not ns.no_ema,
+        dtype=ns.dtype,
+        register=not ns.no_register,
+        description=ns.description,
+        overwrite=ns.overwrite,
+    )
     print(f"wrote {res.path}")
     m = res.metadata.get("metrics") or {}
     if "psnr" in m:
@@ -415,8 +530,9 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_interpolate(ns: argparse.Namespace) -> int:
     from .export import interpolate
 
-    res = interpolate(ns.a, ns.b, ns.alpha, ns.out, name=ns.name, register=ns.register, overwrite=ns.overwrite,
-                      dtype=ns.dtype)
+    res = interpolate(
+        ns.a, ns.b, ns.alpha, ns.out, name=ns.name, register=ns.register, overwrite=ns.overwrite, dtype=ns.dtype
+    )
     print(f"wrote {res.path} ((1 - {ns.alpha:g}) * A + {ns.alpha:g} * B)")
     if res.installed:
         print(f"registered: {res.installed}")
@@ -428,12 +544,16 @@ def _bench_rows(*, as_json: bool, **kwargs) -> int:
 
     def show(row):
         if not as_json:
-            print(f"  {row['precision']:>5} channels_last={str(row['channels_last']):<5} "
-                  f"{row['s_per_step_median']:.3f} s/step  {row['patches_per_s']:.1f} HR patches/s")
+            print(
+                f"  {row['precision']:>5} channels_last={str(row['channels_last']):<5} "
+                f"{row['s_per_step_median']:.3f} s/step  {row['patches_per_s']:.1f} HR patches/s"
+            )
 
     if not as_json:
-        print(f"training throughput: {kwargs['backbone']} batch {kwargs['batch_size']} x "
-              f"{kwargs['patch_size']}px HR patches (forward + L1 + backward + Adam)")
+        print(
+            f"training throughput: {kwargs['backbone']} batch {kwargs['batch_size']} x "
+            f"{kwargs['patch_size']}px HR patches (forward + L1 + backward + Adam)"
+        )
     rows = bench_training(progress=show, **kwargs)
     for r in rows:
         if "error" in r and not as_json:
@@ -453,22 +573,42 @@ def cmd_bench(ns: argparse.Namespace) -> int:
             from .data import Degradations
 
             deg = Degradations(blur_sigma=(0.2, 2.0), noise_sigma=(1.0, 10.0), jpeg_quality=(50, 95))
-        res = bench_loader(ns.data, channels=ns.channels, scale=ns.scale, batch_size=ns.batch_size,
-                           patch_size=ns.patch_size, workers=ns.workers, degradations=deg)
+        res = bench_loader(
+            ns.data,
+            channels=ns.channels,
+            scale=ns.scale,
+            batch_size=ns.batch_size,
+            patch_size=ns.patch_size,
+            workers=ns.workers,
+            degradations=deg,
+        )
         out["loader"] = res
         if not ns.json:
             print(f"data: {res['data']}")
             for r in res["loader"]:
-                print(f"  loader workers={r['workers']}: {r['patches_per_s']:.1f} patches/s "
-                      f"({r['patch_size']}px HR + LR, batch {r['batch_size']})")
+                print(
+                    f"  loader workers={r['workers']}: {r['patches_per_s']:.1f} patches/s "
+                    f"({r['patch_size']}px HR + LR, batch {r['batch_size']})"
+                )
     if ns.loader_only:
         if ns.json:
             print(json.dumps(out, indent=2))
         return 0
     cl = {"auto": None, "on": [True], "off": [False], "both": [False, True]}[ns.channels_last]
-    kwargs = dict(backbone=ns.backbone, hparams=dict(ns.hparam), channels=ns.channels, scale=ns.scale,
-                  batch_size=ns.batch_size, patch_size=ns.patch_size, steps=ns.steps, warmup=ns.warmup,
-                  precisions=ns.precisions, channels_last=cl, device=ns.device, threads=ns.threads)
+    kwargs = dict(
+        backbone=ns.backbone,
+        hparams=dict(ns.hparam),
+        channels=ns.channels,
+        scale=ns.scale,
+        batch_size=ns.batch_size,
+        patch_size=ns.patch_size,
+        steps=ns.steps,
+        warmup=ns.warmup,
+        precisions=ns.precisions,
+        channels_last=cl,
+        device=ns.device,
+        threads=ns.threads,
+    )
     if ns.json:
         from .bench import bench_training
 
@@ -482,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if a not in ("-v", "--verbose")), None)
     if first in TOOLS:
-        rest = argv[argv.index(first) + 1:]
+        rest = argv[argv.index(first) + 1 :]
         try:
             return run_tool(first, rest)
         except RRIMError as exc:
@@ -493,8 +633,9 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(i, "train")  # flags without a subcommand: train
     parser = build_parser()
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not ns.verbose:
         logging.getLogger("napari_rrim_sr.training").setLevel(logging.INFO)
     if not getattr(ns, "func", None):

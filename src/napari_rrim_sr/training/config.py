@@ -229,8 +229,10 @@ class TrainConfig:
         need(self.batch_size >= 1, "batch_size must be >= 1")
         need(self.scale in (0, 2, 3, 4, 8), f"unsupported scale {self.scale}")
         s = self.scale or 4
-        need(self.patch_size >= 4 * s and self.patch_size % s == 0,
-             f"patch_size ({self.patch_size}) must be a multiple of scale ({s}) and at least {4 * s}")
+        need(
+            self.patch_size >= 4 * s and self.patch_size % s == 0,
+            f"patch_size ({self.patch_size}) must be a multiple of scale ({s}) and at least {4 * s}",
+        )
         need(self.channels in (0, 1, 3), "channels must be 1 or 3")
         need(self.lr > 0, "lr must be > 0")
         need(len(self.betas) == 2, "betas needs two values")
@@ -240,12 +242,15 @@ class TrainConfig:
         need(self.gan_type in GAN_STYLE_DEFAULTS, f"gan_type must be one of {sorted(GAN_STYLE_DEFAULTS)}")
         need(self.percep_criterion in ("l1", "mse"), "percep_criterion must be l1 or mse")
         need(self.vgg_arch in ("auto", "vgg16", "vgg19"), "vgg_arch must be auto, vgg16 or vgg19")
-        need(self.vgg_input in ("auto", "bgr-caffe", "rgb-imagenet", "rgb-01"),
-             "vgg_input must be auto, bgr-caffe, rgb-imagenet or rgb-01")
-        need(self.normalize in ("auto", "dtype", "percentile", "minmax"),
-             f"unknown normalize {self.normalize!r}")
-        need(len(self.percentiles) == 2 and 0 <= self.percentiles[0] < self.percentiles[1] <= 100,
-             "percentiles must be two increasing values in 0..100")
+        need(
+            self.vgg_input in ("auto", "bgr-caffe", "rgb-imagenet", "rgb-01"),
+            "vgg_input must be auto, bgr-caffe, rgb-imagenet or rgb-01",
+        )
+        need(self.normalize in ("auto", "dtype", "percentile", "minmax"), f"unknown normalize {self.normalize!r}")
+        need(
+            len(self.percentiles) == 2 and 0 <= self.percentiles[0] < self.percentiles[1] <= 100,
+            "percentiles must be two increasing values in 0..100",
+        )
         need(self.cache in ("memory", "disk", "none"), "cache must be memory, disk or none")
         need(self.precision in ("auto", "fp32", "bf16", "fp16"), f"unknown precision {self.precision!r}")
         need(self.channels_last in ("auto", "on", "off"), "channels_last must be auto, on or off")
@@ -257,14 +262,25 @@ class TrainConfig:
         for key in ("blur_prob", "alias_prob", "noise_prob", "poisson_prob", "jpeg_prob"):
             need(0.0 <= getattr(self, key) <= 1.0, f"{key} must be a probability")
         need(self.max_minutes >= 0, "max_minutes must be >= 0")
-        for key in ("val_every", "ckpt_every", "log_every", "workers", "threads", "val_limit", "val_crop",
-                    "keep_ckpts", "warmup"):
+        for key in (
+            "val_every",
+            "ckpt_every",
+            "log_every",
+            "workers",
+            "threads",
+            "val_limit",
+            "val_crop",
+            "keep_ckpts",
+            "warmup",
+        ):
             need(getattr(self, key) >= 0, f"{key} must be >= 0")
         for k, w in self.vgg_layers.items():
             need(_is_number(w), f"vgg_layers[{k!r}] must be a number")
         if self.stage == "gan":
-            need(bool(self.vgg_weights) or (self.percep_weight == 0 and self.gram_weight == 0),
-                 "stage gan needs --vgg-weights (a VGG16/19 features file), or --percep-weight 0")
+            need(
+                bool(self.vgg_weights) or (self.percep_weight == 0 and self.gram_weight == 0),
+                "stage gan needs --vgg-weights (a VGG16/19 features file), or --percep-weight 0",
+            )
         need(bool(self.data), "no training data: give --data DIR (or data = [...] in the config)")
         return self
 
@@ -408,6 +424,7 @@ def _intlike(v: Any) -> int:
 
 
 # -- a minimal TOML writer (tomllib reads only) ----------------------------------------------
+
 
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):

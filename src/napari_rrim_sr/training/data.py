@@ -61,12 +61,15 @@ class DataError(RRIMError):
 
 # -- discovering files ------------------------------------------------------------------------
 
+
 def _excluded(path: Path, patterns: Sequence[str]) -> bool:
     s = str(path)
     return any(fnmatch.fnmatch(path.name, p) or fnmatch.fnmatch(s, p) for p in patterns)
 
 
-def find_images(sources: Iterable[str | os.PathLike], exclude: Sequence[str] = ()) -> tuple[list[Path], list[tuple[str, str]]]:
+def find_images(
+    sources: Iterable[str | os.PathLike], exclude: Sequence[str] = ()
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files named by ``sources``; returns ``(files, problems)``.
 
     A source that does not exist raises :class:`DataError`; files with an unknown suffix inside
@@ -112,6 +115,7 @@ def find_images(sources: Iterable[str | os.PathLike], exclude: Sequence[str] = (
 
 # -- decoding ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Decoded:
     """``planes``: (N, H, W, C) in the file's dtype; ``color``: C is a colour-sample axis."""
@@ -151,7 +155,9 @@ def map_channels(dec: Decoded, channels: int) -> np.ndarray:
     return y[..., None]
 
 
-def to_unit_storage(a: np.ndarray, normalize: str = "auto", percentiles: Sequence[float] = (0.1, 99.9)) -> tuple[np.ndarray, int]:
+def to_unit_storage(
+    a: np.ndarray, normalize: str = "auto", percentiles: Sequence[float] = (0.1, 99.9)
+) -> tuple[np.ndarray, int]:
     """Scale to 0..1 and store compactly: returns ``(uint8 or uint16 array, bits)``.
 
     The stored value ``v`` stands for ``v / (2**bits - 1)``.
@@ -187,6 +193,7 @@ def to_unit_storage(a: np.ndarray, normalize: str = "auto", percentiles: Sequenc
 
 
 # -- records and cache ------------------------------------------------------------------------
+
 
 @dataclass
 class ImageRecord:
@@ -254,8 +261,15 @@ def _cache_key(path: Path, channels: int, normalize: str, percentiles: Sequence[
     return hashlib.sha1(raw.encode()).hexdigest()
 
 
-def _load_one(path: Path, channels: int, normalize: str, percentiles: Sequence[float], min_side: int,
-              cache: str, cache_dir: Path | None) -> ImageRecord:
+def _load_one(
+    path: Path,
+    channels: int,
+    normalize: str,
+    percentiles: Sequence[float],
+    min_side: int,
+    cache: str,
+    cache_dir: Path | None,
+) -> ImageRecord:
     cache_file = None
     if cache == "disk" and cache_dir is not None:
         cache_file = cache_dir / f"{_cache_key(path, channels, normalize, percentiles)}.npy"
@@ -365,16 +379,28 @@ def load_records(
 
 # -- the dataset ------------------------------------------------------------------------------
 
+
 class PatchDataset:
     """Map-style dataset of ``(lr, hr)`` float32 tensor pairs, ``(C, P/s, P/s)`` and ``(C, P, P)``.
 
     ``len`` is nominal (``length``); item ``i`` is a pure function of ``(seed, i)``.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], *, patch_size: int, scale: int, channels: int,
-                 degradations: Degradations | None = None, augment: bool = True, seed: int = 0,
-                 length: int = 1 << 30, normalize: str = "auto", percentiles: Sequence[float] = (0.1, 99.9),
-                 margin: bool = True):
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        *,
+        patch_size: int,
+        scale: int,
+        channels: int,
+        degradations: Degradations | None = None,
+        augment: bool = True,
+        seed: int = 0,
+        length: int = 1 << 30,
+        normalize: str = "auto",
+        percentiles: Sequence[float] = (0.1, 99.9),
+        margin: bool = True,
+    ):
         if patch_size % scale:
             raise DataError(f"patch size {patch_size} is not a multiple of scale {scale}")
         self.records = list(records)
@@ -446,13 +472,13 @@ class PatchDataset:
         hr_m, top, left, bits = self.sample_hr(rng)
         p, s, d = self.patch_size, self.scale, self.deg
         t = torch.from_numpy(hr_m)
-        hr = t[:, top:top + p, left:left + p]
+        hr = t[:, top : top + p, left : left + p]
         src = t
         if d.blur and rng.random() < d.blur_prob:
             src = gaussian_blur(t, float(rng.uniform(*d.blur_sigma)))
         alias = d.alias_prob > 0 and rng.random() < d.alias_prob
         lr_full = imresize_torch(src, 1.0 / s, antialias=not alias)
-        lr = lr_full[:, top // s:top // s + p // s, left // s:left // s + p // s]
+        lr = lr_full[:, top // s : top // s + p // s, left // s : left // s + p // s]
         if d.noise_sigma[1] > 0 and rng.random() < d.noise_prob:
             sigma = float(rng.uniform(*d.noise_sigma)) / 255.0
             g = torch.from_numpy(rng.standard_normal(lr.shape).astype(np.float32))
@@ -493,8 +519,9 @@ class IndexRange:
         return max(0, self.stop - self.start)
 
 
-def make_loader(dataset: PatchDataset, *, batch_size: int, start_step: int, steps: int, workers: int = 0,
-                pin_memory: bool = False):
+def make_loader(
+    dataset: PatchDataset, *, batch_size: int, start_step: int, steps: int, workers: int = 0, pin_memory: bool = False
+):
     """Batches for steps ``start_step .. steps-1``: batch ``k`` holds samples ``k*B .. k*B+B-1``."""
     import torch
 
@@ -503,13 +530,19 @@ def make_loader(dataset: PatchDataset, *, batch_size: int, start_step: int, step
     if workers > 0:
         kwargs.update(persistent_workers=False, prefetch_factor=4)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-        pin_memory=pin_memory, **kwargs,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=pin_memory,
+        **kwargs,
     )
 
 
-def measure_loader(dataset: PatchDataset, *, batch_size: int = 16, workers: int = 0, batches: int = 20,
-                   warmup: int = 2) -> dict:
+def measure_loader(
+    dataset: PatchDataset, *, batch_size: int = 16, workers: int = 0, batches: int = 20, warmup: int = 2
+) -> dict:
     """Patches per second the loader delivers (LR generation and degradations included)."""
     loader = make_loader(dataset, batch_size=batch_size, start_step=0, steps=batches + warmup, workers=workers)
     it = iter(loader)
@@ -520,11 +553,18 @@ def measure_loader(dataset: PatchDataset, *, batch_size: int = 16, workers: int 
     for lr, hr in it:
         n += hr.shape[0]
     dt = time.perf_counter() - t0
-    return {"patches": n, "seconds": round(dt, 3), "patches_per_s": round(n / dt, 1) if dt > 0 else float("inf"),
-            "batch_size": batch_size, "workers": workers, "patch_size": dataset.patch_size}
+    return {
+        "patches": n,
+        "seconds": round(dt, 3),
+        "patches_per_s": round(n / dt, 1) if dt > 0 else float("inf"),
+        "batch_size": batch_size,
+        "workers": workers,
+        "patch_size": dataset.patch_size,
+    }
 
 
 # -- validation images ------------------------------------------------------------------------
+
 
 @dataclass
 class ValImage:
@@ -535,9 +575,17 @@ class ValImage:
     bits: int
 
 
-def load_validation(source: str, *, channels: int, scale: int, limit: int = 0, crop: int = 0,
-                    normalize: str = "auto", percentiles: Sequence[float] = (0.1, 99.9),
-                    exclude: Sequence[str] = ()) -> tuple[list[ValImage], list[tuple[str, str]]]:
+def load_validation(
+    source: str,
+    *,
+    channels: int,
+    scale: int,
+    limit: int = 0,
+    crop: int = 0,
+    normalize: str = "auto",
+    percentiles: Sequence[float] = (0.1, 99.9),
+    exclude: Sequence[str] = (),
+) -> tuple[list[ValImage], list[tuple[str, str]]]:
     """Validation images mapped like the training data (stacks: the middle plane), centre-cropped
     to ``crop`` (if > 0) and mod-cropped to ``scale``."""
     files, problems = find_images([source], exclude)
@@ -561,7 +609,7 @@ def load_validation(source: str, *, channels: int, scale: int, limit: int = 0, c
         if crop:
             ch, cw = min(h, crop), min(w, crop)
             y, x = (h - ch) // 2, (w - cw) // 2
-            img = img[y:y + ch, x:x + cw]
+            img = img[y : y + ch, x : x + cw]
             h, w = ch, cw
         h, w = h - h % scale, w - w % scale
         if h < 4 * scale or w < 4 * scale:
@@ -572,6 +620,8 @@ def load_validation(source: str, *, channels: int, scale: int, limit: int = 0, c
             img = np.repeat(img, 3, axis=2)
         out.append(ValImage(p.name, np.ascontiguousarray(img), bits))
     if not out:
-        raise DataError(f"no usable validation images in {source}" +
-                        (": " + "; ".join(f"{Path(p).name}: {r}" for p, r in problems[:3]) if problems else ""))
+        raise DataError(
+            f"no usable validation images in {source}"
+            + (": " + "; ".join(f"{Path(p).name}: {r}" for p, r in problems[:3]) if problems else "")
+        )
     return out, problems

@@ -29,10 +29,15 @@ class Degradations:
     @classmethod
     def from_config(cls, cfg) -> "Degradations":
         return cls(
-            blur_sigma=tuple(cfg.blur_sigma), blur_prob=cfg.blur_prob, alias_prob=cfg.alias_prob,
-            noise_sigma=tuple(cfg.noise_sigma), noise_prob=cfg.noise_prob,
-            poisson_peak=tuple(cfg.poisson_peak), poisson_prob=cfg.poisson_prob,
-            jpeg_quality=tuple(int(q) for q in cfg.jpeg_quality), jpeg_prob=cfg.jpeg_prob,
+            blur_sigma=tuple(cfg.blur_sigma),
+            blur_prob=cfg.blur_prob,
+            alias_prob=cfg.alias_prob,
+            noise_sigma=tuple(cfg.noise_sigma),
+            noise_prob=cfg.noise_prob,
+            poisson_peak=tuple(cfg.poisson_peak),
+            poisson_prob=cfg.poisson_prob,
+            jpeg_quality=tuple(int(q) for q in cfg.jpeg_quality),
+            jpeg_prob=cfg.jpeg_prob,
             quantize=cfg.quantize_lr,
         )
 

@@ -42,14 +42,24 @@ def _describe(cfg: dict, step: int, data: dict) -> str:
     color = "gray (1 channel)" if int(cfg.get("channels", 3)) == 1 else "RGB"
     stage = "GAN-stage (perceptual + adversarial)" if cfg.get("stage") == "gan" else "PSNR-oriented (pixel loss)"
     folders = ", ".join(Path(s).name or str(s) for s in data.get("sources", cfg.get("data", [])))
-    return (f"{cfg.get('backbone')} x{cfg.get('scale')} {color}, {stage}, {step} steps of "
-            f"{cfg.get('batch_size')}x{cfg.get('patch_size')}px patches on {data.get('images_used', '?')} "
-            f"images ({folders})")
+    return (
+        f"{cfg.get('backbone')} x{cfg.get('scale')} {color}, {stage}, {step} steps of "
+        f"{cfg.get('batch_size')}x{cfg.get('patch_size')}px patches on {data.get('images_used', '?')} "
+        f"images ({folders})"
+    )
 
 
-def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bool = True,
-               dtype: str | None = "fp32", register: bool = True, description: str | None = None,
-               overwrite: bool = False) -> ExportResult:
+def export_run(
+    run_dir,
+    *,
+    name: str | None = None,
+    checkpoint=None,
+    use_ema: bool = True,
+    dtype: str | None = "fp32",
+    register: bool = True,
+    description: str | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
     """Write ``RUN_DIR/NAME.safetensors`` from the run's checkpoint and optionally register it."""
     from ..registry import user_weights_dir
     from ..weights_io import install_weights, read_metadata
@@ -76,8 +86,15 @@ def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bo
     if val:
         last = val[-1]
         metrics = {k: last[k] for k in ("psnr", "ssim", "fsim") if k in last}
-        metrics.update({"step": last.get("step"), "images": last.get("n"), "val_set": cfg.get("val"),
-                        "convention": ckpt.get("val_convention", ""), "model": "EMA" if ema_used else "raw"})
+        metrics.update(
+            {
+                "step": last.get("step"),
+                "images": last.get("n"),
+                "val_set": cfg.get("val"),
+                "convention": ckpt.get("val_convention", ""),
+                "model": "EMA" if ema_used else "raw",
+            }
+        )
         if ckpt.get("bicubic_metrics"):
             metrics["bicubic"] = dict(ckpt["bicubic_metrics"])
     sessions = list(ckpt.get("sessions") or [])
@@ -103,9 +120,20 @@ def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bo
         same_run = (old.get("training") or {}).get("run_id") == training["run_id"] and training["run_id"]
         if not same_run:
             raise ExportError(f"{out} exists and comes from another run; pass --overwrite or another --name")
-    _save(out, sd, protect=[ckpt_path], overwrite=True, backbone=str(ckpt.get("backbone") or cfg.get("backbone")),
-          hparams=hparams, name=name, description=desc, recipe=cfg, metrics=metrics, dtype=dtype,
-          extra={"training": training})
+    _save(
+        out,
+        sd,
+        protect=[ckpt_path],
+        overwrite=True,
+        backbone=str(ckpt.get("backbone") or cfg.get("backbone")),
+        hparams=hparams,
+        name=name,
+        description=desc,
+        recipe=cfg,
+        metrics=metrics,
+        dtype=dtype,
+        extra={"training": training},
+    )
     installed = None
     if register:
         dest = user_weights_dir() / f"{name}.safetensors"
@@ -119,8 +147,10 @@ def export_run(run_dir, *, name: str | None = None, checkpoint=None, use_ema: bo
         try:
             installed = install_weights(out, overwrite=replace_ok)
         except WeightsError as exc:
-            raise ExportError(f"exported {out}, but cannot register it: {exc.problem} ({exc.path}); "
-                              "export again with another --name, or --overwrite") from None
+            raise ExportError(
+                f"exported {out}, but cannot register it: {exc.problem} ({exc.path}); "
+                "export again with another --name, or --overwrite"
+            ) from None
     return ExportResult(out, installed, read_metadata(out))
 
 
@@ -130,11 +160,13 @@ def _save(out: Path, state_dict, *, protect: list, overwrite: bool, **kw) -> Pat
     from ..safe_write import atomic_write
     from ..weights_io import save_weights
 
-    return atomic_write(out, lambda tmp: save_weights(tmp, state_dict, overwrite=True, **kw),
-                        overwrite=overwrite, protect=protect)
+    return atomic_write(
+        out, lambda tmp: save_weights(tmp, state_dict, overwrite=True, **kw), overwrite=overwrite, protect=protect
+    )
 
 
 # -- network interpolation --------------------------------------------------------------------
+
 
 def _resolve_weights(source) -> Path:
     p = Path(str(source)).expanduser()
@@ -188,8 +220,9 @@ def lerp_weights(a, b, alpha: float) -> Interpolated:
     bbb, hpb = ident(sdb, mb, pb)
     if bba != bbb:
         raise ExportError(f"cannot interpolate different backbones: {pa.name} is {bba!r}, {pb.name} is {bbb!r}")
-    diff = {k: (hpa.get(k), hpb.get(k)) for k in set(hpa) | set(hpb)
-            if k in hpa and k in hpb and hpa.get(k) != hpb.get(k)}
+    diff = {
+        k: (hpa.get(k), hpb.get(k)) for k in set(hpa) | set(hpb) if k in hpa and k in hpb and hpa.get(k) != hpb.get(k)
+    }
     if diff:
         text = ", ".join(f"{k}: {va!r} vs {vb!r}" for k, (va, vb) in sorted(diff.items()))
         raise ExportError(f"cannot interpolate {bba} models with different hyper-parameters ({text})")
@@ -209,8 +242,17 @@ def lerp_weights(a, b, alpha: float) -> Interpolated:
     return Interpolated(sd, bba, dict(hpa or hpb), record, ma, mb)
 
 
-def interpolate(a, b, alpha: float, out, *, name: str | None = None, register: bool = False,
-                overwrite: bool = False, dtype: str | None = None) -> ExportResult:
+def interpolate(
+    a,
+    b,
+    alpha: float,
+    out,
+    *,
+    name: str | None = None,
+    register: bool = False,
+    overwrite: bool = False,
+    dtype: str | None = None,
+) -> ExportResult:
     """Write :func:`lerp_weights` of A and B to ``out`` (``.safetensors``)."""
     from ..safe_write import check_target
     from ..weights_io import install_weights, read_metadata
@@ -224,9 +266,22 @@ def interpolate(a, b, alpha: float, out, *, name: str | None = None, register: b
     ma, mb, pa, pb = lw.meta_a, lw.meta_b, Path(lw.record["a"]["path"]), Path(lw.record["b"]["path"])
     name = name or out.stem
     recipe = {"interpolation": lw.record, "a_recipe": ma.get("recipe", {}), "b_recipe": mb.get("recipe", {})}
-    desc = (f"network interpolation {1 - lw.record['alpha']:g} x {ma.get('name', pa.stem)} + "
-            f"{lw.record['alpha']:g} x {mb.get('name', pb.stem)} ({lw.backbone} x{lw.hparams.get('scale', '?')})")
-    _save(out, lw.state_dict, protect=[pa, pb], overwrite=overwrite, backbone=lw.backbone, hparams=lw.hparams,
-          name=name, description=desc, recipe=recipe, metrics={}, dtype=dtype)
+    desc = (
+        f"network interpolation {1 - lw.record['alpha']:g} x {ma.get('name', pa.stem)} + "
+        f"{lw.record['alpha']:g} x {mb.get('name', pb.stem)} ({lw.backbone} x{lw.hparams.get('scale', '?')})"
+    )
+    _save(
+        out,
+        lw.state_dict,
+        protect=[pa, pb],
+        overwrite=overwrite,
+        backbone=lw.backbone,
+        hparams=lw.hparams,
+        name=name,
+        description=desc,
+        recipe=recipe,
+        metrics={},
+        dtype=dtype,
+    )
     installed = install_weights(out, overwrite=overwrite) if register else None
     return ExportResult(out, installed, read_metadata(out))

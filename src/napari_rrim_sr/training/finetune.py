@@ -55,11 +55,14 @@ BUDGET_LADDER = ((16, 128), (8, 128), (8, 96), (4, 96), (4, 64), (2, 64))
 MIN_STEPS = 300
 HELDOUT_FRACTION = 0.2
 #: how the fine-tuning data were scaled to 0..1 (stored in the weights; upscale new data the same way)
-NORMALIZATION = ("8-bit data: dtype range (/255); other data: 0.1-99.9 percentiles per file, layer or pair "
-                 "image (upscale 16-bit or float data with percentile normalisation)")
+NORMALIZATION = (
+    "8-bit data: dtype range (/255); other data: 0.1-99.9 percentiles per file, layer or pair "
+    "image (upscale 16-bit or float data with percentile normalisation)"
+)
 
 
 # -- data ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Planes:
@@ -72,7 +75,8 @@ class Planes:
     def describe(self) -> str:
         shapes = sorted({f"{p.shape[1]}x{p.shape[0]}" for p in self.planes})
         return f"{len(self.planes)} plane(s) ({', '.join(shapes[:3])}) from {', '.join(self.sources[:4])}" + (
-            " ..." if len(self.sources) > 4 else "")
+            " ..." if len(self.sources) > 4 else ""
+        )
 
 
 def _unit(arr: np.ndarray, normalize: str = "auto") -> tuple[np.ndarray, int]:
@@ -126,27 +130,35 @@ class Split:
     how: str
 
 
-def split_heldout(planes: Sequence[np.ndarray], *, patch_size: int, scale: int,
-                  fraction: float = HELDOUT_FRACTION) -> Split:
+def split_heldout(
+    planes: Sequence[np.ndarray], *, patch_size: int, scale: int, fraction: float = HELDOUT_FRACTION
+) -> Split:
     """Held-out planes (several planes) or a held-out region (one plane); see the module doc."""
     n = len(planes)
     if n >= 2:
         k = max(1, round(fraction * n))
         gap = 1 if n - k - 1 >= 2 else 0
-        return Split(list(planes[:n - k - gap]), list(planes[n - k:]),
-                     f"planes {n - k}..{n - 1} of {n} held out" + (f", plane {n - k - 1} skipped as a gap" if gap else ""))
+        return Split(
+            list(planes[: n - k - gap]),
+            list(planes[n - k :]),
+            f"planes {n - k}..{n - 1} of {n} held out" + (f", plane {n - k - 1} skipped as a gap" if gap else ""),
+        )
     p = planes[0]
     h, w = p.shape[:2]
     cut = int(w * (1 - max(fraction, 0.25))) // scale * scale
     gap = 2 * scale * 4
     if cut - gap < patch_size or w - cut < 8 * scale:
-        raise InputError(f"one {w}x{h} image is too small to hold out a region and still train on "
-                         f"{patch_size}-px patches: give a larger image or several")
-    return Split([p[:, :cut - gap]], [p[:, cut:]], f"the right {w - cut} of {w} columns held out "
-                 f"({gap}-px gap before them)")
+        raise InputError(
+            f"one {w}x{h} image is too small to hold out a region and still train on "
+            f"{patch_size}-px patches: give a larger image or several"
+        )
+    return Split(
+        [p[:, : cut - gap]], [p[:, cut:]], f"the right {w - cut} of {w} columns held out ({gap}-px gap before them)"
+    )
 
 
 # -- statistics and degradations ----------------------------------------------------------------
+
 
 @dataclass
 class DataStats:
@@ -184,7 +196,10 @@ def _mean_variance(q: np.ndarray, b: int = 8) -> tuple[float, float]:
     nh, nw = hh.shape[0] // b, hh.shape[1] // b
     if nh * nw < 20:
         return 0.0, 0.0
-    blk = lambda x: x[: nh * b, : nw * b].reshape(nh, b, nw, b).transpose(0, 2, 1, 3).reshape(nh * nw, -1)
+
+    def blk(x):
+        return x[: nh * b, : nw * b].reshape(nh, b, nw, b).transpose(0, 2, 1, 3).reshape(nh * nw, -1)
+
     var = (np.median(np.abs(blk(hh)), axis=1) / 0.6745) ** 2
     mean = blk(low).mean(axis=1)
     edges = np.quantile(mean, np.linspace(0, 1, 11))
@@ -219,8 +234,14 @@ def measure_statistics(planes: Sequence[np.ndarray], max_planes: int = 4) -> Dat
     return DataStats(sigma, white, noisy, slope, read, float(np.median(means)))
 
 
-def choose_degradations(stats: DataStats, *, kind: str = "auto", blur: bool = False,
-                        photons: float | None = None, read_sigma: float | None = None) -> tuple[Degradations, str]:
+def choose_degradations(
+    stats: DataStats,
+    *,
+    kind: str = "auto",
+    blur: bool = False,
+    photons: float | None = None,
+    read_sigma: float | None = None,
+) -> tuple[Degradations, str]:
     """Degradations for unpaired fine-tuning and a sentence saying why.
 
     ``kind``: ``auto`` (from ``stats``), ``clean``, ``shot``, ``read`` or ``shot+read``;
@@ -234,8 +255,7 @@ def choose_degradations(stats: DataStats, *, kind: str = "auto", blur: bool = Fa
     shot_matters = math.isfinite(peak) and stats.shot_slope * max(stats.mean_level, 0.05) > stats.read_var
     # read noise: the flat-region σ, unless shot noise is present (that σ then holds the
     # background's shot noise too): the variance at zero signal
-    sigma = read_sigma if read_sigma is not None else (
-        math.sqrt(stats.read_var) if shot_matters else stats.noise_sigma)
+    sigma = read_sigma if read_sigma is not None else (math.sqrt(stats.read_var) if shot_matters else stats.noise_sigma)
     if kind == "auto":
         if not stats.noisy:
             kind = "clean"
@@ -261,8 +281,9 @@ def choose_degradations(stats: DataStats, *, kind: str = "auto", blur: bool = Fa
     return deg, why
 
 
-def synthesize_lr(hr: np.ndarray, deg: Degradations, scale: int, rng: np.random.Generator,
-                  bits: int = 16) -> np.ndarray:
+def synthesize_lr(
+    hr: np.ndarray, deg: Degradations, scale: int, rng: np.random.Generator, bits: int = 16
+) -> np.ndarray:
     """LR of an (H, W, C) 0..1 HR plane with the training degradations (one draw), (H/s, W/s, C)."""
     import torch
 
@@ -277,19 +298,22 @@ def synthesize_lr(hr: np.ndarray, deg: Degradations, scale: int, rng: np.random.
     lr = imresize_torch(t, 1.0 / s, antialias=True)
     if deg.noise_sigma[1] > 0 and rng.random() < deg.noise_prob:
         lr = lr + float(rng.uniform(*deg.noise_sigma)) / 255.0 * torch.from_numpy(
-            rng.standard_normal(lr.shape).astype(np.float32))
+            rng.standard_normal(lr.shape).astype(np.float32)
+        )
     if deg.poisson_peak[1] > 0 and rng.random() < deg.poisson_prob:
         lo, hi = max(deg.poisson_peak[0], 1.0), max(deg.poisson_peak[1], 1.0)
         peak = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-        lr = torch.from_numpy((rng.poisson(np.clip(lr.numpy(), 0, None).astype(np.float64) * peak) / peak)
-                              .astype(np.float32))
+        lr = torch.from_numpy(
+            (rng.poisson(np.clip(lr.numpy(), 0, None).astype(np.float64) * peak) / peak).astype(np.float32)
+        )
     levels = 255.0 if bits == 8 else 65535.0
     lr = (lr.clamp(0, 1) * levels).round() / levels
     return lr.numpy().transpose(1, 2, 0)
 
 
-def degradation_preview(plane: np.ndarray, deg: Degradations, scale: int, *, size: int = 64,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def degradation_preview(
+    plane: np.ndarray, deg: Degradations, scale: int, *, size: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """``(real, synthetic)``: a ``size`` px crop of the real data and a synthetic LR patch of the
     same size (made from a ``size*scale`` HR crop), both 2D in 0..1: what the model will be fed
     next to what it was trained on."""
@@ -298,14 +322,15 @@ def degradation_preview(plane: np.ndarray, deg: Degradations, scale: int, *, siz
     h, w = p.shape[:2]
     s = int(scale)
     side = min(size, h // s, w // s)  # the HR crop behind the synthetic patch must fit too
-    real = p[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side].mean(-1)
+    real = p[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side].mean(-1)
     big = side * s
     y0, x0 = (h - big) // 2 // s * s, (w - big) // 2 // s * s
-    syn = synthesize_lr(p[y0:y0 + big, x0:x0 + big], deg, s, np.random.default_rng(seed)).mean(-1)
+    syn = synthesize_lr(p[y0 : y0 + big, x0 : x0 + big], deg, s, np.random.default_rng(seed)).mean(-1)
     return real, syn
 
 
 # -- budget -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Budget:
@@ -316,8 +341,9 @@ class Budget:
     measured: dict = field(default_factory=dict)
 
 
-def time_steps(module, *, batch: int, patch: int, scale: int, channels: int, steps: int = 2,
-               precision: str = "fp32") -> float:
+def time_steps(
+    module, *, batch: int, patch: int, scale: int, channels: int, steps: int = 2, precision: str = "fp32"
+) -> float:
     """Seconds per training step (forward, L1, backward, Adam) on random data, after one warm-up."""
     import torch
 
@@ -342,12 +368,21 @@ def time_steps(module, *, batch: int, patch: int, scale: int, channels: int, ste
     return float(np.median(times))
 
 
-def plan_budget(module, minutes: float, *, scale: int, channels: int, max_patch: int, precision: str = "fp32",
-                max_steps: int = 0, train_fraction: float = 0.85) -> Budget:
+def plan_budget(
+    module,
+    minutes: float,
+    *,
+    scale: int,
+    channels: int,
+    max_patch: int,
+    precision: str = "fp32",
+    max_steps: int = 0,
+    train_fraction: float = 0.85,
+) -> Budget:
     """Steps, batch and patch size for ``minutes`` on this machine (see the module doc)."""
     probe_b, probe_p = 2, 64 if max_patch >= 64 else max_patch // scale * scale
     t = time_steps(module, batch=probe_b, patch=probe_p, scale=scale, channels=channels, precision=precision)
-    per_px = t / (probe_b * probe_p ** 2)
+    per_px = t / (probe_b * probe_p**2)
     seconds = max(1.0, 60.0 * minutes * train_fraction)
     ladder = [(b, p) for b, p in BUDGET_LADDER if p <= max_patch] or [(2, probe_p)]
     choice = ladder[-1]
@@ -357,8 +392,10 @@ def plan_budget(module, minutes: float, *, scale: int, channels: int, max_patch:
             break
     b, p = choice
     sps = per_px * b * p * p
-    measured = {"probe": {"batch": probe_b, "patch": probe_p, "seconds_per_step": round(t, 4)},
-                "seconds_per_megapixel": round(per_px * 1e6, 3)}
+    measured = {
+        "probe": {"batch": probe_b, "patch": probe_p, "seconds_per_step": round(t, 4)},
+        "seconds_per_megapixel": round(per_px * 1e6, 3),
+    }
     if (b, p) != (probe_b, probe_p) and not max_steps:  # time the chosen size itself (the probe extrapolates)
         sps = time_steps(module, batch=b, patch=p, scale=scale, channels=channels, steps=1, precision=precision)
         measured["chosen"] = {"batch": b, "patch": p, "seconds_per_step": round(sps, 4)}
@@ -372,6 +409,7 @@ def plan_budget(module, minutes: float, *, scale: int, channels: int, max_patch:
 
 
 # -- held-out scoring ---------------------------------------------------------------------------
+
 
 @dataclass
 class HeldOut:
@@ -397,29 +435,45 @@ def _crops(hr: np.ndarray, side: int, n: int, scale: int, rng) -> list[tuple[int
     return out
 
 
-def make_heldout(planes: Sequence[np.ndarray], deg: Degradations, scale: int, *, crops: int = 4, side: int = 192,
-                 seed: int = 1234, bits: int = 16, how: str = "") -> HeldOut:
+def make_heldout(
+    planes: Sequence[np.ndarray],
+    deg: Degradations,
+    scale: int,
+    *,
+    crops: int = 4,
+    side: int = 192,
+    seed: int = 1234,
+    bits: int = 16,
+    how: str = "",
+) -> HeldOut:
     """``crops`` fixed HR crops over the held-out planes, each with one synthetic LR draw."""
     rng = np.random.default_rng(seed)
     lrs, hrs = [], []
     for k in range(crops):
         p = planes[k % len(planes)]
         y, x, ch, cw = _crops(p, side, 1, scale, rng)[0]
-        hr = p[y:y + ch, x:x + cw]
+        hr = p[y : y + ch, x : x + cw]
         lrs.append(synthesize_lr(hr, deg, scale, rng, bits))
         hrs.append(hr)
     return HeldOut(lrs, hrs, how)
 
 
-def heldout_from_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], scale: int, *, crops: int = 4,
-                       side: int = 192, seed: int = 1234, how: str = "") -> HeldOut:
+def heldout_from_pairs(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    scale: int,
+    *,
+    crops: int = 4,
+    side: int = 192,
+    seed: int = 1234,
+    how: str = "",
+) -> HeldOut:
     rng = np.random.default_rng(seed)
     lrs, hrs = [], []
     for k in range(crops):
         lr, hr = pairs[k % len(pairs)]
         y, x, ch, cw = _crops(hr, side, 1, scale, rng)[0]
-        hrs.append(hr[y:y + ch, x:x + cw])
-        lrs.append(lr[y // scale:(y + ch) // scale, x // scale:(x + cw) // scale])
+        hrs.append(hr[y : y + ch, x : x + cw])
+        lrs.append(lr[y // scale : (y + ch) // scale, x // scale : (x + cw) // scale])
     return HeldOut(lrs, hrs, how)
 
 
@@ -465,6 +519,7 @@ def score_bicubic(held: HeldOut, scale: int) -> dict:
 
 
 # -- the run ------------------------------------------------------------------------------------
+
 
 @dataclass
 class FinetuneSettings:
@@ -563,14 +618,22 @@ def _prepare_pairs(settings: FinetuneSettings, scale: int, say: Callable[[str], 
             raise InputError(f"the LR and HR of a pair have {len(lr)} and {len(hr)} planes")
         for a, b in zip(lr, hr):
             p = register_pair(a[..., 0], b[..., 0], scale, max_residual=settings.max_residual)
-            say(f"pair {len(loaded)}: HR shifted by ({p.shift[0]:.2f}, {p.shift[1]:.2f}) px, residual {p.residual:.3f}, "
-                f"overlap {p.lr.shape[1]}x{p.lr.shape[0]} LR px")
+            say(
+                f"pair {len(loaded)}: HR shifted by ({p.shift[0]:.2f}, {p.shift[1]:.2f}) px, residual {p.residual:.3f}, "
+                f"overlap {p.lr.shape[1]}x{p.lr.shape[0]} LR px"
+            )
             loaded.append(p)
     return loaded
 
 
-def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | None = None,
-             on_status: Callable[[str], None] | None = None, cancel=None, registry=None) -> FinetuneResult:
+def finetune(
+    settings: FinetuneSettings,
+    *,
+    on_point: Callable[[dict], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+    cancel=None,
+    registry=None,
+) -> FinetuneResult:
     """Run a fine-tune (see the module doc). ``on_point(point)`` gets each held-out curve point
     (``step``, ``elapsed_s``, ``psnr``, ``ssim``, ``base_psnr``, ``bicubic_psnr``); ``cancel``
     (a ``threading.Event`` or a callable) stops after the current step, keeping the best so far."""
@@ -616,36 +679,60 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
         else:
             lr, hr = pair_arrays[0]
             cut = int(lr.shape[1] * 0.75)
-            train_pairs, held_pairs = [(lr[:, :cut - 8], hr[:, :(cut - 8) * s])], [(lr[:, cut:], hr[:, cut * s:])]
+            train_pairs, held_pairs = [(lr[:, : cut - 8], hr[:, : (cut - 8) * s])], [(lr[:, cut:], hr[:, cut * s :])]
             how = f"the right {lr.shape[1] - cut} of {lr.shape[1]} LR columns held out (real LR, 8-px gap)"
             max_patch = min(train_pairs[0][1].shape[:2])
         deg, deg_why, stats = None, "real LR/HR pairs (registered by translation)", None
-        data_desc = {"kind": "paired", "pairs": [a.as_dict() for a in aligned], "sources": [
-            [str(a) if isinstance(a, (str, Path)) else f"array{np.shape(a)}" for a in pr] for pr in settings.pairs]}
+        data_desc = {
+            "kind": "paired",
+            "pairs": [a.as_dict() for a in aligned],
+            "sources": [
+                [str(a) if isinstance(a, (str, Path)) else f"array{np.shape(a)}" for a in pr] for pr in settings.pairs
+            ],
+        }
     else:
         planes = load_planes(settings.data, channels=ch)
         stats = measure_statistics(planes.planes)
-        deg, deg_why = choose_degradations(stats, kind=settings.degradations, blur=settings.blur,
-                                           photons=settings.photons, read_sigma=settings.read_sigma)
+        deg, deg_why = choose_degradations(
+            stats,
+            kind=settings.degradations,
+            blur=settings.blur,
+            photons=settings.photons,
+            read_sigma=settings.read_sigma,
+        )
         split = split_heldout(planes.planes, patch_size=min(settings.patch_size or 64, 64), scale=s)
         how = split.how
         max_patch = min(min(p.shape[:2]) for p in split.train)
-        data_desc = {"kind": "unpaired", "sources": planes.sources, "description": planes.describe(),
-                     "train_planes": len(split.train), "heldout_planes": len(split.heldout),
-                     "statistics": stats.as_dict()}
+        data_desc = {
+            "kind": "unpaired",
+            "sources": planes.sources,
+            "description": planes.describe(),
+            "train_planes": len(split.train),
+            "heldout_planes": len(split.heldout),
+            "statistics": stats.as_dict(),
+        }
     say(f"data ready in {time.perf_counter() - t0:.1f} s; held-out: {how}; LR: {deg_why}")
 
     # -- budget
-    budget = plan_budget(base.module, settings.minutes, scale=s, channels=ch, max_patch=max_patch,
-                         precision=settings.precision, max_steps=settings.max_steps)
+    budget = plan_budget(
+        base.module,
+        settings.minutes,
+        scale=s,
+        channels=ch,
+        max_patch=max_patch,
+        precision=settings.precision,
+        max_steps=settings.max_steps,
+    )
     if settings.batch_size:
         budget.batch_size = settings.batch_size
     if settings.patch_size:
         budget.patch_size = settings.patch_size
     if budget.patch_size > max_patch:
         raise InputError(f"patch size {budget.patch_size} is larger than the training data ({max_patch} px)")
-    say(f"budget {settings.minutes:g} min: {budget.steps} steps of {budget.batch_size} x {budget.patch_size} px "
-        f"({budget.seconds_per_step:.2f} s/step measured)")
+    say(
+        f"budget {settings.minutes:g} min: {budget.steps} steps of {budget.batch_size} x {budget.patch_size} px "
+        f"({budget.seconds_per_step:.2f} s/step measured)"
+    )
 
     if paired:
         from .pairs import PairedDataset
@@ -653,14 +740,16 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
         held = heldout_from_pairs(held_pairs, s, crops=settings.heldout_crops, side=settings.heldout_side, how=how)
         dataset = PairedDataset(train_pairs, patch_size=budget.patch_size, scale=s, channels=ch, seed=settings.seed)
     else:
-        held = make_heldout(split.heldout, deg, s, crops=settings.heldout_crops, side=settings.heldout_side,
-                            bits=planes.bits, how=how)
+        held = make_heldout(
+            split.heldout, deg, s, crops=settings.heldout_crops, side=settings.heldout_side, bits=planes.bits, how=how
+        )
         records = []
         for i, p in enumerate(split.train):
             arr = np.rint(np.clip(p, 0, 1) * 65535.0).astype(np.uint16)[None]
             records.append(ImageRecord(f"plane{i}", tuple(arr.shape), 16, arr))
-        dataset = PatchDataset(records, patch_size=budget.patch_size, scale=s, channels=ch, degradations=deg,
-                               seed=settings.seed)
+        dataset = PatchDataset(
+            records, patch_size=budget.patch_size, scale=s, channels=ch, degradations=deg, seed=settings.seed
+        )
         dataset.deg.quantize = True
 
     base_scores = score_model(base.module, held, s, ch)
@@ -669,8 +758,15 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
     curve: list[dict] = []
 
     def point(step: int, m: dict, elapsed: float) -> dict:
-        p = {"step": step, "elapsed_s": round(elapsed, 1), "psnr": m["psnr"], "ssim": m["ssim"],
-             "base_psnr": base_scores["psnr"], "base_ssim": base_scores["ssim"], "bicubic_psnr": bic_scores["psnr"]}
+        p = {
+            "step": step,
+            "elapsed_s": round(elapsed, 1),
+            "psnr": m["psnr"],
+            "ssim": m["ssim"],
+            "base_psnr": base_scores["psnr"],
+            "base_ssim": base_scores["ssim"],
+            "bicubic_psnr": bic_scores["psnr"],
+        }
         curve.append(p)
         if on_point is not None:
             on_point(dict(p))
@@ -682,11 +778,29 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
     eval_every = max(1, budget.steps // max(1, settings.evals))
     warmup = min(50, budget.steps // 10)
     cfg = TrainConfig(
-        name=name, out=str(out / "run"), description="", seed=settings.seed, data=[str(x) for x in data_desc["sources"]],
-        init=str(base.path or settings.init), backbone=base.backbone, steps=budget.steps,
-        batch_size=budget.batch_size, patch_size=budget.patch_size, lr=settings.lr, warmup=warmup, ema=0.995,
-        schedule="cosine", device=settings.device, precision=settings.precision, threads=settings.threads,
-        val_every=0, ckpt_every=0, keep_ckpts=0, log_every=max(1, eval_every), progress=False, register=False,
+        name=name,
+        out=str(out / "run"),
+        description="",
+        seed=settings.seed,
+        data=[str(x) for x in data_desc["sources"]],
+        init=str(base.path or settings.init),
+        backbone=base.backbone,
+        steps=budget.steps,
+        batch_size=budget.batch_size,
+        patch_size=budget.patch_size,
+        lr=settings.lr,
+        warmup=warmup,
+        ema=0.995,
+        schedule="cosine",
+        device=settings.device,
+        precision=settings.precision,
+        threads=settings.threads,
+        val_every=0,
+        ckpt_every=0,
+        keep_ckpts=0,
+        log_every=max(1, eval_every),
+        progress=False,
+        register=False,
         max_minutes=settings.minutes,
     )
     if deg is not None:
@@ -709,8 +823,12 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
         state["eval_s"] += time.perf_counter() - te
         point(tr.step, m, tr.elapsed())
         if m["psnr"] > best["psnr"] or best["state"] is None:
-            best.update(psnr=m["psnr"], ssim=m["ssim"], step=tr.step,
-                        state={k: v.detach().cpu().clone() for k, v in net_of(tr).state_dict().items()})
+            best.update(
+                psnr=m["psnr"],
+                ssim=m["ssim"],
+                step=tr.step,
+                state={k: v.detach().cpu().clone() for k, v in net_of(tr).state_dict().items()},
+            )
 
     def replan(tr) -> None:
         """Fit the remaining steps to the remaining time at the speed seen so far (evaluations
@@ -727,9 +845,14 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
         if _is_cancelled(cancel):
             state["cancelled"] = True
             tr.cfg.steps = tr.step  # the trainer finishes at once (as on its deadline)
-        elif not settings.max_steps and tr.step < tr.cfg.steps and (
+        elif (
+            not settings.max_steps
+            and tr.step < tr.cfg.steps
+            and (
                 (not state["replans"] and tr.step >= replan_at)
-                or (len(state["replans"]) == 1 and tr.step >= tr.cfg.steps // 2)):
+                or (len(state["replans"]) == 1 and tr.step >= tr.cfg.steps // 2)
+            )
+        ):
             replan(tr)
         if tr.step % state["eval_every"] == 0 or tr.step >= tr.cfg.steps:
             evaluate(tr)
@@ -760,22 +883,46 @@ def finetune(settings: FinetuneSettings, *, on_point: Callable[[dict], None] | N
             continue
         scores[other] = score_model(om.module, held, s, ch)
 
-    recipe = {"init": str(settings.init), "init_id": base.id, "init_sha256": base.sha256, "paired": paired,
-              "degradations": deg.as_dict() if deg is not None else None, "degradations_why": deg_why,
-              "minutes": settings.minutes, "steps_planned": budget.steps, "steps_done": trainer.step,
-              "best_step": best["step"], "batch_size": budget.batch_size, "patch_size": budget.patch_size,
-              "lr": settings.lr, "schedule": "cosine", "warmup": warmup, "ema": cfg.ema, "loss": "l1",
-              "seconds_per_step": round(budget.seconds_per_step, 4), "budget_probe": budget.measured,
-              "eval_seconds": round(state["eval_s"], 1), "replans": state["replans"], "status": status,
-              "hardware": trainer.hardware}
-    heldout_desc = {"how": held.how, "crops": len(held.hr), "pixels": held.pixels,
-                    "lr": "real LR" if paired else "synthetic LR (the training degradations, fixed seed)",
-                    "metric": f"PSNR/SSIM on 0..1 data, {s}-px border"}
-    result = FinetuneResult(name, None, None, None, scores, beats, best["step"], trainer.step, status, curve,
-                            budget, recipe)
+    recipe = {
+        "init": str(settings.init),
+        "init_id": base.id,
+        "init_sha256": base.sha256,
+        "paired": paired,
+        "degradations": deg.as_dict() if deg is not None else None,
+        "degradations_why": deg_why,
+        "minutes": settings.minutes,
+        "steps_planned": budget.steps,
+        "steps_done": trainer.step,
+        "best_step": best["step"],
+        "batch_size": budget.batch_size,
+        "patch_size": budget.patch_size,
+        "lr": settings.lr,
+        "schedule": "cosine",
+        "warmup": warmup,
+        "ema": cfg.ema,
+        "loss": "l1",
+        "seconds_per_step": round(budget.seconds_per_step, 4),
+        "budget_probe": budget.measured,
+        "eval_seconds": round(state["eval_s"], 1),
+        "replans": state["replans"],
+        "status": status,
+        "hardware": trainer.hardware,
+    }
+    heldout_desc = {
+        "how": held.how,
+        "crops": len(held.hr),
+        "pixels": held.pixels,
+        "lr": "real LR" if paired else "synthetic LR (the training degradations, fixed seed)",
+        "metric": f"PSNR/SSIM on 0..1 data, {s}-px border",
+    }
+    result = FinetuneResult(
+        name, None, None, None, scores, beats, best["step"], trainer.step, status, curve, budget, recipe
+    )
     _write_outputs(result, best["state"], base, data_desc, heldout_desc, out, settings, registry)
-    say(("beats" if beats else "does NOT beat") + f" the base model on held-out data: {model_scores['psnr']:.3f} vs "
-        f"{base_scores['psnr']:.3f} dB")
+    say(
+        ("beats" if beats else "does NOT beat") + f" the base model on held-out data: {model_scores['psnr']:.3f} vs "
+        f"{base_scores['psnr']:.3f} dB"
+    )
     return result
 
 
@@ -787,41 +934,74 @@ def model_card(result: FinetuneResult, data_desc: dict, heldout_desc: dict) -> s
     if "train_planes" in data_desc:
         data = f"{data_desc['train_planes']} training planes of {data}"
     others = "".join(f", {k} {v['psnr']:.2f} dB" for k, v in sc.items() if k not in ("model", "base", "bicubic"))
-    verdict = ("It beats its base model on the held-out data." if result.beats_base else
-               "**It does not beat its base model on the held-out data: keep using the base model** (this file is "
-               "registered but is not recommended as a default).")
-    return (f"# {result.name}\n\n"
-            f"`{result.name}` is `{r.get('init_id') or r.get('init')}` fine-tuned on {data} "
-            f"({'paired real LR/HR' if r.get('paired') else 'unpaired: ' + str(r.get('degradations_why'))}), "
-            f"for {result.steps} steps of {r['batch_size']} × {r['patch_size']} px patches "
-            f"(L1, Adam lr {r['lr']:g}, cosine, EMA {r['ema']}; best held-out step {result.best_step}; "
-            f"budget {r['minutes']:g} min on {r.get('hardware', {}).get('cpu', 'this machine')}, {result.status}). "
-            f"On held-out data never trained on ({heldout_desc['how']}; {heldout_desc['lr']}; {heldout_desc['metric']}) "
-            f"it scores {m['psnr']:.2f} dB / SSIM {m['ssim']:.4f}, against {b['psnr']:.2f} dB / {b['ssim']:.4f} for "
-            f"the base model and {c['psnr']:.2f} dB / {c['ssim']:.4f} for bicubic{others}. {verdict} "
-            f"Use it only on data like its training data, scaled the same way ({NORMALIZATION}).\n")
+    verdict = (
+        "It beats its base model on the held-out data."
+        if result.beats_base
+        else "**It does not beat its base model on the held-out data: keep using the base model** (this file is "
+        "registered but is not recommended as a default)."
+    )
+    return (
+        f"# {result.name}\n\n"
+        f"`{result.name}` is `{r.get('init_id') or r.get('init')}` fine-tuned on {data} "
+        f"({'paired real LR/HR' if r.get('paired') else 'unpaired: ' + str(r.get('degradations_why'))}), "
+        f"for {result.steps} steps of {r['batch_size']} × {r['patch_size']} px patches "
+        f"(L1, Adam lr {r['lr']:g}, cosine, EMA {r['ema']}; best held-out step {result.best_step}; "
+        f"budget {r['minutes']:g} min on {r.get('hardware', {}).get('cpu', 'this machine')}, {result.status}). "
+        f"On held-out data never trained on ({heldout_desc['how']}; {heldout_desc['lr']}; {heldout_desc['metric']}) "
+        f"it scores {m['psnr']:.2f} dB / SSIM {m['ssim']:.4f}, against {b['psnr']:.2f} dB / {b['ssim']:.4f} for "
+        f"the base model and {c['psnr']:.2f} dB / {c['ssim']:.4f} for bicubic{others}. {verdict} "
+        f"Use it only on data like its training data, scaled the same way ({NORMALIZATION}).\n"
+    )
 
 
-def _write_outputs(result: FinetuneResult, state_dict, base, data_desc, heldout_desc, out: Path,
-                   settings: FinetuneSettings, registry) -> None:
+def _write_outputs(
+    result: FinetuneResult, state_dict, base, data_desc, heldout_desc, out: Path, settings: FinetuneSettings, registry
+) -> None:
     from ..jsonable import jsonable
     from ..registry import user_weights_dir
     from ..safe_write import atomic_write
     from ..weights_io import save_weights
 
-    metrics = {**result.scores["model"], "base": result.scores["base"], "bicubic": result.scores["bicubic"],
-               "others": {k: v for k, v in result.scores.items() if k not in ("model", "base", "bicubic")},
-               "heldout": heldout_desc, "curve": result.curve}
-    desc = (f"{result.recipe.get('init_id') or settings.init} fine-tuned on "
-            f"{data_desc.get('description') or 'LR/HR pairs'}" + ("" if result.beats_base else " (does not beat its base)"))
-    extra = jsonable({"finetune": {"data": data_desc, "heldout": heldout_desc, "scores": result.scores,
-                                   "beats_base": result.beats_base, "status": result.status},
-                      "beats_base": result.beats_base, "recommended": result.beats_base})
+    metrics = {
+        **result.scores["model"],
+        "base": result.scores["base"],
+        "bicubic": result.scores["bicubic"],
+        "others": {k: v for k, v in result.scores.items() if k not in ("model", "base", "bicubic")},
+        "heldout": heldout_desc,
+        "curve": result.curve,
+    }
+    desc = (
+        f"{result.recipe.get('init_id') or settings.init} fine-tuned on "
+        f"{data_desc.get('description') or 'LR/HR pairs'}" + ("" if result.beats_base else " (does not beat its base)")
+    )
+    extra = jsonable(
+        {
+            "finetune": {
+                "data": data_desc,
+                "heldout": heldout_desc,
+                "scores": result.scores,
+                "beats_base": result.beats_base,
+                "status": result.status,
+            },
+            "beats_base": result.beats_base,
+            "recommended": result.beats_base,
+        }
+    )
 
     def write(tmp: Path) -> None:
-        save_weights(tmp, state_dict, backbone=base.backbone, hparams=base.hparams, name=result.name,
-                     description=desc, recipe=jsonable(result.recipe), metrics=jsonable(metrics), extra=extra,
-                     overwrite=True, normalization=NORMALIZATION)
+        save_weights(
+            tmp,
+            state_dict,
+            backbone=base.backbone,
+            hparams=base.hparams,
+            name=result.name,
+            description=desc,
+            recipe=jsonable(result.recipe),
+            metrics=jsonable(metrics),
+            extra=extra,
+            overwrite=True,
+            normalization=NORMALIZATION,
+        )
 
     card = model_card(result, data_desc, heldout_desc)
     result.weights = atomic_write(out / f"{result.name}.safetensors", write, overwrite=settings.overwrite)
@@ -829,8 +1009,9 @@ def _write_outputs(result: FinetuneResult, state_dict, base, data_desc, heldout_
     if settings.register:
         folder = user_weights_dir(create=True)
         src = result.weights
-        result.installed = atomic_write(folder / src.name, src.read_bytes(), overwrite=settings.overwrite,
-                                        protect=[src])
+        result.installed = atomic_write(
+            folder / src.name, src.read_bytes(), overwrite=settings.overwrite, protect=[src]
+        )
         atomic_write(folder / f"{result.name}.md", card, overwrite=settings.overwrite)
         registry.weights(refresh=True)
         if registry.find_weights(result.name) is None:  # pragma: no cover - the registry lists every file

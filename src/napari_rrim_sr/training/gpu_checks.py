@@ -16,13 +16,31 @@ from pathlib import Path
 from typing import Sequence
 
 
-def run_device_tests(device: str, *, timeout: float, select: str = "", repo: Path = Path("."),
-                     extra_env: dict | None = None, junit: Path | None = None) -> dict:
+def run_device_tests(
+    device: str,
+    *,
+    timeout: float,
+    select: str = "",
+    repo: Path = Path("."),
+    extra_env: dict | None = None,
+    junit: Path | None = None,
+) -> dict:
     """``pytest tests/test_device.py`` with ``RRIM_TEST_DEVICE=device``; returns counts, failures, output tail."""
     repo = Path(repo)
     junit = Path(junit or (repo / ".gpu-tests.xml"))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
-           "--junitxml", str(junit), str(repo / "tests" / "test_device.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::DeprecationWarning",
+        "--junitxml",
+        str(junit),
+        str(repo / "tests" / "test_device.py"),
+    ]
     if select:
         cmd += ["-k", select]
     # no entry-point plugins (napari's, pytest-qt's...): test_device.py needs none, and they cost seconds
@@ -35,8 +53,14 @@ def run_device_tests(device: str, *, timeout: float, select: str = "", repo: Pat
     except subprocess.TimeoutExpired as exc:
         rc, timed_out = None, True
         out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-    report = {"device": device, "command": " ".join(cmd[1:]), "returncode": rc, "timed_out": timed_out,
-              "seconds": round(time.perf_counter() - t0, 1), "tests": []}
+    report = {
+        "device": device,
+        "command": " ".join(cmd[1:]),
+        "returncode": rc,
+        "timed_out": timed_out,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "tests": [],
+    }
     if junit.exists():
         for case in ET.parse(junit).getroot().iter("testcase"):
             status = "passed"
@@ -46,8 +70,9 @@ def run_device_tests(device: str, *, timeout: float, select: str = "", repo: Pat
                     status, msg = "failed", (child.get("message") or "")[:500]
                 elif child.tag == "skipped":
                     status, msg = "skipped", (child.get("message") or "")[:200]
-            report["tests"].append({"name": case.get("name"), "status": status, "seconds": float(case.get("time", 0)),
-                                    "message": msg})
+            report["tests"].append(
+                {"name": case.get("name"), "status": status, "seconds": float(case.get("time", 0)), "message": msg}
+            )
         junit.unlink()
     for key in ("passed", "failed", "skipped"):
         report[key] = sum(1 for t in report["tests"] if t["status"] == key)
@@ -56,9 +81,16 @@ def run_device_tests(device: str, *, timeout: float, select: str = "", repo: Pat
     return report
 
 
-def bench_batches(device: str, *, deadline: float, backbones: Sequence[str] = ("rrim", "srresnet", "rrdbnet"),
-                  precisions: Sequence[str] = ("fp32", "bf16", "fp16"), tile: int = 128,
-                  batches: Sequence[int] = (1, 8, 32), repeat: int = 3) -> dict:
+def bench_batches(
+    device: str,
+    *,
+    deadline: float,
+    backbones: Sequence[str] = ("rrim", "srresnet", "rrdbnet"),
+    precisions: Sequence[str] = ("fp32", "bf16", "fp16"),
+    tile: int = 128,
+    batches: Sequence[int] = (1, 8, 32),
+    repeat: int = 3,
+) -> dict:
     """Output megapixels/s of each backbone (default size, random weights: speed does not depend on
     them) on batches of ``tile`` x ``tile`` RGB tiles, per precision, channels_last where the engine
     uses it. Cases not started before ``deadline`` (``time.perf_counter()``) are listed as skipped."""
@@ -102,8 +134,15 @@ def bench_batches(device: str, *, deadline: float, backbones: Sequence[str] = ("
                             if k:
                                 best = min(best, time.perf_counter() - t0)
                     mpix = b * y.shape[-1] * y.shape[-2] / 1e6
-                    row = {"backbone": bb, "precision": prec_ok, "channels_last": cl, "batch": b, "tile": tile,
-                           "seconds": round(best, 5), "out_mpix_per_s": round(mpix / best, 2)}
+                    row = {
+                        "backbone": bb,
+                        "precision": prec_ok,
+                        "channels_last": cl,
+                        "batch": b,
+                        "tile": tile,
+                        "seconds": round(best, 5),
+                        "out_mpix_per_s": round(mpix / best, 2),
+                    }
                     if dev.type == "cuda":
                         row["peak_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
                         torch.cuda.reset_peak_memory_stats(dev)

@@ -24,10 +24,17 @@ from .config import ConfigError
 
 def check_supported(cfg) -> None:
     """Raise ConfigError when ``cfg`` needs a degradation the GPU sampler does not make."""
-    if cfg.blur_sigma[1] > 0 or cfg.noise_sigma[1] > 0 or cfg.poisson_peak[1] > 0 or cfg.jpeg_quality[1] > 0 \
-            or cfg.alias_prob > 0:
-        raise ConfigError("the GPU sampler makes bicubic LR only (no blur/noise/poisson/jpeg/alias): "
-                          "use the CPU loader for degraded training")
+    if (
+        cfg.blur_sigma[1] > 0
+        or cfg.noise_sigma[1] > 0
+        or cfg.poisson_peak[1] > 0
+        or cfg.jpeg_quality[1] > 0
+        or cfg.alias_prob > 0
+    ):
+        raise ConfigError(
+            "the GPU sampler makes bicubic LR only (no blur/noise/poisson/jpeg/alias): "
+            "use the CPU loader for degraded training"
+        )
 
 
 class GpuPatchSampler:
@@ -37,9 +44,20 @@ class GpuPatchSampler:
     (``patch_size + 2 * margin``) are dropped; :attr:`dropped` counts them.
     """
 
-    def __init__(self, arrays: Sequence[np.ndarray], *, patch_size: int, scale: int, batch_size: int,
-                 device: torch.device | str, seed: int = 0, augment: bool = True, quantize: bool = True,
-                 channels_last: bool = False, start_step: int = 0):
+    def __init__(
+        self,
+        arrays: Sequence[np.ndarray],
+        *,
+        patch_size: int,
+        scale: int,
+        batch_size: int,
+        device: torch.device | str,
+        seed: int = 0,
+        augment: bool = True,
+        quantize: bool = True,
+        channels_last: bool = False,
+        start_step: int = 0,
+    ):
         self.p, self.s, self.b = int(patch_size), int(scale), int(batch_size)
         if self.p % self.s:
             raise ConfigError(f"patch size {self.p} is not a multiple of scale {self.s}")
@@ -89,15 +107,15 @@ class GpuPatchSampler:
             wx = min(max(0, x - m), w - win)
             wy -= wy % s
             wx -= wx % s
-            windows.append(self.images[i][:, wy:wy + win, wx:wx + win])
+            windows.append(self.images[i][:, wy : wy + win, wx : wx + win])
             offs.append((y - wy, x - wx))
         hrw = torch.stack(windows).float().mul_(1.0 / 255.0)  # (B, C, win, win)
         lrw = imresize_torch(hrw, 1.0 / s, antialias=True)
         if self.quantize:
             lrw = (lrw.clamp(0, 1) * 255.0).round_().mul_(1.0 / 255.0)
-        hr = torch.stack([hrw[j, :, oy:oy + p, ox:ox + p] for j, (oy, ox) in enumerate(offs)])
+        hr = torch.stack([hrw[j, :, oy : oy + p, ox : ox + p] for j, (oy, ox) in enumerate(offs)])
         q = p // s
-        lr = torch.stack([lrw[j, :, oy // s:oy // s + q, ox // s:ox // s + q] for j, (oy, ox) in enumerate(offs)])
+        lr = torch.stack([lrw[j, :, oy // s : oy // s + q, ox // s : ox // s + q] for j, (oy, ox) in enumerate(offs)])
         if self.augment:
             flips = torch.from_numpy(rng.random((3, self.b)) < 0.5).to(self.device)
             for axis, f in ((-1, flips[0]), (-2, flips[1])):

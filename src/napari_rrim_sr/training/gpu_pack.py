@@ -86,8 +86,10 @@ def check_training_source(path: Path) -> None:
     parts = {p.lower() for p in Path(path).resolve().parts}
     bad = parts & FORBIDDEN_PARTS
     if bad:
-        raise InputError(f"{path}: looks like a validation/test set ({sorted(bad)[0]}); training data comes "
-                         "from ../shared/data/train only")
+        raise InputError(
+            f"{path}: looks like a validation/test set ({sorted(bad)[0]}); training data comes "
+            "from ../shared/data/train only"
+        )
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -97,8 +99,16 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def pack_images(files: Iterable[Path], out: Path, *, budget: int, min_side: int = 0, role: str,
-                root: Path | None = None, overwrite: bool = True) -> dict:
+def pack_images(
+    files: Iterable[Path],
+    out: Path,
+    *,
+    budget: int,
+    min_side: int = 0,
+    role: str,
+    root: Path | None = None,
+    overwrite: bool = True,
+) -> dict:
     """Write ``out`` (an uncompressed tar) with the images of ``files`` in order until ``budget`` bytes.
 
     Returns the manifest (also stored in the tar as ``manifest.json``): counts, pixels, bytes,
@@ -131,13 +141,19 @@ def pack_images(files: Iterable[Path], out: Path, *, budget: int, min_side: int 
         name = f"{len(entries):04d}_{Path(rel).stem}{suffix}"
         blobs.append((name, data))
         used += len(data) + 1024  # tar header + padding, roughly
-        entries.append({"name": name, "source": rel, "shape": [h, w, 3], "bytes": len(data),
-                        "sha256_pixels": pixel_sha256(rgb)})
+        entries.append(
+            {"name": name, "source": rel, "shape": [h, w, 3], "bytes": len(data), "sha256_pixels": pixel_sha256(rgb)}
+        )
     manifest = {
-        "role": role, "images": len(entries), "megapixels": round(sum(e["shape"][0] * e["shape"][1]
-                                                                       for e in entries) / 1e6, 2),
-        "bytes": sum(e["bytes"] for e in entries), "budget": budget, "min_side": min_side,
-        "per_folder": _per_folder(entries), "skipped": skipped, "entries": entries,
+        "role": role,
+        "images": len(entries),
+        "megapixels": round(sum(e["shape"][0] * e["shape"][1] for e in entries) / 1e6, 2),
+        "bytes": sum(e["bytes"] for e in entries),
+        "budget": budget,
+        "min_side": min_side,
+        "per_folder": _per_folder(entries),
+        "skipped": skipped,
+        "entries": entries,
         "codec": "JPEG as original bytes, others lossless WebP (pixels verified)",
     }
 
@@ -178,11 +194,15 @@ def unpack(tar_path: Path, dest: Path, *, verify: bool = True) -> dict:
 
 # -- the size of what travels ------------------------------------------------------------------
 
+
 def travelling_bytes(repo: Path) -> int:
     """Bytes of the tracked and untracked-not-ignored files of ``repo`` (what the device tool sends
     besides the carried paths)."""
-    out = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=True,
+    ).stdout
     total = 0
     for rel in out.split(b"\0"):
         if rel:
@@ -200,17 +220,31 @@ def folder_bytes(folder: Path) -> int:
 def check_fits(repo: Path, carry: Sequence[Path], limit: int = TREE_LIMIT) -> dict:
     """Raise InputError unless the tree plus the carried folders fit the device tool's limit."""
     tree = travelling_bytes(repo)
-    carried = sum(folder_bytes(c) if Path(c).is_dir() else (Path(c).stat().st_size if Path(c).exists() else 0)
-                  for c in carry)
-    info = {"tree_bytes": tree, "carry_bytes": carried, "total_bytes": tree + carried, "limit_bytes": limit,
-            "total_mib": round((tree + carried) / MiB, 2)}
+    carried = sum(
+        folder_bytes(c) if Path(c).is_dir() else (Path(c).stat().st_size if Path(c).exists() else 0) for c in carry
+    )
+    info = {
+        "tree_bytes": tree,
+        "carry_bytes": carried,
+        "total_bytes": tree + carried,
+        "limit_bytes": limit,
+        "total_mib": round((tree + carried) / MiB, 2),
+    }
     if tree + carried > limit:
         raise InputError(f"tree {tree / MiB:.1f} MiB + carry {carried / MiB:.1f} MiB exceeds {limit / MiB:.0f} MiB")
     return info
 
 
-def pack(repo: Path, data_root: Path, *, carry: Path | None = None, margin: int = 2 * MiB, min_side: int = 216,
-         train_order: Sequence[str] = DEFAULT_TRAIN_ORDER, val: str = "val/Kodak24") -> dict:
+def pack(
+    repo: Path,
+    data_root: Path,
+    *,
+    carry: Path | None = None,
+    margin: int = 2 * MiB,
+    min_side: int = 216,
+    train_order: Sequence[str] = DEFAULT_TRAIN_ORDER,
+    val: str = "val/Kodak24",
+) -> dict:
     """Pack validation (all of it) then training images into ``carry`` within the 64 MiB limit."""
     repo, data_root = Path(repo), Path(data_root)
     carry = Path(carry) if carry else repo / CARRY_DIR
@@ -223,8 +257,7 @@ def pack(repo: Path, data_root: Path, *, carry: Path | None = None, margin: int 
     val_files = _image_files(val_dir)
     if not val_files:
         raise InputError(f"no validation images in {val_dir}")
-    val_m = pack_images(val_files, carry / VAL_TAR, budget=free, role="validation (never training)",
-                        root=data_root)
+    val_m = pack_images(val_files, carry / VAL_TAR, budget=free, role="validation (never training)", root=data_root)
     if val_m["skipped"]:
         raise InputError(f"validation set does not fit the carry budget ({len(val_m['skipped'])} images left out)")
     free -= (carry / VAL_TAR).stat().st_size
@@ -233,19 +266,25 @@ def pack(repo: Path, data_root: Path, *, carry: Path | None = None, margin: int 
         folder = data_root / "train" / sub
         check_training_source(folder)
         train_files += _image_files(folder)
-    train_m = pack_images(train_files, carry / TRAIN_TAR, budget=free, min_side=min_side, role="training",
-                          root=data_root)
+    train_m = pack_images(
+        train_files, carry / TRAIN_TAR, budget=free, min_side=min_side, role="training", root=data_root
+    )
     fits = check_fits(repo, [carry])
-    return {"train": {k: v for k, v in train_m.items() if k != "entries"},
-            "val": {k: v for k, v in val_m.items() if k != "entries"}, "fits": fits}
+    return {
+        "train": {k: v for k, v in train_m.items() if k != "entries"},
+        "val": {k: v for k, v in val_m.items() if k != "entries"},
+        "fits": fits,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training.gpu_pack",
-                                description="Pack ../shared/data/train (training) and val/Kodak24 (validation) "
-                                            "losslessly into .gpu-carry/ within the device tool's 64 MiB.")
+    p = argparse.ArgumentParser(
+        prog="python -m napari_rrim_sr.training.gpu_pack",
+        description="Pack ../shared/data/train (training) and val/Kodak24 (validation) "
+        "losslessly into .gpu-carry/ within the device tool's 64 MiB.",
+    )
     p.add_argument("--repo", default=".", help="repository root (default: .)")
     p.add_argument("--data", default="../shared/data", help="the shared data folder")
     p.add_argument("--margin-mib", type=float, default=2.0, help="MiB left free under the limit")
@@ -254,8 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = pack(Path(args.repo), Path(args.data), margin=int(args.margin_mib * MiB), min_side=args.min_side)
     for role in ("train", "val"):
         m = info[role]
-        print(f"{role}: {m['images']} images, {m['megapixels']} MP, {m['bytes'] / MiB:.2f} MiB, "
-              f"per folder {m['per_folder']}, {len(m['skipped'])} left out")
+        print(
+            f"{role}: {m['images']} images, {m['megapixels']} MP, {m['bytes'] / MiB:.2f} MiB, "
+            f"per folder {m['per_folder']}, {len(m['skipped'])} left out"
+        )
     print(f"tree + carry: {info['fits']['total_mib']} MiB of 64")
     return 0
 

@@ -52,16 +52,46 @@ MiB = 1 << 20
 MAX_FILES, MAX_FILE_BYTES = 8, 16 * MiB
 RECIPE = "training/recipes/rrim-x4-rgb-psnr-gpu.toml"
 #: what comes back (run.sh tees the console into run.log, the eighth file)
-OUTPUTS = ("WEIGHTS.safetensors", "log.jsonl", "val.png", "checks.json", "bench.json", "summary.json",
-           "run-extras.tar", "run.log")
+OUTPUTS = (
+    "WEIGHTS.safetensors",
+    "log.jsonl",
+    "val.png",
+    "checks.json",
+    "bench.json",
+    "summary.json",
+    "run-extras.tar",
+    "run.log",
+)
 #: modules the run imports; the ones missing on the GPU machine travel as wheels in .gpu-carry/wheels
-NEEDED_MODULES = ("numpy", "torch", "PIL", "scipy", "skimage", "safetensors", "pluggy", "tifffile", "platformdirs",
-                  "tqdm", "matplotlib", "pytest")
+NEEDED_MODULES = (
+    "numpy",
+    "torch",
+    "PIL",
+    "scipy",
+    "skimage",
+    "safetensors",
+    "pluggy",
+    "tifffile",
+    "platformdirs",
+    "tqdm",
+    "matplotlib",
+    "pytest",
+)
 #: seconds per phase of a full run (total 8.5 min); each phase stops at its budget
 PLAN = {"total": 510.0, "tests": 60.0, "bench": 25.0, "bench_cli": 35.0, "finish": 30.0, "val_every": 150.0}
 DRY_PLAN = {"total": 120.0, "tests": 60.0, "bench": 5.0, "bench_cli": 40.0, "finish": 5.0, "val_every": 0.0}
-DRY_OVERRIDES = {"steps": 4, "batch_size": 2, "patch_size": 64, "val_limit": 2, "val_crop": 96, "device": "cpu",
-                 "precision": "fp32", "channels_last": "auto", "log_every": 1, "threads": 0}
+DRY_OVERRIDES = {
+    "steps": 4,
+    "batch_size": 2,
+    "patch_size": 64,
+    "val_limit": 2,
+    "val_crop": 96,
+    "device": "cpu",
+    "precision": "fp32",
+    "channels_last": "auto",
+    "log_every": 1,
+    "threads": 0,
+}
 
 
 class Clock:
@@ -80,10 +110,16 @@ class Clock:
 
 # -- phase 1: environment -----------------------------------------------------------------------
 
+
 def env_report(carry: Path) -> dict:
     """What this machine has: python, torch/CUDA, the modules we need, Pillow's WebP, our package."""
-    info: dict = {"python": platform.python_version(), "executable": sys.executable, "platform": platform.platform(),
-                  "modules": {}, "missing": []}
+    info: dict = {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "modules": {},
+        "missing": [],
+    }
     for name in NEEDED_MODULES:
         try:
             mod = importlib.import_module(name)
@@ -97,8 +133,12 @@ def env_report(carry: Path) -> dict:
     info["torch_cuda"] = torch.version.cuda
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        info["gpu"] = {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                       "capability": f"{p.major}.{p.minor}", "multiprocessors": p.multi_processor_count}
+        info["gpu"] = {
+            "name": p.name,
+            "memory_gib": round(p.total_memory / 2**30, 1),
+            "capability": f"{p.major}.{p.minor}",
+            "multiprocessors": p.multi_processor_count,
+        }
     from PIL import features
 
     info["pil_webp"] = bool(features.check("webp"))
@@ -118,25 +158,37 @@ def unpack_packs(carry: Path, scratch: Path) -> dict:
         if not tar.is_file():
             raise FileNotFoundError(f"{tar} is missing: run training/gpu/pack.sh first")
         m = unpack(tar, scratch / role)
-        out[role] = {"dir": str(scratch / role), **{k: m[k] for k in ("role", "images", "megapixels", "bytes",
-                                                                      "per_folder")}}
+        out[role] = {
+            "dir": str(scratch / role),
+            **{k: m[k] for k in ("role", "images", "megapixels", "bytes", "per_folder")},
+        }
     return out
 
 
 # -- phase 2: checks ------------------------------------------------------------------------------
 
-def run_checks(device: str, clock: Clock, plan: dict, *, dry: bool, repo: Path, photo: str | None,
-               scratch: Path) -> tuple[dict, dict]:
+
+def run_checks(
+    device: str, clock: Clock, plan: dict, *, dry: bool, repo: Path, photo: str | None, scratch: Path
+) -> tuple[dict, dict]:
     import subprocess
 
     from .gpu_checks import bench_batches, format_bench, run_device_tests
 
     t = time.perf_counter()
-    tests = run_device_tests(device, timeout=plan["tests"], repo=repo, select="cancel" if dry else "",
-                             extra_env={"RRIM_TEST_PHOTO": photo} if photo else None, junit=scratch / "junit.xml")
-    print(f"[checks] device tests on {device}: {tests['passed']} passed, {tests['failed']} failed, "
-          f"{tests['skipped']} skipped in {tests['seconds']} s" + (" (TIMED OUT)" if tests["timed_out"] else ""),
-          flush=True)
+    tests = run_device_tests(
+        device,
+        timeout=plan["tests"],
+        repo=repo,
+        select="cancel" if dry else "",
+        extra_env={"RRIM_TEST_PHOTO": photo} if photo else None,
+        junit=scratch / "junit.xml",
+    )
+    print(
+        f"[checks] device tests on {device}: {tests['passed']} passed, {tests['failed']} failed, "
+        f"{tests['skipped']} skipped in {tests['seconds']} s" + (" (TIMED OUT)" if tests["timed_out"] else ""),
+        flush=True,
+    )
     for tc in tests["tests"]:
         if tc["status"] == "failed":
             print(f"  FAILED {tc['name']}: {tc['message'][:300]}", flush=True)
@@ -144,8 +196,15 @@ def run_checks(device: str, clock: Clock, plan: dict, *, dry: bool, repo: Path, 
     t_b = time.perf_counter()
     try:
         if dry:
-            bench["batched"] = bench_batches(device, deadline=t_b + plan["bench"], backbones=("rrim",),
-                                             precisions=("fp32",), tile=16, batches=(2,), repeat=1)
+            bench["batched"] = bench_batches(
+                device,
+                deadline=t_b + plan["bench"],
+                backbones=("rrim",),
+                precisions=("fp32",),
+                tile=16,
+                batches=(2,),
+                repeat=1,
+            )
         else:
             bench["batched"] = bench_batches(device, deadline=t_b + plan["bench"])
         print(format_bench(bench["batched"]), flush=True)
@@ -153,8 +212,20 @@ def run_checks(device: str, clock: Clock, plan: dict, *, dry: bool, repo: Path, 
         bench["batched_error"] = f"{type(exc).__name__}: {exc}"
         print(f"[checks] batched bench failed: {bench['batched_error']}", flush=True)
     js = scratch / "bench-cli.json"
-    cmd = [sys.executable, "-m", "napari_rrim_sr", "bench", "--device", device, "--quick", "--json", str(js),
-           "--overwrite", "--model", str(repo / "weights" / "rrim-x4-rgb-psnr.safetensors")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_rrim_sr",
+        "bench",
+        "--device",
+        device,
+        "--quick",
+        "--json",
+        str(js),
+        "--overwrite",
+        "--model",
+        str(repo / "weights" / "rrim-x4-rgb-psnr.safetensors"),
+    ]
     if dry:
         cmd += ["--no-rrdbnet", "--size", "24", "--tile-size", "48", "--mem-size", "0", "--repeat", "1"]
     env = dict(os.environ)
@@ -172,14 +243,21 @@ def run_checks(device: str, clock: Clock, plan: dict, *, dry: bool, repo: Path, 
             proc = subprocess.CompletedProcess(cmd, rc_cli, buf_out.getvalue(), buf_err.getvalue())
         else:  # a subprocess, killed at its budget: a hang cannot eat the training minutes
             proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=budget)
-        bench["cli"] = {"command": " ".join(cmd[2:]), "returncode": proc.returncode,
-                        "report": proc.stdout[-6000:], "stderr_tail": proc.stderr[-2000:]}
+        bench["cli"] = {
+            "command": " ".join(cmd[2:]),
+            "returncode": proc.returncode,
+            "report": proc.stdout[-6000:],
+            "stderr_tail": proc.stderr[-2000:],
+        }
         if js.exists():
             bench["cli"]["json"] = json.loads(js.read_text())
     except subprocess.TimeoutExpired:
         bench["cli"] = {"command": " ".join(cmd[2:]), "timed_out": True, "budget_s": budget}
-    print(f"[checks] bench --quick on {device}: " + ("timed out" if bench["cli"].get("timed_out")
-                                                     else f"rc {bench['cli']['returncode']}"), flush=True)
+    print(
+        f"[checks] bench --quick on {device}: "
+        + ("timed out" if bench["cli"].get("timed_out") else f"rc {bench['cli']['returncode']}"),
+        flush=True,
+    )
     if bench["cli"].get("report"):
         print(bench["cli"]["report"], flush=True)
     bench["seconds"] = round(time.perf_counter() - t_b, 1)
@@ -189,12 +267,22 @@ def run_checks(device: str, clock: Clock, plan: dict, *, dry: bool, repo: Path, 
 
 # -- phase 3: training ----------------------------------------------------------------------------
 
+
 class TimePlan:
     """Trainer callback: sizes the cosine to the measured step rate and the time left, writes a
     checkpoint every ``ckpt_every_s`` and validates every ``val_every_s`` (0 = start and end only)."""
 
-    def __init__(self, end_at: float, *, warm: int = 10, window: int = 20, ckpt_every_s: float = 60.0,
-                 val_every_s: float = 0.0, val_seconds: float = 0.0, max_steps: int | None = None):
+    def __init__(
+        self,
+        end_at: float,
+        *,
+        warm: int = 10,
+        window: int = 20,
+        ckpt_every_s: float = 60.0,
+        val_every_s: float = 0.0,
+        val_seconds: float = 0.0,
+        max_steps: int | None = None,
+    ):
         self.end_at, self.warm, self.window = end_at, warm, window
         self.ckpt_every_s, self.val_every_s, self.val_seconds = ckpt_every_s, val_every_s, val_seconds
         self.max_steps = max_steps
@@ -227,11 +315,17 @@ class TimePlan:
             tr.cfg.steps = total
             for sched in [tr.sched_g] + ([tr.sched_d] if tr.disc is not None else []):
                 sched.lr_lambdas[0].steps = total  # the cosine now ends at the planned last step
-            self.sized = {"at_step": tr.step, "steps_per_s": round(rate, 3), "steps": total,
-                          "patches_per_s": round(rate * tr.cfg.batch_size, 1)}
+            self.sized = {
+                "at_step": tr.step,
+                "steps_per_s": round(rate, 3),
+                "steps": total,
+                "patches_per_s": round(rate * tr.cfg.batch_size, 1),
+            }
             tr._log_event("time_plan", **self.sized)
-            print(f"[train] {rate:.2f} steps/s ({rate * tr.cfg.batch_size:.0f} patches/s): cosine sized to "
-                  f"{total} steps", flush=True)
+            print(
+                f"[train] {rate:.2f} steps/s ({rate * tr.cfg.batch_size:.0f} patches/s): cosine sized to {total} steps",
+                flush=True,
+            )
         if self.ckpt_every_s and now - self.last_ckpt >= self.ckpt_every_s and tr.step < tr.cfg.steps:
             tr.save_checkpoint()
             self.last_ckpt = time.perf_counter()
@@ -261,12 +355,24 @@ def _trainer_class():
                     a = rec.array[z]
                     arrays.append(a[: a.shape[0] // s * s, : a.shape[1] // s * s])
             self.sampler = GpuPatchSampler(
-                arrays, patch_size=self.cfg.patch_size, scale=s, batch_size=self.cfg.batch_size, device=self.device,
-                seed=self.cfg.seed, augment=self.cfg.augment, quantize=self.cfg.quantize_lr,
-                channels_last=self.channels_last)
+                arrays,
+                patch_size=self.cfg.patch_size,
+                scale=s,
+                batch_size=self.cfg.batch_size,
+                device=self.device,
+                seed=self.cfg.seed,
+                augment=self.cfg.augment,
+                quantize=self.cfg.quantize_lr,
+                channels_last=self.channels_last,
+            )
             self.dataset.records = []  # the host copies are no longer needed
-            log.info("GPU sampler: %d images on %s (%.0f MiB), %d too small", len(self.sampler.images), self.device,
-                     self.sampler.bytes / MiB, self.sampler.dropped)
+            log.info(
+                "GPU sampler: %d images on %s (%.0f MiB), %d too small",
+                len(self.sampler.images),
+                self.device,
+                self.sampler.bytes / MiB,
+                self.sampler.dropped,
+            )
 
         def _make_loader(self):
             self.sampler.step = self.step
@@ -275,16 +381,22 @@ def _trainer_class():
     return GpuTrainer
 
 
-def run_training(recipe: Path, clock: Clock, plan: dict, *, dry: bool, packs: dict, run_dir: Path,
-                 device: str) -> dict:
+def run_training(recipe: Path, clock: Clock, plan: dict, *, dry: bool, packs: dict, run_dir: Path, device: str) -> dict:
     import torch
 
     from .config import TrainConfig, load_toml
 
     cfg = TrainConfig.from_dict(load_toml(recipe))
     over = dict(DRY_OVERRIDES) if dry else {"device": device}
-    over.update({"data": [packs["train"]["dir"]], "val": packs["val"]["dir"], "out": str(run_dir), "progress": False,
-                 "register": False})
+    over.update(
+        {
+            "data": [packs["train"]["dir"]],
+            "val": packs["val"]["dir"],
+            "out": str(run_dir),
+            "progress": False,
+            "register": False,
+        }
+    )
     cfg = replace(TrainConfig.from_dict(over, base=cfg))
     margin = 3 * cfg.scale  # GpuPatchSampler's window: the patch plus the bicubic support each side
     cfg.min_size = max(cfg.min_size, cfg.patch_size + 2 * margin)
@@ -295,29 +407,52 @@ def run_training(recipe: Path, clock: Clock, plan: dict, *, dry: bool, packs: di
     t = time.perf_counter()
     tr = _trainer_class()(cfg)
     setup_s = time.perf_counter() - t
-    print(f"[train] set up in {setup_s:.1f} s: {tr.data_report.summary()}; {len(tr.sampler.images)} images on "
-          f"{tr.device} ({tr.sampler.bytes / MiB:.0f} MiB), precision {tr.precision}, channels_last "
-          f"{tr.channels_last}", flush=True)
+    print(
+        f"[train] set up in {setup_s:.1f} s: {tr.data_report.summary()}; {len(tr.sampler.images)} images on "
+        f"{tr.device} ({tr.sampler.bytes / MiB:.0f} MiB), precision {tr.precision}, channels_last "
+        f"{tr.channels_last}",
+        flush=True,
+    )
     t = time.perf_counter()
     v0 = tr.validate()  # the starting point of the curve, with the same code as the end
     val_s = time.perf_counter() - t
-    print(f"[train] step {tr.step} (the shipped weights): Kodak24 Y-PSNR {v0.get('psnr', 0):.3f} dB "
-          f"({val_s:.1f} s)", flush=True)
+    print(
+        f"[train] step {tr.step} (the shipped weights): Kodak24 Y-PSNR {v0.get('psnr', 0):.3f} dB ({val_s:.1f} s)",
+        flush=True,
+    )
     end_at = clock.deadline - plan["finish"] - val_s  # leave the final validation and the outputs
-    tp = TimePlan(end_at, warm=1 if dry else 10, window=2 if dry else 20, ckpt_every_s=60.0,
-                  val_every_s=plan["val_every"], val_seconds=val_s, max_steps=cfg.steps)
+    tp = TimePlan(
+        end_at,
+        warm=1 if dry else 10,
+        window=2 if dry else 20,
+        ckpt_every_s=60.0,
+        val_every_s=plan["val_every"],
+        val_seconds=val_s,
+        max_steps=cfg.steps,
+    )
     tr.callbacks.append(tp)
     tr.cfg.max_minutes = max(0.05, (end_at - time.perf_counter()) / 60.0)
     result = tr.run()
-    return {"status": result.status, "step": result.step, "weights": str(result.weights) if result.weights else None,
-            "metrics": result.metrics, "val_history": tr.val_history, "bicubic": tr.bicubic_metrics,
-            "time_plan": tp.sized, "setup_seconds": round(setup_s, 1), "val_seconds": round(val_s, 1),
-            "max_minutes": round(tr.cfg.max_minutes, 3), "hardware": tr.hardware, "config": tr.cfg.to_dict(),
-            "data": tr.data_report.as_dict(), "sampler": {"images": len(tr.sampler.images),
-                                                          "dropped": tr.sampler.dropped, "window": tr.sampler.win}}
+    return {
+        "status": result.status,
+        "step": result.step,
+        "weights": str(result.weights) if result.weights else None,
+        "metrics": result.metrics,
+        "val_history": tr.val_history,
+        "bicubic": tr.bicubic_metrics,
+        "time_plan": tp.sized,
+        "setup_seconds": round(setup_s, 1),
+        "val_seconds": round(val_s, 1),
+        "max_minutes": round(tr.cfg.max_minutes, 3),
+        "hardware": tr.hardware,
+        "config": tr.cfg.to_dict(),
+        "data": tr.data_report.as_dict(),
+        "sampler": {"images": len(tr.sampler.images), "dropped": tr.sampler.dropped, "window": tr.sampler.win},
+    }
 
 
 # -- phase 4: outputs -----------------------------------------------------------------------------
+
 
 def _json(path: Path, obj) -> None:
     from ..safe_write import atomic_write
@@ -325,8 +460,9 @@ def _json(path: Path, obj) -> None:
     atomic_write(path, json.dumps(jsonable(obj), indent=2) + "\n", overwrite=True)
 
 
-def write_outputs(out: Path, run_dir: Path | None, summary: dict, checks: dict | None, bench: dict | None,
-                  packs: dict | None) -> list[str]:
+def write_outputs(
+    out: Path, run_dir: Path | None, summary: dict, checks: dict | None, bench: dict | None, packs: dict | None
+) -> list[str]:
     from ..safe_write import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
@@ -344,8 +480,12 @@ def write_outputs(out: Path, run_dir: Path | None, summary: dict, checks: dict |
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for p in sorted(run_dir.rglob("*")):
                 rel = p.relative_to(run_dir)
-                if p.is_file() and rel.parts[0] not in ("checkpoints", "cache") and p.suffix != ".safetensors" \
-                        and p.name not in ("log.jsonl", "val.png"):
+                if (
+                    p.is_file()
+                    and rel.parts[0] not in ("checkpoints", "cache")
+                    and p.suffix != ".safetensors"
+                    and p.name not in ("log.jsonl", "val.png")
+                ):
                     tar.add(p, arcname=str(rel))
             if packs:
                 data = (json.dumps(jsonable(packs), indent=1) + "\n").encode()
@@ -371,6 +511,7 @@ def write_outputs(out: Path, run_dir: Path | None, summary: dict, checks: dict |
 
 # -- the command ----------------------------------------------------------------------------------
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training.gpu_run", description=__doc__.split("::")[0])
     p.add_argument("--out", default=os.environ.get("OUT") or "out/gpu-run", help="output folder (default $OUT)")
@@ -389,8 +530,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = Clock(plan["total"])
     repo, carry, out = Path(args.repo).resolve(), Path(args.carry).resolve(), Path(args.out).resolve()
     device = "cpu" if args.dry_run else args.device
-    summary: dict = {"command": "python -m napari_rrim_sr.training.gpu_run " + " ".join(argv or sys.argv[1:]),
-                     "dry_run": args.dry_run, "plan_seconds": plan, "phases": {}, "errors": []}
+    summary: dict = {
+        "command": "python -m napari_rrim_sr.training.gpu_run " + " ".join(argv or sys.argv[1:]),
+        "dry_run": args.dry_run,
+        "plan_seconds": plan,
+        "phases": {},
+        "errors": [],
+    }
     checks = bench = packs = None
     run_dir = None
     scratch = Path(tempfile.mkdtemp(prefix="rrim-gpu-run-"))
@@ -399,8 +545,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         t = clock.now()
         env = env_report(carry)
         summary["env"] = env
-        print(f"[env] python {env['python']}, torch {env['torch']}, CUDA {env['cuda_available']} "
-              f"{env.get('gpu', {}).get('name', '')}; missing: {env['missing'] or 'none'}", flush=True)
+        print(
+            f"[env] python {env['python']}, torch {env['torch']}, CUDA {env['cuda_available']} "
+            f"{env.get('gpu', {}).get('name', '')}; missing: {env['missing'] or 'none'}",
+            flush=True,
+        )
         if device.startswith("cuda") and not env["cuda_available"]:
             raise RuntimeError("no CUDA device: this is the GPU run (use --dry-run on a CPU)")
         if not args.dry_run:
@@ -411,26 +560,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - no git on the device copy: informative only
                 summary["fits"] = f"not measured here: {type(exc).__name__}"
         packs = unpack_packs(carry, scratch)
-        print(f"[env] packs verified: train {packs['train']['images']} images "
-              f"({packs['train']['megapixels']} MP), validation {packs['val']['images']} images", flush=True)
+        print(
+            f"[env] packs verified: train {packs['train']['images']} images "
+            f"({packs['train']['megapixels']} MP), validation {packs['val']['images']} images",
+            flush=True,
+        )
         summary["packs"] = packs
         summary["phases"]["env"] = round(clock.now() - t, 1)
         if not args.skip_checks:
             t = clock.now()
             photo = sorted(Path(packs["val"]["dir"]).iterdir())[0]
-            checks, bench = run_checks(device, clock, plan, dry=args.dry_run, repo=repo, photo=str(photo),
-                                       scratch=scratch)
+            checks, bench = run_checks(
+                device, clock, plan, dry=args.dry_run, repo=repo, photo=str(photo), scratch=scratch
+            )
             summary["phases"]["checks"] = round(clock.now() - t, 1)
             summary["checks_ok"] = checks["ok"]
         t = clock.now()
         run_dir = scratch / "run"
-        summary["train"] = run_training(repo / args.recipe, clock, plan, dry=args.dry_run, packs=packs,
-                                        run_dir=run_dir, device=device)
+        summary["train"] = run_training(
+            repo / args.recipe, clock, plan, dry=args.dry_run, packs=packs, run_dir=run_dir, device=device
+        )
         summary["phases"]["train"] = round(clock.now() - t, 1)
         m = summary["train"]["val_history"]
         if m:
-            print(f"[train] {summary['train']['status']} at step {summary['train']['step']}: Kodak24 Y-PSNR "
-                  f"{m[0].get('psnr', 0):.3f} -> {m[-1].get('psnr', 0):.3f} dB", flush=True)
+            print(
+                f"[train] {summary['train']['status']} at step {summary['train']['step']}: Kodak24 Y-PSNR "
+                f"{m[0].get('psnr', 0):.3f} -> {m[-1].get('psnr', 0):.3f} dB",
+                flush=True,
+            )
     except Exception as exc:  # noqa: BLE001 - whatever happened, what was measured comes back
         rc = 1
         summary["errors"].append("".join(traceback.format_exception(exc))[-4000:])
@@ -445,8 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = 1
             print(f"[error] writing outputs: {type(exc).__name__}: {exc}", flush=True)
         shutil.rmtree(scratch, ignore_errors=True)
-        print(f"[done] {clock.now():.1f} s of {plan['total']:.0f} s planned; outputs {clock.now() - t:.1f} s",
-              flush=True)
+        print(
+            f"[done] {clock.now():.1f} s of {plan['total']:.0f} s planned; outputs {clock.now() - t:.1f} s", flush=True
+        )
     if checks is not None and not checks.get("ok"):
         rc = rc or 3
     return rc

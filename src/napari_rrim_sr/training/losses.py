@@ -47,8 +47,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 VGG_CFG = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 
 
@@ -57,6 +56,7 @@ class LossError(RRIMError):
 
 
 # -- pixel losses -----------------------------------------------------------------------------
+
 
 def pixel_loss(kind: str):
     if kind == "l1":
@@ -78,6 +78,7 @@ class CharbonnierLoss(nn.Module):
 
 
 # -- VGG features -----------------------------------------------------------------------------
+
 
 def vgg_layer_names(arch: str) -> list[str]:
     """Names of the modules of torchvision's ``features`` in order: conv1_1, relu1_1, ..., pool1, ..."""
@@ -130,8 +131,7 @@ def read_vgg_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def detect_vgg_arch(sd: Mapping[str, torch.Tensor]) -> str:
-    convs = sorted(int(m.group(1)) for k in sd if (m := re.match(r"^features\.(\d+)\.weight$", k))
-                   and sd[k].ndim == 4)
+    convs = sorted(int(m.group(1)) for k in sd if (m := re.match(r"^features\.(\d+)\.weight$", k)) and sd[k].ndim == 4)
     for arch in ("vgg16", "vgg19"):
         if convs == _conv_indices(arch):
             return arch
@@ -149,8 +149,14 @@ class VGGFeatures(nn.Module):
     ``forward(x)`` takes RGB (or gray, replicated) images in 0..1 and returns ``{layer: map}``.
     """
 
-    def __init__(self, state_dict: Mapping[str, torch.Tensor], layers: Sequence[str], *, arch: str = "auto",
-                 input_convention: str = "bgr-caffe"):
+    def __init__(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        layers: Sequence[str],
+        *,
+        arch: str = "auto",
+        input_convention: str = "bgr-caffe",
+    ):
         super().__init__()
         found = detect_vgg_arch(state_dict)
         if arch not in ("auto", found):
@@ -160,8 +166,10 @@ class VGGFeatures(nn.Module):
         unknown = [l for l in layers if l not in names or l.startswith("pool")]
         if unknown:
             convs = [n for n in names if n.startswith("conv")]
-            raise LossError(f"unknown {found} layer(s) {unknown}; use convB_K (before ReLU) or reluB_K "
-                            f"(after), e.g. {convs[-1]}; available: {', '.join(convs)}")
+            raise LossError(
+                f"unknown {found} layer(s) {unknown}; use convB_K (before ReLU) or reluB_K "
+                f"(after), e.g. {convs[-1]}; available: {', '.join(convs)}"
+            )
         if not layers:
             raise LossError("no VGG layers requested")
         self.layers = list(layers)
@@ -174,7 +182,9 @@ class VGGFeatures(nn.Module):
                 b = state_dict.get(f"features.{i}.bias")
                 conv = nn.Conv2d(prev, w.shape[0], 3, 1, 1, bias=b is not None)
                 if tuple(w.shape) != tuple(conv.weight.shape):
-                    raise LossError(f"features.{i}.weight has shape {tuple(w.shape)}, expected {tuple(conv.weight.shape)}")
+                    raise LossError(
+                        f"features.{i}.weight has shape {tuple(w.shape)}, expected {tuple(conv.weight.shape)}"
+                    )
                 with torch.no_grad():
                     conv.weight.copy_(w.float())
                     if b is not None:
@@ -221,7 +231,9 @@ class VGGFeatures(nn.Module):
         return out
 
 
-def build_vgg(weights: str, layers: Sequence[str], *, arch: str = "auto", input_convention: str = "auto") -> VGGFeatures:
+def build_vgg(
+    weights: str, layers: Sequence[str], *, arch: str = "auto", input_convention: str = "auto"
+) -> VGGFeatures:
     """A :class:`VGGFeatures` from a file (``bgr-caffe`` assumed for ``auto``) or from
     ``torchvision:vgg16`` / ``torchvision:vgg19`` (``rgb-imagenet``)."""
     if weights.startswith("torchvision:"):
@@ -261,8 +273,7 @@ class PerceptualLoss(nn.Module):
     Returns ``(percep, gram)``; the target's features are computed without gradient.
     """
 
-    def __init__(self, vgg: VGGFeatures, layer_weights: Mapping[str, float], criterion: str = "l1",
-                 gram: bool = False):
+    def __init__(self, vgg: VGGFeatures, layer_weights: Mapping[str, float], criterion: str = "l1", gram: bool = False):
         super().__init__()
         self.vgg = vgg
         self.layer_weights = {k: float(v) for k, v in layer_weights.items()}
@@ -284,6 +295,7 @@ class PerceptualLoss(nn.Module):
 
 
 # -- adversarial losses -----------------------------------------------------------------------
+
 
 class AdversarialLoss:
     """``generator(real_logits, fake_logits)`` and ``discriminator(real_logits, fake_logits)``."""
@@ -319,9 +331,11 @@ def perceptual_loss_for(cfg) -> "PerceptualLoss":
     if not layers:
         arch = cfg.vgg_arch
         if arch == "auto":
-            arch = ("vgg19" if cfg.vgg_weights.endswith("vgg19") else "vgg16") \
-                if cfg.vgg_weights.startswith("torchvision:") \
+            arch = (
+                ("vgg19" if cfg.vgg_weights.endswith("vgg19") else "vgg16")
+                if cfg.vgg_weights.startswith("torchvision:")
                 else detect_vgg_arch(read_vgg_state_dict(cfg.vgg_weights))
+            )
         layers = default_vgg_layers(arch)
         cfg.vgg_layers = layers
     vgg = build_vgg(cfg.vgg_weights, list(layers), arch=cfg.vgg_arch, input_convention=cfg.vgg_input)

@@ -39,9 +39,13 @@ class AlignedPair:
     ratio: tuple[float, float]  #: HR/LR size ratio (y, x) as given
 
     def as_dict(self) -> dict:
-        return {"shift_hr_px": [round(float(v), 3) for v in self.shift], "residual": round(float(self.residual), 4),
-                "ratio": [round(float(v), 4) for v in self.ratio], "lr_shape": list(self.lr.shape),
-                "hr_shape": list(self.hr.shape)}
+        return {
+            "shift_hr_px": [round(float(v), 3) for v in self.shift],
+            "residual": round(float(self.residual), 4),
+            "ratio": [round(float(v), 4) for v in self.ratio],
+            "lr_shape": list(self.lr.shape),
+            "hr_shape": list(self.hr.shape),
+        }
 
 
 def _plane(a, what: str) -> np.ndarray:
@@ -60,8 +64,10 @@ def check_ratio(lr_shape, hr_shape, scale: int, tol: float = RATIO_TOLERANCE) ->
     """The HR/LR size ratio per axis; :class:`InputError` unless both equal ``scale`` (within ``tol``)."""
     ry, rx = hr_shape[0] / lr_shape[0], hr_shape[1] / lr_shape[1]
     if abs(ry - scale) > tol * scale or abs(rx - scale) > tol * scale:
-        raise InputError(f"the HR/LR size ratio is {ry:.3f} x {rx:.3f} ({hr_shape[1]}x{hr_shape[0]} vs "
-                         f"{lr_shape[1]}x{lr_shape[0]}), not the model's scale {scale}")
+        raise InputError(
+            f"the HR/LR size ratio is {ry:.3f} x {rx:.3f} ({hr_shape[1]}x{hr_shape[0]} vs "
+            f"{lr_shape[1]}x{lr_shape[0]}), not the model's scale {scale}"
+        )
     return ry, rx
 
 
@@ -92,7 +98,7 @@ def register_pair(lr, hr, scale: int, *, max_residual: float = MAX_RESIDUAL, ups
     h, w = min(lr.shape[0], hr.shape[0] // s), min(lr.shape[1], hr.shape[1] // s)
     if min(h, w) < 16:
         raise InputError(f"the pair is too small to register ({w}x{h} LR px; at least 16 needed)")
-    lr, hr = lr[:h, :w], hr[:h * s, :w * s]
+    lr, hr = lr[:h, :w], hr[: h * s, : w * s]
     up = bicubic_upscale(lr, s)
     win = np.outer(np.hanning(up.shape[0]), np.hanning(up.shape[1]))  # no wrap-around edges in the FFT
 
@@ -109,14 +115,17 @@ def register_pair(lr, hr, scale: int, *, max_residual: float = MAX_RESIDUAL, ups
     aligned = ndimage.shift(hr, (dy, dx), order=3, mode="nearest")
     m = math.ceil((max(abs(dy), abs(dx)) + 2 * s) / s)  # LR px lost at each side (shift + bicubic support)
     if h - 2 * m < 16 or w - 2 * m < 16:
-        raise InputError(f"after the shift of ({-dy:.2f}, {-dx:.2f}) HR px the overlap is too small "
-                         f"({w - 2 * m}x{h - 2 * m} LR px)")
-    lr_c = lr[m:h - m, m:w - m]
-    hr_c = aligned[m * s:(h - m) * s, m * s:(w - m) * s]
+        raise InputError(
+            f"after the shift of ({-dy:.2f}, {-dx:.2f}) HR px the overlap is too small ({w - 2 * m}x{h - 2 * m} LR px)"
+        )
+    lr_c = lr[m : h - m, m : w - m]
+    hr_c = aligned[m * s : (h - m) * s, m * s : (w - m) * s]
     residual = _fit_residual(lr_c, bicubic_downscale(hr_c, s))
     if not residual <= max_residual:
-        raise InputError(f"the LR/HR pair does not align by a translation: residual {residual:.3f} after a shift of "
-                         f"({-dy:.2f}, {-dx:.2f}) HR px exceeds {max_residual:g} (0 = identical, ~1 = unrelated)")
+        raise InputError(
+            f"the LR/HR pair does not align by a translation: residual {residual:.3f} after a shift of "
+            f"({-dy:.2f}, {-dx:.2f}) HR px exceeds {max_residual:g} (0 = identical, ~1 = unrelated)"
+        )
     return AlignedPair(lr_c, hr_c, (-dy, -dx), residual, ratio)
 
 
@@ -126,11 +135,20 @@ class PairedDataset:
     Item ``i`` is a pure function of ``(seed, i)``, like :class:`.data.PatchDataset`.
     """
 
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], *, patch_size: int, scale: int, channels: int = 1,
-                 augment: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        pairs: list[tuple[np.ndarray, np.ndarray]],
+        *,
+        patch_size: int,
+        scale: int,
+        channels: int = 1,
+        augment: bool = True,
+        seed: int = 0,
+    ):
         s, p = int(scale), int(patch_size)
         if p % s:
             raise InputError(f"patch size {p} is not a multiple of scale {s}")
+
         def chw(a):  # (h, w) or (h, w, C) -> (C, h, w)
             a = np.asarray(a, np.float32)
             return np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
@@ -138,7 +156,9 @@ class PairedDataset:
         self.pairs = [(chw(lr), chw(hr)) for lr, hr in pairs]
         for lr, hr in self.pairs:
             if min(lr.shape[1:]) < p // s:
-                raise InputError(f"a pair ({lr.shape[1]}x{lr.shape[0]} LR px) is smaller than the LR patch ({p // s} px)")
+                raise InputError(
+                    f"a pair ({lr.shape[1]}x{lr.shape[0]} LR px) is smaller than the LR patch ({p // s} px)"
+                )
         self.patch_size, self.scale, self.channels = p, s, int(channels)
         self.augment, self.seed = bool(augment), int(seed)
 
@@ -153,8 +173,8 @@ class PairedDataset:
         q, s = self.patch_size // self.scale, self.scale
         y = int(rng.integers(lr_full.shape[1] - q + 1))
         x = int(rng.integers(lr_full.shape[2] - q + 1))
-        lr = torch.from_numpy(np.ascontiguousarray(lr_full[:, y:y + q, x:x + q]))
-        hr = torch.from_numpy(np.ascontiguousarray(hr_full[:, y * s:(y + q) * s, x * s:(x + q) * s]))
+        lr = torch.from_numpy(np.ascontiguousarray(lr_full[:, y : y + q, x : x + q]))
+        hr = torch.from_numpy(np.ascontiguousarray(hr_full[:, y * s : (y + q) * s, x * s : (x + q) * s]))
         if self.augment:
             if rng.random() < 0.5:
                 hr, lr = hr.flip(-1), lr.flip(-1)

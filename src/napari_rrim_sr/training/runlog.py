@@ -70,8 +70,16 @@ class RunLog:
         w.writerows(rows)
         atomic_write(self.run_dir / "log.csv", buf.getvalue(), overwrite=True)
 
-    def plot(self, history: list[dict], val_history: list[dict], *, name: str, gan: bool,
-             bicubic: dict | None, convention: str) -> None:
+    def plot(
+        self,
+        history: list[dict],
+        val_history: list[dict],
+        *,
+        name: str,
+        gan: bool,
+        bicubic: dict | None,
+        convention: str,
+    ) -> None:
         """loss.png and val.png (matplotlib Agg; skipped with a warning when it is missing)."""
         try:
             import matplotlib

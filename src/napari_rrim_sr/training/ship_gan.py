@@ -28,13 +28,15 @@ DTYPE = "fp16"  # as the other shipped weights
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training ship-gan",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m napari_rrim_sr.training ship-gan", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--psnr", required=True, help="PSNR model (.safetensors): alpha = 0")
     ap.add_argument("--gan", required=True, help="its GAN-stage export (.safetensors): alpha = 1")
     ap.add_argument("--alpha", type=float, default=0.5)
-    ap.add_argument("--eval", required=True, type=Path,
-                    help="`napari-rrim-sr evaluate --json` output for the interpolated model")
+    ap.add_argument(
+        "--eval", required=True, type=Path, help="`napari-rrim-sr evaluate --json` output for the interpolated model"
+    )
     ap.add_argument("-o", "--out", required=True, type=Path)
     ap.add_argument("--psnr-steps", type=int, help="total training steps of the PSNR model, for the description")
     ap.add_argument("--name", default="rrim-x4-rgb-gan")
@@ -46,8 +48,10 @@ def main(argv=None) -> int:
     ev = json.loads(args.eval.read_text())
     scored = (ev.get("provenance") or {}).get("tensors_sha256")
     if scored and scored != tensors_sha256(sd):
-        raise SystemExit(f"{args.eval} scored other weights (tensors_sha256 {scored[:12]}...) than "
-                         f"{1 - args.alpha:g} x {args.psnr} + {args.alpha:g} x {args.gan} in {DTYPE}")
+        raise SystemExit(
+            f"{args.eval} scored other weights (tensors_sha256 {scored[:12]}...) than "
+            f"{1 - args.alpha:g} x {args.psnr} + {args.alpha:g} x {args.gan} in {DTYPE}"
+        )
     if not scored:
         print(f"note: {args.eval} does not say which tensors it scored; its metrics are taken as given")
 
@@ -61,25 +65,50 @@ def main(argv=None) -> int:
     if init.get("sha256") and init["sha256"] == lw.record["a"]["sha256"]:  # the --psnr file's bytes
         recipe["init"] = Path(args.psnr).as_posix()
     elif init.get("sha256"):
-        print(f"note: the GAN stage started from {init.get('path')} (sha256 {init['sha256'][:12]}...), "
-              f"not from --psnr {args.psnr}; its recipe keeps that path")
+        print(
+            f"note: the GAN stage started from {init.get('path')} (sha256 {init['sha256'][:12]}...), "
+            f"not from --psnr {args.psnr}; its recipe keeps that path"
+        )
     recipe["init_sha256"] = init.get("sha256", "")
-    recipe.update(interpolation=lw.record, gan_stage_steps=gan_steps, note=(
-        f"shipped = {1 - args.alpha:g} x {psnr_meta.get('name')} ({Path(args.psnr).name}) + "
-        f"{args.alpha:g} x the GAN stage's final EMA weights (step {gan_steps}); "
-        "the raw GAN weights show a faint 2-px grid"))
+    recipe.update(
+        interpolation=lw.record,
+        gan_stage_steps=gan_steps,
+        note=(
+            f"shipped = {1 - args.alpha:g} x {psnr_meta.get('name')} ({Path(args.psnr).name}) + "
+            f"{args.alpha:g} x the GAN stage's final EMA weights (step {gan_steps}); "
+            "the raw GAN weights show a faint 2-px grid"
+        ),
+    )
 
     model, bic = ev["mean"]["model"], ev["mean"]["bicubic"]
-    metrics = dict(model, bicubic=bic, convention=ev["convention"], images=len(ev["rows"]),
-                   val_set=str(Path(ev["rows"][0]["image"]).parent))
+    metrics = dict(
+        model,
+        bicubic=bic,
+        convention=ev["convention"],
+        images=len(ev["rows"]),
+        val_set=str(Path(ev["rows"][0]["image"]).parent),
+    )
     hp = gan_meta["hparams"]
-    desc = (f"RRIM x{hp.get('scale', 4)}, RGB, GAN-stage: ESRGAN network interpolation (alpha {args.alpha:g}) "
-            f"between rrim-x4-rgb-psnr and its GAN fine-tune (L1 + {recipe.get('percep_weight')} HED-VGG16 "
-            f"perceptual + {recipe.get('adv_weight')} relativistic adversarial, {gan_steps} steps"
-            + (f"; PSNR model of {args.psnr_steps:,} steps".replace(",", " ") if args.psnr_steps else "") + ")")
-    save_weights(args.out, sd, backbone=gan_meta["backbone"], hparams=hp, name=args.name,
-                 description=desc, recipe=recipe, metrics=metrics, dtype=DTYPE, overwrite=args.overwrite,
-                 extra={"training": dict(gan_training, interpolated_alpha=args.alpha)} if gan_training else None)
+    desc = (
+        f"RRIM x{hp.get('scale', 4)}, RGB, GAN-stage: ESRGAN network interpolation (alpha {args.alpha:g}) "
+        f"between rrim-x4-rgb-psnr and its GAN fine-tune (L1 + {recipe.get('percep_weight')} HED-VGG16 "
+        f"perceptual + {recipe.get('adv_weight')} relativistic adversarial, {gan_steps} steps"
+        + (f"; PSNR model of {args.psnr_steps:,} steps".replace(",", " ") if args.psnr_steps else "")
+        + ")"
+    )
+    save_weights(
+        args.out,
+        sd,
+        backbone=gan_meta["backbone"],
+        hparams=hp,
+        name=args.name,
+        description=desc,
+        recipe=recipe,
+        metrics=metrics,
+        dtype=DTYPE,
+        overwrite=args.overwrite,
+        extra={"training": dict(gan_training, interpolated_alpha=args.alpha)} if gan_training else None,
+    )
     print(f"wrote {args.out}: Kodak24 {model['psnr']:.2f} dB / SSIM {model['ssim']:.4f} / FSIM {model['fsim']:.4f}")
     return 0
 

@@ -27,8 +27,15 @@ class LRSchedule:
     A callable object with plain attributes, so ``LambdaLR.state_dict()`` stores it as a dict.
     """
 
-    def __init__(self, kind: str, steps: int, warmup: int = 0, min_factor: float = 0.0,
-                 milestones: list[int] | None = None, gamma: float = 0.5):
+    def __init__(
+        self,
+        kind: str,
+        steps: int,
+        warmup: int = 0,
+        min_factor: float = 0.0,
+        milestones: list[int] | None = None,
+        gamma: float = 0.5,
+    ):
         self.kind, self.steps, self.warmup = kind, int(steps), int(warmup)
         self.min_factor, self.gamma = float(min_factor), float(gamma)
         self.milestones = sorted(int(m) for m in (milestones or [int(steps * f) for f in (0.5, 0.75, 0.9)]))
@@ -75,6 +82,7 @@ def clip_and_step(loss: torch.Tensor, opt, scaler, params, clip: float) -> float
     scaler.update()
     return gnorm
 
+
 def train_step(tr, lr: torch.Tensor, hr: torch.Tensor) -> dict:
     """One step of ``tr`` (a :class:`~.trainer.Trainer`): the generator (pixel loss; in the GAN
     stage plus perceptual, Gram and adversarial terms), then in the GAN stage the discriminator.
@@ -116,8 +124,10 @@ def train_step(tr, lr: torch.Tensor, hr: torch.Tensor) -> dict:
     if not torch.isfinite(loss):
         tr.bad_steps += 1
         if tr.bad_steps >= 10:
-            raise TrainingError(f"loss is not finite for {tr.bad_steps} consecutive steps at step {tr.step}: "
-                                "training diverged (lower --lr, use --grad-clip, or --precision fp32)")
+            raise TrainingError(
+                f"loss is not finite for {tr.bad_steps} consecutive steps at step {tr.step}: "
+                "training diverged (lower --lr, use --grad-clip, or --precision fp32)"
+            )
         log.warning("non-finite loss at step %d: step skipped", tr.step)
         tr.opt_g.zero_grad(set_to_none=True)
         tr.sched_g.step()

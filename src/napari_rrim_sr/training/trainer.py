@@ -78,8 +78,14 @@ def hardware_info(device: torch.device) -> dict:
                     break
     except OSError:
         pass
-    info = {"device": str(device), "cpu": cpu, "cpu_threads": torch.get_num_threads(),
-            "torch": str(torch.__version__), "python": platform.python_version(), "os": platform.platform()}
+    info = {
+        "device": str(device),
+        "cpu": cpu,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = str(torch.version.cuda)
@@ -100,6 +106,7 @@ class TrainResult:
 
 # -- the trainer ------------------------------------------------------------------------------
 
+
 class Trainer:
     """Set up from a :class:`TrainConfig`; :meth:`run` trains to ``cfg.steps``.
 
@@ -110,9 +117,15 @@ class Trainer:
     describes them; in-memory layers, registered LR/HR pairs), with no validation images.
     """
 
-    def __init__(self, cfg: TrainConfig, *, resume: str | os.PathLike | bool | None = None,
-                 callbacks: list[Callable[["Trainer", dict], None]] | None = None, registry=None,
-                 dataset=None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: str | os.PathLike | bool | None = None,
+        callbacks: list[Callable[["Trainer", dict], None]] | None = None,
+        registry=None,
+        dataset=None,
+    ):
         from ..registry import get_registry
 
         self.registry = registry or get_registry()
@@ -136,8 +149,10 @@ class Trainer:
         self.cfg = self._resolve(cfg, ckpt)
         self.run_dir = self.cfg.run_dir()
         if ckpt is None and find_checkpoint(self.run_dir) is not None:
-            raise TrainingError(f"{self.run_dir} already holds a training run (checkpoints/last.pt): "
-                                "continue it with --resume, or choose another --out / --name")
+            raise TrainingError(
+                f"{self.run_dir} already holds a training run (checkpoints/last.pt): "
+                "continue it with --resume, or choose another --out / --name"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.runlog = RunLog(self.run_dir)
         if ckpt is None:
@@ -179,12 +194,16 @@ class Trainer:
                 if key in ("hparams", "d_hparams"):
                     bad = {k: v for k, v in mine.items() if saved.__dict__[key].get(k) != v}
                     if bad:
-                        raise ConfigError(f"cannot resume with different {key} {bad} (checkpoint has "
-                                          f"{ {k: saved.__dict__[key].get(k) for k in bad} })")
+                        raise ConfigError(
+                            f"cannot resume with different {key} {bad} (checkpoint has "
+                            f"{ {k: saved.__dict__[key].get(k) for k in bad} })"
+                        )
                     continue
                 if mine != getattr(saved, key):
-                    raise ConfigError(f"cannot resume with {key}={mine!r}: the checkpoint was trained with "
-                                      f"{key}={getattr(saved, key)!r}")
+                    raise ConfigError(
+                        f"cannot resume with {key}={mine!r}: the checkpoint was trained with "
+                        f"{key}={getattr(saved, key)!r}"
+                    )
             for key in ("backbone", "hparams", "channels", "scale", "d_hparams", "name"):
                 setattr(cfg, key, copy.deepcopy(getattr(saved, key)))
             if not cfg.out:
@@ -201,11 +220,18 @@ class Trainer:
             cfg.backbone = lm.backbone
             init_hp = dict(lm.hparams)
             self._init_model = lm
-            self.init_info = {"source": str(cfg.init), "path": str(lm.path), "sha256": lm.sha256,
-                              "id": lm.id, "metrics": lm.metadata.get("metrics", {})}
+            self.init_info = {
+                "source": str(cfg.init),
+                "path": str(lm.path),
+                "sha256": lm.sha256,
+                "id": lm.id,
+                "metrics": lm.metadata.get("metrics", {}),
+            }
             if cfg.channels and cfg.channels != lm.in_channels and {cfg.channels, lm.in_channels} != {1, 3}:
-                raise ConfigError(f"--init {cfg.init} has channels={lm.in_channels}, the config asks {cfg.channels} "
-                                  "(only RGB <-> gray initialisation is supported)")
+                raise ConfigError(
+                    f"--init {cfg.init} has channels={lm.in_channels}, the config asks {cfg.channels} "
+                    "(only RGB <-> gray initialisation is supported)"
+                )
             if cfg.scale and cfg.scale != lm.scale:
                 raise ConfigError(f"--init {cfg.init} has scale={lm.scale}, the config asks {cfg.scale}")
             for k, v in cfg.hparams.items():
@@ -252,8 +278,9 @@ class Trainer:
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
             self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         except (RuntimeError, ValueError) as exc:  # a backend without GradScaler support
-            log.warning("no gradient scaling on %s (%s): fp16 may underflow; prefer bf16 or fp32",
-                        self.device.type, exc)
+            log.warning(
+                "no gradient scaling on %s (%s): fp16 may underflow; prefer bf16 or fp32", self.device.type, exc
+            )
             self.scaler = torch.amp.GradScaler("cpu", enabled=False)
             self.scaler_d = torch.amp.GradScaler("cpu", enabled=False)
         self.hardware = hardware_info(self.device)
@@ -282,8 +309,9 @@ class Trainer:
         self.model.train()
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                      weight_decay=cfg.weight_decay)
+        self.opt_g = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._schedule())
         from .losses import AdversarialLoss, pixel_loss
 
@@ -309,8 +337,9 @@ class Trainer:
 
     def _schedule(self) -> LRSchedule:
         cfg = self.cfg
-        return LRSchedule(cfg.schedule, cfg.steps, cfg.warmup, min(1.0, cfg.lr_min / cfg.lr),
-                          list(cfg.milestones) or None, cfg.gamma)
+        return LRSchedule(
+            cfg.schedule, cfg.steps, cfg.warmup, min(1.0, cfg.lr_min / cfg.lr), list(cfg.milestones) or None, cfg.gamma
+        )
 
     def _setup_data(self) -> None:
         cfg = self.cfg
@@ -321,23 +350,42 @@ class Trainer:
         min_side = max(cfg.patch_size, cfg.min_size)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache"
         records, report = load_records(
-            cfg.data, channels=cfg.channels, min_side=min_side, exclude=cfg.exclude, normalize=cfg.normalize,
-            percentiles=cfg.percentiles, cache=cfg.cache, cache_dir=cache_dir if cfg.cache == "disk" else None,
+            cfg.data,
+            channels=cfg.channels,
+            min_side=min_side,
+            exclude=cfg.exclude,
+            normalize=cfg.normalize,
+            percentiles=cfg.percentiles,
+            cache=cfg.cache,
+            cache_dir=cache_dir if cfg.cache == "disk" else None,
         )
         self.data_report: DataReport = report
         log.info("training data: %s", report.summary())  # skipped files were logged by load_records
-        atomic_write(self.run_dir / "data.json", json.dumps(jsonable(report.as_dict()), indent=2) + "\n",
-                     overwrite=True)
+        atomic_write(
+            self.run_dir / "data.json", json.dumps(jsonable(report.as_dict()), indent=2) + "\n", overwrite=True
+        )
         self.dataset = PatchDataset(
-            records, patch_size=cfg.patch_size, scale=cfg.scale, channels=cfg.channels,
-            degradations=Degradations.from_config(cfg), augment=cfg.augment, seed=cfg.seed,
-            length=cfg.steps * cfg.batch_size, normalize=cfg.normalize, percentiles=cfg.percentiles,
+            records,
+            patch_size=cfg.patch_size,
+            scale=cfg.scale,
+            channels=cfg.channels,
+            degradations=Degradations.from_config(cfg),
+            augment=cfg.augment,
+            seed=cfg.seed,
+            length=cfg.steps * cfg.batch_size,
+            normalize=cfg.normalize,
+            percentiles=cfg.percentiles,
         )
         self.val_images = []
         if cfg.val:
             self.val_images, problems = load_validation(
-                cfg.val, channels=cfg.channels, scale=cfg.scale, limit=cfg.val_limit, crop=cfg.val_crop,
-                normalize=cfg.normalize, percentiles=cfg.percentiles,
+                cfg.val,
+                channels=cfg.channels,
+                scale=cfg.scale,
+                limit=cfg.val_limit,
+                crop=cfg.val_crop,
+                normalize=cfg.normalize,
+                percentiles=cfg.percentiles,
             )  # `exclude` applies to training data only: held-out files are what validation is for
             for p, reason in problems:
                 log.warning("validation: skipped %s: %s", p, reason)
@@ -402,8 +450,14 @@ class Trainer:
 
     def plot(self) -> None:
         """loss.png and val.png from the logged history (matplotlib Agg; skipped if missing)."""
-        self.runlog.plot(self.history, self.val_history, name=self.cfg.name, gan=self.disc is not None,
-                         bicubic=self.bicubic_metrics, convention=self.val_convention())
+        self.runlog.plot(
+            self.history,
+            self.val_history,
+            name=self.cfg.name,
+            gan=self.disc is not None,
+            bicubic=self.bicubic_metrics,
+            convention=self.val_convention(),
+        )
 
     # -- validation (validation.py) ----------------------------------------------------------
     def val_convention(self) -> str:
@@ -414,17 +468,22 @@ class Trainer:
         """Mean PSNR/SSIM/FSIM over the validation images (EMA model), plus a sample grid."""
         net = self.ema.module if self.ema is not None else self.model
         t0 = time.perf_counter()
-        mean, self.bicubic_metrics, first = validate_images(net, self.val_images, self.cfg, self.device,
-                                                            bicubic=self.bicubic_metrics)
-        rec = {"kind": "val", "step": self.step, **mean, "n": len(self.val_images),
-               "seconds": round(time.perf_counter() - t0, 2)}
+        mean, self.bicubic_metrics, first = validate_images(
+            net, self.val_images, self.cfg, self.device, bicubic=self.bicubic_metrics
+        )
+        rec = {
+            "kind": "val",
+            "step": self.step,
+            **mean,
+            "n": len(self.val_images),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         if self.bicubic_metrics:
             rec.update({f"bicubic_{k}": v for k, v in self.bicubic_metrics.items()})
         self.val_history.append(rec)
         self._write_log(rec)
         if first is not None:
-            save_sample_grid(*first, scale=self.cfg.scale,
-                             path=self.run_dir / "samples" / f"step_{self.step:07d}.png")
+            save_sample_grid(*first, scale=self.cfg.scale, path=self.run_dir / "samples" / f"step_{self.step:07d}.png")
         return rec
 
     def set_total_steps(self, steps: int) -> None:
@@ -463,20 +522,28 @@ class Trainer:
             "time": time.time(),
         }
         # plain JSON types only (weights_only=True refuses str subclasses, numpy scalars...)
-        state.update(plain({
-            "config": self.cfg.to_dict(),
-            "sessions": sessions,
-            "val_history": self.val_history,
-            "bicubic_metrics": self.bicubic_metrics,
-            "val_convention": self.val_convention() if self.val_images else "",
-            "data": self.data_report.as_dict(),
-            "init_info": self.init_info,
-        }))
+        state.update(
+            plain(
+                {
+                    "config": self.cfg.to_dict(),
+                    "sessions": sessions,
+                    "val_history": self.val_history,
+                    "bicubic_metrics": self.bicubic_metrics,
+                    "val_convention": self.val_convention() if self.val_images else "",
+                    "data": self.data_report.as_dict(),
+                    "init_info": self.init_info,
+                }
+            )
+        )
         return state
 
     def _session_record(self) -> dict:
-        return {"hardware": self.hardware, "start_step": self._session_start,
-                "end_step": self.step, "seconds": round(time.perf_counter() - self._t_start, 1)}
+        return {
+            "hardware": self.hardware,
+            "start_step": self._session_start,
+            "end_step": self.step,
+            "seconds": round(time.perf_counter() - self._t_start, 1),
+        }
 
     def save_checkpoint(self) -> Path:
         ckdir = self.run_dir / "checkpoints"
@@ -542,8 +609,13 @@ class Trainer:
             status = self._loop()
         finally:
             self._restore_signals(old)
-        result = TrainResult(self.run_dir, self.step, status, history=self.val_history,
-                             signal=self.stop_signal if status == "interrupted" else None)
+        result = TrainResult(
+            self.run_dir,
+            self.step,
+            status,
+            history=self.val_history,
+            signal=self.stop_signal if status == "interrupted" else None,
+        )
         if status == "completed":
             if self.val_images and (not self.val_history or self.val_history[-1]["step"] != self.step):
                 self.validate()
@@ -559,16 +631,23 @@ class Trainer:
                 print(f"warning: {exc}")
                 exported = export_run(self.run_dir, register=False, dtype=cfg.export_dtype, overwrite=True)
             result.weights, result.installed = exported.path, exported.installed
-            self._log_event("exported", path=str(exported.path),
-                            installed=str(exported.installed) if exported.installed else None)
+            self._log_event(
+                "exported", path=str(exported.path), installed=str(exported.installed) if exported.installed else None
+            )
         result.metrics = self.val_history[-1] if self.val_history else {}
         return result
 
     def _make_loader(self):
         """Batches ``(lr, hr)`` for steps ``self.step .. cfg.steps-1`` (a subclass may make them on the GPU)."""
         cfg = self.cfg
-        return make_loader(self.dataset, batch_size=cfg.batch_size, start_step=self.step, steps=cfg.steps,
-                           workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        return make_loader(
+            self.dataset,
+            batch_size=cfg.batch_size,
+            start_step=self.step,
+            steps=cfg.steps,
+            workers=cfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def _loop(self) -> str:
         cfg = self.cfg
@@ -645,8 +724,10 @@ class Trainer:
             self._write_csv()
             self.plot()
             self._log_event("interrupted", signal=self.stop_signal)
-            msg = (f"stopped by signal {self.stop_signal} at step {self.step}; checkpoint {path}; "
-                   f"continue with --resume --out {self.run_dir}")
+            msg = (
+                f"stopped by signal {self.stop_signal} at step {self.step}; checkpoint {path}; "
+                f"continue with --resume --out {self.run_dir}"
+            )
             log.warning(msg)
             print(msg)
         return status

@@ -22,10 +22,12 @@ __all__ = ["infer", "save_sample_grid", "val_convention", "validate_images"]
 
 def val_convention(cfg) -> str:
     what = "Y channel (BT.601)" if cfg.channels == 3 else "gray"
-    return (f"x{cfg.scale}, LR = MATLAB-style bicubic of the mod-{cfg.scale} crop, "
-            f"{what}, {cfg.scale}-px border, data range 255"
-            + (f", first {cfg.val_limit} images" if cfg.val_limit else "")
-            + (f", centre crops <= {cfg.val_crop} px" if cfg.val_crop else ""))
+    return (
+        f"x{cfg.scale}, LR = MATLAB-style bicubic of the mod-{cfg.scale} crop, "
+        f"{what}, {cfg.scale}-px border, data range 255"
+        + (f", first {cfg.val_limit} images" if cfg.val_limit else "")
+        + (f", centre crops <= {cfg.val_crop} px" if cfg.val_crop else "")
+    )
 
 
 def infer(net: nn.Module, lr01: np.ndarray, cfg, device) -> np.ndarray:
@@ -122,16 +124,20 @@ def save_sample_grid(lr: np.ndarray, sr: np.ndarray, hr: np.ndarray, m: dict, *,
     y0 = ((h - side) // 2) // s * s
     x0 = ((w - side) // 2) // s * s
     bic = np.clip(bicubic_upscale(lr, s, channel_axis=-1), 0, 255)
-    lr_crop = lr[y0 // s:(y0 + side) // s, x0 // s:(x0 + side) // s]
+    lr_crop = lr[y0 // s : (y0 + side) // s, x0 // s : (x0 + side) // s]
     lr_near = np.repeat(np.repeat(lr_crop, s, axis=0), s, axis=1)
-    panels = [lr_near, bic[y0:y0 + side, x0:x0 + side], sr[y0:y0 + side, x0:x0 + side],
-              hr[y0:y0 + side, x0:x0 + side]]
+    panels = [
+        lr_near,
+        bic[y0 : y0 + side, x0 : x0 + side],
+        sr[y0 : y0 + side, x0 : x0 + side],
+        hr[y0 : y0 + side, x0 : x0 + side],
+    ]
     labels = ["LR (nearest)", "bicubic", f"SR {m.get('psnr', 0):.2f} dB", "HR"]
     gap, head = 4, 14
     c = hr.shape[2]
     canvas = np.full((side + head, 4 * side + 3 * gap, c), 255, np.uint8)
     for i, p in enumerate(panels):
-        canvas[head:, i * (side + gap):i * (side + gap) + side] = np.clip(np.floor(p + 0.5), 0, 255).astype(np.uint8)
+        canvas[head:, i * (side + gap) : i * (side + gap) + side] = np.clip(np.floor(p + 0.5), 0, 255).astype(np.uint8)
     img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
     draw = ImageDraw.Draw(img)
     for i, text in enumerate(labels):

@@ -48,8 +48,11 @@ NATIVE = [
 def _files(root: Path) -> list[Path]:
     out: list[Path] = []
     for pattern, n in NATIVE:
-        found = [p for p in sorted(root.glob(pattern)) if p.is_file() and p.suffix.lower() in
-                 (".tif", ".tiff", ".png", ".jpg", ".jpeg")]
+        found = [
+            p
+            for p in sorted(root.glob(pattern))
+            if p.is_file() and p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+        ]
         out += found[:n]
     return out
 
@@ -57,7 +60,7 @@ def _files(root: Path) -> list[Path]:
 def _centre(a: np.ndarray, n: int) -> np.ndarray:
     h, w = a.shape[:2]
     y0, x0 = max(0, (h - n) // 2), max(0, (w - n) // 2)
-    return np.ascontiguousarray(a[y0:y0 + n, x0:x0 + n])
+    return np.ascontiguousarray(a[y0 : y0 + n, x0 : x0 + n])
 
 
 def _run(wid: str, crop: np.ndarray, rgb: bool, threads: int) -> np.ndarray:
@@ -106,10 +109,16 @@ def measure_native(root: Path, crop_px: int, threads: int, log=print) -> tuple[l
         base = np.asarray(crop, np.float64) - lo  # overshoot is shift-invariant: the crop's range -> 0..255
         over = {k: overshoot(base, np.asarray(v, np.float64) - lo, 4, data_range=span) for k, v in outs.items()}
         over["auto"] = over[choice.weights_id]
-        row = {"file": name, "shape": list(arr.shape), "dtype": str(arr.dtype), "rgb": rgb,
-               "crop": list(crop.shape), "choice": choice.as_dict(),
-               "overshoot": {k: {"mean": m, "p99_9": p} for k, (m, p) in over.items()},
-               "pair": [clean_id, robust_id]}
+        row = {
+            "file": name,
+            "shape": list(arr.shape),
+            "dtype": str(arr.dtype),
+            "rgb": rgb,
+            "crop": list(crop.shape),
+            "choice": choice.as_dict(),
+            "overshoot": {k: {"mean": m, "p99_9": p} for k, (m, p) in over.items()},
+            "pair": [clean_id, robust_id],
+        }
         rows.append(row)
         log(f"  {name}: {choice.reason}")
     return rows, skipped
@@ -134,10 +143,13 @@ def measure_kodak(root: Path, threads: int) -> dict:
         auto = clean if choice.weights_id == "rrim-x4-rgb-psnr" else _run(choice.weights_id, lr, True, threads)
         psnr_clean.append(compare(clean, hr, data_range=255, y_channel=True, border=4)["psnr"])
         psnr_auto.append(compare(auto, hr, data_range=255, y_channel=True, border=4)["psnr"])
-    return {"n": len(files), "picked": {k: picks.count(k) for k in sorted(set(picks))},
-            "max_fine_detail": float(np.max(fine)) if files else None,
-            "psnr_auto": float(np.mean(psnr_auto)) if files else None,
-            "psnr_clean": float(np.mean(psnr_clean)) if files else None}
+    return {
+        "n": len(files),
+        "picked": {k: picks.count(k) for k in sorted(set(picks))},
+        "max_fine_detail": float(np.max(fine)) if files else None,
+        "psnr_auto": float(np.mean(psnr_auto)) if files else None,
+        "psnr_clean": float(np.mean(psnr_clean)) if files else None,
+    }
 
 
 def table(rows: list[dict], skipped: list[str], kodak: dict | None) -> str:
@@ -148,8 +160,10 @@ def table(rows: list[dict], skipped: list[str], kodak: dict | None) -> str:
         keys = {"auto": "auto", "clean": r["pair"][0], "robust": r["pair"][1], "bicubic": "bicubic"}
         return [f"{o[keys[c]]['p99_9']:.2f} / {o[keys[c]]['mean']:.3f}" for c in cols]
 
-    lines = ["| file | choice (reason) | " + " | ".join(f"{c} p99.9 / mean" for c in cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
+    lines = [
+        "| file | choice (reason) | " + " | ".join(f"{c} p99.9 / mean" for c in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
     for r in rows:
         lines.append(f"| {r['file']} | {r['choice']['reason']} | " + " | ".join(cells(r)) + " |")
     for group, pick in (("1-channel", False), ("RGB", True)):
@@ -168,24 +182,31 @@ def table(rows: list[dict], skipped: list[str], kodak: dict | None) -> str:
     if skipped:
         out += "\n\nSkipped: " + "; ".join(skipped)
     if kodak:
-        out += (f"\n\nKodak24 clean LR ({kodak['n']} images): picked {kodak['picked']}; Y-PSNR auto "
-                f"{kodak['psnr_auto']:.3f} dB, rrim-x4-rgb-psnr {kodak['psnr_clean']:.3f} dB; "
-                f"largest fine-detail ratio {kodak['max_fine_detail']:.3f}")
+        out += (
+            f"\n\nKodak24 clean LR ({kodak['n']} images): picked {kodak['picked']}; Y-PSNR auto "
+            f"{kodak['psnr_auto']:.3f} dB, rrim-x4-rgb-psnr {kodak['psnr_clean']:.3f} dB; "
+            f"largest fine-detail ratio {kodak['max_fine_detail']:.3f}"
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[4] / "shared" / "data",
-                    help="the shared data folder (default: ../shared/data of the repository)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[4] / "shared" / "data",
+        help="the shared data folder (default: ../shared/data of the repository)",
+    )
     ap.add_argument("--crop", type=int, default=128, help="LR centre-crop edge in pixels (default 128)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--no-kodak", action="store_true", help="skip the Kodak24 check")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = ap.parse_args(argv)
     t0 = time.time()
-    rows, skipped = measure_native(args.data, args.crop, args.threads,
-                                   log=lambda s: print(s, file=sys.stderr, flush=True))
+    rows, skipped = measure_native(
+        args.data, args.crop, args.threads, log=lambda s: print(s, file=sys.stderr, flush=True)
+    )
     kodak = None if args.no_kodak else measure_kodak(args.data, args.threads)
     print(table(rows, skipped, kodak))
     cpu = platform.processor() or platform.machine()
@@ -201,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         from napari_rrim_sr.jsonable import jsonable
         from napari_rrim_sr.safe_write import atomic_write
 
-        atomic_write(args.json, json.dumps(jsonable({"native": rows, "skipped": skipped, "kodak24": kodak}),
-                                           indent=1), overwrite=True)
+        atomic_write(
+            args.json,
+            json.dumps(jsonable({"native": rows, "skipped": skipped, "kodak24": kodak}), indent=1),
+            overwrite=True,
+        )
     return 0
 
 

@@ -23,12 +23,16 @@ DEFAULT_HELDOUT = "training/recipes/gray-heldout.txt"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training compare-gray",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m napari_rrim_sr.training compare-gray", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--gray", required=True, help="1-channel weights (id or file)")
     p.add_argument("--rgb", required=True, help="3-channel weights (id or file)")
-    p.add_argument("--heldout", default=DEFAULT_HELDOUT,
-                   help=f"list of held-out files (default: {DEFAULT_HELDOUT}, from the repository root)")
+    p.add_argument(
+        "--heldout",
+        default=DEFAULT_HELDOUT,
+        help=f"list of held-out files (default: {DEFAULT_HELDOUT}, from the repository root)",
+    )
     p.add_argument("--json", help="write the table as JSON here")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
@@ -44,8 +48,9 @@ def main(argv=None) -> int:
     images, problems = load_validation(a.heldout, channels=1, scale=4, normalize="auto", percentiles=(0.1, 99.9))
     for path, why in problems:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    ups = {name: Upscaler(w, channels=1, device="cpu", precision="fp32") for name, w in
-           (("gray", a.gray), ("rgb", a.rgb))}
+    ups = {
+        name: Upscaler(w, channels=1, device="cpu", precision="fp32") for name, w in (("gray", a.gray), ("rgb", a.rgb))
+    }
     rows = []
     for v in images:
         hr = (v.hr[..., 0] / 255.0).astype(np.float32)
@@ -55,15 +60,28 @@ def main(argv=None) -> int:
             row[name] = res["model"]
             row["bicubic"] = res["bicubic"]
         rows.append(row)
-        print(f"{v.name:48s} " + "  ".join(f"{k} {row[k]['psnr']:.2f}/{row[k]['ssim']:.4f}"
-                                          for k in ("bicubic", "rgb", "gray")), flush=True)
-    mean = {k: {m: float(np.mean([r[k][m] for r in rows])) for m in ("psnr", "ssim", "fsim", "rmse")}
-            for k in ("bicubic", "rgb", "gray")}
-    print("mean".ljust(48) + " " + "  ".join(f"{k} {mean[k]['psnr']:.2f}/{mean[k]['ssim']:.4f}"
-                                             for k in ("bicubic", "rgb", "gray")))
+        print(
+            f"{v.name:48s} "
+            + "  ".join(f"{k} {row[k]['psnr']:.2f}/{row[k]['ssim']:.4f}" for k in ("bicubic", "rgb", "gray")),
+            flush=True,
+        )
+    mean = {
+        k: {m: float(np.mean([r[k][m] for r in rows])) for m in ("psnr", "ssim", "fsim", "rmse")}
+        for k in ("bicubic", "rgb", "gray")
+    }
+    print(
+        "mean".ljust(48)
+        + " "
+        + "  ".join(f"{k} {mean[k]['psnr']:.2f}/{mean[k]['ssim']:.4f}" for k in ("bicubic", "rgb", "gray"))
+    )
     if a.json:
-        out = {"convention": __doc__.split("\n\n")[2].replace("\n", " "), "rows": rows, "mean": mean,
-               "gray": str(a.gray), "rgb": str(a.rgb)}
+        out = {
+            "convention": __doc__.split("\n\n")[2].replace("\n", " "),
+            "rows": rows,
+            "mean": mean,
+            "gray": str(a.gray),
+            "rgb": str(a.rgb),
+        }
         from napari_rrim_sr.jsonable import jsonable
         from napari_rrim_sr.safe_write import atomic_write
 

@@ -44,8 +44,9 @@ def main(argv=None) -> int:
     from napari_rrim_sr.image_io import read_image
     from napari_rrim_sr.metrics import rgb_to_y
 
-    ap = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training grid-check",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m napari_rrim_sr.training grid-check", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--models", nargs="+", required=True, help="weights files or ids (RGB x4)")
     ap.add_argument("--val", default="../shared/data/val/Kodak24")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
@@ -67,26 +68,37 @@ def main(argv=None) -> int:
         for name, img in outs.items():
             img = np.clip(np.asarray(img, np.float64), 0, 255)
             r = highpass(rgb_to_y(img, data_range=255.0))
-            rms = float(np.sqrt(np.mean(r ** 2)))
+            rms = float(np.sqrt(np.mean(r**2)))
             if name == "HR":  # first in ``outs``
                 hr_rms = rms
             rows[name]["detail"].append(rms / hr_rms)
             for p in (2, 4):
                 rows[name][p].append(grid_amplitude(r, p))
-    print(f"{'model':<60} {'2-px grid':>10} {'4-px grid':>10} {'detail':>7}   "
-          f"(grid: RMS grey levels; detail: fraction of HR's; mean of {len(files)} images)")
+    print(
+        f"{'model':<60} {'2-px grid':>10} {'4-px grid':>10} {'detail':>7}   "
+        f"(grid: RMS grey levels; detail: fraction of HR's; mean of {len(files)} images)"
+    )
     result = {}
     for name, r in rows.items():
-        result[name] = {"period2": float(np.mean(r[2])), "period4": float(np.mean(r[4])),
-                        "detail": float(np.mean(r["detail"]))}
-        print(f"{name:<60} {result[name]['period2']:>10.3f} {result[name]['period4']:>10.3f} "
-              f"{result[name]['detail']:>7.3f}")
+        result[name] = {
+            "period2": float(np.mean(r[2])),
+            "period4": float(np.mean(r[4])),
+            "detail": float(np.mean(r["detail"])),
+        }
+        print(
+            f"{name:<60} {result[name]['period2']:>10.3f} {result[name]['period4']:>10.3f} "
+            f"{result[name]['detail']:>7.3f}"
+        )
     if args.json:
         from napari_rrim_sr.jsonable import jsonable
         from napari_rrim_sr.safe_write import atomic_write
 
-        atomic_write(args.json, json.dumps(jsonable({"images": len(files), "val": str(args.val), "results": result}),
-                                           indent=1), overwrite=True, protect=args.models)
+        atomic_write(
+            args.json,
+            json.dumps(jsonable({"images": len(files), "val": str(args.val), "results": result}), indent=1),
+            overwrite=True,
+            protect=args.models,
+        )
     return 0
 
 

@@ -49,8 +49,9 @@ CONDITIONS = {  # name: (HR blur sigma in HR px, noise sigma in 0..255, JPEG qua
 }
 
 
-def degraded_lr(hr: np.ndarray, blur: float, noise: float, jpeg: int, seed: int, alias: bool = False,
-                scale: int = 4) -> np.ndarray:
+def degraded_lr(
+    hr: np.ndarray, blur: float, noise: float, jpeg: int, seed: int, alias: bool = False, scale: int = 4
+) -> np.ndarray:
     """uint8 LR of an (H, W, 3) uint8 HR already cropped to a multiple of ``scale``."""
     import torch
 
@@ -76,8 +77,9 @@ GRAY_CONDITIONS = {  # name: (Poisson photons at full scale or 0, noise sigma in
 }
 
 
-def degraded_lr_gray(hr: np.ndarray, photons: float, noise: float, alias: bool, seed: int,
-                     scale: int = 4) -> np.ndarray:
+def degraded_lr_gray(
+    hr: np.ndarray, photons: float, noise: float, alias: bool, seed: int, scale: int = 4
+) -> np.ndarray:
     """float32 LR in 0..1 of a 2-D HR in 0..1 already cropped to a multiple of ``scale``."""
     from napari_rrim_sr.bicubic import imresize
 
@@ -101,8 +103,8 @@ def save_figure(path: Path, lr: np.ndarray, outputs: list, y: int = 52, x: int =
     """Side by side: an n x n LR crop (nearest x4), then the same region of each output."""
     from PIL import Image
 
-    tiles = [np.kron(lr[y:y + n, x:x + n], np.ones((4, 4, 1), lr.dtype))]
-    tiles += [o[4 * y:4 * (y + n), 4 * x:4 * (x + n)] for o in outputs]
+    tiles = [np.kron(lr[y : y + n, x : x + n], np.ones((4, 4, 1), lr.dtype))]
+    tiles += [o[4 * y : 4 * (y + n), 4 * x : 4 * (x + n)] for o in outputs]
     gap = np.full((4 * n, 4, 3), 255, np.uint8)
     row = [t for tile in tiles for t in (tile.astype(np.uint8), gap)][:-1]
     from napari_rrim_sr.safe_write import atomic_write
@@ -112,12 +114,16 @@ def save_figure(path: Path, lr: np.ndarray, outputs: list, y: int = 52, x: int =
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training robust-check",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m napari_rrim_sr.training robust-check", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--models", nargs="+", required=True, help="weights (ids or files): 3-channel, or 1 with --gray")
     ap.add_argument("--gray", action="store_true", help="1-channel models on the held-out microscopy files")
-    ap.add_argument("--heldout", default=DEFAULT_HELDOUT,
-                    help=f"list of held-out files (default: {DEFAULT_HELDOUT}, from the repository root)")
+    ap.add_argument(
+        "--heldout",
+        default=DEFAULT_HELDOUT,
+        help=f"list of held-out files (default: {DEFAULT_HELDOUT}, from the repository root)",
+    )
     ap.add_argument("--val", default="../shared/data/val/Kodak24")
     ap.add_argument("--limit", type=int, default=0, help="first N images only (0 = all)")
     ap.add_argument("--json", type=Path, help="write the tables here")
@@ -155,12 +161,18 @@ def main(argv=None) -> int:
                 scores[c][n].append((m["psnr"], m["ssim"]))
         print(f"[{i + 1}/{len(files)}] {f.name}", flush=True)
     native = {"landsat": satellite_array()[0], "astronaut": photo_array()}
-    over = {s: {n: dict(zip(("mean", "p99_9"), overshoot(lr, run(n, lr)))) for n in names}
-            for s, lr in native.items()}
+    over = {s: {n: dict(zip(("mean", "p99_9"), overshoot(lr, run(n, lr)))) for n in names} for s, lr in native.items()}
     if args.figure:
         save_figure(args.figure, native["landsat"], [run(n, native["landsat"]) for n in names])
-    report(args, f"Kodak24 ({len(files)} images), Y-PSNR / SSIM", "kodak24", CONDITIONS, scores, over,
-           {"images": len(files), "val": args.val})
+    report(
+        args,
+        f"Kodak24 ({len(files)} images), Y-PSNR / SSIM",
+        "kodak24",
+        CONDITIONS,
+        scores,
+        over,
+        {"images": len(files), "val": args.val},
+    )
     for up in ups.values():
         up.close()
     return 0
@@ -169,24 +181,33 @@ def main(argv=None) -> int:
 def report(args, title: str, key: str, conditions: dict, scores: dict, over: dict, extra: dict) -> None:
     """Print the mean PSNR / SSIM per condition and the overshoot per sample; write --json."""
     names = list(next(iter(scores.values())))
-    table = {c: {n: dict(zip(("psnr", "ssim"), np.mean(v, 0).tolist())) for n, v in row.items()}
-             for c, row in scores.items()}
+    table = {
+        c: {n: dict(zip(("psnr", "ssim"), np.mean(v, 0).tolist())) for n, v in row.items()} for c, row in scores.items()
+    }
     w = max(len(Path(n).stem) for n in names)
     print(f"\n{title}")
     print(" " * w + "".join(f"  {c:>16}" for c in conditions))
     for n in names:
-        print(f"{Path(n).stem:<{w}}" + "".join(f"  {table[c][n]['psnr']:7.2f} / {table[c][n]['ssim']:.4f}"
-                                               for c in conditions))
+        print(
+            f"{Path(n).stem:<{w}}"
+            + "".join(f"  {table[c][n]['psnr']:7.2f} / {table[c][n]['ssim']:.4f}" for c in conditions)
+        )
     print("\nOvershoot beyond the 3x3 LR range (grey levels), mean / 99.9th percentile")
     for n in names:
-        print(f"{Path(n).stem:<{w}}" + "".join(f"  {s} {over[s][n]['mean']:.2f} / {over[s][n]['p99_9']:5.1f}"
-                                               for s in over))
+        print(
+            f"{Path(n).stem:<{w}}"
+            + "".join(f"  {s} {over[s][n]['mean']:.2f} / {over[s][n]['p99_9']:5.1f}" for s in over)
+        )
     if args.json:
         from napari_rrim_sr.jsonable import jsonable
         from napari_rrim_sr.safe_write import atomic_write
 
-        atomic_write(args.json, json.dumps(jsonable({"conditions": conditions, **extra, key: table, "overshoot": over}),
-                                           indent=1), overwrite=True, protect=args.models)
+        atomic_write(
+            args.json,
+            json.dumps(jsonable({"conditions": conditions, **extra, key: table, "overshoot": over}), indent=1),
+            overwrite=True,
+            protect=args.models,
+        )
 
 
 def main_gray(args) -> int:
@@ -195,8 +216,7 @@ def main_gray(args) -> int:
     from napari_rrim_sr.metrics import compare
     from napari_rrim_sr.training.data import load_validation
 
-    images, problems = load_validation(args.heldout, channels=1, scale=4, normalize="auto",
-                                       percentiles=(0.1, 99.9))
+    images, problems = load_validation(args.heldout, channels=1, scale=4, normalize="auto", percentiles=(0.1, 99.9))
     for path, why in problems:
         print(f"skipped {path}: {why}")
     ups = {str(m): Upscaler(m, channels=1, device="cpu", precision="fp32") for m in args.models}
@@ -217,10 +237,20 @@ def main_gray(args) -> int:
         print(f"[{i + 1}/{len(images)}] {v.name}", flush=True)
     nuc = microscopy_array().astype(np.float32)
     nuc = (nuc - nuc.min()) / (nuc.max() - nuc.min())
-    over = {"nuclei": {n: dict(zip(("mean", "p99_9"), overshoot(nuc * 255, np.clip(run(n, nuc), 0, 1) * 255)))
-                       for n in names}}
-    report(args, f"held-out microscopy ({len(images)} files), PSNR / SSIM on 0..1", "microscopy",
-           GRAY_CONDITIONS, scores, over, {"images": [v.name for v in images], "heldout": args.heldout})
+    over = {
+        "nuclei": {
+            n: dict(zip(("mean", "p99_9"), overshoot(nuc * 255, np.clip(run(n, nuc), 0, 1) * 255))) for n in names
+        }
+    }
+    report(
+        args,
+        f"held-out microscopy ({len(images)} files), PSNR / SSIM on 0..1",
+        "microscopy",
+        GRAY_CONDITIONS,
+        scores,
+        over,
+        {"images": [v.name for v in images], "heldout": args.heldout},
+    )
     for up in ups.values():
         up.close()
     return 0

@@ -16,8 +16,9 @@ SIZES = ((32, 4), (48, 6), (64, 8))  # (num_feat, num_block)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m napari_rrim_sr.training size-speed",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m napari_rrim_sr.training size-speed", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 

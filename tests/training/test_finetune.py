@@ -13,7 +13,7 @@ from napari_rrim_sr.errors import InputError
 from napari_rrim_sr.training import finetune as ft
 from napari_rrim_sr.training.pairs import register_pair
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NUCLEI = ROOT / "src" / "napari_rrim_sr" / "_napari" / "samples" / "nuclei_dsb2018_crop.tif"  # CC0, shipped
 EMBRYO = ROOT.parent / "shared" / "data" / "microscopy" / "morpholibj_samples" / "arabidopsis-embryo.tif"
 
@@ -27,18 +27,30 @@ def _stack() -> np.ndarray:
         a = tifffile.imread(EMBRYO)
         return np.ascontiguousarray(a[45:53, :96, :96])
     a = tifffile.imread(NUCLEI)
-    return np.stack([a[i * 16:i * 16 + 96, i * 16:i * 16 + 96] for i in range(8)])
+    return np.stack([a[i * 16 : i * 16 + 96, i * 16 : i * 16 + 96] for i in range(8)])
 
 
 def _settings(tmp_path, **kw) -> ft.FinetuneSettings:
-    base = {"data": [_stack()], "init": "tiny-rrim-x4-gray", "minutes": 0.5, "out": str(tmp_path / "ft"),
-            "name": "my-ft", "max_steps": 6, "evals": 3, "heldout_crops": 2, "heldout_side": 64, "lr": 1e-3,
-            "batch_size": 2, "patch_size": 32}
+    base = {
+        "data": [_stack()],
+        "init": "tiny-rrim-x4-gray",
+        "minutes": 0.5,
+        "out": str(tmp_path / "ft"),
+        "name": "my-ft",
+        "max_steps": 6,
+        "evals": 3,
+        "heldout_crops": 2,
+        "heldout_side": 64,
+        "lr": 1e-3,
+        "batch_size": 2,
+        "patch_size": 32,
+    }
     base.update(kw)
     return ft.FinetuneSettings(**base)
 
 
 # -- split, statistics, degradations ---------------------------------------------------------------
+
 
 def test_stack_holds_out_whole_planes_never_trained_on():
     planes = [np.full((40, 40, 1), i, np.float32) for i in range(10)]
@@ -76,8 +88,9 @@ def test_measured_shot_noise_sets_the_photon_level():
 
 
 def test_preview_is_a_synthetic_lr_patch_next_to_real_data():
-    deg, _ = ft.choose_degradations(ft.measure_statistics([np.zeros((64, 64, 1), np.float32)]), kind="read",
-                                    read_sigma=0.05)
+    deg, _ = ft.choose_degradations(
+        ft.measure_statistics([np.zeros((64, 64, 1), np.float32)]), kind="read", read_sigma=0.05
+    )
     plane = np.full((256, 256), 0.5, np.float32)
     real, syn = ft.degradation_preview(plane, deg, 4, size=48)
     assert real.shape == syn.shape == (48, 48)
@@ -85,6 +98,7 @@ def test_preview_is_a_synthetic_lr_patch_next_to_real_data():
 
 
 # -- the unpaired run -------------------------------------------------------------------------------
+
 
 def test_unpaired_finetune_registers_weights_card_and_scores(tiny_registry, tmp_path):
     points = []
@@ -160,9 +174,33 @@ def test_cli_finetune_prints_held_out_scores_and_registers(tiny_registry, tmp_pa
 
     f = tmp_path / "stack.tif"
     tifffile.imwrite(f, _stack())
-    rc = main(["finetune", "--data", str(f), "--init", "tiny-rrim-x4-gray", "--minutes", "0.1", "--out",
-               str(tmp_path / "cli"), "--name", "cli-ft", "--max-steps", "3", "--batch-size", "2", "--patch-size",
-               "32", "--heldout-crops", "2", "--heldout-side", "64", "--json", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "finetune",
+            "--data",
+            str(f),
+            "--init",
+            "tiny-rrim-x4-gray",
+            "--minutes",
+            "0.1",
+            "--out",
+            str(tmp_path / "cli"),
+            "--name",
+            "cli-ft",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--patch-size",
+            "32",
+            "--heldout-crops",
+            "2",
+            "--heldout-side",
+            "64",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     for row in ("model", "base", "bicubic"):
@@ -174,6 +212,7 @@ def test_cli_finetune_prints_held_out_scores_and_registers(tiny_registry, tmp_pa
 
 
 # -- paired data -----------------------------------------------------------------------------------
+
 
 def _pair(shift=(2.3, -1.7)):
     """An HR image displaced by a known sub-pixel shift and the LR of the undisplaced one."""
@@ -217,8 +256,12 @@ def test_size_ratio_other_than_the_scale_is_refused():
 
 def test_paired_finetune_scores_on_real_lr(tiny_registry, tmp_path):
     lr, hr = _pair()
-    res = ft.finetune(_settings(tmp_path, data=[], pairs=[(lr.astype(np.float32), hr.astype(np.float32))],
-                                heldout_side=32, max_steps=3), registry=tiny_registry)
+    res = ft.finetune(
+        _settings(
+            tmp_path, data=[], pairs=[(lr.astype(np.float32), hr.astype(np.float32))], heldout_side=32, max_steps=3
+        ),
+        registry=tiny_registry,
+    )
     meta = tiny_registry.find_weights("my-ft").metadata
     assert meta["finetune"]["data"]["kind"] == "paired"
     assert meta["finetune"]["data"]["pairs"][0]["shift_hr_px"] == pytest.approx([2.3, -1.7], abs=0.1)
@@ -234,9 +277,32 @@ def test_cli_finetune_on_pair_folders(tiny_registry, tmp_path, capsys):
     for folder, img in (("lr", lr), ("hr", hr)):
         (tmp_path / folder).mkdir()
         tifffile.imwrite(tmp_path / folder / "field1.tif", img.astype(np.float32))
-    rc = main(["finetune", "--pairs", str(tmp_path / "lr"), str(tmp_path / "hr"), "--init", "tiny-rrim-x4-gray",
-               "--minutes", "0.1", "--out", str(tmp_path / "cli"), "--name", "cli-pair", "--max-steps", "2",
-               "--batch-size", "2", "--patch-size", "32", "--heldout-crops", "1", "--heldout-side", "32"])
+    rc = main(
+        [
+            "finetune",
+            "--pairs",
+            str(tmp_path / "lr"),
+            str(tmp_path / "hr"),
+            "--init",
+            "tiny-rrim-x4-gray",
+            "--minutes",
+            "0.1",
+            "--out",
+            str(tmp_path / "cli"),
+            "--name",
+            "cli-pair",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--patch-size",
+            "32",
+            "--heldout-crops",
+            "1",
+            "--heldout-side",
+            "32",
+        ]
+    )
     out = capsys.readouterr().out
     import re
 
@@ -251,8 +317,9 @@ def test_time_budget_replans_to_the_measured_speed(tiny_registry, tmp_path):
     import time
 
     t0 = time.perf_counter()
-    res = ft.finetune(_settings(tmp_path, minutes=0.1, max_steps=0, batch_size=0, patch_size=0, evals=4),
-                      registry=tiny_registry)
+    res = ft.finetune(
+        _settings(tmp_path, minutes=0.1, max_steps=0, batch_size=0, patch_size=0, evals=4), registry=tiny_registry
+    )
     wall = time.perf_counter() - t0
     r = res.recipe
     assert r["steps_planned"] >= 10 and r["batch_size"] >= 2 and r["patch_size"] <= 64

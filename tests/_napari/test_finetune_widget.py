@@ -60,9 +60,10 @@ def test_finetune_curve_updates_cancel_keeps_best_and_registers(widget, qtbot, t
     # registered: the registry (what the upscale widget lists) knows the new weights
     ids = [e.id for e in tiny_registry.weights()]
     assert "gui-ft" in ids
-    from napari_rrim_sr._napari.widgets import _weights_choices
+    from napari_rrim_sr._napari.upscale_widget import UpscaleWidget
 
-    assert "gui-ft" in [v for _, v in _weights_choices()]
+    up = UpscaleWidget(widget.viewer)  # the upscale widget's model list offers them at once
+    assert "gui-ft" in [v for _, v in up._weights_choices()]
     table = widget.table.value
     assert list(table["index"]) == ["gui-ft", "tiny-rrim-x4-gray", "bicubic"]
     assert table["data"][0][0] == pytest.approx(res.scores["model"]["psnr"], abs=1e-3)

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Fine-tune measurement of docs/models.md (issue 18): two lanes at a time, one thread each (the
-# CPU was shared with other work). Table: python training/finetune_report.py runs/measure/*.json
-cd "$(dirname "$0")/.." || exit 1  # the repository root
+# CPU was shared with other work). Table: python -m napari_rrim_sr.training finetune-report runs/measure/*.json
+cd "$(dirname "$0")/../.." || exit 1  # the repository root
 mkdir -p runs/measure
 export PYTHONPATH=src OMP_NUM_THREADS=1 NAPARI_RRIM_SR_WEIGHTS_DIR=$PWD/runs/measure/weights
 PY=${PYTHON:-python}

@@ -1,6 +1,6 @@
 """Markdown table of fine-tune measurements from ``finetune --json`` files (docs/models.md).
 
-    python training/finetune_report.py runs/measure/*.json
+python -m napari_rrim_sr.training finetune-report runs/measure/*.json
 """
 
 from __future__ import annotations
@@ -20,14 +20,18 @@ def row(path: Path) -> str:
         return f"{m['psnr']:.2f} / {m['ssim']:.3f}" if m else "-"
 
     wall = d["curve"][-1]["elapsed_s"] if d.get("curve") else 0
-    return (f"| {d['name']} | {r['minutes']:g} | {d['steps']} ({r['batch_size']}×{r['patch_size']} px), best {d['best_step']} "
-            f"| {wall / 60:.1f} | {cell(sc['model'])} | {cell(sc['base'])} | {cell(real)} | {cell(sc['bicubic'])} "
-            f"| {'yes' if d['beats_base'] else '**no**'} |")
+    return (
+        f"| {d['name']} | {r['minutes']:g} | {d['steps']} ({r['batch_size']}×{r['patch_size']} px), best {d['best_step']} "
+        f"| {wall / 60:.1f} | {cell(sc['model'])} | {cell(sc['base'])} | {cell(real)} | {cell(sc['bicubic'])} "
+        f"| {'yes' if d['beats_base'] else '**no**'} |"
+    )
 
 
 def main(paths: list[str]) -> int:
-    print("| run | budget (min) | steps (batch×patch), best step | training wall (min) | fine-tuned PSNR / SSIM "
-          "| rrim-x4-gray | rrim-x4-gray-real | bicubic | beats base |")
+    print(
+        "| run | budget (min) | steps (batch×patch), best step | training wall (min) | fine-tuned PSNR / SSIM "
+        "| rrim-x4-gray | rrim-x4-gray-real | bicubic | beats base |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for p in sorted(paths):
         print(row(Path(p)))
