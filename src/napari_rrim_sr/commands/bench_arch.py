@@ -4,7 +4,7 @@ machine's load hits them alike (docs/benchmarks.md, "Architectures side by side"
 
 from __future__ import annotations
 
-from .bench import _interleaved, _macs, _sync, photo, random_model
+from .bench_common import _interleaved, _macs, _sync, photo, random_model
 
 #: the side-by-side architectures (issue 14): real sizes, x4 RGB, random weights
 ARCH_CASES = (

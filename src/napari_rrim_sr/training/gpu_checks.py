@@ -97,7 +97,7 @@ def bench_batches(
     import torch
 
     from .. import devices
-    from ..commands.bench import random_model
+    from ..commands.bench_common import random_model
 
     dev = devices.resolve_device(device)
     rows: list[dict] = []

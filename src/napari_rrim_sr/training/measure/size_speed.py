@@ -24,7 +24,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_rrim_sr.commands.bench import random_model
+    from napari_rrim_sr.commands.bench_common import random_model
     from napari_rrim_sr.engine import Upscaler
 
     torch.set_num_threads(args.threads)
