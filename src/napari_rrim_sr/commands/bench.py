@@ -449,7 +449,7 @@ def run(args) -> int:
         env["load_avg_end"] = os.getloadavg()
         print(format_arch_compare(res))
         if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2, default=str), encoding="utf-8")
+            _write_json(args.json, res, args.overwrite, [])  # random weights: no input file to protect
         return 0
     if args.kernels:
         models = [model] if args.no_rrdbnet else [model, random_model("rrdbnet")]
