@@ -233,11 +233,38 @@ def test_weights_file_preference_takes_the_robust_slot_only_for_its_channels_and
     assert weights_preference({"model_choice": "robust"}) is None
 
 
-def test_installed_preferences_are_read_from_the_registry(tiny_registry):
-    from napari_rrim_sr.model_choice import installed_weights_metadata
+def test_a_user_weights_file_with_a_preference_is_chosen_from_the_registry(isolated_registry):
+    """A fine-tune saved with ``model_choice`` metadata into the user folder takes the robust slot."""
+    import os
 
-    # the test registry's files state no preference: nothing overrides the measure
-    assert installed_weights_metadata() == {}
+    import torch
+
+    from napari_rrim_sr import registry
+    from napari_rrim_sr.model_choice import choose_for_layer, installed_weight_ids, installed_weights_metadata
+    from napari_rrim_sr.weights_io import save_weights
+
+    hp = {"num_feat": 8, "num_block": 1, "scale": 4, "in_channels": 1, "out_channels": 1}
+    torch.manual_seed(0)
+    folder = Path(os.environ[registry.WEIGHTS_DIR_ENV])
+    for wid, extra in (("rrim-x4-gray", None), (FT, {"model_choice": {"role": "robust", "kinds": ["microscopy"]}})):
+        save_weights(
+            folder / f"{wid}.safetensors",
+            isolated_registry.build("rrim", **hp),
+            backbone="rrim",
+            hparams=hp,
+            name=wid,
+            extra=extra,
+        )
+    registry.reset_registry()
+    assert set(installed_weights_metadata()) == {FT}
+    ids = installed_weight_ids()
+    c = choose_for_layer(_noisy(), rgb=False, available_ids=ids)
+    assert (c.weights_id, c.source, c.robust) == (FT, "weights", True)
+    assert choose_for_layer(_clean(), rgb=False, available_ids=ids).weights_id == "rrim-x4-gray"
+    # the user's pick still wins over the file's preference
+    assert (
+        choose_for_layer(_noisy(), rgb=False, available_ids=ids, requested="rrim-x4-gray").weights_id == "rrim-x4-gray"
+    )
 
 
 def test_measure_train_counts_the_clean_keep_rate(tmp_path):
