@@ -162,3 +162,107 @@ def test_models_json_into_a_closed_pipe_is_silent(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())
     assert main(["models", "--json"]) == 0
     assert capsys.readouterr().err == ""
+
+
+# -- the chunked path: resume, lock, disk full, scheduler ------------------------------------
+
+
+def _ome_run(tmp_path, weights, capsys, *extra):
+    src = tmp_path / "v.ome.zarr"
+    if not src.exists():
+        write_ome(src, smooth((1, 40, 40)))
+    return run_cli(capsys, "upscale", src, "-o", tmp_path / "o", "--model", weights, "--quiet", "--chunk", "64", *extra)
+
+
+def _interrupt(store: Path) -> None:
+    """Make a finished store look like a killed run: half of its chunk markers gone."""
+    done = sorted(p for p in (store / ".rrim_done").iterdir() if p.name != "COMPLETE")
+    (store / ".rrim_done" / "COMPLETE").unlink()
+    for p in done[: len(done) // 2]:
+        p.unlink()
+
+
+def test_resume_after_the_input_changed_is_refused(tmp_path, weights, capsys):
+    assert _ome_run(tmp_path, weights, capsys)[0] == 0
+    store = tmp_path / "o" / "v.ome.zarr"
+    _interrupt(store)
+    z = zarr.open_array(str(tmp_path / "v.ome.zarr" / "s0"), mode="r+")
+    z[:] = 255 - z[:]  # same shape and dtype, other pixels
+    rc, _, err = _ome_run(tmp_path, weights, capsys, "--resume")
+    assert rc == 1 and "changed" in one_line(err, store)
+    # the same input resumes fine
+    z[:] = 255 - z[:]
+    assert _ome_run(tmp_path, weights, capsys, "--resume")[0] == 0
+
+
+def test_concurrent_resume_is_refused(tmp_path, weights, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    assert _ome_run(tmp_path, weights, capsys)[0] == 0
+    store = tmp_path / "o" / "v.ome.zarr"
+    _interrupt(store)
+    with open(store / ".rrim_lock", "a+") as fh:  # another run holds the store
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc, _, err = _ome_run(tmp_path, weights, capsys, "--resume")
+    assert rc == 1 and "another run" in one_line(err, store)
+    assert _ome_run(tmp_path, weights, capsys, "--resume")[0] == 0  # lock gone: resumes
+
+
+def test_resume_into_a_folder_with_a_copied_job_file(tmp_path, weights, capsys):
+    assert _ome_run(tmp_path, weights, capsys)[0] == 0
+    job = (tmp_path / "o" / "v.ome.zarr" / ".rrim_job.json").read_bytes()
+    other = tmp_path / "o2" / "v.ome.zarr"
+    other.mkdir(parents=True)
+    (other / ".rrim_job.json").write_bytes(job)
+    rc, _, err = run_cli(
+        capsys, "upscale", tmp_path / "v.ome.zarr", "-o", tmp_path / "o2", "--model", weights, "--quiet",
+        "--chunk", "64", "--resume",
+    )  # fmt: skip
+    assert rc == 1 and "refusing to resume" in one_line(err, other)
+
+
+def test_disk_full_in_the_chunked_path(tmp_path, weights, capsys, monkeypatch):
+    import errno
+
+    from zarr.core.array import Array
+
+    def full(self, key, value):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "v.ome.zarr" / "0" / "c"))
+
+    write_ome(tmp_path / "v.ome.zarr", smooth((1, 40, 40)))
+    monkeypatch.setattr(Array, "__setitem__", full)
+    rc, _, err = _ome_run(tmp_path, weights, capsys)
+    assert rc == 1 and "disk full" in one_line(err, tmp_path / "o" / "v.ome.zarr")
+
+
+def test_local_cluster_is_quiet_and_serves_no_dashboard(monkeypatch):
+    import logging
+
+    distributed = pytest.importorskip("distributed")
+    from napari_rrim_sr import chunked
+
+    seen = {}
+
+    class FakeCluster:
+        def __init__(self, **kw):
+            seen.update(kw)
+
+        def close(self):
+            pass
+
+    class FakeClient:
+        def __init__(self, cluster):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(distributed, "LocalCluster", FakeCluster)
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+    for name in ("distributed", "distributed.scheduler"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
+    _, close, n = chunked.open_scheduler("local:2")
+    close()
+    assert n == 2
+    sk = seen.get("scheduler_kwargs") or {}
+    assert sk.get("dashboard") is False and "8787" not in str(sk.get("dashboard_address"))
+    assert logging.getLogger("distributed.scheduler").getEffectiveLevel() >= logging.WARNING

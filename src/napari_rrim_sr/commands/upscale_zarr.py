@@ -46,6 +46,12 @@ def add_arguments(p) -> None:
         help="input pixels of context read around each chunk (default 24)",
     )
     g.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="with --scheduler local:N: serve dask's dashboard on 127.0.0.1:8787 (or a free port) "
+        "and print its address; without it the cluster logs only warnings and serves no dashboard",
+    )
+    g.add_argument(
         "--memory-limit",
         default=None,
         metavar="SIZE",
@@ -87,7 +93,10 @@ def run(args) -> int:
     outs = [outdir / f"{output_name(s.path)}.ome.zarr" for s in srcs]
     if len({o.resolve() for o in outs}) != len(outs):
         raise InputError("two inputs would be written to the same OUTDIR/<name>.ome.zarr; run them separately")
-    client, close, workers = chunked.open_scheduler(args.scheduler, memory_limit=args.memory_limit)
+    dashboard = bool(getattr(args, "dashboard", False))
+    client, close, workers = chunked.open_scheduler(args.scheduler, memory_limit=args.memory_limit, dashboard=dashboard)
+    if dashboard and client is not None:
+        print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
     threads = args.threads
     if threads is None and args.scheduler and args.scheduler.startswith("local:"):
         import os
