@@ -1,5 +1,6 @@
 """Issue 23, "Tracebacks and messages": bad input gives one line naming the file, never a traceback."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -266,3 +267,189 @@ def test_local_cluster_is_quiet_and_serves_no_dashboard(monkeypatch):
     sk = seen.get("scheduler_kwargs") or {}
     assert sk.get("dashboard") is False and "8787" not in str(sk.get("dashboard_address"))
     assert logging.getLogger("distributed.scheduler").getEffectiveLevel() >= logging.WARNING
+
+
+# -- export ----------------------------------------------------------------------------------
+
+
+def _save_tiny(path: Path, nan: bool = False) -> Path:
+    torch.manual_seed(1)
+    hp = dict(num_feat=8, num_block=1, in_channels=1, out_channels=1, scale=4)
+    module = Registry(discover=False).build("rrim", **hp)
+    if nan:
+        with torch.no_grad():
+            next(iter(module.parameters())).view(-1)[0] = float("nan")
+    save_weights(path, module, backbone="rrim", hparams=hp, name="tiny")
+    return path
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("bioimageio", ".zip")])
+def test_export_refuses_nan_weights_naming_the_file(tmp_path, capsys, fmt, suffix):
+    pytest.importorskip("onnx")
+    w = _save_tiny(tmp_path / "nan.safetensors", nan=True)
+    out = tmp_path / f"m{suffix}"
+    rc, _, err = run_cli(capsys, "export", w, "--format", fmt, "-o", out, "--quiet")
+    assert rc == 1 and "NaN" in one_line(err, w)
+    assert not out.exists()
+
+
+def test_export_refuses_a_discriminator_in_one_line(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    reg = Registry(discover=True)
+    module = reg.build("srgan-discriminator", in_channels=1, num_feat=8)
+    w = tmp_path / "disc.safetensors"
+    save_weights(w, module, backbone="srgan-discriminator", hparams=dict(in_channels=1, num_feat=8), name="d")
+    out = tmp_path / "d.onnx"
+    rc, _, err = run_cli(capsys, "export", w, "--format", "onnx", "-o", out, "--quiet")
+    assert rc == 1 and "discriminator" in one_line(err, w)
+    assert not out.exists()
+
+
+def test_export_refuses_a_mismatched_suffix(tmp_path, weights, capsys):
+    out = tmp_path / "foo.zip"
+    rc, _, err = run_cli(capsys, "export", weights, "--format", "onnx", "-o", out, "--quiet")
+    assert rc == 1 and ".onnx" in one_line(err, out)
+    assert not out.exists()
+
+
+def test_swinir_onnx_runs_at_sizes_that_are_not_window_multiples():
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from napari_rrim_sr.export.onnx_export import onnx_bytes, run_onnx
+    from napari_rrim_sr.models.swinir import SwinIR
+    from napari_rrim_sr.weights_io import LoadedModel
+
+    torch.manual_seed(0)
+    m = SwinIR(
+        in_channels=1, out_channels=1, scale=2, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, img_size=16
+    ).eval()
+    data = onnx_bytes(LoadedModel.from_module(m, "swinir", m.hparams()))
+    for hw in [(37, 29), (16, 24), (9, 13)]:
+        x = np.random.default_rng(0).random((1, 1, *hw)).astype(np.float32)
+        got = run_onnx(data, x)
+        with torch.no_grad():
+            want = m(torch.from_numpy(x)).numpy()
+        assert got.shape == (1, 1, 2 * hw[0], 2 * hw[1])
+        assert np.abs(got - want).max() < 1e-4
+
+
+# -- weights files: say what the file is, never suggest unpickling ---------------------------
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_raw_pickle_pth_never_suggests_weights_only_false(tmp_path, capsys):
+    import pickle
+
+    w = tmp_path / "evil.pth"
+    w.write_bytes(pickle.dumps({"state_dict": {"conv.weight": _Evil()}}))
+    img = tmp_path / "im.tif"
+    tifffile.imwrite(img, smooth((20, 20)))
+    rc, out, err = run_cli(capsys, "upscale", img, "-o", tmp_path / "o", "--model", w)
+    line = one_line(err, w)
+    assert rc == 1 and "weights_only" not in line and "pwned" not in out
+    assert "pickled" in line
+
+
+def test_text_file_named_pth_says_what_it_is(tmp_path, capsys):
+    w = tmp_path / "notes.pth"
+    w.write_text("these are not weights\n")
+    img = tmp_path / "im.tif"
+    tifffile.imwrite(img, smooth((20, 20)))
+    rc, _, err = run_cli(capsys, "upscale", img, "-o", tmp_path / "o", "--model", w)
+    line = one_line(err, w)
+    assert rc == 1 and "not a torch checkpoint" in line and "pop from empty list" not in line
+
+
+def test_pth_in_the_user_weights_folder_is_listed_as_unsupported(isolated_registry, capsys):
+    from napari_rrim_sr import registry
+
+    folder = registry.user_weights_dir()
+    torch.save({"conv.weight": torch.zeros(1)}, folder / "mine.pth")
+    registry.reset_registry()
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "mine.pth" in ln)
+    assert "unsupported" in line and ".safetensors" in line
+    assert main(["models", "--json"]) == 0
+    broken = json.loads(capsys.readouterr().out)["broken"]
+    assert any(b["path"].endswith("mine.pth") for b in broken)
+
+
+# -- fine-tune argument checks ---------------------------------------------------------------
+
+
+def _ft(capsys, *argv):
+    from napari_rrim_sr.training.cli import main as tmain
+
+    rc = tmain(["finetune", *map(str, argv)])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+@pytest.mark.parametrize("minutes", ["inf", "nan"])
+def test_finetune_minutes_must_be_finite(tmp_path, weights, capsys, isolated_registry, minutes):
+    img = tmp_path / "im.tif"
+    tifffile.imwrite(img, smooth((160, 160)))
+    rc, _, err = _ft(capsys, "--data", img, "--init", weights, "--minutes", minutes, "--out", tmp_path / "ft")
+    assert rc == 1 and "--minutes" in one_line(err) and "max_minutes" not in err
+
+
+def test_finetune_on_a_constant_image(tmp_path, weights, capsys, isolated_registry):
+    img = tmp_path / "flat.tif"
+    tifffile.imwrite(img, np.full((160, 160), 100, np.uint16))
+    rc, _, err = _ft(capsys, "--data", img, "--init", weights, "--minutes", "0.05", "--out", tmp_path / "ft")
+    assert rc == 1 and "constant" in one_line(err, img.name)
+
+
+def test_finetune_refuses_the_name_of_shipped_weights(tmp_path, weights, capsys, isolated_registry):
+    img = tmp_path / "im.tif"
+    tifffile.imwrite(img, smooth((160, 160)))
+    rc, _, err = _ft(
+        capsys, "--data", img, "--init", weights, "--minutes", "0.02", "--max-steps", "1", "--out", tmp_path / "ft",
+        "--name", "rrim-x4-gray",
+    )  # fmt: skip
+    assert rc == 1 and "shipped" in one_line(err, "rrim-x4-gray")
+    assert not (isolated_registry and list(Path(tmp_path / "user-weights").glob("rrim-x4-gray*")))
+
+
+def test_finetune_says_it_replaces_nan(tmp_path, caplog):
+    from napari_rrim_sr.training.finetune_data import load_planes
+
+    a = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    a[3, 3], a[5, 5] = np.nan, np.inf
+    img = tmp_path / "nan.tif"
+    tifffile.imwrite(img, a)
+    with caplog.at_level("WARNING"):
+        planes = load_planes([img])
+    assert np.isfinite(planes.planes[0]).all()
+    assert any("nan.tif" in r.getMessage() and "NaN" in r.getMessage() for r in caplog.records)
+
+
+# -- a full disk, and messages that name the file --------------------------------------------
+
+
+def test_tiff_on_a_full_disk_says_so(tmp_path, weights, capsys, monkeypatch):
+    img = tmp_path / "im.tif"
+    tifffile.imwrite(img, smooth((20, 20)))
+
+    def short_write(path, *a, **k):
+        Path(path).write_bytes(b"II*\0")
+        raise OSError("6400 requested and 4 written")  # numpy's tofile on a full disk: no errno
+
+    monkeypatch.setattr(tifffile, "imwrite", short_write)
+    rc, _, err = run_cli(capsys, "upscale", img, "-o", tmp_path / "o", "--model", weights, "--quiet")
+    assert rc == 1 and "disk is probably full" in one_line(err, tmp_path / "o" / "im.tif")
+    assert not (tmp_path / "o" / "im.tif").exists()
+
+
+def test_evaluate_too_small_names_the_file(tmp_path, weights, capsys):
+    img = tmp_path / "tiny.png"
+    from PIL import Image
+
+    Image.fromarray(smooth((6, 6))).save(img)
+    rc, _, err = run_cli(capsys, "evaluate", img, "--model", weights)
+    assert rc == 1 and "too small" in one_line(err, img)

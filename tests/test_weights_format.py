@@ -265,7 +265,7 @@ def test_pth_without_tensors_and_truncated_pth(tmp_path):
     torch.save({"params": _tiny_sd()}, good)
     cut = tmp_path / "cut.pth"
     cut.write_bytes(good.read_bytes()[:2000])
-    with pytest.raises(WeightsError, match="cut.pth: cannot be read as a plain tensor checkpoint"):
+    with pytest.raises(WeightsError, match="cut.pth: is a damaged or unsupported torch checkpoint"):
         load_model(cut, registry=Registry(discover=False))
 
 
