@@ -42,13 +42,13 @@ def export_model(
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     say = progress or (lambda msg: None)
     say("loading weights")
-    suffix = SUFFIXES[fmt]
-    if Path(out).suffix.lower() != suffix:
-        raise ExportError(f"{out}: --format {fmt} writes a {suffix} file; name the output {Path(out).stem}{suffix}")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, registry=registry)
-    check_exportable(loaded, registry=registry)
     protect = [loaded.path] if loaded.path else []
     out = check_target(out, overwrite=overwrite, protect=protect)
+    suffix = SUFFIXES[fmt]
+    if out.suffix.lower() != suffix:  # an ONNX file named .zip (or the reverse) misleads every tool
+        raise ExportError(f"{out}: --format {fmt} writes a {suffix} file; name the output {out.stem}{suffix}")
+    check_exportable(loaded, registry=registry)
     if fmt == "onnx":
         from .onnx_export import onnx_bytes
 
