@@ -236,9 +236,9 @@ class Registry:
                         broken.append(
                             BrokenWeights(
                                 path,
-                                f"unsupported: only .safetensors files in this folder are used; add a "
-                                f"{path.suffix} checkpoint with the napari 'Add weights...' action (it converts "
-                                "and checks it)",
+                                f"unsupported: only .safetensors files in this folder are used; load the "
+                                f"{path.suffix} checkpoint with the napari widget's 'Weights file…' button "
+                                "('keep a copy': it is checked and installed as .safetensors)",
                                 source,
                             )
                         )
