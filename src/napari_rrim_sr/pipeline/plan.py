@@ -46,11 +46,15 @@ __all__ = [
 
 
 def no_weights_message() -> str:
-    """The one "no weights" message (the engine's text, with the user weights folder)."""
+    """The one "no weights" message of every entry point (CLI, widgets, demo)."""
     from ..registry import user_weights_dir
-    from ..upscaler import NO_WEIGHTS_MESSAGE
 
-    return NO_WEIGHTS_MESSAGE.format(user=user_weights_dir())
+    return (
+        "No trained weights are installed, so there is no model to upscale with. "
+        f"Copy a napari-rrim-sr .safetensors file into {user_weights_dir()} "
+        "(or run `napari-rrim-sr models` to see what is found), install a package that "
+        "contributes weights, or train one: python -m napari_rrim_sr.training"
+    )
 
 
 def weight_ids(registry=None, scale: int = 4) -> list[str]:
@@ -337,7 +341,7 @@ def _layout(src: Source, data, request: UpscaleRequest) -> tuple[tuple[int, int]
     if rgb is None:
         rgb = nd >= 3 and shape[-1] in (3, 4) and (src.spatial_axes is None or nd - 1 not in src.spatial_axes)
     rgb = bool(rgb)
-    channel_axis = request.channel_axis
+    channel_axis = None if request.channel_axis is None else int(request.channel_axis) % nd
     if rgb and shape[-1] == 4 and request.fourth_band != "alpha":
         kind = request.fourth_band
         if kind == "auto":
@@ -443,23 +447,14 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
     if len(scales) != 1:
         raise InputError(f"the chosen models have different scales {sorted(scales)}")
     scale = scales.pop()
-    in_ch = {p.model.in_channels for p in parts}
     precision, prec_reason = _precision(request, parts)
     reasons.append(f"precision {precision}: {prec_reason}")
-    # the data actually processed: the current slice, or all of it
+    # the data actually processed: the current slice (kept as a stack of one), or all of it
     if slice_index:
-        key = tuple(slice_index.get(a, slice(None)) for a in range(nd))
-        data = full[key]
-        removed = sorted(slice_index)
-        sp = tuple(a - sum(r < a for r in removed) for a in sp)
-        if channel_axis is not None:
-            channel_axis -= sum(r < channel_axis for r in removed)
-            for k, p in enumerate(parts):
-                idx = [slice(None)] * data.ndim
-                idx[channel_axis] = k
-                p.index = p.out_index = tuple(idx)
+        from ..layers import slice_key
+
+        data = full[slice_key(nd, slice_index)]
         reasons.append(f"slices: the current slice {slice_index}")
-    del in_ch
     # output
     out = request.output
     kind = out.kind
@@ -481,7 +476,11 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
             int(output_nbytes(data.shape, data.dtype, scale) * n_out),
             f"Upscaling '{src.name}'",
             suggestion=(
-                "upscale the current slice only, or write an OME-Zarr store"
+                (
+                    "tick 'Current slice only' or crop the stack"
+                    if src.layer is not None
+                    else "upscale one slice, or write an OME-Zarr store (a .zarr input or --scheduler)"
+                )
                 if stack
                 else "crop it first, or write an OME-Zarr store (command line: a .zarr input or --scheduler)"
             ),
