@@ -245,6 +245,12 @@ def weights_normalization(metadata: dict | None) -> tuple[str, tuple[float, floa
     return None
 
 
+def _is_normalization(value) -> bool:
+    from ..normalize import Normalization
+
+    return isinstance(value, Normalization)
+
+
 def _lazy(data):
     """numpy stays numpy; dask stays dask; zarr/memmap/other arrays become dask (lazy reductions)."""
     if isinstance(data, np.ndarray) or type(data).__module__.startswith("dask"):
@@ -269,6 +275,8 @@ def _normalization(request: UpscaleRequest, stats_data, model, *, rgb: bool):
     if rgb and stats_data.shape[-1] == 4:
         stats_data = stats_data[..., :3]  # alpha is not intensity
     choice = request.normalization
+    if _is_normalization(choice):
+        return choice, f"given by the caller ({choice.mode} {choice.lo:g}..{choice.hi:g})"
     pct = tuple(float(p) for p in request.percentiles)
     lazy = _lazy(stats_data)
     if choice not in ("auto", None):
@@ -395,7 +403,13 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
     if np.dtype(data.dtype).kind == "b":
         raise InputError(f"'{src.name}' holds boolean data (a mask); it cannot be upscaled")
     check_dtype(data.dtype)
-    if request.normalization not in ("auto", "dtype", "range", "percentile", None):
+    if not _is_normalization(request.normalization) and request.normalization not in (
+        "auto",
+        "dtype",
+        "range",
+        "percentile",
+        None,
+    ):
         raise InputError(f"normalization must be auto, dtype, range or percentile, got {request.normalization!r}")
     # syntax of every engine setting, once, before any work (bad tile, precision, percentiles...)
     UpscaleOptions(
@@ -407,7 +421,7 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
         percentiles=tuple(request.percentiles),
         bit_depth=request.bit_depth,
     )
-    if request.normalization == "dtype" and np.dtype(data.dtype).kind == "f":
+    if isinstance(request.normalization, str) and request.normalization == "dtype" and np.dtype(data.dtype).kind == "f":
         raise InputError("float data has no dtype range; choose 'auto', 'range' or 'percentile'")
     full = data
     sp, rgb, channel_axis = _layout(src, full, request)
