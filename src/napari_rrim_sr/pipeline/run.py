@@ -228,7 +228,7 @@ def _memory_iter(plan: Plan):
         up = Upscaler(p.model, channels=3 if p.rgb else 1, **ekw)
         dev = up.device
         try:
-            yield from up.upscale_iter(
+            gen = up.upscale_iter(
                 piece,
                 spatial_axes=p.spatial_axes,
                 rgb=p.rgb,
@@ -237,6 +237,10 @@ def _memory_iter(plan: Plan):
                 normalization=p.normalization,
                 out=target,
             )
+            if p is plan.parts[0]:
+                yield from gen
+            else:  # one run: only its first part says "starting" (a widget counts runs by it)
+                yield from _relabel(gen, p.label)
             res.engine = dict(up.last_run)
         finally:
             up.close()
@@ -258,6 +262,16 @@ def _memory_iter(plan: Plan):
     return res
 
 
+def _relabel(gen, label: str):
+    """``gen``'s events with ``label`` before their message; returns its value."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(ev.tiles_done, ev.tiles_total, ev.slices_done, ev.slices_total, f"{label}{ev.message}")
+
+
 def _finish(plan: Plan, res: Result, sr):
     """Check, zero offset, metrics, provenance (shared by memory, files and store)."""
     req = plan.request
@@ -268,12 +282,12 @@ def _finish(plan: Plan, res: Result, sr):
     dev = req.device if res.device.startswith("none") else res.device
     res.zero_offset = _zero_offsets(plan, dev, plan.precision)
     if req.metrics:
-        from .selfcheck import self_check_images_iter
+        from ..layers import representative_plane
+        from .selfcheck import self_check_images
 
         yield Progress(0, 0, 0, 0, "self-check metrics")
-        from ..layers import representative_plane
-
-        res.metrics, _ = yield from self_check_images_iter(
+        # drained here: its own "starting" would read as the next run of a batch
+        res.metrics, _ = self_check_images(
             representative_plane(plan.data, spatial_axes=plan.spatial_axes, rgb=plan.rgb),
             plan.model,
             rgb=plan.rgb,
