@@ -42,8 +42,8 @@ def test_auto_chooses_per_input_prints_the_reason_and_records_it(tmp_path, shipp
     srcs = [write_image(tmp_path / "in" / "noisy.tif", noisy), write_image(tmp_path / "in" / "clean.tif", clean)]
     assert main(["upscale", *map(str, srcs), "-o", str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "noisy.tif: Looks like raw camera data" in out and "(rrim-x4-gray-real), which also denoises" in out
-    assert "clean.tif: Looks clean" in out and "(rrim-x4-gray), sharpest on clean data" in out
+    assert "noisy.tif: model rrim-x4-gray-real: Looks like raw camera data" in out and "which also denoises" in out
+    assert "clean.tif: model rrim-x4-gray: Looks clean" in out and "sharpest on clean data" in out
     prov = read_image(tmp_path / "out" / "noisy.tif")[1]["provenance"]
     assert prov["model_choice"]["weights"] == "rrim-x4-gray-real" and prov["model_choice"]["robust"]
     assert prov["model"]["model_id"] == "rrim-x4-gray-real"
@@ -67,7 +67,7 @@ def test_auto_chooses_per_input_prints_the_reason_and_records_it(tmp_path, shipp
         == 0
     )
     prov = read_image(tmp_path / "o2" / "noisy.tif")[1]["provenance"]
-    assert prov["model"]["model_id"] == "rrim-x4-gray" and "model_choice" not in prov
+    assert prov["model"]["model_id"] == "rrim-x4-gray" and prov["model_choice"]["reason"] == "chosen by the user"
 
 
 def test_help_explains_auto(capsys):
