@@ -668,6 +668,7 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
             return
         present = list(self._viewer.layers)
         added, dropped = [], []
+        rr, bic = [], []  # the layers as napari named them ("… RRIM x4 [1]" on a second run)
         for it, result in zip(self._items, results):
             if not any(lay is it.layer for lay in present):
                 dropped.append(it.label)
@@ -676,10 +677,12 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
             if result.bicubic is not None:
                 kw = result.layer_kwargs("bicubic", extra=extra)
                 kw.update(it.layer_extra)
-                added.append(self._viewer.add_image(result.bicubic, **kw))
+                bic.append(self._viewer.add_image(result.bicubic, **kw))
+                added.append(bic[-1])
             kw = result.layer_kwargs("rrim", extra=extra)
             kw.update(it.layer_extra)
-            added.append(self._viewer.add_image(result.sr, **kw))
+            rr.append(self._viewer.add_image(result.sr, **kw))
+            added.append(rr[-1])
         self.last_results = list(results)
         self.last_layers = added
         if dropped and not added:
@@ -689,10 +692,9 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
         self.last_result = results[-1]
         self._viewer.layers.selection.active = added[-1]
         result = results[-1]
-        rr = [lay for lay in added if L.parse_result_name(lay.name) and L.parse_result_name(lay.name)[1] == "rrim"]
         text = f"Added '{rr[-1].name}'" if len(rr) == 1 else f"Added {len(rr)} upscaled layers"
-        if len(added) > len(rr):
-            text += " and bicubic" if len(rr) > 1 else f" and '{L.sibling_name(rr[-1].name, 'bicubic')}'"
+        if bic:
+            text += f" and '{bic[-1].name}'" if len(bic) == 1 else " and their bicubic comparisons"
         text += f" in {sum(r.elapsed_s for r in results):.1f} s ({result.device}, {result.precision})."
         if dropped:
             text += f" Skipped {', '.join(dropped)} (deleted during the run)."
