@@ -168,6 +168,13 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
             value=True,
             tooltip="Also add a bicubic upscale at the model's factor, for comparison.",
         )
+        self.one_set = CheckBox(
+            text="Show only the new result",
+            value=True,
+            tooltip="Hide the source, the bicubic comparison and earlier results of the same source "
+            "after a run, so that additive channel layers do not add up to white; tick a layer's eye "
+            "in the layer list to compare.",
+        )
         self.compute_metrics = CheckBox(
             text="Self-check metrics",
             value=False,
@@ -260,6 +267,7 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
                 self.alpha,
                 self.current_slice,
                 self.add_bicubic,
+                self.one_set,
                 self.compute_metrics,
                 self.advanced,
                 self.device,
@@ -690,12 +698,15 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
             C.notify_info(self.status.value)
             return
         self.last_result = results[-1]
+        hidden = self._show_one_set([it.layer for it in self._items], rr) if self.one_set.value else []
         self._viewer.layers.selection.active = added[-1]
         result = results[-1]
         text = f"Added '{rr[-1].name}'" if len(rr) == 1 else f"Added {len(rr)} upscaled layers"
         if bic:
             text += f" and '{bic[-1].name}'" if len(bic) == 1 else " and their bicubic comparisons"
         text += f" in {sum(r.elapsed_s for r in results):.1f} s ({result.device}, {result.precision})."
+        if hidden:
+            text += " Hid the source and the bicubic/earlier results (tick their eye to compare)."
         if dropped:
             text += f" Skipped {', '.join(dropped)} (deleted during the run)."
         if result.metrics:
@@ -705,6 +716,27 @@ class UpscaleWidget(WeightsActions, StoreOutput, C.ScrollableContainer):
             self._show_metrics(result)
         self.status.value = text
         C.notify_info(text)
+
+    def _show_one_set(self, sources: list, shown: list) -> list:
+        """Hide every layer but the new model results among the sources and our results of
+        them (issue 24 #5: additive layers on top of each other wash out); returns the hidden."""
+        hide = []
+        names = {lay.name for lay in sources}
+        keep = {id(lay) for lay in shown}
+        for lay in self._viewer.layers:
+            if id(lay) in keep or not lay.visible:
+                continue
+            rec = (lay.metadata or {}).get(L.META_KEY) if isinstance(lay, Image) else None
+            src = rec.get("source_layer", "") if isinstance(rec, dict) else None
+            mine = any(lay is s for s in sources) or (
+                isinstance(src, str)
+                and C.is_our_result(lay)
+                and any(src == n or src.startswith(n + " [") for n in names)
+            )
+            if mine:
+                lay.visible = False
+                hide.append(lay)
+        return hide
 
     def _show_metrics(self, result) -> None:
         try:
