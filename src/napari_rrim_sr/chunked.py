@@ -33,7 +33,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -59,7 +58,9 @@ __all__ = [
     "open_scheduler",
     "plan_job",
     "plan_output",
+    "run_chunks_iter",
     "run_job",
+    "run_job_iter",
     "upscale_to_store",
 ]
 
@@ -307,13 +308,23 @@ def plan_job(
     threads: int | None = None,
     self_ensemble: bool = False,
     array=None,
+    **engine_extra: Any,
 ) -> ChunkJob:
-    """Resolve the model and the global normalisation once, up front, and describe the job."""
+    """Resolve the model and the global normalisation once, up front, and describe the job.
+
+    ``model`` may be ``"auto"``/None (chosen from the data's representative plane, as
+    :func:`napari_rrim_sr.pipeline.plan` does), an id, a path or a LoadedModel; ``normalization``
+    a mode or a ready :class:`~.normalize.Normalization` (the pipeline passes the planned one).
+    ``engine_extra``: more engine settings (e.g. ``backend``), recorded in the job's settings.
+    """
     import dask.array as da
 
     from . import engine
     from .normalize import compute_normalization
 
+    arr = array if array is not None else src.open()
+    if model is None or (isinstance(model, str) and model == "auto"):
+        model = _auto_model(arr, src)
     loaded = engine.resolve_model(model, 1)
     s = int(loaded.scale)
     chunk = int(chunk)
@@ -321,7 +332,6 @@ def plan_job(
         raise InputError(f"--chunk {chunk} must be a positive multiple of the model's scale ({s})")
     if halo < 0:
         raise InputError(f"--halo must be >= 0, got {halo}")
-    arr = array if array is not None else src.open()
     lazy = arr if type(arr).__module__.startswith("dask") else da.from_array(arr, chunks=_read_chunks(src))
     norm = compute_normalization(lazy, normalization, percentiles=percentiles, bit_depth=bit_depth)
     if loaded.path is not None and loaded.sha256:
@@ -337,6 +347,7 @@ def plan_job(
     }
     if threads is not None:
         ekw["threads"] = int(threads)
+    ekw.update({k: v for k, v in engine_extra.items() if v not in (None, "auto")})
     return ChunkJob(
         src.kind,
         str(src.path),
@@ -354,6 +365,15 @@ def plan_job(
         norm,
         ekw,
     )
+
+
+def _auto_model(arr, src: Source):
+    """The automatic model for a store: measured on its representative plane (never the word
+    "auto" passed to the loader); None (the registry default) when no clean/robust pair is there."""
+    from .model_choice import choose_for_layer, installed_weight_ids
+
+    choice = choose_for_layer(arr, rgb=False, spatial_axes=src.spatial, available_ids=installed_weight_ids())
+    return choice.weights_id
 
 
 def _read_chunks(src: Source) -> tuple:
@@ -483,16 +503,18 @@ def _wait_first(client, pending):
     return distributed.wait(pending, return_when="FIRST_COMPLETED")
 
 
-def run_chunks(
+def run_chunks_iter(
     job: ChunkJob,
     chunks: list[tuple[int, ...]],
     *,
     client=None,
     workers: int = 2,
-    progress: Callable[[int, int], Any] | None = None,
     max_in_flight: int | None = None,
-) -> list[dict]:
-    """Run ``chunks`` on ``client`` (dask.distributed) or in-process threads, bounded in flight."""
+):
+    """Generator: run ``chunks`` on ``client`` (dask.distributed) or in-process threads, bounded
+    in flight, yielding ``(done, total)`` after each finished chunk; returns the records.
+    Closing it (cancel) cancels the chunks not started and waits for the running ones: every
+    finished chunk keeps its marker, so a later ``resume`` continues from there."""
     limit = max_in_flight or max(2, 2 * workers)
     records: list[dict] = []
     todo = list(chunks)
@@ -511,14 +533,36 @@ def run_chunks(
             pending = set(pending)
             for f in done:
                 records.append(f.result())
-                if progress is not None:
-                    progress(len(records), len(chunks))
+                yield len(records), len(chunks)
     finally:
         for f in pending:
             f.cancel()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return records
+
+
+def run_chunks(
+    job: ChunkJob,
+    chunks: list[tuple[int, ...]],
+    *,
+    client=None,
+    workers: int = 2,
+    progress: Callable[[int, int], Any] | None = None,
+    max_in_flight: int | None = None,
+) -> list[dict]:
+    """:func:`run_chunks_iter` to its end; ``progress(done, total)`` after each chunk."""
+    gen = run_chunks_iter(job, chunks, client=client, workers=workers, max_in_flight=max_in_flight)
+    try:
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if progress is not None:
+                progress(done, total)
+    finally:
+        gen.close()
 
 
 def build_pyramid(job: ChunkJob, *, client=None, min_size: int = 256) -> list[str]:
@@ -559,6 +603,97 @@ def build_pyramid(job: ChunkJob, *, client=None, min_size: int = 256) -> list[st
     return paths
 
 
+def run_job_iter(
+    job: ChunkJob,
+    src: Source,
+    *,
+    client=None,
+    workers: int = 2,
+    overwrite: bool = False,
+    resume: bool = False,
+    command: str | None = None,
+    provenance: dict | None = None,
+    provenance_extra: dict | None = None,
+    protect: Iterable = (),
+):
+    """Generator form of :func:`run_job`: yields :class:`~.progress.Progress` (chunks counted as
+    tiles) and returns the summary. Closing it cancels between chunks (finished chunks stay
+    marked: ``resume=True`` continues). ``provenance``: the record of the one provenance builder
+    (:func:`napari_rrim_sr.pipeline.build_provenance`); the store's own fields (command,
+    settings, chunks, completed, ``provenance_extra``) are added on top."""
+    from . import __version__
+    from .ngff import write_result_metadata
+    from .progress import Progress
+
+    protect = [*([src.path] if src.kind != "object" else []), *protect]
+    prepare_output(job, overwrite=overwrite, resume=resume, protect=protect, command=command)
+    out = Path(job.out_path)
+    grid = job.grid()
+    todo = _pending_chunks(job)
+    n = len(grid)
+    skipped = n - len(todo)
+    t0 = time.perf_counter()
+    yield Progress(skipped, n, 0, 1, f"{skipped} of {n} chunks already done" if skipped else "starting")
+    gen = run_chunks_iter(job, todo, client=client, workers=workers)
+    try:
+        while True:
+            try:
+                done, _total = next(gen)
+            except StopIteration as stop:
+                records = stop.value
+                break
+            yield Progress(skipped + done, n, 0, 1, f"chunk {skipped + done}/{n}")
+    finally:
+        gen.close()
+    t_chunks = time.perf_counter() - t0
+    complete = out / DONE_DIR / COMPLETE
+    if not complete.exists():
+        yield Progress(n, n, 0, 1, "building the pyramid")
+        paths = build_pyramid(job, client=client)
+        rec = json.loads((out / JOB_FILE).read_text())
+        prov = (
+            dict(provenance)
+            if provenance
+            else {
+                "software": f"napari-rrim-sr {__version__}",
+                "method": "model, chunk by chunk (napari_rrim_sr.chunked)",
+                "model": _model_provenance(job),
+            }
+        )
+        prov.update(
+            {
+                "created": rec.get("created"),
+                "completed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "command": command or rec.get("command"),
+                "chunked": "chunk by chunk (napari_rrim_sr.chunked)",
+                "store_source": {
+                    "path": str(src.path),
+                    "kind": src.kind,
+                    "array": src.array_path,
+                    "shape": list(src.shape),
+                    "dtype": str(src.dtype),
+                    "axes": src.axis_names,
+                    "scale": src.scale,
+                    "translate": src.translate,
+                },
+                "settings": job.settings(),
+                "chunks": len(grid),
+                "chunk_shape": list(job.out_chunks),
+                **(provenance_extra or {}),
+            }
+        )
+        write_result_metadata(out, src, job.scale, paths, prov)
+        _write_marker(complete, {"sha256": "", "levels": paths})
+    return {
+        "chunks": len(grid),
+        "computed": len(records),
+        "skipped": skipped,
+        "seconds": t_chunks,
+        "records": records,
+        "out": str(out),
+    }
+
+
 def run_job(
     job: ChunkJob,
     src: Source,
@@ -569,73 +704,35 @@ def run_job(
     resume: bool = False,
     quiet: bool = True,
     command: str | None = None,
+    provenance: dict | None = None,
     provenance_extra: dict | None = None,
     kill_after: int | None = None,
+    progress=None,
+    cancel=None,
 ) -> dict:
     """Prepare (or resume) the output, run the missing chunks, build the pyramid, write metadata.
 
     Returns a summary: chunks total / computed / skipped, seconds, per-chunk records.
+    ``progress``/``cancel`` as :func:`napari_rrim_sr.progress.drain`; ``quiet=False``: a bar.
     """
-    from . import __version__
-    from .ngff import write_result_metadata
+    from .progress import drain
 
-    protect = [src.path] if src.kind != "object" else []
-    prepare_output(job, overwrite=overwrite, resume=resume, protect=protect, command=command)
-    out = Path(job.out_path)
-    grid = job.grid()
-    todo = _pending_chunks(job)
-    t0 = time.perf_counter()
-    bar = None
-    if not quiet and todo:
-        from tqdm import tqdm
+    gen = run_job_iter(
+        job,
+        src,
+        client=client,
+        workers=workers,
+        overwrite=overwrite,
+        resume=resume,
+        command=command,
+        provenance=provenance,
+        provenance_extra=provenance_extra,
+    )
+    if quiet:
+        return drain(gen, progress, cancel)
+    from .progress import drain_with_bar
 
-        bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=src.name, unit="chunk", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.update(1)
-
-    try:
-        records = run_chunks(job, todo, client=client, workers=workers, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
-    t_chunks = time.perf_counter() - t0
-    complete = out / DONE_DIR / COMPLETE
-    if not complete.exists():
-        paths = build_pyramid(job, client=client)
-        rec = json.loads((out / JOB_FILE).read_text())
-        prov = {
-            "software": f"napari-rrim-sr {__version__}",
-            "created": rec.get("created"),
-            "completed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": command or rec.get("command"),
-            "method": "model, chunk by chunk (napari_rrim_sr.chunked)",
-            "source": {
-                "path": str(src.path),
-                "kind": src.kind,
-                "array": src.array_path,
-                "shape": list(src.shape),
-                "dtype": str(src.dtype),
-                "axes": src.axis_names,
-                "scale": src.scale,
-                "translate": src.translate,
-            },
-            "model": _model_provenance(job),
-            "settings": job.settings(),
-            "chunks": len(grid),
-            **(provenance_extra or {}),
-        }
-        write_result_metadata(out, src, job.scale, paths, prov)
-        _write_marker(complete, {"sha256": "", "levels": paths})
-    return {
-        "chunks": len(grid),
-        "computed": len(records),
-        "skipped": len(grid) - len(todo),
-        "seconds": t_chunks,
-        "records": records,
-        "out": str(out),
-    }
+    return drain_with_bar(gen, src.name, unit="chunk", progress=progress, cancel=cancel)
 
 
 def _model_provenance(job: ChunkJob) -> dict:

@@ -60,3 +60,28 @@ def drain(gen, progress=None, cancel=None):
                 progress(last)
     finally:
         gen.close()
+
+
+def drain_with_bar(gen, desc: str, *, unit: str = "tile", progress=None, cancel=None):
+    """:func:`drain` with a tqdm bar on stderr (the CLI's); the bar follows ``tiles_done``."""
+    import sys
+
+    from tqdm import tqdm
+
+    bar = None
+
+    def show(p: Progress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.tiles_total, initial=p.tiles_done, desc=desc, unit=unit, file=sys.stderr, leave=False)
+        if bar.total != p.tiles_total:
+            bar.total = p.tiles_total
+        bar.update(p.tiles_done - bar.n)
+        if progress is not None:
+            progress(p)
+
+    try:
+        return drain(gen, show, cancel)
+    finally:
+        if bar is not None:
+            bar.close()
