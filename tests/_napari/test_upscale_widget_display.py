@@ -48,7 +48,7 @@ def _need(path: Path) -> Path:
 
 
 def _widget(viewer):
-    from napari_rrim_sr._napari.upscale_widget import UpscaleWidget
+    from napari_rrim_sr._napari.upscale.widget import UpscaleWidget
 
     w = UpscaleWidget(viewer)
     viewer.window.add_dock_widget(w, name="Upscale (RRIM x4)")

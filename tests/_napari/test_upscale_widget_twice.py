@@ -39,7 +39,7 @@ def notes(monkeypatch):
 
 
 def _widget(viewer):
-    from napari_rrim_sr._napari.upscale_widget import UpscaleWidget
+    from napari_rrim_sr._napari.upscale.widget import UpscaleWidget
 
     w = UpscaleWidget(viewer)
     viewer.window.add_dock_widget(w, name="Upscale (RRIM x4)")

@@ -458,6 +458,9 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
                 idx = [slice(None)] * data.ndim
                 idx[channel_axis] = k
                 p.index = p.out_index = tuple(idx)
+        else:  # one part, the whole (sliced) data: its spatial axes move with the removed axes
+            for p in parts:
+                p.spatial_axes = sp
         reasons.append(f"slices: the current slice {slice_index}")
     del in_ch
     # output
