@@ -42,7 +42,7 @@ def test_auto_chooses_per_input_prints_the_reason_and_records_it(tmp_path, shipp
     srcs = [write_image(tmp_path / "in" / "noisy.tif", noisy), write_image(tmp_path / "in" / "clean.tif", clean)]
     assert main(["upscale", *map(str, srcs), "-o", str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "noisy.tif: noise σ ≈" in out and "→ rrim-x4-gray-real" in out
+    assert "noisy.tif: model rrim-x4-gray-real: noise σ ≈" in out and "→ rrim-x4-gray-real" in out
     assert "clean.tif: " in out and "→ rrim-x4-gray\n" in out
     prov = read_image(tmp_path / "out" / "noisy.tif")[1]["provenance"]
     assert prov["model_choice"]["weights"] == "rrim-x4-gray-real" and prov["model_choice"]["robust"]
@@ -67,7 +67,7 @@ def test_auto_chooses_per_input_prints_the_reason_and_records_it(tmp_path, shipp
         == 0
     )
     prov = read_image(tmp_path / "o2" / "noisy.tif")[1]["provenance"]
-    assert prov["model"]["model_id"] == "rrim-x4-gray" and "model_choice" not in prov
+    assert prov["model"]["model_id"] == "rrim-x4-gray" and prov["model_choice"]["reason"] == "chosen by the user"
 
 
 def test_help_explains_auto(capsys):

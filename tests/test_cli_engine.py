@@ -75,7 +75,7 @@ def test_upscale_png_with_model_path_and_bicubic(tmp_path, rgb_png, weights, cap
     prov = info["provenance"]
     assert prov["model"]["weights_sha256"] == file_sha256(weights[3])
     assert prov["source"]["sha256"] == file_sha256(src)
-    assert prov["engine"]["tile"] == 24 and prov["scale"] == 4
+    assert prov["engine"]["tile"] == 24 and prov["scale_factor"] == 4
     bic, _ = read_image(outdir / "photo_bicubic.png")
     from napari_rrim_sr.engine import upscale_bicubic
 

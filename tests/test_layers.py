@@ -10,6 +10,7 @@ import pytest
 from napari_rrim_sr import job as J
 from napari_rrim_sr import layer_metrics as LM
 from napari_rrim_sr import layers as L
+from napari_rrim_sr import pipeline as P
 from napari_rrim_sr.errors import InputError
 from napari_rrim_sr.interpolation import lerp_state_dicts
 
@@ -152,31 +153,14 @@ def test_result_layer_kwargs_copy_appearance_and_record():
 # -- normalisation and memory ----------------------------------------------------------------
 
 
-def test_auto_normalization_rules():
-    assert J.auto_normalization(np.uint8, 0, 255) == {"normalization": "dtype"}
-    assert J.auto_normalization(np.uint8, 0, 20) == {"normalization": "dtype"}  # dark photo
-    assert J.auto_normalization(np.uint16, 0, 60000) == {"normalization": "dtype"}
-    assert J.auto_normalization(np.uint16, 3, 4095) == {"normalization": "range"}  # 12-bit data
-    assert J.auto_normalization(np.uint16, 0, 235) == {"normalization": "range"}
-    assert J.auto_normalization(np.float32) == {"normalization": "range"}
-    with pytest.raises(InputError):
-        J.auto_normalization(np.bool_)
-    assert J.normalization_kwargs("percentile", np.uint16, percentiles=(1, 99)) == {
-        "normalization": "percentile",
-        "percentiles": (1.0, 99.0),
-    }
-    with pytest.raises(InputError):
-        J.normalization_kwargs("percentile", np.uint16, percentiles=(50, 10))
-    with pytest.raises(InputError):
-        J.normalization_kwargs("dtype", np.float32)
-
-
 def test_memory_check_and_estimate():
-    assert J.output_nbytes((3, 100, 100), np.uint16) == 3 * 100 * 100 * 16 * 2
-    J.check_fits_in_memory(1000, "x", suggestion="s", available=10_000)
+    from napari_rrim_sr import memory as M
+
+    assert M.output_nbytes((3, 100, 100), np.uint16) == 3 * 100 * 100 * 16 * 2
+    M.check_fits_in_memory(1000, "x", suggestion="s", available=10_000)
     with pytest.raises(InputError, match="tick 'Current slice only'"):
-        J.check_fits_in_memory(10_000, "Upscaling the stack", available=10_000, suggestion="tick 'Current slice only'")
-    assert J.available_memory() is None or J.available_memory() > 0
+        M.check_fits_in_memory(10_000, "Upscaling the stack", available=10_000, suggestion="tick 'Current slice only'")
+    assert M.available_memory() is None or M.available_memory() > 0
 
 
 # -- network interpolation -------------------------------------------------------------------
@@ -238,6 +222,11 @@ def test_compare_arrays_averages_planes():
 # -- the upscale job -------------------------------------------------------------------------
 
 
+def _req(src: dict, data, **kw):
+    """A pipeline request for ``data`` described by the layer info ``src``."""
+    return P.UpscaleRequest(P.Source(data, name=src.get("name", "image"), rgb=bool(src.get("rgb")), layer=src), **kw)
+
+
 def _drain(gen):
     events = []
     try:
@@ -260,13 +249,14 @@ def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
         translate=(0.0, 0.0, 0.0),
         contrast_limits=(0, 4095),
     )
-    job = J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=32, bicubic=True, metrics=True)
-    res, events = _drain(J.run_upscale(job))
+    res, events = _drain(
+        P.run_iter(P.plan(_req(src, data, model="tiny-rrim-x4-gray", tile=32, bicubic=True, metrics=True)))
+    )
     np.testing.assert_array_equal(data, before)
-    assert res.sr.shape == res.bicubic.shape == (2, 80, 96) and res.sr.dtype == np.uint16
-    assert events[-1].message == "self-check metrics"
+    assert res.data.shape == res.bicubic.shape == (2, 80, 96) and res.data.dtype == np.uint16
+    assert any(e.message == "self-check metrics" for e in events)
     assert any(e.tiles_total > 0 and e.tiles_done == e.tiles_total for e in events)
-    assert res.normalization["mode"] == "range"  # 12-bit values in uint16
+    assert res.provenance["normalization"]["mode"] == "range"  # 12-bit values in uint16
     kw = res.layer_kwargs("rrim")
     rec = kw["metadata"][L.META_KEY]
     entry = tiny_registry.find_weights("tiny-rrim-x4-gray")
@@ -277,10 +267,8 @@ def test_run_upscale_reads_only_and_records_provenance(tiny_registry):
     bkw = res.layer_kwargs("bicubic")
     assert bkw["metadata"][L.META_KEY]["model_id"] is None
     # the widget allows 16-px tiles: the engine's default overlap shrinks to fit (8 px)
-    small, _ = _drain(
-        J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", tile=16, bicubic=False))
-    )
-    assert small.overlap == 8 and small.sr.shape == (2, 80, 96)
+    small, _ = _drain(P.run_iter(P.plan(_req(src, data, model="tiny-rrim-x4-gray", tile=16))))
+    assert small.overlap == 8 and small.data.shape == (2, 80, 96)
 
 
 def test_run_upscale_on_dask_equals_numpy(tiny_registry):
@@ -290,10 +278,10 @@ def test_run_upscale_on_dask_equals_numpy(tiny_registry):
     src = _info(
         name="s", ndim=3, shape=data.shape, dtype=np.dtype(np.uint8), scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0)
     )
-    res_np, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=data, weights_id="tiny-rrim-x4-gray", bicubic=True)))
+    res_np = P.run(P.plan(_req(src, data, model="tiny-rrim-x4-gray", bicubic=True)))
     lazy = da.from_array(data, chunks=(1, 16, 18))
-    res_da, _ = _drain(J.run_upscale(J.UpscaleJob(source=src, data=lazy, weights_id="tiny-rrim-x4-gray", bicubic=True)))
-    np.testing.assert_array_equal(res_da.sr, res_np.sr)
+    res_da = P.run(P.plan(_req(src, lazy, model="tiny-rrim-x4-gray", bicubic=True)))
+    np.testing.assert_array_equal(res_da.data, res_np.data)
     np.testing.assert_array_equal(res_da.bicubic, res_np.bicubic)
 
 
@@ -303,11 +291,10 @@ def test_closing_a_run_stops_between_tiles_and_releases_memory(tiny_registry, mo
     released = []
     real = devices.release_memory
     monkeypatch.setattr(devices, "release_memory", lambda d=None: (released.append(d), real(d)))
-    data = np.zeros((64, 64), np.uint8)
-    job = J.UpscaleJob(
-        source=_info(shape=data.shape, dtype=np.dtype(np.uint8)), data=data, weights_id="tiny-rrim-x4-gray", tile=32
+    data = np.eye(64, dtype=np.uint8)  # not constant: a constant image is not run through the model
+    gen = P.run_iter(
+        P.plan(_req(_info(shape=data.shape, dtype=np.dtype(np.uint8)), data, model="tiny-rrim-x4-gray", tile=32))
     )
-    gen = J.run_upscale(job)
     first = next(gen)
     second = next(gen)
     assert first.tiles_total > 2 and second.tiles_done <= 1
@@ -320,17 +307,17 @@ def test_closing_a_run_stops_between_tiles_and_releases_memory(tiny_registry, mo
 def test_no_weights_message_names_the_user_folder(isolated_registry):
     from napari_rrim_sr.registry import user_weights_dir
 
-    msg = J.no_weights_message()
+    msg = P.no_weights_message()
     assert "No trained weights" in msg and str(user_weights_dir()) in msg
     with pytest.raises(InputError, match="No trained weights"):
-        J.load_job_model(None)
+        P.load_model_for(None, channels=1)
 
 
 def test_layers_module_imports_no_qt():
     import subprocess
 
     code = (
-        "import sys, napari_rrim_sr.layers, napari_rrim_sr.job, napari_rrim_sr.bundle; "
+        "import sys, napari_rrim_sr.layers, napari_rrim_sr.job, napari_rrim_sr.pipeline, napari_rrim_sr.bundle; "
         "bad = [m for m in sys.modules if m.startswith(('qtpy', 'PyQt5', 'PySide', 'napari.', 'magicgui'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -346,7 +333,9 @@ def test_self_check_follows_the_evaluate_protocol(tiny_registry, rgb):
     rng = np.random.default_rng(5)
     plane = rng.integers(0, 256, size=(42, 45, 3) if rgb else (42, 45), dtype=np.uint8)
     model = load_model("tiny-rrim-x4-rgb" if rgb else "tiny-rrim-x4-gray")
-    res, imgs = J.self_check_images(plane, model, rgb=rgb, normalization="dtype", precision="fp32")
+    from napari_rrim_sr.pipeline.selfcheck import self_check_images
+
+    res, imgs = self_check_images(plane, model, rgb=rgb, normalization="dtype", precision="fp32")
     ev = evaluate(plane, model, data_range=255, normalization="dtype", precision="fp32")
     for which in ("model", "bicubic"):
         for key in ("rmse", "psnr", "ssim", "fsim"):
@@ -420,12 +409,13 @@ def test_plan_upscale_checks_selects_the_slice_and_pairs_weights(tiny_registry, 
 
 
 def test_run_job_result_describes_layers_like_the_widget(tiny_registry):
-    """The demo and scripts run the same pipeline as the widget: run_job returns the result
-    whose layer_kwargs carry geometry and provenance."""
+    """The demo and scripts run the same pipeline as the widget: the result's layer_kwargs carry
+    geometry and provenance."""
     img = (np.random.default_rng(0).random((12, 10)) * 4000).astype(np.uint16)
-    job = J.plan_upscale(_FakeLayer(img), J.UpscaleSettings("tiny-rrim-x4-gray", device="cpu"), registry=tiny_registry)
-    res = J.run_job(job)
-    assert res.sr.shape == (48, 40) and res.sr.dtype == np.uint16 and res.bicubic.shape == (48, 40)
+    res = P.run(
+        P.plan(_req(L.source_info(_FakeLayer(img)), img, model="tiny-rrim-x4-gray", device="cpu", bicubic=True))
+    )
+    assert res.data.shape == (48, 40) and res.data.dtype == np.uint16 and res.bicubic.shape == (48, 40)
     kw = res.layer_kwargs("rrim", extra={"untrained": False})
     rec = kw["metadata"][L.META_KEY]
     assert kw["name"] == "img RRIM x4" and kw["scale"] == (0.25, 0.25)
@@ -440,7 +430,7 @@ def test_one_interpolation_for_the_slider_and_the_export(tiny_registry):
     from napari_rrim_sr.training.export import lerp_weights
 
     pair = ("tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan")
-    slider = J.load_job_model(pair[1], pair=pair, alpha=0.3, registry=tiny_registry).module.state_dict()
+    slider = P.load_model_for(None, channels=3, pair=pair, alpha=0.3, registry=tiny_registry).module.state_dict()
     exported = lerp_weights(*pair, 0.3).state_dict
     assert set(slider) == set(exported)
     for k, v in exported.items():

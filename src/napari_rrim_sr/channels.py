@@ -7,28 +7,22 @@ their colours. Here each channel goes through the gray model on its own (with it
 automatic model choice: a dim, noisy channel may need the robust model while a bright one does
 not), and the result carries each channel's name, colormap, contrast limits and blending, so
 napari shows it as the source's channel layers (``viewer.add_image(..., channel_axis=...)`` or
-one layer per channel from :func:`layer_data`).
+one layer per channel). The upscale itself is the pipeline's (``UpscaleRequest(channel_axis=...)``,
+:mod:`napari_rrim_sr.pipeline`): each channel gets its own model choice and normalisation there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .model_choice import ModelChoice, choose_for_layer
-
 __all__ = [
     "ChannelDisplay",
-    "ChannelResult",
     "channel_axis_from_axes",
-    "layer_data",
     "read_channel_displays",
-    "upscale_channels",
 ]
 
 _PURE = {  # LUT ramps napari knows by name: (r, g, b) end colour
@@ -57,16 +51,6 @@ class ChannelDisplay:
         if self.contrast_limits is not None:
             kw["contrast_limits"] = list(self.contrast_limits)
         return kw
-
-
-@dataclass
-class ChannelResult:
-    """One upscaled channel, how to show it, and the model chosen for it."""
-
-    data: np.ndarray
-    display: ChannelDisplay
-    choice: ModelChoice
-    engine: dict = field(default_factory=dict)
 
 
 def channel_axis_from_axes(axes: str | None) -> int | None:
@@ -154,86 +138,3 @@ def read_channel_displays(path: str | Path, n_channels: int) -> list[ChannelDisp
         )
         for i in range(n_channels)
     ]
-
-
-def upscale_channels(
-    data: Any,
-    *,
-    channel_axis: int,
-    model: str | None = "auto",
-    displays: Iterable[ChannelDisplay] | None = None,
-    available_ids: Iterable[str] | None = None,
-    spatial_axes: tuple[int, int] | None = None,
-    progress=None,
-    cancel=None,
-    **engine_kw: Any,
-) -> list[ChannelResult]:
-    """Upscale every channel of ``data`` (channel axis ``channel_axis``) with the gray model.
-
-    ``model="auto"``: each channel gets :func:`~napari_rrim_sr.model_choice.choose_for_layer` on
-    its own representative plane; an id or path is used for all. ``spatial_axes`` are axes of
-    ``data`` (default: the last two other than the channel axis). ``engine_kw`` go to :func:`napari_rrim_sr.engine.upscale`
-    (normalization, tile, device, ...); ``progress``/``cancel`` as there, per channel.
-    Returns one :class:`ChannelResult` per channel, in order; each result has ``data.ndim - 1``
-    dimensions (the channel axis removed), ready for one napari layer each.
-    """
-    from .engine import upscale
-    from .model_choice import installed_weight_ids
-
-    shape = np.shape(data)
-    ndim = len(shape)
-    if ndim < 3:
-        raise InputError(f"a channel stack needs at least 3 dimensions (C, Y, X), got shape {shape}")
-    if not -ndim <= int(channel_axis) < ndim:
-        raise InputError(f"channel_axis {channel_axis} is out of range for shape {shape}")
-    c_ax = int(channel_axis) % ndim
-    others = [a for a in range(ndim) if a != c_ax]
-    sp = tuple(int(a) % ndim for a in spatial_axes) if spatial_axes is not None else tuple(others[-2:])
-    if c_ax in sp:
-        raise InputError(f"the channel axis {c_ax} cannot also be a spatial axis {sp}")
-    sp_after = tuple(a - (a > c_ax) for a in sp)  # spatial axes once the channel axis is taken out
-    n = shape[c_ax]
-    shown = list(displays) if displays is not None else [ChannelDisplay(f"C{i}") for i in range(n)]
-    if len(shown) != n:
-        raise InputError(f"{len(shown)} channel displays for {n} channels")
-    ids = list(available_ids) if available_ids is not None else installed_weight_ids()
-    out: list[ChannelResult] = []
-    for i in range(n):
-        idx = [slice(None)] * ndim
-        idx[c_ax] = i
-        ch = data[tuple(idx)]
-        if model in (None, "auto"):
-            choice = choose_for_layer(ch, rgb=False, spatial_axes=sp_after, available_ids=ids)
-        else:
-            choice = ModelChoice(str(model), "chosen by the user")
-        res = upscale(
-            np.asarray(ch),
-            choice.weights_id,
-            spatial_axes=sp_after,
-            rgb=False,
-            progress=progress,
-            cancel=cancel,
-            **engine_kw,
-        )
-        out.append(ChannelResult(res, shown[i], choice))
-    return out
-
-
-def layer_data(
-    results: Iterable[ChannelResult],
-    *,
-    name: str | None = None,
-    scale: Iterable[float] | None = None,
-    metadata: Mapping[str, Any] | None = None,
-) -> list[tuple[np.ndarray, dict, str]]:
-    """napari layer-data tuples, one per channel: the source's colour/contrast/blending, the choice in metadata."""
-    out = []
-    for r in results:
-        kw = r.display.layer_kwargs()
-        if name:
-            kw["name"] = f"{name} [{kw['name']}]"
-        if scale is not None:
-            kw["scale"] = list(scale)
-        kw["metadata"] = {**(metadata or {}), "napari_rrim_sr_model_choice": r.choice.as_dict()}
-        out.append((r.data, kw, "image"))
-    return out

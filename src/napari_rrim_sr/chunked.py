@@ -552,17 +552,10 @@ def run_chunks(
     max_in_flight: int | None = None,
 ) -> list[dict]:
     """:func:`run_chunks_iter` to its end; ``progress(done, total)`` after each chunk."""
+    from .progress import drain
+
     gen = run_chunks_iter(job, chunks, client=client, workers=workers, max_in_flight=max_in_flight)
-    try:
-        while True:
-            try:
-                done, total = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if progress is not None:
-                progress(done, total)
-    finally:
-        gen.close()
+    return drain(gen, (lambda ev: progress(*ev)) if progress is not None else None)
 
 
 def build_pyramid(job: ChunkJob, *, client=None, min_size: int = 256) -> list[str]:

@@ -12,11 +12,12 @@ rule about result layers is testable headless:
   axes keep their scale; a single processed slice is placed at its index;
 * appearance: contrast limits (when the dtype is unchanged), colormap, blending, gamma,
   opacity, units and axis labels copied;
-* provenance (:mod:`napari_rrim_sr.provenance`): what produced the layer, stored under
-  ``metadata["napari_rrim_sr"]``.
+* provenance (:func:`napari_rrim_sr.pipeline.build_provenance`): what produced the layer, stored
+  under ``metadata["napari_rrim_sr"]``.
 
-Planning and running a job (dtype and memory checks, slices, weights pairing, the engine call)
-is :mod:`napari_rrim_sr.job`; metrics of layers :mod:`napari_rrim_sr.layer_metrics`.
+Planning and running an upscale (dtype and memory checks, slices, model and normalisation, the
+engine call, the check) is :mod:`napari_rrim_sr.pipeline`; metrics of layers
+:mod:`napari_rrim_sr.layer_metrics`.
 
 A "source" here is a mapping (see :func:`source_info`) or any object with napari
 ``Image``-layer attributes.
@@ -34,7 +35,6 @@ from .errors import InputError
 # re-exported for callers that read them from here (bundle.py)
 from .jsonable import jsonable  # noqa: F401
 from .layer_metrics import compare_arrays, metrics_data_range  # noqa: F401
-from .provenance import provenance  # noqa: F401
 
 #: key of our provenance dict in a layer's ``metadata`` (and in files' metadata)
 META_KEY = "napari_rrim_sr"

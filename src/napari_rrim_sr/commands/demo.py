@@ -199,7 +199,7 @@ def _default_models(reg, model_arg, chans, allow_untrained):
             models[ch] = load_model(entry, registry=reg)
             continue
         if not allow_untrained:
-            from ..job import no_weights_message
+            from ..pipeline import no_weights_message
 
             raise RRIMError(
                 no_weights_message() + " To check the pipeline anyway, run the demo "
@@ -252,9 +252,9 @@ def run_headless(
     from ..bundle import write_layer_tiff
     from ..devices import describe
     from ..evaluate import evaluate
-    from ..job import UpscaleJob, normalization_kwargs, run_job
     from ..layer_metrics import metrics_data_range
     from ..layers import source_from_data
+    from ..pipeline import Source, UpscaleRequest, plan, run
 
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
@@ -273,37 +273,39 @@ def run_headless(
         rgb = bool(kwargs.get("rgb", False))
         m = models[name]
         src = source_from_data(data, kwargs)
-        # the job pipeline the widget runs: same normalisation, engine call, provenance
-        job = UpscaleJob(
-            source=src,
-            data=data,
-            weights_id=m.id,
+        # the pipeline every entry point runs: same plan (normalisation, precision), engine call,
+        # result-vs-input check and provenance
+        request = UpscaleRequest(
+            Source(data, name=kwargs["name"], rgb=rgb, metadata=dict(kwargs.get("metadata") or {}), layer=src),
+            # the planner chooses (as for the CLI and the widget) unless a model was named or is untrained
+            model=m if (model not in (None, "auto") or m.metadata.get("untrained")) else "auto",
             device=device,
             precision=precision,
             tile=tile,
-            normalization="auto",
             bicubic=True,
-            metrics=False,
         )
-        result = run_job(job, model=m)
-        sr, bic = result.sr, result.bicubic
+        result = run(plan(request))
+        m = result.plan.model
+        sr, bic = result.data, result.bicubic
         t_model, t_bic = result.elapsed_s, result.bicubic_elapsed_s
         dev_desc = describe(result.device, result.precision)
         lo_hi = (float(data.min()), float(data.max()))
+        norm_used = result.plan.parts[0].normalization
         # the self-check scores by evaluate's protocol (the numbers the README quotes)
         t0 = time.perf_counter()
         ev = evaluate(
             data,
             m,
             device=device,
-            precision=precision,
+            precision=result.plan.precision,
             data_range=metrics_data_range(data.dtype, data),
             tile=tile,
-            **normalization_kwargs("auto", data.dtype, *lo_hi),
+            normalization=norm_used.mode,
+            percentiles=tuple(result.plan.request.percentiles),
         )
         t_eval = time.perf_counter() - t0
         result.metrics = ev
-        prov_model = result.model
+        prov_model = result.provenance["model"]
         files = {}
         base_meta = {
             "name": kwargs["name"],
@@ -316,14 +318,12 @@ def run_headless(
         }
         files["source"] = write_layer_tiff(outdir / f"{name}_source.tif", data, base_meta, overwrite=overwrite)
         for kind, arr in (("rrim", sr), ("bicubic", bic)):
-            extra = {}
+            extra = {"metrics": ev}
             if kind == "rrim" and untrained:
                 extra["untrained"] = True
-            if kind == "rrim" and name in choices:
-                extra["model_choice"] = choices[name].as_dict()  # the CLI's and the widget's key
-            kw = result.layer_kwargs(kind, extra=extra or None)
+            kw = result.layer_kwargs(kind, extra=extra)
             files[kind] = write_layer_tiff(outdir / f"{name}_{kind}_x{m.scale}.tif", arr, kw, overwrite=overwrite)
-        norm = {"normalization": result.normalization["mode"]}
+        norm = {"normalization": result.provenance["normalization"]["mode"]}
         run_info = {"precision": result.precision, "tile": result.tile}
         lo, hi = lo_hi if data.dtype != np.uint8 else (0.0, 255.0)
         if kwargs.get("contrast_limits"):
@@ -344,7 +344,7 @@ def run_headless(
                 "output_shape": list(sr.shape),
                 "normalization": norm["normalization"],
                 "model": prov_model,
-                "model_choice": choices[name].as_dict() if name in choices else None,
+                "model_choice": result.provenance.get("model_choice"),
                 "untrained": bool(m.metadata.get("untrained")),
                 "device": dev_desc,
                 "precision": run_info.get("precision"),
@@ -352,6 +352,9 @@ def run_headless(
                 "seconds": {"rrim": round(t_model, 3), "bicubic": round(t_bic, 3), "self_check": round(t_eval, 3)},
                 "megapixels_per_s": round(sr.shape[0] * sr.shape[1] / 1e6 / max(t_model, 1e-9), 4),
                 "metrics": ev,
+                "check": result.check,
+                "warnings": result.warnings,
+                "provenance": result.provenance,
                 "files": {k: Path(v).name for k, v in files.items()},
             }
         )
@@ -388,6 +391,18 @@ def _save_png(path: Path, u8: np.ndarray, overwrite: bool) -> Path:
     return atomic_write(path, lambda tmp: PILImage.fromarray(u8).save(tmp, format="PNG"), overwrite=overwrite)
 
 
+def _check_line(c) -> str:
+    """The result-vs-input check, one line (the CLI's and the widget's numbers)."""
+    if not c:
+        return "- result vs input: not checked"
+    som = c.get("shift_of_mean")
+    return (
+        f"- result vs input (bicubic x1/scale of the result): mean {c['mean_in']:.4g} -> {c['mean_out']:.4g}"
+        + (f" ({100 * som:+.2f} % of the mean" if som is not None else " (")
+        + f", {100 * c['shift_of_range']:+.2f} % of the range), PSNR {c['psnr']:.1f} dB"
+    )
+
+
 def _fmt(v, nd=3):
     try:
         v = float(v)
@@ -421,6 +436,8 @@ def _markdown(report: dict) -> str:
             f"- device {r['device']}, tile {r['tile']}; RRIM {r['seconds']['rrim']} s "
             f"({r['megapixels_per_s']} output MP/s), bicubic {r['seconds']['bicubic']} s, "
             f"self-check {r['seconds']['self_check']} s",
+            _check_line(r.get("check")),
+            *[f"- **warning: {w}**" for w in r.get("warnings") or []],
             "",
             "Self-check (the sample is the HR reference):",
             "",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import sys
 from pathlib import Path
 
@@ -75,9 +74,12 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--normalize",
-        default="dtype",
-        choices=("dtype", "range", "percentile"),
-        help="intensity normalisation (default: the dtype's full range)",
+        default="auto",
+        choices=("auto", "dtype", "range", "percentile"),
+        help="intensity normalisation. auto (default): 8-bit data by the dtype range (0..255, as the "
+        "models were trained); wider integers and floats by their own min..max over the whole "
+        "image/stack/store (so dim 16-bit data reaches the model at 0..1); weights whose metadata "
+        "asks for percentile normalisation (fine-tuned models) get it. Recorded in the provenance",
     )
     p.add_argument(
         "--percentiles",
@@ -142,13 +144,11 @@ def _check_options(args) -> None:
 
 
 def run(args) -> int:
-    from .. import __version__
     from ..bands import classify_fourth_band
-    from ..engine import get_upscaler, upscale_bicubic
-    from ..image_io import apply_axes, read_image, write_image
-    from ..model_choice import choose_for_layer, installed_weight_ids
+    from ..image_io import apply_axes, read_image
+    from ..pipeline import Output, Source, UpscaleRequest, load_model_for, plan, run_iter
+    from ..progress import drain, drain_with_bar
     from ..safe_write import check_target
-    from ..weights_io import file_sha256
     from . import upscale_zarr
 
     if upscale_zarr.wants_chunked(args):  # Zarr inputs, --scheduler, --resume: chunked OME-Zarr output
@@ -160,17 +160,10 @@ def run(args) -> int:
     # so a run whose every input fails leaves no empty folder behind
     check_target(outdir, overwrite=True, kind="dir")
     auto = args.model in (None, "auto")
-    model_path = Path(args.model) if not auto and Path(args.model).exists() else None
-    if not auto:  # weights named by the user: resolved once (missing, corrupt...)
-        get_upscaler(
-            args.model,
-            device=args.device,
-            precision=args.precision,
-            threads=args.threads,
-            channels=3,
-            self_ensemble=args.self_ensemble,
-        )
-    ids = installed_weight_ids() if auto else []
+    model = args.model
+    if not auto:  # weights named by the user: resolved once (missing, corrupt...), used for every input
+        model = load_model_for(Path(args.model) if Path(args.model).exists() else args.model, channels=1)
+    model_path = Path(model.path) if not auto and model.path is not None else None
     plans = _outputs(inputs, outdir, args.bicubic)
     protect = [*inputs, *([model_path] if model_path else [])]
     for _, out, bic in plans:  # fail before any compute if the run would stop on an existing file
@@ -192,76 +185,32 @@ def run(args) -> int:
                     if kind == "band":
                         axes, rgb = str(info["axes"])[:-1] + "C", False
                         print(f"{src.name}: {why}: all 4 bands upscaled one by one with the gray model")
-            choice = None
-            model = args.model
-            if auto:
-                choice = choose_for_layer(arr, rgb=bool(rgb), spatial_axes=spatial, available_ids=ids)
-                model = choice.weights_id  # None: the installed default (no clean/robust pair)
-                print(f"{src.name}: {choice.reason}")
-            up = get_upscaler(
-                model,
+            request = UpscaleRequest(
+                Source(arr, name=src.name, axes=axes, spatial_axes=spatial, rgb=bool(rgb), path=src, info=info),
+                model=model,
+                normalization=args.normalize,
+                percentiles=tuple(args.percentiles),
+                bit_depth=args.bit_depth,
                 device=args.device,
                 precision=args.precision,
+                backend=getattr(args, "backend", "auto") or "auto",
                 threads=args.threads,
-                channels=3 if rgb else 1,
+                tile=args.tile,
+                overlap=args.overlap,
                 self_ensemble=args.self_ensemble,
+                bicubic=bool(args.bicubic),
+                fourth_band="alpha",  # decided above, with the line printed
+                output=Output("files", path=out, bicubic_path=bic, overwrite=args.overwrite, protect=tuple(protect)),
             )
-            result = _run_with_bar(
-                up.upscale_iter(
-                    arr,
-                    spatial_axes=spatial,
-                    rgb=rgb,
-                    normalization=args.normalize,
-                    percentiles=tuple(args.percentiles),
-                    bit_depth=args.bit_depth,
-                    tile=args.tile,
-                    overlap=args.overlap,
-                ),
-                f"{src.name}",
-                args.quiet,
-            )
-            prov = {
-                "software": f"napari-rrim-sr {__version__}",
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "method": "model",
-                "source": {
-                    "path": str(src),
-                    "sha256": file_sha256(src),
-                    "shape": list(arr.shape),
-                    "dtype": str(arr.dtype),
-                },
-                "scale": up.scale,
-                "model": up.model.provenance(),
-                "engine": dict(up.last_run),
-            }
-            if choice is not None:
-                prov["model_choice"] = choice.as_dict()
-            write_image(
-                out,
-                result,
-                like=info,
-                metadata=prov,
-                scale=up.scale,
-                overwrite=args.overwrite,
-                axes=axes,
-                rgb=rgb,
-                protect=protect,
-            )
-            print(f"{src} -> {out}  ({up.model.id}, {up.device}, {up.precision})")
+            planned = plan(request)
+            for line in planned.explain():
+                print(f"{src.name}: {line}")
+            gen = run_iter(planned)
+            result = drain(gen) if args.quiet else drain_with_bar(gen, src.name)
+            print(f"{src} -> {out}  ({result.line()})")
+            for w in result.warnings:
+                print(f"warning: {src}: {w}", file=sys.stderr)
             if bic is not None:
-                b = upscale_bicubic(arr, up.scale, spatial_axes=spatial, rgb=rgb)
-                prov_b = dict(prov, method="bicubic (MATLAB imresize convention)", model=None, engine=None)
-                write_image(
-                    bic,
-                    b,
-                    like=info,
-                    metadata=prov_b,
-                    scale=up.scale,
-                    overwrite=args.overwrite,
-                    axes=axes,
-                    rgb=rgb,
-                    protect=protect,
-                )
                 print(f"{src} -> {bic}  (bicubic)")
         except RRIMError as exc:
             failed += 1
@@ -271,25 +220,3 @@ def run(args) -> int:
             failed += 1
             print(f"error: {src}: {exc.strerror or type(exc).__name__} ({exc.filename or src})", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _run_with_bar(gen, desc: str, quiet: bool):
-    from tqdm import tqdm
-
-    bar = None
-    try:
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if bar is None and not quiet:
-                bar = tqdm(total=p.tiles_total, desc=desc, unit="tile", file=sys.stderr, leave=False)
-            if bar is not None:
-                if bar.total != p.tiles_total:
-                    bar.total = p.tiles_total
-                bar.update(p.tiles_done - bar.n)
-    finally:
-        gen.close()
-        if bar is not None:
-            bar.close()

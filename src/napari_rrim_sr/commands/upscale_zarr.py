@@ -65,6 +65,8 @@ def wants_chunked(args) -> bool:
 def run(args) -> int:
     from .. import chunked
     from ..ngff import open_source, output_name
+    from ..pipeline import Output, Source, UpscaleRequest, plan, run_iter
+    from ..progress import drain, drain_with_bar
 
     if args.bicubic:
         raise InputError("--bicubic is not available for Zarr/chunked output")
@@ -86,37 +88,55 @@ def run(args) -> int:
     try:
         for src, out in zip(srcs, outs):
             try:
-                job = chunked.plan_job(
-                    src,
-                    out,
+                request = UpscaleRequest(
+                    Source(
+                        src.open(),
+                        name=src.name or src.path.name,
+                        axes="".join(src.axis_names),
+                        spatial_axes=src.spatial,
+                        rgb=False,
+                        scale=tuple(src.scale),
+                        translate=tuple(src.translate),
+                        path=src.path,
+                        zarr=src,
+                    ),
                     model=args.model,
                     normalization=args.normalize,
                     percentiles=tuple(args.percentiles),
                     bit_depth=args.bit_depth,
-                    chunk=args.chunk or chunked.DEFAULT_CHUNK,
-                    halo=chunked.DEFAULT_HALO if args.halo is None else args.halo,
-                    tile=args.tile,
-                    overlap=args.overlap,
                     device=args.device,
                     precision=args.precision,
+                    backend=getattr(args, "backend", "auto") or "auto",
                     threads=threads,
+                    tile=args.tile,
+                    overlap=args.overlap,
                     self_ensemble=args.self_ensemble,
+                    output=Output(
+                        "store",
+                        path=out,
+                        overwrite=args.overwrite,
+                        resume=args.resume,
+                        chunk=args.chunk or chunked.DEFAULT_CHUNK,
+                        halo=chunked.DEFAULT_HALO if args.halo is None else args.halo,
+                        client=client,
+                        workers=workers,
+                        command=command,
+                        extra={"scheduler": args.scheduler or "threads"},
+                    ),
                 )
-                summary = chunked.run_job(
-                    job,
-                    src,
-                    client=client,
-                    workers=workers,
-                    overwrite=args.overwrite,
-                    resume=args.resume,
-                    quiet=args.quiet,
-                    command=command,
-                    provenance_extra={"scheduler": args.scheduler or "threads"},
-                )
+                planned = plan(request)
+                if not args.quiet:
+                    for line in planned.explain():
+                        print(f"{src.path.name}: {line}")
+                gen = run_iter(planned)
+                result = drain(gen) if args.quiet else drain_with_bar(gen, src.name, unit="chunk")
+                summary = result.summary
                 print(
                     f"{src.path} -> {out}  ({summary['computed']} chunks computed, {summary['skipped']} "
-                    f"already done, of {summary['chunks']})"
+                    f"already done, of {summary['chunks']}; {result.line()})"
                 )
+                for w in result.warnings:
+                    print(f"warning: {src.path}: {w}", file=sys.stderr)
             except RRIMError as exc:
                 failed += 1
                 msg = str(exc)

@@ -86,14 +86,24 @@ def sample_crop(channels: int) -> tuple[np.ndarray, str]:
 
 
 def engine_output(loaded, chw: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Our engine's float32 output on ``chw`` under the package's normalisation (untiled, no border pad)."""
-    from ..engine import upscale
+    """Our pipeline's float32 output on ``chw`` under the package's normalisation (untiled, no border pad)."""
     from ..normalize import Normalization
+    from ..pipeline import Source, UpscaleRequest, plan, run
 
     norm = Normalization(lo, hi, np.dtype(np.float32), "explicit", None, lo, hi)
     x = chw.astype(np.float32)
     img = x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1)
-    y = upscale(img, loaded, normalization=norm, tile=0, overlap=0, device="cpu", precision="fp32", rgb=x.shape[0] == 3)
+    request = UpscaleRequest(
+        Source(img, name="test input", rgb=x.shape[0] == 3),
+        model=loaded,
+        normalization=norm,
+        tile=0,
+        overlap=0,
+        device="cpu",
+        precision="fp32",
+        check=False,
+    )
+    y = run(plan(request)).data
     y = y[None] if y.ndim == 2 else np.moveaxis(y, -1, 0)
     return np.ascontiguousarray(y.astype(np.float32))
 

@@ -46,11 +46,15 @@ __all__ = [
 
 
 def no_weights_message() -> str:
-    """The one "no weights" message (the engine's text, with the user weights folder)."""
+    """The one "no weights" message of every entry point (CLI, widgets, demo)."""
     from ..registry import user_weights_dir
-    from ..upscaler import NO_WEIGHTS_MESSAGE
 
-    return NO_WEIGHTS_MESSAGE.format(user=user_weights_dir())
+    return (
+        "No trained weights are installed, so there is no model to upscale with. "
+        f"Copy a napari-rrim-sr .safetensors file into {user_weights_dir()} "
+        "(or run `napari-rrim-sr models` to see what is found), install a package that "
+        "contributes weights, or train one: python -m napari_rrim_sr.training"
+    )
 
 
 def weight_ids(registry=None, scale: int = 4) -> list[str]:
@@ -241,6 +245,12 @@ def weights_normalization(metadata: dict | None) -> tuple[str, tuple[float, floa
     return None
 
 
+def _is_normalization(value) -> bool:
+    from ..normalize import Normalization
+
+    return isinstance(value, Normalization)
+
+
 def _lazy(data):
     """numpy stays numpy; dask stays dask; zarr/memmap/other arrays become dask (lazy reductions)."""
     if isinstance(data, np.ndarray) or type(data).__module__.startswith("dask"):
@@ -265,6 +275,8 @@ def _normalization(request: UpscaleRequest, stats_data, model, *, rgb: bool):
     if rgb and stats_data.shape[-1] == 4:
         stats_data = stats_data[..., :3]  # alpha is not intensity
     choice = request.normalization
+    if _is_normalization(choice):
+        return choice, f"given by the caller ({choice.mode} {choice.lo:g}..{choice.hi:g})"
     pct = tuple(float(p) for p in request.percentiles)
     lazy = _lazy(stats_data)
     if choice not in ("auto", None):
@@ -337,7 +349,7 @@ def _layout(src: Source, data, request: UpscaleRequest) -> tuple[tuple[int, int]
     if rgb is None:
         rgb = nd >= 3 and shape[-1] in (3, 4) and (src.spatial_axes is None or nd - 1 not in src.spatial_axes)
     rgb = bool(rgb)
-    channel_axis = request.channel_axis
+    channel_axis = None if request.channel_axis is None else int(request.channel_axis) % nd
     if rgb and shape[-1] == 4 and request.fourth_band != "alpha":
         kind = request.fourth_band
         if kind == "auto":
@@ -391,7 +403,13 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
     if np.dtype(data.dtype).kind == "b":
         raise InputError(f"'{src.name}' holds boolean data (a mask); it cannot be upscaled")
     check_dtype(data.dtype)
-    if request.normalization not in ("auto", "dtype", "range", "percentile", None):
+    if not _is_normalization(request.normalization) and request.normalization not in (
+        "auto",
+        "dtype",
+        "range",
+        "percentile",
+        None,
+    ):
         raise InputError(f"normalization must be auto, dtype, range or percentile, got {request.normalization!r}")
     # syntax of every engine setting, once, before any work (bad tile, precision, percentiles...)
     UpscaleOptions(
@@ -403,7 +421,7 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
         percentiles=tuple(request.percentiles),
         bit_depth=request.bit_depth,
     )
-    if request.normalization == "dtype" and np.dtype(data.dtype).kind == "f":
+    if isinstance(request.normalization, str) and request.normalization == "dtype" and np.dtype(data.dtype).kind == "f":
         raise InputError("float data has no dtype range; choose 'auto', 'range' or 'percentile'")
     full = data
     sp, rgb, channel_axis = _layout(src, full, request)
@@ -443,26 +461,14 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
     if len(scales) != 1:
         raise InputError(f"the chosen models have different scales {sorted(scales)}")
     scale = scales.pop()
-    in_ch = {p.model.in_channels for p in parts}
     precision, prec_reason = _precision(request, parts)
     reasons.append(f"precision {precision}: {prec_reason}")
-    # the data actually processed: the current slice, or all of it
+    # the data actually processed: the current slice (kept as a stack of one), or all of it
     if slice_index:
-        key = tuple(slice_index.get(a, slice(None)) for a in range(nd))
-        data = full[key]
-        removed = sorted(slice_index)
-        sp = tuple(a - sum(r < a for r in removed) for a in sp)
-        if channel_axis is not None:
-            channel_axis -= sum(r < channel_axis for r in removed)
-            for k, p in enumerate(parts):
-                idx = [slice(None)] * data.ndim
-                idx[channel_axis] = k
-                p.index = p.out_index = tuple(idx)
-        else:  # one part, the whole (sliced) data: its spatial axes move with the removed axes
-            for p in parts:
-                p.spatial_axes = sp
+        from ..layers import slice_key
+
+        data = full[slice_key(nd, slice_index)]
         reasons.append(f"slices: the current slice {slice_index}")
-    del in_ch
     # output
     out = request.output
     kind = out.kind
@@ -484,7 +490,11 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
             int(output_nbytes(data.shape, data.dtype, scale) * n_out),
             f"Upscaling '{src.name}'",
             suggestion=(
-                "upscale the current slice only, or write an OME-Zarr store"
+                (
+                    "tick 'Current slice only' or crop the stack"
+                    if src.layer is not None
+                    else "upscale one slice, or write an OME-Zarr store (a .zarr input or --scheduler)"
+                )
                 if stack
                 else "crop it first, or write an OME-Zarr store (command line: a .zarr input or --scheduler)"
             ),

@@ -75,7 +75,8 @@ class UpscaleRequest:
     ``model``: ``"auto"`` (from the data, the layer's metadata request, installed weights), a
     weights id, a weights file path or a loaded model. ``normalization``: ``"auto"`` (the data's
     own range, or what the weights' metadata asks, over the whole stack/store at once),
-    ``"dtype"``, ``"range"``, ``"percentile"`` (``percentiles``). ``precision``: ``"auto"`` (fp32
+    ``"dtype"``, ``"range"``, ``"percentile"`` (``percentiles``), or a ready
+    :class:`~napari_rrim_sr.normalize.Normalization` (used as is: export test data). ``precision``: ``"auto"`` (fp32
     for data with more than 8 significant bits, else the engine's choice), ``fp32``/``bf16``/``fp16``.
     ``backend``: ``"auto"``/``"torch"``/``"openvino"`` (passed to the engine when it knows it).
     ``slices``: ``"all"`` or ``"current"`` (then ``slice_index`` {axis: index}). ``channel_axis``:
@@ -89,7 +90,7 @@ class UpscaleRequest:
 
     source: Source
     model: Any = "auto"
-    normalization: str = "auto"
+    normalization: Any = "auto"
     percentiles: tuple[float, float] = (0.1, 99.9)
     bit_depth: int | None = None
     device: str = "auto"

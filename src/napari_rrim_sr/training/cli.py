@@ -262,6 +262,10 @@ TOOLS = {
         "napari_rrim_sr.training.measure.choice",
         "the automatic model choice: overshoot on native data, Kodak24 clean LR",
     ),
+    "measure-means": (
+        "napari_rrim_sr.training.measure.means",
+        "default upscale of every uint16 microscopy file: mean intensity kept (and bicubic's)",
+    ),
     "finetune-report": (
         "napari_rrim_sr.training.measure.finetune_report",
         "docs table of fine-tune runs from their finetune --json files",

@@ -129,17 +129,6 @@ def plain_choice(choice) -> tuple[str, str]:
     return text, reason
 
 
-def _keep_slice_axes(res) -> None:
-    """A current-slice result as a one-slice stack (the planner drops the sliced axes; the
-    result layer keeps them, placed at the slice: ``(1, Y, X)`` at z of a ``(Z, Y, X)`` layer)."""
-    axes = sorted(int(a) for a in (res.plan.slice_index or {}))
-    want = len(res.plan.request.source.data.shape)
-    for name in ("data", "bicubic"):
-        arr = getattr(res, name)
-        if axes and arr is not None and arr.ndim == want - len(axes):
-            setattr(res, name, np.expand_dims(arr, tuple(axes)))
-
-
 class RegistryWithFiles:
     """The registry plus weights files the user loaded without copying (listed by path)."""
 
@@ -454,7 +443,6 @@ class UpscaleController:
             if not any(lay is it.layer for lay in present):
                 dropped.append(it.label)
                 continue
-            _keep_slice_axes(res)
             kinds = (["bicubic"] if res.bicubic is not None else []) + ["rrim"]
             for kind in kinds:
                 kw = res.layer_kwargs(kind)

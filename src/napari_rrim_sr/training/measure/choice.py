@@ -65,11 +65,11 @@ def _centre(a: np.ndarray, n: int) -> np.ndarray:
 
 def _run(wid: str, crop: np.ndarray, rgb: bool, threads: int) -> np.ndarray:
     from napari_rrim_sr.engine import get_upscaler
-    from napari_rrim_sr.job import auto_normalization
+    from napari_rrim_sr.pipeline import resolve_normalization
 
     up = get_upscaler(wid, device="cpu", precision="fp32", threads=threads, channels=3 if rgb else 1)
-    kw = auto_normalization(crop.dtype, float(crop.min()), float(crop.max()))
-    return up.upscale(crop, rgb=rgb, tile=0, **kw)
+    norm, _why = resolve_normalization(crop, up.model, rgb=rgb)  # the planner's "auto"
+    return up.upscale(crop, rgb=rgb, tile=0, normalization=norm)
 
 
 def measure_native(root: Path, crop_px: int, threads: int, log=print) -> tuple[list[dict], list[str]]:
