@@ -234,3 +234,18 @@ def test_layers_to_hide_keeps_one_set():
     foreign = result("other RRIM x4", "rrim", "other")
     hide = UpscaleController.layers_to_hide([src, other, old, bic, new, chan, foreign], [src], [new])
     assert hide == [src, old, bic, chan]
+
+
+def test_details_line_does_not_call_a_naip_model_for_microscopy():
+    from types import SimpleNamespace
+
+    from napari_rrim_sr._napari.upscale.controller import UpscaleController
+
+    desc = "RRIM x4, 1 channel, for native microscopy: fine-tuned on noisy LR"
+    entry = SimpleNamespace(id="rrim-x4-gray-real", description=desc)
+    line = f"rrim · x4 · 1→1 channels · 16.70 M parameters · shipped: x.safetensors — {desc}"
+    naip = UpscaleController.details_text(line, entry, None, kind="multiband")
+    assert "microscopy" not in naip and "satellite" in naip
+    assert UpscaleController.details_text(line, entry, None) == line  # gray microscopy: as written
+    worded = SimpleNamespace(weights_id="rrim-x4-gray-real", model_text="for native satellite tiles")
+    assert UpscaleController.details_text(line, entry, worded).endswith("— for native satellite tiles")

@@ -70,9 +70,15 @@ def test_naip_bands_show_only_the_model_colour_composite(viewer, qtbot, notes):
     import tifffile
 
     tile = tifffile.imread(min(_need(NAIP_DIR).glob("*.tif")))[300:324, 400:424].copy()
+    _robust_weights_for_microscopy()
     viewer.add_image(tile, name="naip", rgb=True)
     w = _widget(viewer)
     assert w.fourth_band.value == "band" and w.one_set.value and w.add_bicubic.value
+    # the details line does not call the model of a NAIP tile's bands "for native microscopy"
+    w.rescan_weights()
+    w.model.value = "tiny-gray-real"
+    assert "native" in w.model_info.value and "microscopy" not in w.model_info.value, w.model_info.value
+    w.back_to_automatic()
     _run(qtbot, w, notes)
     # R, G, B of the model: one true-colour composite; NIR, bicubic and the source hidden
     assert _visible(viewer) == [f"naip [{b}] RRIM x4" for b in ("R", "G", "B")]
@@ -86,6 +92,24 @@ def test_naip_bands_show_only_the_model_colour_composite(viewer, qtbot, notes):
     # a second run: the first results are hidden too, one set stays visible
     _run(qtbot, w, notes)
     assert _visible(viewer) == [f"naip [{b}] RRIM x4 [1]" for b in ("R", "G", "B")]
+
+
+def _robust_weights_for_microscopy():
+    import torch
+
+    from napari_rrim_sr import registry as reg_module
+    from napari_rrim_sr.weights_io import save_weights
+
+    reg = reg_module.get_registry()
+    torch.manual_seed(8)
+    hp = {"num_feat": 8, "num_block": 1, "scale": 4, "in_channels": 1, "out_channels": 1}
+    save_weights(
+        reg_module.user_weights_dir(create=True) / "tiny-gray-real.safetensors",
+        reg.build("rrim", **hp),
+        backbone="rrim",
+        hparams=hp,
+        description="RRIM x4, 1 channel, for native microscopy: test weights",
+    )
 
 
 def test_ixm_channels_and_gray_bicubic_hidden(viewer, qtbot, notes):

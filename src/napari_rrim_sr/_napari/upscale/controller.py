@@ -238,12 +238,16 @@ class UpscaleController:
         return f"Automatic: {plain}", numbers
 
     @staticmethod
-    def details_text(text: str, entry, choice=None) -> str:
-        """The line below the model box (``text``: the entry described); the model is worded
-        for the data when the choice says how (a NAIP tile's model is not "for native microscopy")."""
+    def details_text(text: str, entry, choice=None, *, kind: str | None = None) -> str:
+        """The line below the model box (``text``: the entry described), the model worded for
+        the data: a NAIP tile's bands (``kind`` "multiband") or an RGB image (``kind`` "rgb") are
+        not "native microscopy". Uses the choice's own wording (``model_text``) when it has one."""
         words = getattr(choice, "model_text", "") if choice is not None else ""
         if words and choice.weights_id == entry.id and entry.description:
-            text = text.replace(entry.description, words)
+            return text.replace(entry.description, words)
+        if kind in ("multiband", "rgb"):
+            what = "satellite or multiband images" if kind == "multiband" else "photos and RGB images"
+            text = text.replace("for native microscopy", f"for native (noisy, pixel-sharp) {what}")
         return text
 
     # -- output kind of lazy layers -----------------------------------------------------------

@@ -326,7 +326,12 @@ class UpscaleWidget(common.ScrollableContainer):
         elif entry is None:
             self.model_info.value = f"⚠ unknown weights {wid!r}"
         else:
-            self.model_info.value = self.controller.details_text(common.describe_entry(entry), entry, self.choice)
+            layer = self.source.value
+            mode = self.controller.channel_mode(layer, self.form()) if layer is not None else None
+            kind = "multiband" if mode == "samples" else ("rgb" if layer is not None and layer.rgb else None)
+            self.model_info.value = self.controller.details_text(
+                common.describe_entry(entry), entry, self.choice, kind=kind
+            )
         pair = interpolation_pair(wid, list(self.model.choices or ())) if wid else None
         self.alpha.visible = pair is not None
         if pair is not None:
@@ -472,14 +477,14 @@ class UpscaleWidget(common.ScrollableContainer):
         overall = (i + frac) / n
         pct = round(100 * overall)
         text += common.eta_text(time.monotonic() - self._t0, overall)
+        if not self._cancelled:  # first: napari's progress update below may process later events
+            self.status.value = f"{text}…"
         if pct > 0 and self.progress_bar.max == 0:
             self.progress_bar.max = 100  # a real fraction from now on
         if pct > self.progress_bar.value:
             self.progress_bar.value = pct
             if self._pbar is not None and pct > self._pbar.n:
                 self._pbar.update(pct - self._pbar.n)
-        if not self._cancelled:
-            self.status.value = f"{text}…"
 
     def _on_returned(self, results):
         if self._cancelled or results is None:
