@@ -183,7 +183,8 @@ class OptionsPanel(Container):
 
 
 class AdvancedPanel(Container):
-    """Device, backend, precision, tiling, normalisation, self-ensemble (hidden by default)."""
+    """Device, backend, precision, tiling, normalisation, self-ensemble (the widget shows them
+    with *Advanced settings*)."""
 
     def __init__(self):
         self.device = ComboBox(
@@ -257,7 +258,6 @@ class AdvancedPanel(Container):
                 self.self_ensemble,
             ],
             labels=True,
-            visible=False,
         )
 
 
