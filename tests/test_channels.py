@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from napari_rrim_sr.channels import (
-    ChannelDisplay,
     channel_axis_from_axes,
     read_channel_displays,
 )

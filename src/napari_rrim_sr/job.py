@@ -108,6 +108,8 @@ class UpscaleJob:
     bicubic: bool = True
     metrics: bool = False
     plan: Any = None
+    source_data: Any = None  # the whole layer data (lazy layers are planned in the worker)
+    registry: Any = None
 
     @property
     def rgb(self) -> bool:
@@ -207,14 +209,27 @@ def plan_upscale(layer, settings: UpscaleSettings, *, point=None, registry=None)
         self_ensemble=bool(settings.self_ensemble),
         bicubic=bool(settings.bicubic),
         metrics=bool(settings.metrics),
+        source_data=layer.data,
     )
-    job.plan = plan(_request(info, layer.data, job), registry=registry)
-    job.data = job.plan.data
+    if isinstance(layer.data, np.ndarray):  # cheap: plan now, so bad settings fail in the GUI thread
+        job.plan = plan(_request(info, layer.data, job), registry=registry)
+        job.data = job.plan.data
+    else:  # lazy data: its whole-stack statistics are computed in the worker (run_upscale)
+        from .options import UpscaleOptions
+
+        UpscaleOptions(
+            device=job.device, precision=job.precision, tile=job.tile, percentiles=job.percentiles
+        )  # syntax, now
+        job.data = layer.data[slice_key(ndim, slice_index)] if slice_index else layer.data
+        job.registry = registry
     return job
 
 
 def run_upscale(job: UpscaleJob):
     """Generator: yields ``Progress``, returns an :class:`UpscaleResult` (closing it cancels)."""
-    p = job.plan if job.plan is not None else plan(_request(job.source, job.data, job))
+    if job.plan is None:
+        full = job.source_data if job.source_data is not None else job.data
+        job.plan = plan(_request(job.source, full, job), registry=job.registry)
+    p = job.plan
     res = yield from run_iter(p)
     return UpscaleResult(job, res)

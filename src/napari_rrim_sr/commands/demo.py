@@ -158,11 +158,12 @@ def _models(model_arg, samples, allow_untrained):
     """
     from ..layers import suggested_weights
     from ..model_choice import ModelChoice, choose_for_layer
+    from ..pipeline import weight_ids
     from ..registry import get_registry
     from ..weights_io import load_model
 
     reg = get_registry()
-    installed = [e.id for e in reg.weights()]
+    installed = weight_ids(reg)
     explicit = model_arg not in (None, "auto")
     choices: dict = {}
     if not explicit:

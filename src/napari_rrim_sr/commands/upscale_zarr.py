@@ -133,7 +133,7 @@ def run(args) -> int:
                 summary = result.summary
                 print(
                     f"{src.path} -> {out}  ({summary['computed']} chunks computed, {summary['skipped']} "
-                    f"already done, of {summary['chunks']}; {result.line()})"
+                    f"already done, of {summary['chunks']})  ({result.line()})"
                 )
                 for w in result.warnings:
                     print(f"warning: {src.path}: {w}", file=sys.stderr)

@@ -58,10 +58,12 @@ def no_weights_message() -> str:
 
 
 def weight_ids(registry=None, scale: int = 4) -> list[str]:
-    """Ids of the installed weights of ``scale`` (the one list; the registry's when given)."""
+    """Ids of the installed weights of ``scale``: :func:`~napari_rrim_sr.model_choice.installed_weight_ids`
+    (the one list), or the same filter over another registry (tests, plugins' own registries)."""
     from ..model_choice import installed_weight_ids
+    from ..registry import get_registry
 
-    if registry is None:
+    if registry is None or registry is get_registry():
         return installed_weight_ids(scale)
     return [e.id for e in registry.weights() if e.scale == scale]
 
