@@ -143,6 +143,9 @@ def test_backend_box_travels_in_the_request(viewer, qtbot, notes):
     viewer.add_image(_gray(seed=4), name="cells")
     w = _widget(viewer)
     assert list(w.backend.choices) == ["auto", "torch", "openvino"] and w.backend.value == "auto"
+    assert not w.backend.native.isVisibleTo(w.native)  # an advanced setting
+    w.advanced.value = True
+    assert w.backend.native.isVisibleTo(w.native) and w.normalization.native.isVisibleTo(w.native)
     w.backend.value = "openvino"
     (item,) = w.make_items()
     assert item.request.backend == "openvino"

@@ -377,12 +377,16 @@ class UpscaleController:
         )
 
     def plan_items(self, items: list[RunItem]) -> list[RunItem]:
-        """Plan every item now (model, normalisation…: :func:`napari_rrim_sr.pipeline.plan`)."""
+        """Plan the items of in-memory layers now (model, normalisation…:
+        :func:`napari_rrim_sr.pipeline.plan`; errors before anything runs). Items of lazy
+        (dask/zarr) layers are planned by :meth:`run_iter`, in the worker: their whole-stack
+        statistics read all the data."""
         from ...pipeline import plan
 
         reg = self.registry()
         for it in items:
-            it.plan = plan(it.request, registry=reg)
+            if not self.is_lazy(it.layer):
+                it.plan = plan(it.request, registry=reg)
         return items
 
     def store_item(self, layer, form: FormValues, path, mode: str = "new", *, point=None) -> RunItem:

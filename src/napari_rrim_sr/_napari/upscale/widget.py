@@ -448,7 +448,8 @@ class UpscaleWidget(common.ScrollableContainer):
             else:
                 from ... import layers as layer_logic
 
-                stack = layer_logic.is_stack(int(items[0].plan.data.ndim) - int(items[0].plan.rgb))
+                layer = items[0].layer
+                stack = layer_logic.is_stack(layer.ndim)
                 what = "current slice" if req.slice_index else ("whole stack" if stack else "image")
             self.status.value = f"Upscaling {what} of '{items[0].layer.name}'…"
         worker.start()
