@@ -25,6 +25,9 @@ def test_result_names_round_trip():
     assert L.parse_result_name("cells") is None
     assert L.sibling_name("cells RRIM x4", "bicubic") == "cells bicubic x4"
     assert L.sibling_name("cells", "bicubic") is None
+    # a second run's layers, renamed by napari (issue 24 #1)
+    assert L.parse_result_name("cells RRIM x4 [1]") == ("cells", "rrim", 4)
+    assert L.sibling_name("cells RRIM x4 [2]", "bicubic") == "cells bicubic x4 [2]"
     with pytest.raises(ValueError):
         L.result_name("x", "nearest")
 

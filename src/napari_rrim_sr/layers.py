@@ -40,7 +40,8 @@ from .layer_metrics import compare_arrays, metrics_data_range  # noqa: F401
 META_KEY = "napari_rrim_sr"
 
 KIND_LABELS = {"rrim": "RRIM", "bicubic": "bicubic"}
-_RESULT_NAME = re.compile(r"^(?P<base>.*) (?P<kind>RRIM|bicubic) x(?P<factor>\d+)$")
+#: napari renames a repeated name "<name> [1]", "<name> [2]"…: a second run's results keep that suffix
+_RESULT_NAME = re.compile(r"^(?P<base>.*) (?P<kind>RRIM|bicubic) x(?P<factor>\d+)(?P<dup> \[\d+\])?$")
 
 
 # -- names ---------------------------------------------------------------------------------
@@ -56,7 +57,8 @@ def result_name(source_name: str, kind: str = "rrim", factor: int = 4) -> str:
 
 
 def parse_result_name(name: str) -> tuple[str, str, int] | None:
-    """Inverse of :func:`result_name`: ``(base, kind, factor)`` or None for other names."""
+    """Inverse of :func:`result_name`: ``(base, kind, factor)`` or None for other names
+    (napari's `` [n]`` suffix of a repeated name is accepted and dropped)."""
     m = _RESULT_NAME.match(name)
     if not m:
         return None
@@ -65,12 +67,12 @@ def parse_result_name(name: str) -> tuple[str, str, int] | None:
 
 
 def sibling_name(name: str, kind: str) -> str | None:
-    """The name of the other result of the same run (RRIM <-> bicubic), or None."""
-    parsed = parse_result_name(name)
-    if parsed is None:
+    """The name of the other result of the same run (RRIM <-> bicubic), or None; a second run's
+    ``"cells RRIM x4 [1]"`` has the sibling ``"cells bicubic x4 [1]"``."""
+    m = _RESULT_NAME.match(name)
+    if m is None:
         return None
-    base, _, factor = parsed
-    return result_name(base, kind, factor)
+    return result_name(m["base"], kind, int(m["factor"])) + (m["dup"] or "")
 
 
 # -- source description --------------------------------------------------------------------

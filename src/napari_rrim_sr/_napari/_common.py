@@ -19,6 +19,7 @@ from qtpy.QtCore import QEvent, QObject, Signal
 
 from .. import layers as L
 from ..errors import RRIMError
+from .upscale.progress_text import ProgressText, eta_text  # noqa: F401 - Qt-free; the metrics widget shows it
 
 log = logging.getLogger(__name__)
 
@@ -263,48 +264,6 @@ def upscale_widget_of(viewer):
     except RuntimeError:
         return None
     return w
-
-
-# -- progress text ---------------------------------------------------------------------------
-
-
-class ProgressText:
-    """``"tile 3/12, slice 2/5"`` that never goes backwards and counts from 1: the engine
-    reports tiles/planes *done*; a user reads the one being worked on."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self, prefix: str = "") -> None:
-        self._tile = 0
-        self._slice = 0
-        self._frac = 0.0
-        self.prefix = prefix
-
-    def update(self, p) -> tuple[str, float]:
-        """``(text, fraction)`` of an engine ``Progress``; the fraction never decreases."""
-        tiles_total = int(getattr(p, "tiles_total", 0) or 0)
-        slices_total = int(getattr(p, "slices_total", 0) or 0)
-        if not tiles_total:
-            return (f"{self.prefix}{getattr(p, 'message', '') or 'working'}", self._frac)
-        tile = min(int(p.tiles_done) + 1, tiles_total)
-        self._tile = max(self._tile, tile)
-        text = f"tile {self._tile}/{tiles_total}"
-        if slices_total > 1:
-            cur = min(int(p.slices_done) + (0 if p.message.endswith("done") else 1), slices_total)
-            self._slice = max(self._slice, cur, 1)
-            text += f", slice {self._slice}/{slices_total}"
-        self._frac = max(self._frac, min(1.0, float(p.tiles_done) / tiles_total))
-        return self.prefix + text, self._frac
-
-
-def eta_text(elapsed_s: float, fraction: float) -> str:
-    """``", ~40 s left"`` from the measured pace of this run (nothing until there is a pace to
-    go by): slow models (transformers on a CPU) get a truthful estimate, not a guess."""
-    if fraction < 0.02 or fraction >= 1.0 or elapsed_s < 0.5:
-        return ""
-    left = elapsed_s * (1.0 - fraction) / fraction
-    return f", ~{left:.0f} s left" if left < 120 else f", ~{left / 60:.0f} min left"
 
 
 def check_error(exc: BaseException) -> bool:
