@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..devices import DEVICES
 from .bench_common import _best, _cpu_name, _data_dir, _interleaved, _macs, _sync, photo, random_model  # noqa: F401
 
 
@@ -59,7 +60,7 @@ def register(sub) -> None:
         default=None,
         help="model to measure (default: installed default weights, else a random default RRIM)",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads")
     p.add_argument("--sweep", action="store_true", help="also time several tile sizes (to choose the default)")
     p.add_argument("--no-rrdbnet", action="store_true", help="skip the RRDBNet comparison (slow on CPU)")
