@@ -168,8 +168,12 @@ def _write_ir(loaded, model) -> None:
                 Path(str(tmp) + suf).unlink()
 
 
+def _multiple(loaded) -> int:
+    return max(1, int(getattr(loaded.module, "size_multiple", loaded.size_multiple) or 1))
+
+
 def _example_size(loaded) -> int:
-    m = max(1, int(getattr(loaded.module, "size_multiple", loaded.size_multiple) or 1))
+    m = _multiple(loaded)
     return -(-32 // m) * m
 
 
@@ -187,8 +191,6 @@ def _convert_now(loaded):
     was_training = bool(getattr(module, "training", False))
     module.eval()
     try:
-        with torch.inference_mode():
-            ref = module(x).float().numpy()
         with warnings_quiet():
             model = ov.convert_model(module, example_input=x, input=[ov.PartialShape([1, c, -1, -1])])
     except BackendUnavailable:
@@ -200,10 +202,19 @@ def _convert_now(loaded):
         if was_training:
             module.train(True)
     _check_model(model, c)
-    # a conversion that runs but computes something else must never be used: check it once
-    comp = _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    got = comp.create_infer_request().infer({0: x.numpy()})[0]
-    err = float(np.abs(np.asarray(got, dtype=np.float32) - ref).max()) if got.shape == ref.shape else np.inf
+    # a conversion that runs but computes something else must never be used: check it once, at
+    # another (non-square) size than traced, so sizes baked in as constants (padding, windows) show
+    m = _multiple(loaded)
+    x2 = torch.rand(1, c, n + max(m, 8), 2 * n, generator=torch.Generator().manual_seed(1))
+    try:
+        with torch.inference_mode():
+            ref = module(x2).float().numpy()
+        comp = _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        got = np.asarray(comp.create_infer_request().infer({0: x2.numpy()})[0], dtype=np.float32)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise BackendUnavailable(f"the OpenVINO conversion of {loaded.backbone} does not run: {first}") from exc
+    err = float(np.abs(got - ref).max()) if got.shape == ref.shape else np.inf
     if not err <= 1e-3:
         raise BackendUnavailable(
             f"the OpenVINO conversion of {loaded.backbone} differs from torch (max |diff| {err:.3g})"
