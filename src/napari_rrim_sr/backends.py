@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,9 @@ def warnings_quiet():
         yield
 
 
+#: seconds spent converting and compiling in this process (``bench --backends`` reports them)
+STATS = {"convert_s": 0.0, "compile_s": 0.0}
+
 _CONVERTED: dict[tuple, Any] = {}
 _FAILED: dict[tuple, str] = {}
 _LOCK = threading.RLock()
@@ -256,11 +260,14 @@ def convert(loaded):
             return model
         model = _read_ir(loaded)
         if model is None:
+            t0 = time.perf_counter()
             try:
                 model = _convert_now(loaded)
             except BackendUnavailable as exc:
                 _FAILED[key] = str(exc)
                 raise
+            finally:
+                STATS["convert_s"] += time.perf_counter() - t0
             _write_ir(loaded, model)
         _CONVERTED[key] = model
         return model
@@ -328,10 +335,12 @@ def compiled(loaded, precision: str, shape, threads: int):
             _COMPILED.move_to_end(key)
             return comp
         model = convert(loaded)
+        t0 = time.perf_counter()
         try:
             comp = _compile(model, precision, shape, threads)
         except Exception as exc:
             raise BackendUnavailable(f"OpenVINO could not compile the model: {str(exc).splitlines()[0][:160]}") from exc
+        STATS["compile_s"] += time.perf_counter() - t0
         _COMPILED[key] = comp
         while len(_COMPILED) > COMPILED_CACHE_SIZE:
             _COMPILED.popitem(last=False)

@@ -77,6 +77,15 @@ def register(sub) -> None:
         "SwinIR-light side by side (x4 RGB, random weights, untiled, cases interleaved; "
         "--size sets the input edge, default 64)",
     )
+    p.add_argument(
+        "--backends",
+        action="store_true",
+        help="only: torch fp32/bf16 vs OpenVINO fp32/bf16 for each built-in and public architecture, "
+        "with today's default (torch) and the engine default (auto), cases interleaved; output MP/s, "
+        "ratio to today's default, convert/compile time and first-image latency (--size default 64, "
+        "--quick: tiny models at 16 px)",
+    )
+    p.add_argument("--all-public", action="store_true", help="with --backends: every conformance checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=run)
 
@@ -442,6 +451,22 @@ def run(args) -> int:
     print(f"device: {env['device']} | {env['cpu']} | torch {env['torch']}", file=sys.stderr)
 
     res: dict = {"env": env}
+    if args.backends:
+        from .. import backends as ov_backends
+        from .bench_backends import format_backends, measure_backends
+
+        if ov_backends.openvino_available():
+            import openvino
+
+            env["openvino"] = openvino.__version__
+        res["backends"] = measure_backends(
+            args.size or (16 if quick else 64), repeat, quick=quick, all_public=args.all_public, threads=args.threads
+        )
+        env["load_avg_end"] = os.getloadavg()
+        print(format_backends(res))
+        if args.json:
+            _write_json(args.json, res, args.overwrite, protect)
+        return 0
     if args.arch_compare:
         prec = [p for p in precisions if p != "fp16"] if dev.type == "cpu" else precisions
         from .bench_arch import format_arch_compare, measure_arch_compare
