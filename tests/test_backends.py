@@ -210,3 +210,41 @@ def test_auto_skips_the_compile_for_tiny_runs_and_uses_openvino_for_big_ones(ov_
     monkeypatch.setattr(backends, "AUTO_MIN_FLOPS", 0.0)
     up.upscale(np.zeros((16, 16), np.uint8))
     assert up.backend == "openvino" and "auto" in up.backend_reason
+
+
+def _bench_quick(tmp_path, capsys) -> dict:
+    import json
+
+    from napari_rrim_sr.cli import main
+
+    js = tmp_path / "b.json"
+    assert main(["bench", "--backends", "--quick", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "| model | case |" in out and "engine default chose:" in out
+    return json.loads(js.read_text())["backends"]
+
+
+def test_bench_backends_quick_without_openvino(no_openvino, tmp_path, capsys):
+    res = _bench_quick(tmp_path, capsys)
+    cases = {r["case"]: r for r in res["rows"]}
+    assert set(cases) == {"today's default", "engine default", "torch fp32", "torch bf16"}
+    assert cases["today's default"]["ratio_to_today"] == 1.0
+    assert all(r["mp_s"] > 0 and r["backend"] == "torch" for r in res["rows"])
+    assert "not installed" in cases["engine default"]["reason"]
+
+
+@needs_ov
+def test_bench_backends_quick(tmp_path, capsys):
+    res = _bench_quick(tmp_path, capsys)
+    cases = {r["case"]: r for r in res["rows"]}
+    assert set(cases) == {
+        "today's default",
+        "engine default",
+        "torch fp32",
+        "torch bf16",
+        "openvino fp32",
+        "openvino bf16",
+    }
+    assert cases["openvino fp32"]["backend"] == "openvino" and cases["openvino fp32"]["convert_s"] > 0
+    assert cases["openvino bf16"]["convert_s"] == 0  # converted once per model, compiled per precision
+    assert all(r["mp_s"] > 0 for r in res["rows"])
