@@ -248,3 +248,29 @@ def test_bench_backends_quick(tmp_path, capsys):
     assert cases["openvino fp32"]["backend"] == "openvino" and cases["openvino fp32"]["convert_s"] > 0
     assert cases["openvino bf16"]["convert_s"] == 0  # converted once per model, compiled per precision
     assert all(r["mp_s"] > 0 for r in res["rows"])
+
+
+CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
+CASES = sorted(p.stem for p in CONFORMANCE.glob("*.pth")) if CONFORMANCE.is_dir() else []
+
+
+@needs_ov
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_every_public_architecture_converts_or_says_why(ov_cache, case):
+    """Each public checkpoint runs on OpenVINO equal to torch, or falls back with one line."""
+    from napari_rrim_sr.weights_io import load_model
+
+    loaded = load_model(CONFORMANCE / f"{case}.pth")
+    x = np.load(CONFORMANCE / f"{case}.input.npy")[0]  # (C, H, W) float32 in 0..1
+    img = np.ascontiguousarray(np.moveaxis(x, 0, -1)) if x.shape[0] == 3 else x[0]
+    up = Upscaler(loaded, device="cpu", precision="fp32", backend="openvino")
+    got = up.upscale(img, normalization=(0.0, 1.0), tile=0)
+    if up.backend != "openvino":
+        assert up.backend_reason and "\n" not in up.backend_reason
+        pytest.skip(f"{case}: {up.backend_reason}")
+    ref = Upscaler(loaded, device="cpu", precision="fp32", backend="torch").upscale(
+        img, normalization=(0.0, 1.0), tile=0
+    )
+    span = max(float(np.abs(ref).max()), 1.0)
+    assert float(np.abs(got - ref).max()) <= 1e-4 * span
