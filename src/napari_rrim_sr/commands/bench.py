@@ -86,6 +86,13 @@ def register(sub) -> None:
         "--quick: tiny models at 16 px)",
     )
     p.add_argument("--all-public", action="store_true", help="with --backends: every conformance checkpoint")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        default=None,
+        help="with --backends: only models whose label contains TEXT (repeatable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=run)
 
@@ -460,7 +467,12 @@ def run(args) -> int:
 
             env["openvino"] = openvino.__version__
         res["backends"] = measure_backends(
-            args.size or (16 if quick else 64), repeat, quick=quick, all_public=args.all_public, threads=args.threads
+            args.size or (16 if quick else 64),
+            repeat,
+            quick=quick,
+            all_public=args.all_public,
+            only=args.only,
+            threads=args.threads,
         )
         env["load_avg_end"] = os.getloadavg()
         print(format_backends(res))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ def _with_sha(loaded):
     return loaded
 
 
-def bench_models(quick: bool, all_public: bool) -> list:
+def bench_models(quick: bool, all_public: bool, only=None) -> list:
     """The models measured: built-in architectures (shipped RRIM weights when installed, else
     random) and the public ones from the conformance checkpoints."""
     from ..errors import RRIMError
@@ -71,10 +72,14 @@ def bench_models(quick: bool, all_public: bool) -> list:
                     out.append((name, load_model(p)))
                 except RRIMError as exc:
                     print(f"skipping {name}: {exc}")
+    if only:
+        out = [(label, m) for label, m in out if any(o.lower() in label.lower() for o in only)]
     return out
 
 
-def measure_backends(size: int, repeat: int, *, quick: bool = False, all_public: bool = False, threads=None) -> dict:
+def measure_backends(
+    size: int, repeat: int, *, quick: bool = False, all_public: bool = False, only=None, threads=None
+) -> dict:
     """Per model: output MP/s of each backend x precision, today's default and the new default,
     all timed runs interleaved; plus convert, compile and first-image seconds."""
     from .. import backends, devices
@@ -89,7 +94,8 @@ def measure_backends(size: int, repeat: int, *, quick: bool = False, all_public:
     cases: dict = {}
     keep = []
     try:
-        for label, loaded in bench_models(quick, all_public):
+        for label, loaded in bench_models(quick, all_public, only):
+            print(f"  {label}: building and first runs ...", file=sys.stderr, flush=True)
             ch = loaded.in_channels
             img, _ = photo(size, 3 if ch == 3 else 1)
             out_mp = (size * loaded.scale) ** 2 / 1e6
@@ -117,6 +123,7 @@ def measure_backends(size: int, repeat: int, *, quick: bool = False, all_public:
 
                 cases[(label, name)] = run
                 rows.append(row)
+        print(f"  timing {len(cases)} cases, interleaved, best of {repeat} ...", file=sys.stderr, flush=True)
         t = _interleaved(cases, repeat)
     finally:
         for up in keep:
