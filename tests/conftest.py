@@ -18,6 +18,7 @@ else here is autouse.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ import pytest
 from napari_rrim_sr.hookspecs import hookimpl
 
 os.environ["NAPARI_RRIM_SR_SHIPPED_WEIGHTS"] = "0"
+# OpenVINO conversions and compiled models (issue 25) go to a folder of this test session, not
+# the user's cache (inherited by subprocesses)
+os.environ.setdefault("NAPARI_RRIM_SR_CACHE_DIR", tempfile.mkdtemp(prefix="rrim-test-cache-"))
 
 TINY_HP = {"num_feat": 8, "num_block": 1, "scale": 4}
 TINY_IDS = ("tiny-rrim-x4-gray", "tiny-rrim-x4-rgb", "tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan")

@@ -17,8 +17,17 @@ from .errors import InputError, RRIMError
 
 log = logging.getLogger(__name__)
 
+# The one list of each choice (issue 22): options, CLI parsers, widgets and training import these.
+#: device kinds a user can name (``cuda:N`` is accepted too)
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: explicit compute precisions
+COMPUTE_PRECISIONS = ("fp32", "bf16", "fp16")
+#: precisions a user can ask for
+PRECISIONS = ("auto",) + COMPUTE_PRECISIONS
+#: dtypes weights files may be stored in
+STORE_DTYPES = ("fp32", "fp16", "bf16")
+#: inference backends: torch everywhere, OpenVINO on the CPU (:mod:`.backends`)
+BACKENDS = ("auto", "torch", "openvino")
 
 
 def _torch():

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .devices import BACKENDS, PRECISIONS
 from .devices import DEVICES as DEVICE_KINDS
-from .devices import PRECISIONS
 from .errors import InputError
 from .normalize import DEFAULT_PERCENTILES, MODES, Normalization, parse_percentiles
 
@@ -101,7 +101,9 @@ class UpscaleOptions:
     None for the registry default), ``device``/``precision``/``threads`` (:mod:`.devices`),
     ``self_ensemble``, ``tile``/``overlap``/``blend`` (:mod:`.tiling`),
     ``normalization``/``percentiles``/``bit_depth``/``per_slice`` (:mod:`.normalize`) and
-    ``spatial_axes``/``rgb`` (:mod:`.layout`).
+    ``spatial_axes``/``rgb`` (:mod:`.layout`) and ``backend`` ("auto", "torch" or "openvino";
+    :mod:`.backends`: auto = OpenVINO on the CPU when installed, the model converts and the
+    run repays the compile, else torch).
     """
 
     model: Any = None
@@ -118,6 +120,7 @@ class UpscaleOptions:
     per_slice: bool = False
     spatial_axes: tuple[int, int] | None = None
     rgb: bool | None = None
+    backend: str = "auto"
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -130,6 +133,10 @@ class UpscaleOptions:
         if prec not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         set_(self, "precision", prec)
+        backend = str(self.backend if self.backend is not None else "auto").lower()
+        if backend not in BACKENDS:
+            raise InputError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        set_(self, "backend", backend)
         if self.threads is not None:
             t = self.threads
             if not (_is_int(t) or (isinstance(t, float) and t == int(t))) or int(t) < 1:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Generator
 
 import numpy as np
 
-from . import devices
+from . import backends, devices
 from .bicubic import bicubic_rows
 from .errors import InputError, RRIMError
 from .layout import Layout, OutWriter, Plane, check_image, is_dask, plan_planes, prepare_out, resolve_layout
@@ -37,7 +37,7 @@ from .tiling import TileGrid, read_window
 log = logging.getLogger(__name__)
 
 #: the settings fixed when an Upscaler is built (the rest of UpscaleOptions may change per call)
-MODEL_FIELDS = ("model", "device", "precision", "threads", "self_ensemble")
+MODEL_FIELDS = ("model", "device", "precision", "threads", "self_ensemble", "backend")
 
 NO_WEIGHTS_MESSAGE = (
     "no trained weights installed (looked in the shipped weights folder, the user weights "
@@ -113,6 +113,8 @@ class Upscaler:
         self.precision = devices.resolve_precision(opts.precision, self.device, _half_precisions(self.model))
         self.threads = opts.threads
         self.self_ensemble = opts.self_ensemble
+        self.backend_request = opts.backend
+        backends.check_backend(self.backend_request, self.device.type)
         m = self.model
         for key, val in (("in_channels", m.in_channels), ("out_channels", m.out_channels)):
             if val not in (1, 3):
@@ -135,10 +137,53 @@ class Upscaler:
         self.fp32_redos = 0
         self.last_run: dict = {}
         self._lock = threading.Lock()
+        self._ov = None  # backends.Runner while a run uses OpenVINO
+        #: the backend the last run used ("torch" or "openvino") and one line saying why; before
+        #: any run, what a small run would use (an explicit "openvino" converts here, so a model
+        #: that does not convert says so before any work)
+        self.backend, self.backend_reason = backends.choose_backend(
+            self.backend_request, self.model, self.device.type, self.precision, work_pixels=0
+        )
+        if self.backend_request == "openvino" and self.backend != "openvino":
+            log.warning("OpenVINO backend not used: %s; running on torch", self.backend_reason)
+
+    def _ov_threads(self) -> int:
+        if self.threads:
+            return int(self.threads)
+        import torch
+
+        return int(torch.get_num_threads())
+
+    def _choose_backend(self, grid: TileGrid, n_planes: int, mode: str, colour_channels: int) -> None:
+        """Pick the backend for a run over ``grid`` (sets backend, backend_reason and the runner)."""
+        if mode == "per_channel":  # each image channel through a 1-channel model, as a batch
+            shape = (colour_channels, 1, grid.tile_h, grid.tile_w)
+        else:
+            shape = (1, self.model.in_channels, grid.tile_h, grid.tile_w)
+        work = grid.n_tiles * n_planes * shape[0] * grid.tile_h * grid.tile_w * (8 if self.self_ensemble else 1)
+        threads = self._ov_threads()
+        self.backend, self.backend_reason = backends.choose_backend(
+            self.backend_request,
+            self.model,
+            self.device.type,
+            self.precision,
+            work_pixels=work,
+            shape=shape,
+            threads=threads,
+        )
+        if self.backend == "openvino":
+            if self._ov is None or self._ov.threads != threads:
+                self._ov = backends.Runner(self.model, threads)
+        else:
+            self._ov = None
+            if self.backend_request == "openvino":
+                log.warning("OpenVINO backend not used: %s; running on torch", self.backend_reason)
 
     # -- basic forward ------------------------------------------------------------------
     def _forward(self, t: np.ndarray, mode: str) -> np.ndarray:
         """(C, h, w) float32 0..1 -> (C, h*s, w*s) float32, per the channel ``mode``."""
+        if self._ov is not None:
+            return self._forward_ov(t, mode)
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(t))
@@ -169,6 +214,48 @@ class Upscaler:
         else:
             y = y[0].mean(0, keepdim=True)
         return y.cpu().numpy()
+
+    def _forward_ov(self, t: np.ndarray, mode: str) -> np.ndarray:
+        """:meth:`_forward` on OpenVINO: numpy all the way (no torch tensors, no layout copies)."""
+        if mode == "rgb":
+            x = t[None]
+        elif mode == "per_channel":
+            x = t[:, None]
+        else:
+            x = np.broadcast_to(t[None], (1, 3, *t.shape[-2:]))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = self._run_ov(x, self.precision)
+        if not np.isfinite(y.sum(dtype=np.float32)):
+            if self.precision != "fp32":
+                self.fp32_redos += 1
+                log.info("non-finite %s output in a tile: recomputing it in fp32", self.precision)
+                y = self._run_ov(x, "fp32")
+            if not np.isfinite(y.sum(dtype=np.float32)):
+                raise RRIMError(_non_finite_message(t, self.precision))
+        h, w = t.shape[-2:]
+        if tuple(y.shape[-2:]) != (h * self.scale, w * self.scale):
+            raise RRIMError(f"model output {tuple(y.shape[-2:])} is not {self.scale}x its input {(h, w)}")
+        if mode == "rgb":
+            return y[0]
+        if mode == "per_channel":
+            return y[:, 0]
+        return y[0].mean(0, keepdims=True)
+
+    def _run_ov(self, x: np.ndarray, precision: str) -> np.ndarray:
+        if not self.self_ensemble:
+            return self._ov(x, precision)
+        acc = None
+        for k in range(4):
+            for flip in (False, True):
+                v = np.rot90(x, k, (2, 3))
+                if flip:
+                    v = v[..., ::-1]
+                y = self._ov(np.ascontiguousarray(v), precision)
+                if flip:
+                    y = y[..., ::-1]
+                y = np.rot90(y, -k, (2, 3))
+                acc = y.copy() if acc is None else acc + y
+        return acc / np.float32(8.0)
 
     def _run(self, x, precision: str):
         import torch
@@ -250,9 +337,12 @@ class Upscaler:
         tiles_total = grid.n_tiles * n_planes
         done = 0
         self.fp32_redos = 0
+        self._choose_backend(grid, n_planes, mode, min(layout.n_channels, 3))
         info = {
             "model": self.model.provenance(),
             "device": str(self.device),
+            "backend": self.backend,
+            "backend_reason": self.backend_reason,
             "precision": self.precision,
             "self_ensemble": self.self_ensemble,
             "tile": tile_px,
@@ -396,6 +486,7 @@ class Upscaler:
         band_w = (grid.xs[-1] + grid.tile_w) * s - x_lo
         band_h = grid.tile_h * s
         row_w, col_w = grid.row_weights(), grid.col_weights()
+        ramps_r, ramps_c = [_ones_span(w) for w in row_w], [_ones_span(w) for w in col_w]
         band = np.zeros((c_out, band_h, band_w), dtype=np.float32)
         col0 = -x_lo  # band column of output column 0
         n = 0
@@ -404,8 +495,16 @@ class Upscaler:
             for c, x in enumerate(grid.xs):
                 win = read_window(color, y, y + grid.tile_h, x, x + grid.tile_w)
                 sr = self._forward(norm.forward(win), mode)
-                sr *= row_w[r][:, None]
-                sr *= col_w[c][None, :]
+                # weights are 1 between the ramps: multiply only the ramps (a pass saved)
+                (r0, r1), (c0, c1) = ramps_r[r], ramps_c[c]
+                if r0:
+                    sr[:, :r0] *= row_w[r][:r0, None]
+                if r1 < sr.shape[1]:
+                    sr[:, r1:] *= row_w[r][r1:, None]
+                if c0:
+                    sr[:, :, :c0] *= col_w[c][:c0]
+                if c1 < sr.shape[2]:
+                    sr[:, :, c1:] *= col_w[c][c1:]
                 bx = x * s - x_lo
                 band[:, :, bx : bx + grid.tile_w * s] += sr
                 n += 1
@@ -428,6 +527,17 @@ class Upscaler:
             al = bicubic_rows(alpha, s, a, b)
             rows = np.concatenate([rows, to_dtype(al, rows.dtype)[None]], axis=0)
         out.write(plane, a, b, rows)
+
+
+def _ones_span(w: np.ndarray) -> tuple[int, int]:
+    """``(a, b)``: ``w[a:b]`` is all ones (the tile's interior), outside it the blending ramps."""
+    ones = np.flatnonzero(w == 1.0)
+    if ones.size == 0:
+        return 0, 0
+    a, b = int(ones[0]), int(ones[-1]) + 1
+    if not (w[a:b] == 1.0).all():
+        return 0, 0  # not one interior run: weight everything (cannot happen with the current ramps)
+    return a, b
 
 
 #: normalised inputs beyond this magnitude are far outside the 0..1 the models were trained on
@@ -493,6 +603,7 @@ def get_upscaler(model=None, *, options: UpscaleOptions | None = None, channels:
         opts.precision,
         opts.threads,
         opts.self_ensemble,
+        opts.backend,
     )
     with _CACHE_LOCK:
         up = _CACHE.get(full)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..devices import DEVICES
 from .bench_common import _best, _cpu_name, _data_dir, _interleaved, _macs, _sync, photo, random_model  # noqa: F401
 
 
@@ -59,7 +60,7 @@ def register(sub) -> None:
         default=None,
         help="model to measure (default: installed default weights, else a random default RRIM)",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads")
     p.add_argument("--sweep", action="store_true", help="also time several tile sizes (to choose the default)")
     p.add_argument("--no-rrdbnet", action="store_true", help="skip the RRDBNet comparison (slow on CPU)")
@@ -75,6 +76,22 @@ def register(sub) -> None:
         help="only: engine speed of RRIM 64x8, ESRGAN-23 (RRDBNet), Compact 64x32, SPAN-48 and "
         "SwinIR-light side by side (x4 RGB, random weights, untiled, cases interleaved; "
         "--size sets the input edge, default 64)",
+    )
+    p.add_argument(
+        "--backends",
+        action="store_true",
+        help="only: torch fp32/bf16 vs OpenVINO fp32/bf16 for each built-in and public architecture, "
+        "with today's default (torch) and the engine default (auto), cases interleaved; output MP/s, "
+        "ratio to today's default, convert/compile time and first-image latency (--size default 64, "
+        "--quick: tiny models at 16 px)",
+    )
+    p.add_argument("--all-public", action="store_true", help="with --backends: every conformance checkpoint")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        default=None,
+        help="with --backends: only models whose label contains TEXT (repeatable)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=run)
@@ -441,6 +458,27 @@ def run(args) -> int:
     print(f"device: {env['device']} | {env['cpu']} | torch {env['torch']}", file=sys.stderr)
 
     res: dict = {"env": env}
+    if args.backends:
+        from .. import backends as ov_backends
+        from .bench_backends import format_backends, measure_backends
+
+        if ov_backends.openvino_available():
+            import openvino
+
+            env["openvino"] = openvino.__version__
+        res["backends"] = measure_backends(
+            args.size or (16 if quick else 64),
+            repeat,
+            quick=quick,
+            all_public=args.all_public,
+            only=args.only,
+            threads=args.threads,
+        )
+        env["load_avg_end"] = os.getloadavg()
+        print(format_backends(res))
+        if args.json:
+            _write_json(args.json, res, args.overwrite, protect)
+        return 0
     if args.arch_compare:
         prec = [p for p in precisions if p != "fp16"] if dev.type == "cpu" else precisions
         from .bench_arch import format_arch_compare, measure_arch_compare

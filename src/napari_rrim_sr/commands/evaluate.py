@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from ..devices import DEVICES, PRECISIONS
 from . import add_self_ensemble_flag
 
 
@@ -26,11 +27,11 @@ def register(sub) -> None:
         default=None,
         help="also write the results as JSON (never over an input image or the weights)",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
         "--precision",
         default="fp32",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         help="inference precision (default fp32, so numbers do not depend on hardware)",
     )
     p.add_argument("--tile", type=int, default=None, metavar="N", help="tile edge (0 = no tiling)")

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..devices import COMPUTE_PRECISIONS, PRECISIONS, STORE_DTYPES
 from ..errors import RRIMError
 from .config import ConfigError, TrainConfig, field_help, load_toml, parse_scalar
 
@@ -45,9 +46,9 @@ CHOICES = {
     "percep_criterion": ("l1", "mse"),
     "normalize": ("auto", "dtype", "percentile", "minmax"),
     "cache": ("memory", "disk", "none"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "precision": PRECISIONS,
     "channels_last": ("auto", "on", "off"),
-    "export_dtype": ("fp32", "fp16", "bf16"),
+    "export_dtype": STORE_DTYPES,
 }
 
 
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="weights id (default: the run's name)")
     e.add_argument("--checkpoint", metavar="CKPT", help="a specific checkpoint (default: checkpoints/last.pt)")
     e.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
-    e.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="stored dtype (default fp32)")
+    e.add_argument("--dtype", choices=STORE_DTYPES, default="fp32", help="stored dtype (default fp32)")
     e.add_argument("--no-register", action="store_true", help="do not copy into the user weights folder")
     e.add_argument("--overwrite", action="store_true", help="replace existing files of that name")
     e.add_argument("--description", help="description stored in the metadata")
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--name", help="weights id (default: output file name)")
     i.add_argument("--register", action="store_true", help="also copy into the user weights folder")
     i.add_argument("--overwrite", action="store_true")
-    i.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None, help="stored dtype (default fp32)")
+    i.add_argument("--dtype", choices=STORE_DTYPES, default=None, help="stored dtype (default fp32)")
     i.set_defaults(func=cmd_interpolate)
 
     b = sub.add_parser(
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--patch-size", type=int, default=128, help="HR patch side")
     b.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16", "fp16"))
+    b.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=COMPUTE_PRECISIONS)
     b.add_argument("--channels-last", choices=("auto", "on", "off", "both"), default="auto")
     b.add_argument("--device", default="auto")
     b.add_argument("--threads", type=int, default=0)

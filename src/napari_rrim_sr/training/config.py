@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import tomllib
 
+from ..devices import PRECISIONS, STORE_DTYPES
 from ..errors import RRIMError
 
 
@@ -252,9 +253,9 @@ class TrainConfig:
             "percentiles must be two increasing values in 0..100",
         )
         need(self.cache in ("memory", "disk", "none"), "cache must be memory, disk or none")
-        need(self.precision in ("auto", "fp32", "bf16", "fp16"), f"unknown precision {self.precision!r}")
+        need(self.precision in PRECISIONS, f"unknown precision {self.precision!r}")
         need(self.channels_last in ("auto", "on", "off"), "channels_last must be auto, on or off")
-        need(self.export_dtype in ("fp32", "fp16", "bf16"), "export_dtype must be fp32, fp16 or bf16")
+        need(self.export_dtype in STORE_DTYPES, "export_dtype must be fp32, fp16 or bf16")
         for key in ("blur_sigma", "noise_sigma", "poisson_peak", "jpeg_quality"):
             v = getattr(self, key)
             need(len(v) == 2 and 0 <= v[0] <= v[1], f"{key} must be a range [low, high] with 0 <= low <= high")
