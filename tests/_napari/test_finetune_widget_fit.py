@@ -112,6 +112,7 @@ def test_three_docks_fit_the_screen_and_finetune_stays_readable(three_docks, tmp
     screen_bottom = win.mapToGlobal(win.rect().bottomLeft()).y()
     assert isinstance(ft.native, QScrollArea), "the Fine-tune dock does not scroll"
     assert ft.native.horizontalScrollBar().maximum() == 0, "the Fine-tune dock scrolls sideways (cut figures)"
+    assert met.native.horizontalScrollBar().maximum() == 0, "the Metrics dock scrolls sideways (clipped)"
     for widget, buttons in (
         (up, (up.run_button, up.cancel_button)),
         (met, (met.compute_button, met.cancel_button)),

@@ -23,6 +23,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..errors import RRIMError
 from . import _common as C
+from . import _fit as F
 
 if TYPE_CHECKING:
     import napari
@@ -84,29 +85,6 @@ class _Canvas:
     def draw(self) -> None:
         if self.native is not None:
             self.native.draw_idle()
-
-
-def _full_width(widget) -> None:
-    """Let an unlabelled item of a labelled container use the whole dock width (magicgui keeps
-    an empty label column in front of it: figures and the table would lose a third of the width)."""
-    try:
-        labeled = widget._labeled_widget()
-        if labeled is not None:
-            labeled._label_widget.visible = False
-    except (AttributeError, TypeError):  # pragma: no cover - another magicgui
-        pass
-
-
-def _shrinkable(combo) -> None:
-    """A combo box that may be narrower than its longest entry (a weights id with its details):
-    otherwise the dock scrolls sideways and the figures are cut."""
-    try:
-        from qtpy.QtWidgets import QComboBox
-
-        combo.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        combo.native.setMinimumContentsLength(10)
-    except (AttributeError, ImportError):  # pragma: no cover - non-Qt backend
-        pass
 
 
 class FinetuneWidget(C.ScrollableContainer):
@@ -238,9 +216,9 @@ class FinetuneWidget(C.ScrollableContainer):
         for lab in (self.stats, self.status):
             C.wrap_label(lab)
         for wdg in (self.stats, self.preview.widget, buttons, self.status, self.curve.widget, self.table):
-            _full_width(wdg)
+            F.full_width(wdg)
         for combo in (self.lr_layer, self.hr_layer, self.degradations, self.base, self.minutes):
-            _shrinkable(combo)
+            F.shrinkable(combo)
         self.layers.max_height = 96  # a list of a few layers, not half the dock
         # scrolls below this; tall enough to show the curve or the preview whole
         C.fit_dock(self, min_height=FIT_MIN_HEIGHT)

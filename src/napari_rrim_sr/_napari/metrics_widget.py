@@ -29,6 +29,7 @@ from .. import layer_metrics as LM
 from .. import layers as L
 from ..errors import InputError, RRIMError, user_message
 from . import _common as C
+from . import _fit as F
 
 if TYPE_CHECKING:
     import napari
@@ -180,6 +181,16 @@ class MetricsWidget(C.ScrollableContainer):
             labels=True,
         )
         C.fit_dock(self)
+        for combo in (
+            self.mode,
+            self.sr_layer,
+            self.bicubic_layer,
+            self.reference,
+            self.source,
+            self.model,
+            self.data_range,
+        ):
+            F.shrinkable(combo)  # the dock keeps its width (no sideways scrolling)
         self.mode.changed.connect(self._on_mode)
         self.sr_layer.changed.connect(self._on_sr_changed)
         self.source.changed.connect(self._sync_model)
