@@ -1,6 +1,6 @@
 """Regenerate docs/images/finetune_widget.png (run under a display, e.g. ``xvfb-run -a``).
 
-    OMP_NUM_THREADS=1 xvfb-run -a -s "-screen 0 1800x1100x24" python docs/make_finetune_screenshot.py
+    OMP_NUM_THREADS=1 xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_finetune_screenshot.py
 
 Fine-tunes the shipped ``rrim-x4-gray`` on the shipped nuclei sample (CC0) for a short budget
 in the *Fine-tune* widget (a temporary user weights folder, so nothing is installed), then
@@ -20,8 +20,17 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "images"
 
 
+def _prefer_pyqt6() -> None:
+    """napari's default Qt backend (PyQt6) when installed, even if PyQt5 is there too."""
+    import importlib.util
+
+    if importlib.util.find_spec("PyQt6") is not None:
+        os.environ.setdefault("QT_API", "pyqt6")
+
+
 def main(minutes: float = 0.75, max_steps: int = 60) -> int:
     warnings.filterwarnings("ignore")
+    _prefer_pyqt6()
     tmp = Path(tempfile.mkdtemp(prefix="rrim-ft-screenshot-"))
     os.environ["NAPARI_RRIM_SR_WEIGHTS_DIR"] = str(tmp / "weights")
     import napari
@@ -30,7 +39,7 @@ def main(minutes: float = 0.75, max_steps: int = 60) -> int:
     from napari_rrim_sr._napari.finetune_widget import FINETUNE_WIDGET_NAME, FinetuneWidget
 
     viewer = napari.Viewer(title="napari-rrim-sr", show=True)
-    viewer.window._qt_window.resize(1800, 1100)
+    viewer.window._qt_window.resize(1600, 1000)  # the screen the docks must fit (issue 24)
     app = QApplication.instance()
     (src,) = viewer.open_sample("napari-rrim-sr", "microscopy")
     w = FinetuneWidget(viewer)
@@ -64,6 +73,11 @@ def main(minutes: float = 0.75, max_steps: int = 60) -> int:
     if w.result is None:
         print("the run failed:", w.status.value, file=sys.stderr)
         return 1
+    # the dock scrolls (it fits a 1000-px screen): show its lower part, the curve and the scores
+    w.native.ensureWidgetVisible(w.table.native)
+    for _ in range(10):
+        app.processEvents()
+        time.sleep(0.02)
     from PIL import Image
 
     OUT.mkdir(parents=True, exist_ok=True)

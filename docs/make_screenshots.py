@@ -21,6 +21,14 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "images"
 
 
+def _prefer_pyqt6() -> None:
+    """napari's default Qt backend (PyQt6) when installed, even if PyQt5 is there too."""
+    import importlib.util
+
+    if importlib.util.find_spec("PyQt6") is not None:
+        os.environ.setdefault("QT_API", "pyqt6")
+
+
 def _ensure_weights() -> bool:
     """True when trained weights are available; else install tiny untrained ones (labelled)."""
     from napari_rrim_sr.registry import get_registry, reset_registry
@@ -77,7 +85,8 @@ def _settle(app, n=25):
 
 
 def main() -> int:
-    warnings.filterwarnings("ignore")  # e.g. napari's PyQt5 deprecation toast
+    warnings.filterwarnings("ignore")  # no warning toasts over the canvas
+    _prefer_pyqt6()
     trained = _ensure_weights()
     import napari
     from qtpy.QtWidgets import QApplication

@@ -20,6 +20,8 @@ bash "$ROOT/scripts/setup.sh" testing
 # shellcheck disable=SC1091
 . "${RRIM_VENV:-$ROOT/.venv}/bin/activate"
 cd "$ROOT"
+# napari's default Qt backend (PyQt6) when installed, even if an older PyQt5 is still there
+if [ -z "${QT_API:-}" ] && python -c "import PyQt6.QtCore" 2>/dev/null; then export QT_API=pyqt6; fi
 # lint and format first (configured in pyproject.toml): a style break fails CI like a test
 echo "[test] ruff check + ruff format --check"
 ruff check .

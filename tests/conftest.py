@@ -30,6 +30,22 @@ os.environ["NAPARI_RRIM_SR_SHIPPED_WEIGHTS"] = "0"
 # the user's cache (inherited by subprocesses)
 os.environ.setdefault("NAPARI_RRIM_SR_CACHE_DIR", tempfile.mkdtemp(prefix="rrim-test-cache-"))
 
+
+def _prefer_pyqt6() -> None:
+    """Test under napari's default Qt backend (PyQt6) where it is installed, even when PyQt5 is
+    there too (an environment upgraded from the old extras): qtpy would pick PyQt5 first and
+    pytest-qt PySide/PyQt in its own order. An explicit QT_API / PYTEST_QT_API wins. Runs before
+    anything imports Qt (this conftest is loaded before the tests are collected)."""
+    import importlib.util
+
+    if importlib.util.find_spec("PyQt6") is None:
+        return
+    os.environ.setdefault("QT_API", "pyqt6")
+    os.environ.setdefault("PYTEST_QT_API", os.environ["QT_API"])
+
+
+_prefer_pyqt6()
+
 TINY_HP = {"num_feat": 8, "num_block": 1, "scale": 4}
 TINY_IDS = ("tiny-rrim-x4-gray", "tiny-rrim-x4-rgb", "tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan")
 

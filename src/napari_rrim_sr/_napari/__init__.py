@@ -7,3 +7,8 @@ Everything here may import Qt and napari; the logic it wires lives in the Qt-fre
 PLUGIN_NAME = "napari-rrim-sr"
 UPSCALE_WIDGET_NAME = "Upscale (RRIM x4)"
 METRICS_WIDGET_NAME = "Super-resolution metrics"
+
+# File ▸ Save Layers preselects our TIFF writer (geometry + provenance), not napari's plain one
+from .writer import install_writer_preference  # noqa: E402
+
+install_writer_preference()

@@ -11,6 +11,7 @@ widget lists it after a rescan.
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,12 +22,16 @@ from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, Signal
 
 from ..errors import RRIMError
+from . import _common as C
+from . import _fit as F
 
 if TYPE_CHECKING:
     import napari
 
 FINETUNE_WIDGET_NAME = "Fine-tune (own data)"
 MINUTES = (5.0, 15.0, 60.0)
+#: the dock's minimum height (px): with the Upscale and Metrics docks all three fit 1000 px
+FIT_MIN_HEIGHT = 330
 
 
 class _Relay(QObject):
@@ -40,50 +45,151 @@ def _plane_data(layer) -> np.ndarray:
     return np.asarray(layer.data)  # 2D, a stack (slices are samples) or YXC RGB
 
 
-class _Canvas:
-    """A small matplotlib canvas (matplotlib is optional: without it, nothing is drawn)."""
+#: matplotlib's warnings when a figure is too small for its labels: napari would show each as a toast
+_LAYOUT_WARNINGS = r"(Tight|tight|constrained).*(layout|Layout).*not applied|.*axes sizes collapsed"
 
-    def __init__(self, height: float = 2.2):
+
+class _Canvas:
+    """A small matplotlib canvas with a readable minimum size (matplotlib is optional: without
+    it, nothing is drawn).
+
+    Why a minimum size and constrained layout: docked under other widgets, an unconstrained canvas
+    shrinks to a few pixels, and ``tight_layout`` then warns at every draw (napari shows each
+    warning as a toast). The dock scrolls instead; any layout warning left is dropped at draw time.
+    """
+
+    def __init__(self, height: float = 2.2, min_height: int = 160, tooltip: str = ""):
         try:
             from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
             from matplotlib.figure import Figure
         except ImportError:  # pragma: no cover - matplotlib missing
             self.figure = self.native = None
+            self.widget = Container(labels=False)
             return
-        self.figure = Figure(figsize=(3.6, height), dpi=90, tight_layout=True)
-        self.native = FigureCanvasQTAgg(self.figure)
+
+        class _QuietCanvas(FigureCanvasQTAgg):
+            def draw(self):
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=_LAYOUT_WARNINGS)
+                    super().draw()
+
+        self.figure = Figure(figsize=(3.6, height), dpi=90, layout="constrained")
+        self.native = _QuietCanvas(self.figure)
+        self.native.setMinimumSize(220, min_height)
+        self.native.setToolTip(tooltip)
+        #: the magicgui widget that holds the canvas (an item of the dock's list)
+        self.widget = Container(labels=False)
+        self.widget.margins = (0, 0, 0, 0)
+        self.widget.native.layout().addWidget(self.native)
 
     def draw(self) -> None:
         if self.native is not None:
             self.native.draw_idle()
 
 
-class FinetuneWidget(Container):
+class FinetuneWidget(C.ScrollableContainer):
     """Data (layers, or LR/HR layers), degradations with a preview, base weights, time budget."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.layers = Select(label="data layers", choices=self._layer_choices)
-        self.paired = CheckBox(text="paired LR/HR layers", value=False)
-        self.lr_layer = ComboBox(label="LR layer", choices=self._layer_choices, visible=False)
-        self.hr_layer = ComboBox(label="HR layer", choices=self._layer_choices, visible=False)
-        self.degradations = ComboBox(
-            label="LR made with", value="auto", choices=["auto", "clean", "shot", "read", "shot+read"]
+        self.layers = Select(
+            label="data layers",
+            choices=self._layer_choices,
+            tooltip="Image layers of your own data to learn from (slices of a stack are samples). "
+            "Low-resolution inputs are made from them (see 'LR made with').",
         )
-        self.blur = CheckBox(text="also blur", value=False)
-        self.preview_btn = PushButton(text="Measure and preview")
+        self.paired = CheckBox(
+            text="paired LR/HR layers",
+            value=False,
+            tooltip="Tick when you have real low- and high-resolution images of the same field "
+            "(the HR layer must be the model's factor larger).",
+        )
+        self.lr_layer = ComboBox(
+            label="LR layer",
+            choices=self._layer_choices,
+            visible=False,
+            tooltip="The low-resolution acquisition (the model's input).",
+        )
+        self.hr_layer = ComboBox(
+            label="HR layer",
+            choices=self._layer_choices,
+            visible=False,
+            tooltip="The high-resolution acquisition of the same field (the target).",
+        )
+        self.degradations = ComboBox(
+            label="LR made with",
+            value="auto",
+            choices=["auto", "clean", "shot", "read", "shot+read"],
+            tooltip="How low-resolution inputs are made from your data: downscaling only (clean) or "
+            "with photon (shot) and camera (read) noise; auto: measured from the data.",
+        )
+        self.blur = CheckBox(
+            text="also blur", value=False, tooltip="Also blur before downscaling (an out-of-focus or wider PSF)."
+        )
+        self.preview_btn = PushButton(
+            text="Measure and preview",
+            tooltip="Measure the noise of the first data layer and show a synthetic LR patch next to the real data.",
+        )
         self.stats = Label(value="")
-        self.base = ComboBox(label="base weights", choices=self._weights_choices)
-        self.minutes = ComboBox(label="time budget (min)", choices=[(f"{m:g}", m) for m in MINUTES], value=MINUTES[0])
-        self.custom_minutes = FloatSpinBox(label="or minutes", value=0.0, min=0.0, max=24 * 60, step=0.5)
-        self.max_steps = SpinBox(label="max steps (0 = budget)", value=0, min=0, max=10_000_000)
-        self.name = LineEdit(label="new weights name", value="")
-        self.out = LineEdit(label="run folder (empty = default)", value="")
-        self.start_btn = PushButton(text="Fine-tune")
-        self.cancel_btn = PushButton(text="Cancel (keep best)", enabled=False)
+        self.preview = _Canvas(1.8, min_height=150, tooltip="A patch of your data and the synthetic LR made from it.")
+        self.base = ComboBox(
+            label="base weights",
+            choices=self._weights_choices,
+            tooltip="The weights to start from (their factor and channels are kept).",
+        )
+        self.minutes = ComboBox(
+            label="time budget (min)",
+            choices=[(f"{m:g}", m) for m in MINUTES],
+            value=MINUTES[0],
+            tooltip="How long to train; the best held-out checkpoint is kept.",
+        )
+        self.custom_minutes = FloatSpinBox(
+            label="or minutes",
+            value=0.0,
+            min=0.0,
+            max=24 * 60,
+            step=0.5,
+            tooltip="Any other budget in minutes (0: use the box above).",
+        )
+        self.max_steps = SpinBox(
+            label="max steps (0 = budget)",
+            value=0,
+            min=0,
+            max=10_000_000,
+            tooltip="Stop after this many steps even if time is left (0: only the time budget).",
+        )
+        self.name = LineEdit(
+            label="new weights name",
+            value="",
+            tooltip="The id the new weights are registered under (empty: base name + '-ft-' + date).",
+        )
+        self.out = LineEdit(
+            label="run folder (empty = default)",
+            value="",
+            tooltip="Where checkpoints, the curve and the model card are written "
+            "(empty: a 'finetune' folder next to the user weights).",
+        )
+        self.start_btn = PushButton(text="Fine-tune", tooltip="Start fine-tuning (in the background).")
+        self.cancel_btn = PushButton(
+            text="Cancel (keep best)",
+            enabled=False,
+            tooltip="Stop after the current step; the best checkpoint so far is registered.",
+        )
+        buttons = Container(widgets=[self.start_btn, self.cancel_btn], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
         self.status = Label(value="")
+        self.curve = _Canvas(2.2, min_height=190, tooltip="Held-out PSNR during training, with the base and bicubic.")
         self.table = MTable(value=[])
+        self.table.tooltip = "Held-out scores of the new weights, the base weights and bicubic (higher is better)."
+        # a header and the three rows (new, base, bicubic) without scrolling
+        self.table.min_height = 130
+        try:  # the columns share the dock's width (no horizontal scrolling for two numbers)
+            from qtpy.QtWidgets import QHeaderView
+
+            self.table.native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        except (AttributeError, ImportError):  # pragma: no cover - non-Qt backend
+            pass
         self.extend(
             [
                 self.layers,
@@ -94,28 +200,28 @@ class FinetuneWidget(Container):
                 self.blur,
                 self.preview_btn,
                 self.stats,
+                self.preview.widget,
                 self.base,
                 self.minutes,
                 self.custom_minutes,
                 self.max_steps,
                 self.name,
                 self.out,
-                self.start_btn,
-                self.cancel_btn,
+                buttons,
                 self.status,
+                self.curve.widget,
+                self.table,
             ]
         )
         for lab in (self.stats, self.status):
-            try:
-                lab.native.setWordWrap(True)
-            except AttributeError:  # pragma: no cover
-                pass
-        self.preview = _Canvas(1.8)
-        self.curve = _Canvas(2.2)
-        for canvas in (self.preview, self.curve):
-            if canvas.native is not None:
-                self.native.layout().addWidget(canvas.native)
-        self.native.layout().addWidget(self.table.native)
+            C.wrap_label(lab)
+        for wdg in (self.stats, self.preview.widget, buttons, self.status, self.curve.widget, self.table):
+            F.full_width(wdg)
+        for combo in (self.lr_layer, self.hr_layer, self.degradations, self.base, self.minutes):
+            F.shrinkable(combo)
+        self.layers.max_height = 96  # a list of a few layers, not half the dock
+        # scrolls below this; tall enough to show the curve or the preview whole
+        C.fit_dock(self, min_height=FIT_MIN_HEIGHT)
         self.curve_points: list[dict] = []
         self.result = None
         self._worker = None
@@ -264,7 +370,7 @@ class FinetuneWidget(Container):
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("held-out PSNR (dB)", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
         self.curve.draw()
 
     def _on_returned(self, result) -> None:

@@ -29,11 +29,46 @@ from .. import layer_metrics as LM
 from .. import layers as L
 from ..errors import InputError, RRIMError, user_message
 from . import _common as C
+from . import _fit as F
 
 if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
+
+#: what ``auto`` does (:func:`napari_rrim_sr.layer_metrics.metrics_data_range`), said as it is
+DATA_RANGE_TOOLTIP = (
+    "The range PSNR/SSIM are relative to (the range used is stated under the table). auto: 255 for "
+    "8-bit data; for 16-bit (integer) data the dtype's range when the reference uses at least a "
+    "quarter of it, else the reference's max − min (e.g. 12-bit data stored as uint16); for float "
+    "data the reference's max − min. 'dtype range' and 'reference min-max' force one of them."
+)
+
+#: fixed decimals per metric row of the table (RMSE: from its magnitude, see :func:`_rmse_decimals`)
+METRIC_DECIMALS = {"PSNR (dB)": 2, "SSIM": 4, "FSIM": 4, "FSIMc": 4}
+
+
+def _rmse_decimals(values) -> int:
+    """One number of decimals for a whole RMSE row: 4 significant digits of its largest value."""
+    finite = [abs(float(v)) for v in values if np.isfinite(v)]
+    big = max(finite, default=0.0)
+    if big >= 1000:
+        return 0
+    if big >= 1:
+        return 3 - int(np.floor(np.log10(big)))
+    return 4 if big >= 0.01 or big == 0 else 6
+
+
+def metric_formats(index, data) -> list[str]:
+    """One ``str.format`` pattern per table row: the same fixed decimals across a metric's row
+    (no "0.1648" next to "-8.773e-04")."""
+    out = []
+    for label, row in zip(index, data):
+        nd = METRIC_DECIMALS.get(str(label))
+        if nd is None:
+            nd = _rmse_decimals(row)
+        out.append(f"{{:.{nd}f}}")
+    return out
 
 
 class MetricsWidget(C.ScrollableContainer):
@@ -73,6 +108,7 @@ class MetricsWidget(C.ScrollableContainer):
         )
         self.reference = ComboBox(
             label="Reference (HR)",
+            nullable=True,  # empty rather than the SR layer itself when only one layer is open
             choices=self._layer_choices.choices,
             tooltip="The high-resolution ground truth, same shape as the SR layer.",
         )
@@ -106,7 +142,7 @@ class MetricsWidget(C.ScrollableContainer):
             label="Data range",
             value="auto",
             choices=list(LM.DATA_RANGE_CHOICES),
-            tooltip="The range PSNR/SSIM are relative to; auto: the dtype's, or the data's for floats.",
+            tooltip=DATA_RANGE_TOOLTIP,
         )
         self.error_maps = CheckBox(
             text="Add error maps |SR − HR|", value=False, tooltip="Add the absolute error images as layers."
@@ -121,6 +157,7 @@ class MetricsWidget(C.ScrollableContainer):
         self.table = Table(value={"data": [], "index": [], "columns": []})
         self.table.min_height = 150
         self.table.tooltip = "Metrics (higher is better except RMSE)."
+        self._formats = _FixedFormats(self.table.native)
         self.convention = C.wrap_label(Label(value=""))
         super().__init__(
             widgets=[
@@ -144,6 +181,16 @@ class MetricsWidget(C.ScrollableContainer):
             labels=True,
         )
         C.fit_dock(self)
+        for combo in (
+            self.mode,
+            self.sr_layer,
+            self.bicubic_layer,
+            self.reference,
+            self.source,
+            self.model,
+            self.data_range,
+        ):
+            F.shrinkable(combo)  # the dock keeps its width (no sideways scrolling)
         self.mode.changed.connect(self._on_mode)
         self.sr_layer.changed.connect(self._on_sr_changed)
         self.source.changed.connect(self._sync_model)
@@ -151,6 +198,7 @@ class MetricsWidget(C.ScrollableContainer):
         self.compute_button.changed.connect(self.compute)
         self.cancel_button.changed.connect(self.cancel)
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self._detach = C.on_detached(self, self.cancel)
         for lay in reversed(C.image_layers(napari_viewer)):  # the newest RRIM result, if any
             parsed = L.parse_result_name(lay.name)
@@ -168,11 +216,13 @@ class MetricsWidget(C.ScrollableContainer):
         """The SR and reference boxes never start on the same layer (nor the bicubic box)."""
         sr, ref = self.sr_layer.value, self.reference.value
         layers = C.image_layers(self._viewer)
-        if sr is not None and ref is sr:
+        if sr is not None and (ref is sr or ref is None):
             others = [lay for lay in layers if lay is not sr]
             same = [lay for lay in others if tuple(lay.data.shape) == tuple(sr.data.shape)]
             if same or others:
                 self.reference.value = (same or others)[0]
+            elif ref is sr:  # the only layer: no reference yet (not the SR layer itself)
+                self.reference.value = None
         if self.bicubic_layer.value is not None and self.bicubic_layer.value in (
             self.sr_layer.value,
             self.reference.value,
@@ -181,6 +231,8 @@ class MetricsWidget(C.ScrollableContainer):
 
     def _on_mode(self, *_):
         compare = self.mode.value == "compare"
+        if str(self.title.value).startswith("⚠"):  # an error of the other mode's inputs
+            self.title.value = ""
         for w in (self.sr_layer, self.bicubic_layer, self.reference):
             w.visible = compare
         for w in (self.source, self.model, self.model_note):
@@ -262,6 +314,15 @@ class MetricsWidget(C.ScrollableContainer):
         self.title.value = title
         self.last_result = None
         self._shown_layers = []
+
+    def _on_layer_inserted(self, event=None):
+        """A layer added later becomes the reference when there was none (one layer was open)."""
+        try:
+            if self.reference.value is None or self.reference.value is self.sr_layer.value:
+                self._on_sr_changed()
+                self._distinct_defaults()
+        except RuntimeError:  # pragma: no cover - this widget was closed (Qt object deleted)
+            pass
 
     def _on_layer_removed(self, event=None):
         gone = getattr(event, "value", None)
@@ -403,6 +464,10 @@ class MetricsWidget(C.ScrollableContainer):
             )
         else:
             data, kw = L.error_map_layer(err, kind, source=ctx["src"], slice_index=ctx["slice_index"])
+        # normal blending (additive would wash out the layers below); one map shown at a time:
+        # the RRIM map, the bicubic one is added hidden (its eye in the layer list shows it)
+        kw["blending"] = "translucent"
+        kw["visible"] = kind == "model"
         self._viewer.add_image(data, **kw)
 
     def show_results(self, result: dict, *, title: str = "", source=None, weights_id: str | None = None) -> None:
@@ -421,6 +486,10 @@ class MetricsWidget(C.ScrollableContainer):
         table = LM.metrics_table(result)
         # numbers stay numbers (the table shows 4 decimals; scripts read full precision)
         self.table.value = {"data": table["data"], "index": table["index"], "columns": table["columns"]}
+        self._formats.set(
+            metric_formats(table["index"], table["data"]),
+            signed_column=len(table["columns"]) - 1 if len(table["columns"]) == 3 else None,
+        )
         self.title.value = title
         self.convention.value = "Convention: " + table["convention"] if table["convention"] else ""
         self.last_result = result
@@ -441,3 +510,46 @@ class MetricsWidget(C.ScrollableContainer):
             self.progress_bar.visible = False
         except RuntimeError:  # pragma: no cover - widget deleted
             pass
+
+
+class _FixedFormats:
+    """Shows the table's numbers with fixed decimals per row (the metric); the cells keep their
+    full-precision values (``table.value`` and copy read those)."""
+
+    def __init__(self, table):
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QStyledItemDelegate
+
+        owner = self
+
+        class _Delegate(QStyledItemDelegate):
+            def initStyleOption(self, option, index):
+                super().initStyleOption(option, index)
+                text = owner.text(index.row(), index.column(), index.data())
+                if text is not None:
+                    option.text = text
+                    option.displayAlignment = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+
+        self._table = table
+        self._formats: list[str] = []
+        self._signed: int | None = None
+        self._delegate = _Delegate(table)
+        table.setItemDelegate(self._delegate)
+
+    def set(self, formats: list[str], signed_column: int | None = None) -> None:
+        self._formats, self._signed = list(formats), signed_column
+        self._table.viewport().update()
+
+    def text(self, row: int, column: int, value) -> str | None:
+        if row >= len(self._formats):
+            return None
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return None
+        if not np.isfinite(v):
+            return "–"
+        fmt = self._formats[row]
+        if column == self._signed:
+            fmt = fmt.replace("{:", "{:+")
+        return fmt.format(v)
