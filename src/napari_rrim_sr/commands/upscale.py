@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..devices import BACKENDS, DEVICES, PRECISIONS
 from ..errors import InputError, RRIMError
 from . import add_self_ensemble_flag
 
@@ -58,8 +59,15 @@ def register(sub) -> None:
         metavar="N",
         help="tile overlap in input pixels (default 24, capped at half a small tile)",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="CPU inference engine: auto = OpenVINO when installed and the model converts "
+        "(one line says why not), else torch; GPU runs always use torch",
+    )
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
     add_self_ensemble_flag(p)
     p.add_argument(
