@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .jsonable import jsonable
+from . import read_guard
 from .safe_write import atomic_write
 
 PROVENANCE_KEY = "napari_rrim_sr"
@@ -67,6 +68,7 @@ def read_image(path) -> tuple[np.ndarray, dict]:
         raise InputError(f"{path}: no such file")
     if not p.is_file():
         raise InputError(f"{path}: not a file")
+    read_guard.register_read(p, tree=False)  # never replaced by this command's writes
     fmt = format_for(p, reading=True)
     try:
         if fmt == "tiff":

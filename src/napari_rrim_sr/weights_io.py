@@ -28,6 +28,7 @@ from typing import Any
 from .errors import RegistryError, WeightsError
 from .jsonable import jsonable
 from .registry import get_registry, user_weights_dir
+from . import read_guard
 from .safe_write import atomic_write
 from .spec import BackboneSpec, WeightsEntry
 from .weights_format import (  # re-exported: the public import path of these names
@@ -243,6 +244,7 @@ def load_state_dict(path) -> tuple[dict, dict]:
 
     path = Path(path)
     check_file(path)
+    read_guard.register_read(path, tree=False)  # never replaced by this command's writes
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         header = read_header(path)

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import read_guard
 from ..errors import RRIMError
 from .config import ConfigError, TrainConfig, field_help, load_toml, parse_scalar
 
@@ -624,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     if first in TOOLS:
         rest = argv[argv.index(first) + 1 :]
         try:
-            return run_tool(first, rest)
+            with read_guard.reading():
+                return run_tool(first, rest)
         except RRIMError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -642,7 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(ns.func(ns) or 0)
+        with read_guard.reading():  # every file the command opens is protected from its writes
+            return int(ns.func(ns) or 0)
     except RRIMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
