@@ -32,11 +32,10 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as _futures_wait
 from dataclasses import asdict, dataclass, field
@@ -45,9 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from . import read_guard
 from .errors import InputError, OutputError, WeightsError
 from .ngff import Source, open_array
-from .safe_write import check_target, fsync_path
+from .safe_write import check_target, fsync_path, remove_output
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -104,12 +104,24 @@ class ChunkJob:
             for a in range(len(self.in_shape))
         )
 
+    def _ranges(self) -> list[range]:
+        return [range(-(-n // self.block)) if a in self.spatial else range(n) for a, n in enumerate(self.in_shape)]
+
+    def n_chunks(self) -> int:
+        """How many output chunks level 0 has (computed, not listed)."""
+        n = 1
+        for r in self._ranges():
+            n *= len(r)
+        return n
+
+    def iter_grid(self) -> Iterator[tuple[int, ...]]:
+        """Chunk indices (one per output chunk of level 0), generated lazily: a store declaring
+        10^13 chunks must not become a list in memory."""
+        return itertools.product(*self._ranges())
+
     def grid(self) -> list[tuple[int, ...]]:
-        """Chunk indices (one per output chunk of level 0)."""
-        ranges = []
-        for a, n in enumerate(self.in_shape):
-            ranges.append(range(-(-n // self.block)) if a in self.spatial else range(n))
-        return list(itertools.product(*ranges))
+        """Chunk indices as a list (small jobs, tests); prefer :meth:`iter_grid`."""
+        return list(self.iter_grid())
 
     def settings(self) -> dict:
         """What determines the result: a resume must match it exactly."""
@@ -321,6 +333,7 @@ def plan_job(
         raise InputError(f"--chunk {chunk} must be a positive multiple of the model's scale ({s})")
     if halo < 0:
         raise InputError(f"--halo must be >= 0, got {halo}")
+    check_declared(src, s, chunk // s)  # before any pass over the data and before any output exists
     arr = array if array is not None else src.open()
     lazy = arr if type(arr).__module__.startswith("dask") else da.from_array(arr, chunks=_read_chunks(src))
     norm = compute_normalization(lazy, normalization, percentiles=percentiles, bit_depth=bit_depth)
@@ -354,6 +367,33 @@ def plan_job(
         norm,
         ekw,
     )
+
+
+#: What a source may declare: a crafted 16 KB store can claim 10^9 x 10^9 pixels.
+MAX_ELEMENTS = 1 << 44  # 17.6 T input elements (35 TB of uint16): beyond any real acquisition
+MAX_CHUNKS = 1 << 24  # 16.7 M output chunks (one completion marker each)
+
+
+def check_declared(src: Source, scale: int, block: int) -> None:
+    """Refuse sources whose declared size no run could finish (one clear line, no output made)."""
+    from .memory import format_bytes
+
+    shape = tuple(int(n) for n in src.shape)
+    if any(n <= 0 for n in shape):
+        raise InputError(f"{src.path}: declares an empty shape {list(shape)}; nothing to upscale")
+    n = 1
+    for v in shape:
+        n *= v
+    chunks = 1
+    for a, v in enumerate(shape):
+        chunks *= -(-v // block) if a in src.spatial else v
+    if n > MAX_ELEMENTS or chunks > MAX_CHUNKS:
+        raise InputError(
+            f"{src.path}: declares shape {list(shape)} ({n:.3g} elements, "
+            f"{format_bytes(n * np.dtype(src.dtype).itemsize)}, {chunks:.3g} output chunks of "
+            f"{block * scale} px); more than this tool processes ({MAX_ELEMENTS:.3g} elements, "
+            f"{MAX_CHUNKS:.3g} chunks): crop it, or raise --chunk"
+        )
 
 
 def _read_chunks(src: Source) -> tuple:
@@ -403,8 +443,27 @@ def open_scheduler(spec: str | None, *, memory_limit: str | None = None):
     return client, client.close, n
 
 
-def _pending_chunks(job: ChunkJob) -> list[tuple[int, ...]]:
-    return [idx for idx in job.grid() if _read_marker(marker_path(job.out_path, idx)) is None]
+def _n_markers(job: ChunkJob) -> int:
+    """Completion markers already in the store (counted from the folder, not per chunk)."""
+    try:
+        return sum(
+            1 for e in os.scandir(Path(job.out_path) / DONE_DIR) if not e.name.startswith(".") and e.name != COMPLETE
+        )
+    except OSError:
+        return 0
+
+
+def _pending_chunks(job: ChunkJob) -> Iterator[tuple[int, ...]]:
+    """Chunks without a completion marker, lazily; a fresh store (no markers) is not stat'ed
+    chunk by chunk (10^7 planes would take minutes)."""
+    done_dir = Path(job.out_path) / DONE_DIR
+    try:
+        empty = not any(os.scandir(done_dir))
+    except OSError:
+        empty = True
+    if empty:
+        return job.iter_grid()
+    return (idx for idx in job.iter_grid() if _read_marker(marker_path(job.out_path, idx)) is None)
 
 
 def _create_store(job: ChunkJob) -> None:
@@ -432,6 +491,7 @@ def prepare_output(
     from .safe_write import atomic_write
 
     out = Path(job.out_path)
+    read_guard.check_write(out, kind="dir", extra=protect)  # also on --resume: never into an input
     protect = [Path(p) for p in protect]
     for src in protect:
         if out.resolve() == src.resolve() or _inside(out, src) or _inside(src, out):
@@ -456,8 +516,8 @@ def prepare_output(
             )
         return
     check_target(out, overwrite=overwrite, protect=protect, kind="dir")
-    if out.exists():  # --overwrite, checked above: never an input, never containing one
-        shutil.rmtree(out)
+    if out.exists():  # --overwrite, checked again by the writer: never an input, never containing one
+        remove_output(out, overwrite=overwrite)
     _create_store(job)
     rec = {
         "settings": job.settings(),
@@ -485,24 +545,31 @@ def _wait_first(client, pending):
 
 def run_chunks(
     job: ChunkJob,
-    chunks: list[tuple[int, ...]],
+    chunks: Iterable[tuple[int, ...]],
     *,
     client=None,
     workers: int = 2,
     progress: Callable[[int, int], Any] | None = None,
     max_in_flight: int | None = None,
+    total: int | None = None,
 ) -> list[dict]:
-    """Run ``chunks`` on ``client`` (dask.distributed) or in-process threads, bounded in flight."""
+    """Run ``chunks`` on ``client`` (dask.distributed) or in-process threads, bounded in flight.
+
+    ``chunks`` may be a lazy iterator (it is consumed as tasks are submitted); ``total`` is what
+    ``progress`` reports as the total (default ``len(chunks)`` for a list)."""
     limit = max_in_flight or max(2, 2 * workers)
     records: list[dict] = []
-    todo = list(chunks)
+    if total is None:
+        total = len(chunks) if hasattr(chunks, "__len__") else 0
+    it = iter(chunks)
+    nxt = next(it, None)
     pool = ThreadPoolExecutor(max_workers=max(1, workers)) if client is None else None
     job_ref = client.scatter(job, broadcast=True) if client is not None else job
     pending: set = set()
     try:
-        while todo or pending:
-            while todo and len(pending) < limit:
-                idx = todo.pop(0)
+        while nxt is not None or pending:
+            while nxt is not None and len(pending) < limit:
+                idx, nxt = nxt, next(it, None)
                 if client is None:
                     pending.add(pool.submit(process_chunk, job, idx))
                 else:
@@ -512,7 +579,7 @@ def run_chunks(
             for f in done:
                 records.append(f.result())
                 if progress is not None:
-                    progress(len(records), len(chunks))
+                    progress(len(records), total)
     finally:
         for f in pending:
             f.cancel()
@@ -582,21 +649,22 @@ def run_job(
     protect = [src.path] if src.kind != "object" else []
     prepare_output(job, overwrite=overwrite, resume=resume, protect=protect, command=command)
     out = Path(job.out_path)
-    grid = job.grid()
+    n_grid = job.n_chunks()
+    n_done = _n_markers(job)
     todo = _pending_chunks(job)
     t0 = time.perf_counter()
     bar = None
-    if not quiet and todo:
+    if not quiet and n_done < n_grid:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=src.name, unit="chunk", file=sys.stderr)
+        bar = tqdm(total=n_grid, initial=n_done, desc=src.name, unit="chunk", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         if bar is not None:
             bar.update(1)
 
     try:
-        records = run_chunks(job, todo, client=client, workers=workers, progress=progress)
+        records = run_chunks(job, todo, client=client, workers=workers, progress=progress, total=n_grid - n_done)
     finally:
         if bar is not None:
             bar.close()
@@ -623,15 +691,15 @@ def run_job(
             },
             "model": _model_provenance(job),
             "settings": job.settings(),
-            "chunks": len(grid),
+            "chunks": n_grid,
             **(provenance_extra or {}),
         }
         write_result_metadata(out, src, job.scale, paths, prov)
         _write_marker(complete, {"sha256": "", "levels": paths})
     return {
-        "chunks": len(grid),
+        "chunks": n_grid,
         "computed": len(records),
-        "skipped": len(grid) - len(todo),
+        "skipped": n_grid - len(records),
         "seconds": t_chunks,
         "records": records,
         "out": str(out),
@@ -648,6 +716,7 @@ def _model_provenance(job: ChunkJob) -> dict:
 # -- napari-facing ---------------------------------------------------------------------------
 
 
+@read_guard.guarded  # a scope of its own when called from napari or a script
 def upscale_to_store(
     array,
     out_path: Path | str,
@@ -671,10 +740,16 @@ def upscale_to_store(
     ``axes`` (NGFF letters, default the last two ``yx`` and ``c``/``z``/``t`` before them in NGFF
     order), ``scale``/``translate`` the source's layer geometry. Runs in-process threads unless a
     ``client`` is given (then ``array`` must be a zarr array or another picklable array).
+
+    The stores ``array`` reads (a zarr array, or the zarr arrays in a dask graph) are recorded as
+    inputs (:mod:`.read_guard`): ``out_path`` may not be, contain or lie inside one of them, even
+    with ``overwrite=True``.
     """
     import dask.array as da
 
     from .ngff import _parse_axes
+
+    read_guard.register_array(array)
 
     shape = tuple(int(n) for n in array.shape)
     if axes is None:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from . import read_guard
 from .errors import InputError
 from .jsonable import jsonable
-from . import read_guard
 from .safe_write import atomic_write
 
 PROVENANCE_KEY = "napari_rrim_sr"

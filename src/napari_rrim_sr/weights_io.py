@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import read_guard
 from .errors import RegistryError, WeightsError
 from .jsonable import jsonable
 from .registry import get_registry, user_weights_dir
-from . import read_guard
 from .safe_write import atomic_write
 from .spec import BackboneSpec, WeightsEntry
 from .weights_format import (  # re-exported: the public import path of these names

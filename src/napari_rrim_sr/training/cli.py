@@ -365,6 +365,14 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
         threads=ns.threads,
         seed=ns.seed,
     )
+    if ns.json:  # refuse a --json onto the data or the --init weights before the run, not after it
+        from ..safe_write import check_target
+        from ..upscaler import resolve_model
+        from .data import find_images
+
+        find_images(ns.data)  # the data files are recorded as read (read_guard)
+        resolve_model(ns.init, 1)  # so is the --init weights file
+        check_target(ns.json, overwrite=True)
 
     def point(p: dict) -> None:
         print(

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import read_guard
 from ..errors import InputError, RRIMError, WeightsError
 from .data import ImageRecord, PatchDataset
 from .finetune_data import (  # noqa: F401 (re-exported: the data side of a fine-tune)
@@ -183,6 +184,7 @@ def _prepare_pairs(settings: FinetuneSettings, scale: int, say: Callable[[str], 
     return loaded
 
 
+@read_guard.guarded  # the data and --init are never replaced by the run's outputs, whoever calls it
 def finetune(
     settings: FinetuneSettings,
     *,
