@@ -49,6 +49,7 @@ __all__ = [
     "check_write",
     "current_reads",
     "guarded",
+    "guarded_method",
     "reading",
     "register_array",
     "register_read",
@@ -126,6 +127,22 @@ def guarded(func):
     def wrapper(*args, **kwargs):
         with reading():
             return func(*args, **kwargs)
+
+    return wrapper
+
+
+def guarded_method(func):
+    """Decorator for methods of an object that reads in one call and writes in another (a
+    ``Trainer``): every decorated call runs in the object's own :class:`Scope`."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(self, *args, **kwargs):
+        scope = self.__dict__.get("_read_scope")
+        if scope is None:
+            scope = self.__dict__["_read_scope"] = Scope()
+        with reading(scope):
+            return func(self, *args, **kwargs)
 
     return wrapper
 
@@ -209,9 +226,32 @@ def register_array(array) -> list[Path]:
                     visit(sub, depth + 1)
 
     visit(array)
+    found = [_enclosing_group(p) for p in found]
     for p in found:
         register_read(p, tree=p.is_dir())
     return found
+
+
+def _is_zarr_group(folder: Path) -> bool:
+    if (folder / ".zgroup").is_file():
+        return True
+    meta = folder / "zarr.json"
+    try:
+        return meta.is_file() and '"group"' in meta.read_text(encoding="utf-8", errors="replace")[:100_000]
+    except OSError:
+        return False
+
+
+def _enclosing_group(p: Path) -> Path:
+    """The outermost Zarr group holding the array at ``p`` (an OME-Zarr image is one input: its
+    levels, labels and metadata, not only the level a layer shows)."""
+    p = _resolve(p)
+    top = p
+    for parent in list(p.parents)[:32]:
+        if not _is_zarr_group(parent):
+            break
+        top = parent
+    return top
 
 
 def _store_path(obj) -> Path | None:
