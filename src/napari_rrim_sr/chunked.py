@@ -335,7 +335,7 @@ def plan_job(
         raise InputError(f"--halo must be >= 0, got {halo}")
     check_declared(src, s, chunk // s)  # before any pass over the data and before any output exists
     arr = array if array is not None else src.open()
-    lazy = arr if type(arr).__module__.startswith("dask") else da.from_array(arr, chunks=_read_chunks(src))
+    lazy = arr if type(arr).__module__.startswith("dask") else da.from_array(arr, chunks=_stats_chunks(src))
     norm = compute_normalization(lazy, normalization, percentiles=percentiles, bit_depth=bit_depth)
     if loaded.path is not None and loaded.sha256:
         model_arg: Any = str(loaded.path)
@@ -394,6 +394,35 @@ def check_declared(src: Source, scale: int, block: int) -> None:
             f"{block * scale} px); more than this tool processes ({MAX_ELEMENTS:.3g} elements, "
             f"{MAX_CHUNKS:.3g} chunks): crop it, or raise --chunk"
         )
+
+
+def _stats_chunks(src: Source, max_blocks: int = 4096, max_bytes: int = 64 << 20) -> tuple | str:
+    """Read chunks for the one statistics pass, grouped so the dask graph stays small: a store of
+    10^7 one-plane chunks would otherwise spend minutes building (and tokenising) its graph."""
+    chunks = _read_chunks(src)
+    if chunks == "auto" or not src.shape:
+        return chunks
+    shape = [int(n) for n in src.shape]
+    c = [min(int(x), n) for x, n in zip(chunks, shape)]
+    item = np.dtype(src.dtype).itemsize
+
+    def blocks() -> int:
+        n = 1
+        for x, s in zip(c, shape):
+            n *= -(-s // x)
+        return n
+
+    while blocks() > max_blocks:
+        grown = False
+        for a in range(len(c)):  # leading (plane) axes first
+            nbytes = item * int(np.prod(c, dtype=np.float64))
+            if c[a] < shape[a] and nbytes * 2 <= max_bytes:
+                c[a] = min(shape[a], c[a] * 2)
+                grown = True
+                break
+        if not grown:
+            break
+    return tuple(c)
 
 
 def _read_chunks(src: Source) -> tuple:

@@ -320,7 +320,9 @@ def check_write(target, *, kind: str = "file", extra=()) -> None:
         if rt == e.path or (t_id is not None and t_id == e.dev_ino):
             raise OutputError(t, "is an input of this command; it is never replaced, even with --overwrite")
         if e.kind == "tree" and _inside(rt, e.path):
-            raise OutputError(t, f"lies inside the input {e.path}; nothing is written there, even with --overwrite")
+            raise OutputError(
+                t, f"lies inside the input {e.path}; an input is never written into, even with --overwrite"
+            )
         if _inside(e.path, rt):
             raise OutputError(t, f"contains the input {e.path}; it is never replaced, even with --overwrite")
     if t_id is not None and kind == "dir" and os.path.isdir(t):

@@ -6,6 +6,8 @@ import datetime as _dt
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError, RRIMError
 from . import add_self_ensemble_flag
 
@@ -145,7 +147,8 @@ def run(args) -> int:
     from .. import __version__
     from ..bands import classify_fourth_band
     from ..engine import get_upscaler, upscale_bicubic
-    from ..image_io import apply_axes, read_image, write_image
+    from ..image_io import LAZY_HINT, apply_axes, read_image, write_image
+    from ..memory import check_fits_in_memory, output_nbytes
     from ..model_choice import choose_for_layer, installed_weight_ids
     from ..safe_write import check_target
     from ..weights_io import file_sha256
@@ -205,6 +208,11 @@ def run(args) -> int:
                 threads=args.threads,
                 channels=3 if rgb else 1,
                 self_ensemble=args.self_ensemble,
+            )
+            check_fits_in_memory(  # float32 working copy + result: one line, not a MemoryError traceback
+                output_nbytes(arr.shape, np.float32, up.scale) + output_nbytes(arr.shape, arr.dtype, up.scale),
+                f"{src}: upscaling {tuple(arr.shape)} {arr.dtype} in memory",
+                suggestion=LAZY_HINT,
             )
             result = _run_with_bar(
                 up.upscale_iter(

@@ -42,8 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import devices
-from .. import read_guard
+from .. import devices, read_guard
 from ..jsonable import jsonable
 from ..safe_write import atomic_write
 from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_checkpoint: public here too
