@@ -554,7 +554,7 @@ def read_bundle(path) -> list[LayerData]:
                 "(a path or a link pointing out of it); skipped, not followed"
             )
             continue
-        key = f.resolve()
+        key = f  # the name listed (a link inside the bundle is its own layer)
         if key in seen:  # a crafted manifest listing one file many times must not cost memory each time
             repeats += 1
             continue
