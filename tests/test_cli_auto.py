@@ -42,12 +42,12 @@ def test_auto_chooses_per_input_prints_the_reason_and_records_it(tmp_path, shipp
     srcs = [write_image(tmp_path / "in" / "noisy.tif", noisy), write_image(tmp_path / "in" / "clean.tif", clean)]
     assert main(["upscale", *map(str, srcs), "-o", str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "noisy.tif: noise σ ≈" in out and "→ rrim-x4-gray-real" in out
-    assert "clean.tif: " in out and "→ rrim-x4-gray\n" in out
+    assert "noisy.tif: Looks like raw camera data" in out and "(rrim-x4-gray-real), which also denoises" in out
+    assert "clean.tif: Looks clean" in out and "(rrim-x4-gray), sharpest on clean data" in out
     prov = read_image(tmp_path / "out" / "noisy.tif")[1]["provenance"]
     assert prov["model_choice"]["weights"] == "rrim-x4-gray-real" and prov["model_choice"]["robust"]
     assert prov["model"]["model_id"] == "rrim-x4-gray-real"
-    assert prov["model_choice"]["condition"]["noise_sigma"] > 0
+    assert prov["model_choice"]["condition"]["noise_sigma"] > 0 and "noise σ" in prov["model_choice"]["details"]
     assert read_image(tmp_path / "out" / "clean.tif")[1]["provenance"]["model"]["model_id"] == "rrim-x4-gray"
     # an explicit id is used as before: no choice recorded
     assert (

@@ -41,6 +41,17 @@ TINY = {
 }
 
 
+def test_standalone_strips_the_common_import_in_relative_and_absolute_form():
+    """The package relayout makes every import absolute: the copy must still drop the helpers' import."""
+    from napari_rrim_sr.export.standalone import ExportError, _strip
+
+    for head in ("from .common import shape_of", "from napari_rrim_sr.models.common import shape_of"):
+        lines = _strip(f'"""doc"""\n{head}\nimport torch\n\nX = 1\n', "m")
+        assert [line for line in lines if line.strip()] == ["import torch", "X = 1"]
+    with pytest.raises(ExportError, match="napari_rrim_sr.models.rrim"):
+        _strip("from napari_rrim_sr.models.rrim import RRIM\n", "m")
+
+
 @pytest.mark.parametrize("backbone", sorted(TINY))
 def test_standalone_architecture_imports_and_matches_without_the_project(tmp_path, backbone):
     """The file shipped in packages imports with napari_rrim_sr unimportable and computes what our

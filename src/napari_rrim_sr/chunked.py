@@ -65,6 +65,8 @@ __all__ = [
 
 DONE_DIR = ".rrim_done"
 JOB_FILE = ".rrim_job.json"
+LOCK_FILE = ".rrim_lock"  # flock'ed by the run writing the store (released by the OS when it dies)
+FINGERPRINT_BLOCKS = 16  # input blocks hashed for the resume fingerprint (spread over the grid)
 COMPLETE = "COMPLETE"
 DEFAULT_CHUNK = 512  # output chunk edge (pixels): 256 KB per uint8 plane chunk, good for viewers
 DEFAULT_HALO = 24  # input pixels of real context around each block (the engine's tile overlap)
@@ -209,6 +211,36 @@ def _check_model(job: ChunkJob) -> None:
     _VERIFIED.add(key)
 
 
+def _source_array(job: ChunkJob):
+    if job.source_obj is not None:
+        return job.source_obj
+    return _cached(
+        ("in", job.source_kind, job.source_path, job.source_array),
+        lambda: open_array(job.source_kind, job.source_path, job.source_array, job.source_series),
+    )
+
+
+def source_fingerprint(job: ChunkJob, n_blocks: int = FINGERPRINT_BLOCKS) -> dict:
+    """What the input held when a run started: sha256 of up to ``n_blocks`` input blocks spread
+    over the chunk grid (first and last included) plus the array's shape and dtype. A resume
+    compares it, so pixels changed in place (same shape and dtype) are not mixed with old chunks."""
+    src = _source_array(job)
+    dims = [len(r) for r in job._ranges()]
+    n = job.n_chunks()  # the grid is indexed, not listed: a store may have 10^7 chunks
+    k = min(n_blocks, n)
+    picks = sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
+    h = hashlib.sha256()
+    h.update(json.dumps([list(job.in_shape), job.dtype]).encode())
+    b = job.block
+    for i in picks:
+        idx = tuple(int(v) for v in np.unravel_index(i, dims))  # itertools.product order (C order)
+        sel = tuple(
+            slice(j * b, min(job.in_shape[a], (j + 1) * b)) if a in job.spatial else j for a, j in enumerate(idx)
+        )
+        h.update(np.ascontiguousarray(np.asarray(src[sel])).tobytes())
+    return {"sha256": h.hexdigest(), "blocks": len(picks), "shape": list(job.in_shape), "dtype": job.dtype}
+
+
 def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
     """Compute, write and mark one output chunk of level 0; returns a small record."""
     import resource
@@ -220,13 +252,7 @@ def process_chunk(job: ChunkJob, idx: tuple[int, ...]) -> dict:
     t0 = time.perf_counter()
     c0 = time.process_time()
     _check_model(job)
-    if job.source_obj is not None:
-        src = job.source_obj
-    else:
-        src = _cached(
-            ("in", job.source_kind, job.source_path, job.source_array),
-            lambda: open_array(job.source_kind, job.source_path, job.source_array, job.source_series),
-        )
+    src = _source_array(job)
     out = _cached(("out", job.out_path), lambda: zarr.open_array(str(Path(job.out_path) / LEVEL0), mode="r+"))
     s, b, h = job.scale, job.block, job.halo
     read_idx: list[Any] = []
@@ -432,9 +458,24 @@ def _read_chunks(src: Source) -> tuple:
 # -- running -------------------------------------------------------------------------------
 
 
-def open_scheduler(spec: str | None, *, memory_limit: str | None = None):
+def _quiet_distributed() -> None:
+    """dask.distributed logs its start and stop at INFO through the root handler: keep that for
+    ``-v`` (root at DEBUG) and show only its warnings otherwise."""
+    import logging
+
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("distributed.http.proxy").setLevel(logging.ERROR)
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)  # "still alive ... killing" at our close
+
+
+def open_scheduler(spec: str | None, *, memory_limit: str | None = None, dashboard: bool = False):
     """``(client, closer, n_workers)`` for ``None``/"threads" (in-process threads: client None),
-    ``"local:N"`` (a LocalCluster of N single-threaded worker processes) or a scheduler address."""
+    ``"local:N"`` (a LocalCluster of N single-threaded worker processes) or a scheduler address.
+
+    A local cluster logs only warnings and serves no dashboard (nor anything on port 8787)
+    unless ``dashboard`` is true; then ``client.dashboard_link`` says where."""
     if spec in (None, "", "threads"):
         return None, (lambda: None), 2
     try:
@@ -448,14 +489,19 @@ def open_scheduler(spec: str | None, *, memory_limit: str | None = None):
             n = 0
         if n < 1:
             raise InputError(f"--scheduler {spec!r}: expected local:N with N >= 1 workers")
+        _quiet_distributed()
+        # the scheduler's HTTP server (health/metrics routes) listens anyway: on a free local port,
+        # not the well-known 8787, and without the dashboard unless asked
+        http = {"dashboard": True} if dashboard else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
         cluster = distributed.LocalCluster(
             n_workers=n,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:8787" if dashboard else None,
             silence_logs=40,
             memory_limit=memory_limit or "auto",
+            scheduler_kwargs=http,
         )
         client = distributed.Client(cluster)
 
@@ -464,6 +510,7 @@ def open_scheduler(spec: str | None, *, memory_limit: str | None = None):
             cluster.close()
 
         return client, close, n
+    _quiet_distributed()
     try:
         client = distributed.Client(spec, timeout=30)
     except Exception as exc:  # noqa: BLE001
@@ -512,12 +559,72 @@ def _create_store(job: ChunkJob) -> None:
     (out / DONE_DIR).mkdir()
 
 
+class StoreLock:
+    """An exclusive ``flock`` on ``<store>/.rrim_lock`` held while a run writes the store: a second
+    run (``--resume`` twice, or ``--overwrite`` of a store being written) is refused with one line.
+    The OS drops the lock when its process dies, so a killed run never blocks its resume."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self._fh = None
+
+    def acquire(self) -> "StoreLock":
+        if self._fh is not None:
+            return self
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): no protection against a concurrent run
+            return self
+        path = self.out / LOCK_FILE
+        try:
+            fh = open(path, "a+")  # direct-write: an empty lock file inside our own output store
+        except OSError as exc:
+            raise OutputError(self.out, f"cannot create its lock file {LOCK_FILE}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise OutputError(
+                self.out, "another run is writing this store right now; wait for it to finish (then --resume)"
+            ) from None
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the descriptor releases the flock
+            self._fh = None
+
+
+def _check_resumable_store(job: ChunkJob, out: Path) -> None:
+    """A job record alone (copied from another run) is not a store: level 0 must be the array
+    this job writes (shape, chunks, dtype) and the marker folder must exist."""
+    import zarr
+
+    try:
+        z = zarr.open_array(str(out / LEVEL0), mode="r")
+        ok = (
+            tuple(z.shape) == job.out_shape
+            and tuple(z.chunks) == job.out_chunks
+            and np.dtype(z.dtype) == np.dtype(job.dtype)
+            and (out / DONE_DIR).is_dir()
+        )
+    except Exception:  # noqa: BLE001 - missing or unreadable level 0
+        ok = False
+    if not ok:
+        raise OutputError(
+            out,
+            f"holds a {JOB_FILE} but not the store it describes (level {LEVEL0} of shape {list(job.out_shape)} "
+            f"and {DONE_DIR}/); refusing to resume (use --overwrite to start over)",
+        )
+
+
 def prepare_output(
     job: ChunkJob, *, overwrite: bool = False, resume: bool = False, protect: Iterable = (), command: str | None = None
-) -> None:
-    """Create the output store and job record, or check a resumable one (same settings)."""
-    from .jsonable import jsonable
-    from .safe_write import atomic_write
+) -> StoreLock:
+    """Create the output store and job record, or check a resumable one (same settings, same
+    input pixels, the store the record describes). Returns the store's lock, held: release it
+    when the run is over (:func:`run_job` does)."""
 
     out = Path(job.out_path)
     read_guard.check_write(out, kind="dir", extra=protect)  # also on --resume: never into an input
@@ -526,9 +633,26 @@ def prepare_output(
         if out.resolve() == src.resolve() or _inside(out, src) or _inside(src, out):
             raise OutputError(out, f"is or overlaps the input {src}; it is never written, even with --overwrite")
     rec_path = out / JOB_FILE
+    lock = StoreLock(out)
+    if rec_path.is_file() and out.is_dir():  # one of our stores: no other run may be writing it
+        lock.acquire()
+    try:
+        _prepare(job, out, rec_path, lock, overwrite=overwrite, resume=resume, protect=protect, command=command)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _prepare(job, out, rec_path, lock, *, overwrite, resume, protect, command) -> None:
+    from .jsonable import jsonable
+    from .safe_write import atomic_write
+
     if resume and out.exists():
         try:
             rec = json.loads(rec_path.read_text())
+            if not isinstance(rec, dict):
+                raise ValueError
         except (OSError, ValueError):
             raise OutputError(
                 out, f"has no readable {JOB_FILE}; cannot resume (use --overwrite to start over)"
@@ -543,13 +667,25 @@ def prepare_output(
                 f"was started with other settings ({', '.join(diff)}); refusing to resume "
                 "(rerun with the same settings, or --overwrite to start over)",
             )
+        _check_resumable_store(job, out)
+        had = rec.get("source_fingerprint")
+        if had is not None and had != source_fingerprint(job):
+            raise OutputError(
+                out,
+                f"was started from other pixels: {job.source_path or 'the input'} changed since "
+                "(same shape and dtype, different content); refusing to resume, which would mix old "
+                "and new chunks (use --overwrite to start over)",
+            )
         return
     check_target(out, overwrite=overwrite, protect=protect, kind="dir")
     if out.exists():  # --overwrite, checked again by the writer: never an input, never containing one
+        lock.release()
         remove_output(out, overwrite=overwrite)
     _create_store(job)
+    lock.acquire()
     rec = {
         "settings": job.settings(),
+        "source_fingerprint": source_fingerprint(job),
         "command": command,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -606,7 +742,10 @@ def run_chunks(
             done, pending = _wait_first(client, pending)
             pending = set(pending)
             for f in done:
-                records.append(f.result())
+                try:
+                    records.append(f.result())
+                except OSError as exc:
+                    raise _write_failed(exc, Path(job.out_path)) from None
                 if progress is not None:
                     progress(len(records), total)
     finally:
@@ -615,6 +754,18 @@ def run_chunks(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return records
+
+
+def _write_failed(exc: OSError, out: Path) -> OutputError:
+    """One line for an OSError while running chunks: disk full named as such, with the file."""
+    import errno
+
+    where = exc.filename or out
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            out, f"disk full while writing {where} (free some space, then rerun with --resume to continue)"
+        )
+    return OutputError(out, f"cannot write {where}: {exc.strerror or exc}")
 
 
 def build_pyramid(job: ChunkJob, *, client=None, min_size: int = 256) -> list[str]:
@@ -672,11 +823,20 @@ def run_job(
 
     Returns a summary: chunks total / computed / skipped, seconds, per-chunk records.
     """
+    protect = [src.path] if src.kind != "object" else []
+    lock = prepare_output(job, overwrite=overwrite, resume=resume, protect=protect, command=command)
+    try:
+        return _run_prepared(job, src, client, workers, quiet, command, provenance_extra)
+    except OSError as exc:  # the pyramid or the metadata on a full disk...
+        raise _write_failed(exc, Path(job.out_path)) from None
+    finally:
+        lock.release()
+
+
+def _run_prepared(job, src, client, workers, quiet, command, provenance_extra) -> dict:
     from . import __version__
     from .ngff import write_result_metadata
 
-    protect = [src.path] if src.kind != "object" else []
-    prepare_output(job, overwrite=overwrite, resume=resume, protect=protect, command=command)
     out = Path(job.out_path)
     n_grid = job.n_chunks()
     n_done = _n_markers(job)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from . import read_guard
@@ -58,3 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader is gone, which is not an error of ours
+        silence_broken_pipe()
+        return 0
+
+
+def silence_broken_pipe() -> None:
+    """After a ``BrokenPipeError`` on stdout: point stdout at devnull so the interpreter's final
+    flush does not print "Exception ignored ... BrokenPipeError" (the Python docs' recipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (pytest capture)
+        pass

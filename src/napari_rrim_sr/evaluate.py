@@ -137,7 +137,10 @@ def evaluate_folder(paths: Iterable, model, *, progress=None, **kw) -> dict:
             ch = 3 if hr.ndim == 3 else 1
             if ch not in ups:
                 ups[ch] = Upscaler(model, channels=ch, **up_kw)
-            res = evaluate(hr, None, upscaler=ups[ch], **ekw)
+            try:
+                res = evaluate(hr, None, upscaler=ups[ch], **ekw)
+            except InputError as exc:  # too small, wrong shape...: say which file
+                raise InputError(f"{f}: {exc}") from None
             convention = res["convention"]
             rows.append({"image": str(f), "shape": res["shape"], "model": res["model"], "bicubic": res["bicubic"]})
             if progress is not None:

@@ -135,6 +135,7 @@ def apply_axes(arr: np.ndarray, info: dict, axes: str) -> tuple[np.ndarray, str,
     Returns ``(array, array_axes, spatial_axes, rgb)``: S (samples) is moved to the last axis and
     is run through the colour model when it holds 3 or 4 samples; any other S, and C, are bands
     (each upscaled on its own, like C). Y and X are required once each; letters may not repeat.
+    Stored X before Y (``XY``, ``ZXY``) is transposed to Y before X (the returned axes say so).
     """
     a = str(axes).strip().upper()
     stored = tuple(info.get("stored_shape") or arr.shape)
@@ -155,6 +156,12 @@ def apply_axes(arr: np.ndarray, info: dict, axes: str) -> tuple[np.ndarray, str,
         k = arr_axes.index("S")
         arr = np.ascontiguousarray(np.moveaxis(arr, k, -1))
         arr_axes = arr_axes[:k] + arr_axes[k + 1 :] + "S"
+    y, x = arr_axes.index("Y"), arr_axes.index("X")
+    if x < y:  # stored X before Y (e.g. XY, ZXY): the engine works on (..., Y, ..., X), so swap them
+        arr = np.ascontiguousarray(np.swapaxes(arr, y, x))
+        swapped = list(arr_axes)
+        swapped[x], swapped[y] = "Y", "X"
+        arr_axes = "".join(swapped)
     rgb = arr_axes.endswith("S") and arr.shape[-1] in (3, 4)
     if arr_axes.endswith("S") and not rgb:
         arr_axes = arr_axes[:-1] + "C"

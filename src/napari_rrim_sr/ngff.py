@@ -172,8 +172,12 @@ def open_source(path: Path | str, axes: str | None = None) -> Source:
             raise InputError(f"{p}: not a Zarr store or TIFF file (chunked processing reads OME-Zarr, Zarr, TIFF)")
         return _open_tiff(p, axes)
     ome_zarr = _ome_zarr()
-    loc = ome_zarr.io.parse_url(str(p), mode="r")
-    attrs = loc.root_attrs if loc is not None else {}
+    try:
+        loc = ome_zarr.io.parse_url(str(p), mode="r")
+        attrs = loc.root_attrs if loc is not None else {}
+    except Exception as exc:  # noqa: BLE001 - ome_zarr trips over malformed metadata in many ways
+        _check_raw_multiscales(p)
+        raise InputError(f"{p}: unreadable OME-Zarr metadata ({type(exc).__name__}: {exc})") from None
     if "multiscales" in attrs:
         return _open_multiscales(p, attrs, loc.version, axes)
     import zarr
@@ -238,6 +242,31 @@ def _open_tiff(p: Path, axes: str | None) -> Source:
     )
 
 
+def _numbers(vals: list, p: Path, what: str) -> list[float]:
+    """``vals`` as finite floats, or one line naming the store and the field."""
+    try:
+        out = [float(v) for v in vals if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        out = []
+    if len(out) != len(vals) or not all(np.isfinite(out)):
+        raise InputError(f"{p}: inconsistent multiscales: {what} must be finite numbers, got {vals!r}")
+    return out
+
+
+def _check_raw_multiscales(p: Path) -> None:
+    """Name what is wrong in a group's ``multiscales`` when ome_zarr cannot even parse it."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(str(p), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - not a group: the caller's generic message
+        return
+    ms = (attrs.get("ome") or {}).get("multiscales") if isinstance(attrs.get("ome"), dict) else None
+    ms = attrs.get("multiscales", ms)
+    if ms is not None and (not isinstance(ms, list) or not ms or not all(isinstance(m, dict) for m in ms)):
+        raise InputError(f"{p}: inconsistent multiscales: 'multiscales' is not a non-empty list of objects")
+
+
 def _open_multiscales(p: Path, attrs: dict, version: str, axes_override: str | None) -> Source:
     ome_zarr = _ome_zarr()
     import zarr
@@ -292,10 +321,11 @@ def _open_multiscales(p: Path, attrs: dict, version: str, axes_override: str | N
                     f"{datasets[0]['path']!r} has {len(vals) if isinstance(vals, list) else '?'} "
                     f"values for {n} axes"
                 )
+            nums = _numbers(vals, p, f"{t['type']} of dataset {datasets[0]['path']!r}")
             if t["type"] == "scale":
-                scale = [float(v) for v in vals]
+                scale = nums
             else:
-                translate = [float(v) for v in vals]
+                translate = nums
     if not all(np.isfinite(scale)) or any(v <= 0 for v in scale):
         raise InputError(f"{p}: inconsistent multiscales: scale {scale} must be positive")
     return Source(

@@ -232,6 +232,16 @@ class Registry:
                         return
                     for path in paths:
                         add(path, source)
+                    for path in _unsupported_files(folder):  # e.g. a .pth dropped there: say why it is not used
+                        broken.append(
+                            BrokenWeights(
+                                path,
+                                f"unsupported: only .safetensors files in this folder are used; load the "
+                                f"{path.suffix} checkpoint with the napari widget's 'Weights file…' button "
+                                "('keep a copy': it is checked and installed as .safetensors)",
+                                source,
+                            )
+                        )
 
                 if shipped_weights_enabled():
                     scan(shipped_weights_dir(), "shipped")
@@ -282,6 +292,18 @@ def _weights_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" and not p.name.startswith("."))
+
+
+#: weights_io.PICKLE_SUFFIXES (weights_io imports this module, so not imported from there)
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+
+def _unsupported_files(folder: Path) -> list[Path]:
+    """Checkpoint files (``.pth``, ``.pt``, ``.ckpt``, ``.bin``) in ``folder``: never loaded from
+    there, but listed so that they are not silently ignored."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES and not p.name.startswith("."))
 
 
 def entry_from_file(path: Path, source: str) -> WeightsEntry:

@@ -201,8 +201,17 @@ def _os_error(p: Path, exc: OSError) -> OutputError:
         errno.ENOTDIR: "a parent is not a folder",
         errno.EXDEV: "temporary and target are on different filesystems",
         errno.EDQUOT: "disk quota exceeded",
-    }.get(exc.errno, exc.strerror or type(exc).__name__)
+    }.get(exc.errno) or _no_errno(exc)
     return OutputError(p, f"cannot be written: {why}")
+
+
+def _no_errno(exc: OSError) -> str:
+    """An OSError without a known errno: numpy's ``tofile`` (tifffile's writer) reports a full
+    disk as "N requested and M written" with no errno at all."""
+    text = str(exc)
+    if "requested and" in text and "written" in text:
+        return f"the write was cut short ({text}): the disk is probably full"
+    return exc.strerror or text or type(exc).__name__
 
 
 def fsync_path(path: PathLike) -> None:

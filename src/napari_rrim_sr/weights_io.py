@@ -223,6 +223,30 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _checkpoint_problem(path: Path, exc: BaseException) -> str:
+    """Why a ``.pth`` did not load, in our words: torch's own message suggests loading with
+    ``weights_only=False`` (running the file's code), which this package never advises."""
+    import re
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # a zip archive or a pickle (protocol 2+)
+        return "is not a torch checkpoint (neither a zip archive nor a pickle); weights are .safetensors or .pth files"
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"GLOBAL ([\w.]+)", text)
+    if found or "weights_only" in text or "Unpickler" in text:
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"holds pickled Python objects{what} besides plain tensors; they are never unpickled here. "
+            "Use a .safetensors copy of the weights (many projects publish one)"
+        )
+    first = _first_line(exc)
+    return f"is a damaged or unsupported torch checkpoint ({first})"
+
+
 def canonical_state_dict(obj: Any, path) -> dict:
     """The flat ``{name: tensor}`` dict inside a loaded checkpoint (see
     :func:`napari_rrim_sr.models.common.clean_state_dict`), or a :class:`WeightsError`."""
@@ -260,13 +284,13 @@ def load_state_dict(path) -> tuple[dict, dict]:
         meta = {}
         _check_pth_archive(path)
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            import warnings
+
+            with warnings.catch_warnings():  # torch's notes on pickle protocols: not the user's business
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise WeightsError(
-                path,
-                "cannot be read as a plain tensor checkpoint (weights_only=True refuses "
-                f"pickled code; convert it to .safetensors): {_first_line(exc)}",
-            ) from None
+            raise WeightsError(path, _checkpoint_problem(path, exc)) from None
         sd = canonical_state_dict(obj, path)
     else:
         raise WeightsError(path, f"unknown weights format {suffix!r}; use .safetensors (or .pth)")

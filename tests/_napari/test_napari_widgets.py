@@ -517,11 +517,11 @@ def test_model_chosen_from_the_data_with_reason_and_provenance(choice_viewer, qt
     w = _upscale_widget(viewer)
     assert w.source.value is raw
     assert w.model.value == "rrim-x4-gray-real"
-    assert "noise σ" in w.choice_info.value and "→ rrim-x4-gray-real" in w.choice_info.value
+    assert "raw camera data" in w.choice_info.value and "(rrim-x4-gray-real)" in w.choice_info.value
     clean = viewer.add_image(_clean_lr(), name="kodak lr")
     w.source.value = clean
     assert w.model.value == "rrim-x4-gray", w.choice_info.value
-    assert "clean → rrim-x4-gray" in w.choice_info.value
+    assert "Looks clean" in w.choice_info.value and "(rrim-x4-gray)" in w.choice_info.value
     # the metrics self-check follows the upscale widget for the same layer, and says so
     m = MetricsWidget(viewer)
     viewer.window.add_dock_widget(m)
@@ -544,7 +544,8 @@ def test_model_chosen_from_the_data_with_reason_and_provenance(choice_viewer, qt
     assert not notes["error"], notes["error"]
     rec = viewer.layers["speckles RRIM x4"].metadata[L.META_KEY]
     assert rec["model_choice"]["weights"] == "rrim-x4-gray-real"
-    assert "noise σ" in rec["model_choice"]["reason"] and rec["model_choice"]["robust"] is True
+    assert "raw camera data" in rec["model_choice"]["reason"] and rec["model_choice"]["robust"] is True
+    assert "noise σ" in rec["model_choice"]["details"]
     assert rec["model_id"] == "rrim-x4-gray-real"
 
 

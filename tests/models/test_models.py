@@ -245,3 +245,22 @@ def test_complexity_helpers():
     with torch.device("meta"):
         meta = rrim.RRIM(1, 1, scale=4, num_feat=8, num_block=1)
     assert count_macs_per_pixel(meta, 1, size=16) == pytest.approx(count_macs_per_pixel(model, 1, size=16))
+
+
+def test_esrgan_and_rrdbnet_share_one_rrdb_block():
+    """The original-layout ESRGAN builds rrdbnet's RRDB under its own key names (``RDB1.conv1.0``):
+    one block, so the same weights give the same output in both layouts."""
+    import re
+
+    from napari_rrim_sr.models.esrgan import ESRGAN
+    from napari_rrim_sr.models.rrdbnet import RRDB
+
+    torch.manual_seed(0)
+    basicsr = RRDB(8, 4).eval()
+    original = ESRGAN(num_feat=8, num_block=1, num_grow_ch=4).model[1].sub[0].eval()
+    assert type(original) is RRDB
+    renamed = {re.sub(r"^rdb(\d)\.conv(\d)\.", r"RDB\1.conv\2.0.", k): v for k, v in basicsr.state_dict().items()}
+    original.load_state_dict(renamed, strict=True)
+    x = torch.rand(1, 8, 6, 7)
+    with torch.no_grad():
+        assert torch.equal(original(x), basicsr(x))

@@ -65,22 +65,12 @@ def _volume(path: Path, shape) -> None:
 
 
 def _one(src_path: Path, out: Path, workers: int, args) -> dict:
-    import distributed
-
     from .. import chunked
     from ..ngff import open_source
 
     src = open_source(src_path)
-    cluster = distributed.LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=40,
-        memory_limit=args.memory_limit,
-    )
-    client = distributed.Client(cluster)
+    # the same LocalCluster as `upscale --scheduler local:N`
+    client, close, _ = chunked.open_scheduler(f"local:{workers}", memory_limit=args.memory_limit)
     try:
         job = chunked.plan_job(src, out, model=args.model, chunk=args.chunk, threads=1)
         # warm-up: each worker loads the weights once (excluded from the timing, reported apart)
@@ -92,8 +82,7 @@ def _one(src_path: Path, out: Path, workers: int, args) -> dict:
         wall = time.perf_counter() - t
         rss = client.run(lambda: __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss)
     finally:
-        client.close()
-        cluster.close()
+        close()
     recs = summary["records"]
     in_px = 1
     for n in src.shape:

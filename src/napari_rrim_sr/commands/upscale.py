@@ -140,7 +140,47 @@ def _check_options(args) -> None:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     if args.bit_depth is not None and not 1 <= args.bit_depth <= 64:
         raise InputError(f"--bit-depth must be in 1..64, got {args.bit_depth}")
+    if args.normalize == "percentile":  # checked once here, not once per input
+        from ..normalize import parse_percentiles
+
+        try:
+            parse_percentiles(args.percentiles)
+        except InputError as exc:
+            raise InputError(f"--percentiles: {exc}") from None
+    chunk = getattr(args, "chunk", None)
+    if chunk is not None and chunk < 1:
+        raise InputError(f"--chunk must be a positive number of pixels, got {chunk}")
+    halo = getattr(args, "halo", None)
+    if halo is not None and halo < 0:
+        raise InputError(f"--halo must be >= 0, got {halo}")
+    if getattr(args, "memory_limit", None) is not None:
+        parse_memory_limit(args.memory_limit)
     devices.resolve_device(args.device)
+
+
+def parse_memory_limit(value: str) -> str | float:
+    """``--memory-limit`` as dask accepts it (``auto``, a fraction of the RAM, or a size such as
+    ``2GiB``), checked here so a typo is one line, not a traceback from inside dask."""
+    text = str(value).strip()
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        frac = float(text)
+    except ValueError:
+        frac = None
+    if frac is not None:
+        if frac > 0 and frac == frac and frac != float("inf"):
+            return frac
+        raise InputError(f"--memory-limit must be positive, got {value!r}")
+    from dask.utils import parse_bytes
+
+    try:
+        n = parse_bytes(text)
+    except (ValueError, TypeError):
+        n = 0
+    if n <= 0:
+        raise InputError(f"--memory-limit {value!r} is not a size; use e.g. 2GiB, 500MB or auto")
+    return text
 
 
 def run(args) -> int:
@@ -155,7 +195,19 @@ def run(args) -> int:
     from . import upscale_zarr
 
     if upscale_zarr.wants_chunked(args):  # Zarr inputs, --scheduler, --resume: chunked OME-Zarr output
-        return upscale_zarr.run(args)
+        from ..ngff import is_zarr_path
+
+        others = [p for p in args.inputs if not is_zarr_path(p)]
+        if args.scheduler or args.resume or not others:
+            return upscale_zarr.run(args)
+        # a batch mixing Zarr stores and image files: the stores chunk by chunk, the images in memory
+        import argparse
+
+        zarr_args = argparse.Namespace(**{**vars(args), "inputs": [p for p in args.inputs if is_zarr_path(p)]})
+        _check_options(args)
+        rc = upscale_zarr.run(zarr_args)
+        args = argparse.Namespace(**{**vars(args), "inputs": others})
+        return max(rc, run(args))
     inputs = [Path(p) for p in args.inputs]
     outdir = Path(args.outdir)
     _check_options(args)

@@ -46,6 +46,12 @@ def add_arguments(p) -> None:
         help="input pixels of context read around each chunk (default 24)",
     )
     g.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="with --scheduler local:N: serve dask's dashboard on 127.0.0.1:8787 (or a free port) "
+        "and print its address; without it the cluster logs only warnings and serves no dashboard",
+    )
+    g.add_argument(
         "--memory-limit",
         default=None,
         metavar="SIZE",
@@ -65,24 +71,38 @@ def wants_chunked(args) -> bool:
 def run(args) -> int:
     from .. import chunked
     from ..ngff import open_source, output_name
+    from .upscale import _check_options
 
+    _check_options(args)  # once, before any work (--chunk 0, --memory-limit garbage...)
     if args.bicubic:
         raise InputError("--bicubic is not available for Zarr/chunked output")
     outdir = Path(args.outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"{outdir}: not a folder")
-    srcs = [open_source(p, args.axes) for p in args.inputs]  # all inputs checked before any work
+    failed = 0
+    srcs = []
+    for p in args.inputs:  # every input opened before any work; one that fails does not stop the others
+        try:
+            srcs.append(open_source(p, args.axes))
+        except RRIMError as exc:
+            failed += 1
+            msg = str(exc)
+            print(f"error: {msg if str(p) in msg else f'{p}: {msg}'}", file=sys.stderr)
+    if not srcs:
+        return 1
     outs = [outdir / f"{output_name(s.path)}.ome.zarr" for s in srcs]
     if len({o.resolve() for o in outs}) != len(outs):
         raise InputError("two inputs would be written to the same OUTDIR/<name>.ome.zarr; run them separately")
-    client, close, workers = chunked.open_scheduler(args.scheduler, memory_limit=args.memory_limit)
+    dashboard = bool(getattr(args, "dashboard", False))
+    client, close, workers = chunked.open_scheduler(args.scheduler, memory_limit=args.memory_limit, dashboard=dashboard)
+    if dashboard and client is not None:
+        print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
     threads = args.threads
     if threads is None and args.scheduler and args.scheduler.startswith("local:"):
         import os
 
         threads = max(1, (os.cpu_count() or 1) // workers)
     command = _command(args)
-    failed = 0
     try:
         for src, out in zip(srcs, outs):
             try:
@@ -93,7 +113,7 @@ def run(args) -> int:
                     normalization=args.normalize,
                     percentiles=tuple(args.percentiles),
                     bit_depth=args.bit_depth,
-                    chunk=args.chunk or chunked.DEFAULT_CHUNK,
+                    chunk=chunked.DEFAULT_CHUNK if args.chunk is None else args.chunk,
                     halo=chunked.DEFAULT_HALO if args.halo is None else args.halo,
                     tile=args.tile,
                     overlap=args.overlap,

@@ -14,6 +14,7 @@ from typing import Any
 from .standalone import STANDALONE, ExportError
 
 FORMATS = ("bioimageio", "onnx")
+SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx"}
 
 __all__ = ["FORMATS", "STANDALONE", "ExportError", "export_model"]
 
@@ -44,6 +45,10 @@ def export_model(
     loaded = model if isinstance(model, LoadedModel) else load_model(model, registry=registry)
     protect = [loaded.path] if loaded.path else []
     out = check_target(out, overwrite=overwrite, protect=protect)
+    suffix = SUFFIXES[fmt]
+    if out.suffix.lower() != suffix:  # an ONNX file named .zip (or the reverse) misleads every tool
+        raise ExportError(f"{out}: --format {fmt} writes a {suffix} file; name the output {out.stem}{suffix}")
+    check_exportable(loaded, registry=registry)
     if fmt == "onnx":
         from .onnx_export import onnx_bytes
 
@@ -61,3 +66,35 @@ def export_model(
             loaded, Path(tmp) / "package.zip", input_range=input_range, progress=say, registry=registry
         )
         return atomic_write(out, lambda t: shutil.copyfile(built, t), overwrite=overwrite, protect=protect)
+
+
+def check_exportable(loaded, registry=None) -> None:
+    """Refuse, before any work, what no format should carry: a discriminator (a training
+    network that does not upscale) and weights holding NaN/Inf (their output would be all NaN;
+    ``upscale`` refuses them too). The message names the weights file."""
+    import torch
+
+    name = str(loaded.path or loaded.id)
+    kind = "generator"
+    try:
+        from ..registry import get_registry
+
+        kind = (registry or get_registry()).backbone(loaded.backbone).kind
+    except Exception:  # noqa: BLE001 - an in-memory module of an unregistered backbone
+        kind = "discriminator" if "discriminator" in str(loaded.backbone).lower() else "generator"
+    if kind != "generator":
+        raise ExportError(
+            f"{name}: holds {loaded.backbone} weights, a {kind} used only in training; it does not "
+            "upscale images, so it is not exported (export the generator's weights)"
+        )
+    bad = [
+        k
+        for k, v in loaded.module.state_dict().items()
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ExportError(
+            f"{name}: weights contain NaN/Inf (in {', '.join(bad[:3])}{more}); the exported model "
+            "would output only NaN, so it is not exported"
+        )

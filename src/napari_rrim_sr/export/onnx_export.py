@@ -37,6 +37,8 @@ def provenance_metadata(loaded) -> dict[str, str]:
         "napari_rrim_sr.tensors_sha256": str(prov.get("tensors_sha256") or ""),
         "napari_rrim_sr.recipe": json.dumps(jsonable(meta.get("recipe") or {}), sort_keys=True),
         "napari_rrim_sr.scale": str(loaded.scale),
+        # any height/width runs (padding is part of the graph); multiples of this need no padding
+        "napari_rrim_sr.size_multiple": str(loaded.size_multiple),
         "napari_rrim_sr.value_range": "input and output float32 in 0..1 (the engine clips the output)",
         "napari_rrim_sr.opset": str(OPSET),
     }

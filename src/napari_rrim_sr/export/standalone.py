@@ -52,7 +52,7 @@ def architecture_callable(backbone: str) -> str:
 
 
 def _strip(source: str, module_name: str) -> list[str]:
-    """``source`` without its docstring, ``from __future__``/``from .common`` imports and ``__all__``."""
+    """``source`` without its docstring, ``from __future__``/``.common`` imports and ``__all__``."""
     tree = ast.parse(source)
     drop: set[int] = set()
     for i, node in enumerate(tree.body):
@@ -60,7 +60,9 @@ def _strip(source: str, module_name: str) -> list[str]:
         if i == 0 and isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant):
             drop.update(span)  # module docstring
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module == "common" or node.module == "__future__":
+            # `from .common import ...` or, once imports are absolute, `from napari_rrim_sr.models.common import ...`
+            is_common = (node.level == 1 and node.module == "common") or node.module == "napari_rrim_sr.models.common"
+            if is_common or node.module == "__future__":
                 drop.update(span)
             elif node.level or node.module not in _ALLOWED_IMPORTS:
                 raise ExportError(f"models.{module_name} imports {node.module!r}; it cannot be made self-contained")

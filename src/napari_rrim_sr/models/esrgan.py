@@ -5,7 +5,7 @@ Workshops 2018. Checkpoints in this layout: ``RRDB_ESRGAN_x4.pth``, ``RRDB_PSNR_
 xinntao/ESRGAN release) and the OpenModelDB community models trained with the old code, e.g.
 ``4x-UltraSharp.pth`` (23 blocks, 64 features), ``4x_foolhardy_Remacri.pth``, 1x restoration
 models (no up-convolution) and 2x/8x models. The BasicSR/Real-ESRGAN layout (``conv_first``,
-``body.N.rdb1``...) is :mod:`.rrdbnet`; the blocks are the same, only the names differ.
+``body.N.rdb1``...) is :mod:`.rrdbnet`, whose RRDB block this module builds under the original names.
 
 Layout (``nb`` blocks, ``n_up`` = log2(scale) nearest×2 + conv stages)::
 
@@ -29,31 +29,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from .common import shape_of, warn_unused
+from .rrdbnet import RRDB
 
 
-class _DenseBlock(nn.Module):
-    """One RDB: 5 densely connected convs (``convK.0`` keys), LeakyReLU 0.2, residual × 0.2."""
-
-    def __init__(self, nf: int, gc: int):
-        super().__init__()
-        for k in range(1, 6):
-            conv = nn.Conv2d(nf + (k - 1) * gc, nf if k == 5 else gc, 3, 1, 1)
-            setattr(self, f"conv{k}", nn.Sequential(conv))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [x]
-        for k in range(1, 5):
-            feats.append(F.leaky_relu(getattr(self, f"conv{k}")(torch.cat(feats, 1)), 0.2))
-        return self.conv5(torch.cat(feats, 1)) * 0.2 + x
-
-
-class _RRDB(nn.Module):
-    def __init__(self, nf: int, gc: int):
-        super().__init__()
-        self.RDB1, self.RDB2, self.RDB3 = _DenseBlock(nf, gc), _DenseBlock(nf, gc), _DenseBlock(nf, gc)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+def _rrdb(nf: int, gc: int) -> RRDB:
+    """The one RRDB of :mod:`.rrdbnet`, with this layout's names (``RDB1..3``, ``convK.0``)."""
+    return RRDB(nf, gc, names=("RDB1", "RDB2", "RDB3"), wrapped=True, init_scale=None)
 
 
 class _Trunk(nn.Module):
@@ -61,7 +42,7 @@ class _Trunk(nn.Module):
 
     def __init__(self, nf: int, nb: int, gc: int):
         super().__init__()
-        self.sub = nn.Sequential(*[_RRDB(nf, gc) for _ in range(nb)], nn.Conv2d(nf, nf, 3, 1, 1))
+        self.sub = nn.Sequential(*[_rrdb(nf, gc) for _ in range(nb)], nn.Conv2d(nf, nf, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.sub(x)

@@ -24,38 +24,56 @@ _UNSHUFFLE = {1: 4, 2: 2, 4: 1}
 
 
 class ResidualDenseBlock(nn.Module):
-    """5 densely connected convs, LeakyReLU 0.2, residual scaled by 0.2."""
+    """5 densely connected convs, LeakyReLU 0.2, residual scaled by 0.2.
 
-    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32):
+    ``wrapped`` keeps each conv in a one-element ``nn.Sequential`` (keys ``convK.0.*``, the original
+    ESRGAN release's layout, :mod:`.esrgan`) instead of BasicSR's ``convK.*``; ``init_scale`` None
+    keeps PyTorch's default init (a network that is only ever loaded from a checkpoint).
+    """
+
+    def __init__(
+        self, num_feat: int = 64, num_grow_ch: int = 32, wrapped: bool = False, init_scale: float | None = 0.1
+    ):
         super().__init__()
-        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
-        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
-        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
-        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
-        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
+        convs = []
+        for k in range(1, 6):
+            conv = nn.Conv2d(num_feat + (k - 1) * num_grow_ch, num_feat if k == 5 else num_grow_ch, 3, 1, 1)
+            convs.append(conv)
+            setattr(self, f"conv{k}", nn.Sequential(conv) if wrapped else conv)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
-        default_init_weights([self.conv1, self.conv2, self.conv3, self.conv4, self.conv5], 0.1)
+        if init_scale is not None:
+            default_init_weights(convs, init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = self.lrelu(self.conv1(x))
-        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
-        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
-        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
-        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
-        return x5 * 0.2 + x
+        feats = [x]
+        for k in range(1, 5):
+            feats.append(self.lrelu(getattr(self, f"conv{k}")(torch.cat(feats, 1) if k > 1 else x)))
+        return self.conv5(torch.cat(feats, 1)) * 0.2 + x
 
 
 class RRDB(nn.Module):
-    """Residual-in-residual dense block: 3 RDBs, outer residual scaled by 0.2."""
+    """Residual-in-residual dense block: 3 RDBs, outer residual scaled by 0.2.
 
-    def __init__(self, num_feat: int, num_grow_ch: int = 32):
+    ``names`` are the RDBs' attribute names (``rdb1..3`` in BasicSR, ``RDB1..3`` in the original release).
+    """
+
+    def __init__(
+        self,
+        num_feat: int,
+        num_grow_ch: int = 32,
+        names: tuple[str, str, str] = ("rdb1", "rdb2", "rdb3"),
+        wrapped: bool = False,
+        init_scale: float | None = 0.1,
+    ):
         super().__init__()
-        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb_names = tuple(names)
+        for name in self.rdb_names:
+            setattr(self, name, ResidualDenseBlock(num_feat, num_grow_ch, wrapped, init_scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.rdb3(self.rdb2(self.rdb1(x)))
+        out = x
+        for name in self.rdb_names:
+            out = getattr(self, name)(out)
         return out * 0.2 + x
 
 

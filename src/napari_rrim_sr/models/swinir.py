@@ -276,7 +276,7 @@ class SwinIR(nn.Module):
         h, w = x.shape[-2:]
         ws = self.window_size
         ph, pw = (ws - h % ws) % ws, (ws - w % ws) % ws
-        if ph or pw:
+        if ph or pw or torch.jit.is_tracing():  # traced (ONNX export): pad by the traced size, always
             x = F.pad(x, (0, pw, 0, ph), "reflect")
         mean = self.mean.to(x.dtype)
         x = (x - mean) * self.img_range

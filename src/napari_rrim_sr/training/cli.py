@@ -638,6 +638,11 @@ def main(argv: list[str] | None = None) -> int:
         except RRIMError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except BrokenPipeError:  # `... | head`
+            from ..cli import silence_broken_pipe
+
+            silence_broken_pipe()
+            return 0
     if first is not None and first not in SUBCOMMANDS and first not in ("-h", "--help"):
         i = argv.index(first)
         argv.insert(i, "train")  # flags without a subcommand: train
@@ -660,3 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader is gone
+        from ..cli import silence_broken_pipe
+
+        silence_broken_pipe()
+        return 0

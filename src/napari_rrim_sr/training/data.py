@@ -497,16 +497,23 @@ class PatchDataset:
         elif d.quantize:
             levels = 255.0 if bits == 8 else 65535.0
             lr = (lr.clamp(0, 1) * levels).round() / levels
-        if self.augment:
-            if rng.random() < 0.5:
-                hr, lr = hr.flip(-1), lr.flip(-1)
-            if rng.random() < 0.5:
-                hr, lr = hr.flip(-2), lr.flip(-2)
-            if rng.random() < 0.5:
-                hr, lr = hr.transpose(-1, -2), lr.transpose(-1, -2)
-        if self.channels == 3 and hr.shape[0] == 1:
-            hr, lr = hr.expand(3, -1, -1), lr.expand(3, -1, -1)
-        return lr.contiguous().float(), hr.contiguous().float()
+        return finish_pair(lr, hr, rng, self.augment, self.channels)
+
+
+def finish_pair(lr, hr, rng: np.random.Generator, augment: bool, channels: int):
+    """The last step of every training sample (synthetic or paired): the same random flips and
+    transpose on LR and HR (three draws from ``rng`` when ``augment``), grey -> 3 channels where the
+    network wants RGB; returns contiguous float32 ``(lr, hr)`` tensors."""
+    if augment:
+        if rng.random() < 0.5:
+            hr, lr = hr.flip(-1), lr.flip(-1)
+        if rng.random() < 0.5:
+            hr, lr = hr.flip(-2), lr.flip(-2)
+        if rng.random() < 0.5:
+            hr, lr = hr.transpose(-1, -2), lr.transpose(-1, -2)
+    if channels == 3 and hr.shape[0] == 1:
+        hr, lr = hr.expand(3, -1, -1), lr.expand(3, -1, -1)
+    return lr.contiguous().float(), hr.contiguous().float()
 
 
 class IndexRange:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -184,6 +185,21 @@ def _prepare_pairs(settings: FinetuneSettings, scale: int, say: Callable[[str], 
     return loaded
 
 
+def shipped_weight_ids() -> set[str]:
+    """Ids of the weights shipped in the package (whether or not they are enabled)."""
+    from ..registry import entry_from_file, shipped_weights_dir
+
+    ids = set()
+    folder = shipped_weights_dir()
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        ids.add(path.stem)
+        try:
+            ids.add(entry_from_file(path, "shipped").id)
+        except Exception:  # noqa: BLE001 - a broken shipped file still reserves its file name
+            pass
+    return ids
+
+
 @read_guard.guarded  # the data and --init are never replaced by the run's outputs, whoever calls it
 def finetune(
     settings: FinetuneSettings,
@@ -206,8 +222,12 @@ def finetune(
     say = on_status or (lambda msg: log.info("%s", msg))
     if not settings.out:
         raise InputError("fine-tuning needs an output folder (out)")
-    if settings.minutes <= 0:
-        raise InputError(f"the time budget must be > 0 minutes, got {settings.minutes}")
+    try:
+        minutes = float(settings.minutes)
+    except (TypeError, ValueError):
+        minutes = float("nan")
+    if not (math.isfinite(minutes) and minutes > 0):  # NaN and inf too: a budget is a finite time
+        raise InputError(f"--minutes (the time budget) must be a positive finite number, got {settings.minutes}")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     registry = registry or get_registry()
@@ -216,6 +236,12 @@ def finetune(
     out = Path(settings.out).expanduser()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = _safe_name(settings.name or f"{base.id or Path(str(settings.init)).stem}-ft-{stamp}")
+    if settings.register and name in shipped_weight_ids():
+        raise InputError(
+            f"--name {name}: that is the id of weights shipped with the plugin; registered under it, the "
+            "fine-tuned weights would silently replace them for every later run (auto included). "
+            "Choose another name"
+        )
     from ..registry import user_weights_dir
     from ..safe_write import check_target
 

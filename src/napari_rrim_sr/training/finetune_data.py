@@ -55,6 +55,25 @@ def _unit(arr: np.ndarray, normalize: str = "auto") -> tuple[np.ndarray, int]:
     return stored.astype(np.float32) / (255.0 if bits == 8 else 65535.0), bits
 
 
+def _unit_named(arr: np.ndarray, normalize: str, name) -> tuple[np.ndarray, int]:
+    """:func:`_unit` with the image named: a constant image is one line, and NaN/Inf pixels
+    (replaced before training: NaN by the range's low end, +-Inf clipped) are said, not hidden."""
+    if arr.dtype.kind == "f":
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            log.warning(
+                "%s: %d of %d values are NaN/Inf; for fine-tuning NaN is replaced by the low end of the "
+                "intensity range and +-Inf is clipped to it",
+                name,
+                bad,
+                arr.size,
+            )
+    try:
+        return _unit(arr, normalize)
+    except ValueError as exc:
+        raise InputError(f"{name}: {exc}; there is nothing to learn from it, leave it out") from None
+
+
 def load_planes(sources: Sequence[Any], *, channels: int = 1, normalize: str = "auto") -> Planes:
     """Arrays (2D, YXC with C = 3/4, or a stack: its first axis are samples) and/or image paths."""
     planes: list[np.ndarray] = []
@@ -68,7 +87,7 @@ def load_planes(sources: Sequence[Any], *, channels: int = 1, normalize: str = "
             for f in files:
                 dec = decode_image(f)
                 arr = map_channels(dec, channels)  # (N, H, W, C)
-                u, bits = _unit(arr, normalize)
+                u, bits = _unit_named(arr, normalize, f)
                 planes.extend(list(u))
                 bits_seen.append(bits)
                 names.append(Path(f).name)
@@ -85,7 +104,7 @@ def load_planes(sources: Sequence[Any], *, channels: int = 1, normalize: str = "
         from .data import Decoded
 
         arr = map_channels(Decoded(a, a.shape[-1] in (3, 4)), channels)
-        u, bits = _unit(arr, normalize)
+        u, bits = _unit_named(arr, normalize, f"array{tuple(np.shape(src))}")
         planes.extend(list(u))
         bits_seen.append(bits)
         names.append(f"array{tuple(np.shape(src))}")

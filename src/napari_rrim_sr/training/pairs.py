@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from .data import finish_pair
 
 #: pairs whose residual is above this are refused (noise-free synthetic pairs: < 0.05; unrelated: ~1)
 MAX_RESIDUAL = 0.5
@@ -175,13 +176,4 @@ class PairedDataset:
         x = int(rng.integers(lr_full.shape[2] - q + 1))
         lr = torch.from_numpy(np.ascontiguousarray(lr_full[:, y : y + q, x : x + q]))
         hr = torch.from_numpy(np.ascontiguousarray(hr_full[:, y * s : (y + q) * s, x * s : (x + q) * s]))
-        if self.augment:
-            if rng.random() < 0.5:
-                hr, lr = hr.flip(-1), lr.flip(-1)
-            if rng.random() < 0.5:
-                hr, lr = hr.flip(-2), lr.flip(-2)
-            if rng.random() < 0.5:
-                hr, lr = hr.transpose(-1, -2), lr.transpose(-1, -2)
-        if self.channels == 3 and hr.shape[0] == 1:
-            hr, lr = hr.expand(3, -1, -1), lr.expand(3, -1, -1)
-        return lr.contiguous().float(), hr.contiguous().float()
+        return finish_pair(lr, hr, rng, self.augment, self.channels)

@@ -7,9 +7,13 @@ count, and bicubic. The choice is made as ``upscale --model auto`` makes it: on 
 representative plane (:func:`napari_rrim_sr.model_choice.choose_for_layer`); the models run on a
 centre crop of that plane (default 128 x 128 LR) with the widget's "auto" normalisation. Then on
 Kodak24 clean LR (``evaluate.make_lr``) the choice must keep the clean RGB model for every image,
-so its PSNR is the clean model's.
+so its PSNR is the clean model's. ``--train`` adds (or, with ``--train-only``, only does) the
+clean-keep rate on clean LR (MATLAB bicubic x1/4, ``evaluate.make_lr``) of every image in
+``train/`` (bsd200, yang91, SunHays80, McMaster): no model runs, only the measure; the LR are
+cached as ``.npy`` under ``--cache`` so a rerun only re-measures.
 
     python -m napari_rrim_sr.training measure-choice --json choice.json > choice.md
+    python -m napari_rrim_sr.training measure-choice --train-only --cache /tmp/choice-lr
 """
 
 from __future__ import annotations
@@ -152,6 +156,66 @@ def measure_kodak(root: Path, threads: int) -> dict:
     }
 
 
+def _train_lr(path: Path, cache: Path | None) -> np.ndarray:
+    """Clean LR of one training image (RGB, MATLAB bicubic x1/4), from ``cache`` when there."""
+    from PIL import Image
+
+    from napari_rrim_sr.evaluate import make_lr
+
+    dst = cache / f"{path.parent.name}__{path.stem}.npy" if cache else None
+    if dst is not None and dst.is_file():
+        return np.load(dst)
+    with Image.open(path) as im:
+        _, lr = make_lr(np.asarray(im.convert("RGB")), 4)
+    if dst is not None:
+        import io
+
+        from napari_rrim_sr.safe_write import atomic_write
+
+        buf = io.BytesIO()
+        np.save(buf, lr)
+        atomic_write(dst, buf.getvalue(), overwrite=True)
+    return lr
+
+
+def measure_train(root: Path, cache: Path | None = None, log=print) -> dict:
+    """How often clean LR of the training images keeps the clean RGB model (the target: >= 98 %)."""
+    from napari_rrim_sr.model_choice import CLEAN_ROBUST_PAIRS, choose_weights
+
+    ids = list(CLEAN_ROBUST_PAIRS[3])
+    sets: dict[str, dict] = {}
+    robust: list[dict] = []
+    files = sorted(p for p in (root / "train").glob("*/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    for f in files:
+        lr = _train_lr(f, cache)
+        c = choose_weights(lr, channels=3, rgb=True, available_ids=ids)
+        s = sets.setdefault(f.parent.name, {"n": 0, "clean": 0})
+        s["n"] += 1
+        s["clean"] += not c.robust
+        if c.robust:
+            robust.append({"file": f"{f.parent.name}/{f.name}", "reason": c.reason, "details": c.details})
+            log(f"  robust: {f.parent.name}/{f.name}: {c.details}")
+    n = sum(s["n"] for s in sets.values())
+    kept = sum(s["clean"] for s in sets.values())
+    return {"sets": sets, "n": n, "clean": kept, "rate": kept / n if n else None, "robust": robust}
+
+
+def train_table(train: dict) -> str:
+    lines = ["| training set | images | clean model kept | rate |", "|---|---:|---:|---:|"]
+    for name, s in sorted(train["sets"].items()):
+        lines.append(f"| {name} | {s['n']} | {s['clean']} | {100 * s['clean'] / s['n']:.1f} % |")
+    lines.append(f"| **all** | **{train['n']}** | **{train['clean']}** | **{100 * (train['rate'] or 0):.1f} %** |")
+    if train["robust"]:
+        lines.append("\nSent to the robust model:")
+        lines += [f"- {r['file']}: {r['details']}" for r in train["robust"]]
+    return "\n".join(lines)
+
+
+def _why(choice: dict) -> str:
+    """The model and the plain verdict (the part of the reason before the arrow)."""
+    return f"{choice['weights']}: {choice['reason'].split(' → ')[0]}"
+
+
 def table(rows: list[dict], skipped: list[str], kodak: dict | None) -> str:
     cols = ["auto", "clean", "robust", "bicubic"]
 
@@ -165,7 +229,7 @@ def table(rows: list[dict], skipped: list[str], kodak: dict | None) -> str:
         "|---|---|" + "---|" * len(cols),
     ]
     for r in rows:
-        lines.append(f"| {r['file']} | {r['choice']['reason']} | " + " | ".join(cells(r)) + " |")
+        lines.append(f"| {r['file']} | {_why(r['choice'])} | " + " | ".join(cells(r)) + " |")
     for group, pick in (("1-channel", False), ("RGB", True)):
         sub = [r for r in rows if r["rgb"] == pick]
         if not sub:
@@ -190,25 +254,43 @@ def table(rows: list[dict], skipped: list[str], kodak: dict | None) -> str:
     return out
 
 
+def _default_data() -> Path:
+    """``../shared/data`` beside the repository (``shared/data`` inside it as a fallback)."""
+    repo = Path(__file__).resolve().parents[4]
+    for cand in (repo.parent / "shared" / "data", repo / "shared" / "data"):
+        if cand.is_dir():
+            return cand
+    return repo.parent / "shared" / "data"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--data",
         type=Path,
-        default=Path(__file__).resolve().parents[4] / "shared" / "data",
+        default=_default_data(),
         help="the shared data folder (default: ../shared/data of the repository)",
     )
     ap.add_argument("--crop", type=int, default=128, help="LR centre-crop edge in pixels (default 128)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--no-kodak", action="store_true", help="skip the Kodak24 check")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    ap.add_argument("--train", action="store_true", help="also the clean-keep rate on clean LR of every train/ image")
+    ap.add_argument("--train-only", action="store_true", help="only the clean-keep rate (no model runs)")
+    ap.add_argument("--cache", type=Path, default=None, help="folder for the training LR (.npy), reused by reruns")
     args = ap.parse_args(argv)
+    if not args.data.is_dir():
+        ap.error(f"no data folder {args.data} (give --data)")
     t0 = time.time()
-    rows, skipped = measure_native(
-        args.data, args.crop, args.threads, log=lambda s: print(s, file=sys.stderr, flush=True)
-    )
-    kodak = None if args.no_kodak else measure_kodak(args.data, args.threads)
-    print(table(rows, skipped, kodak))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    rows, skipped, kodak, train = [], [], None, None
+    if args.train or args.train_only:
+        train = measure_train(args.data, args.cache, log=log)
+        print(train_table(train) + "\n")
+    if not args.train_only:
+        rows, skipped = measure_native(args.data, args.crop, args.threads, log=log)
+        kodak = None if args.no_kodak else measure_kodak(args.data, args.threads)
+        print(table(rows, skipped, kodak))
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -217,14 +299,15 @@ def main(argv: list[str] | None = None) -> int:
                 break
     except OSError:
         pass
-    print(f"\n{len(rows)} images, {time.time() - t0:.0f} s on {cpu}, {args.threads} thread(s), fp32")
+    n_img = len(rows) + (train["n"] if train else 0)
+    print(f"\n{n_img} images, {time.time() - t0:.0f} s on {cpu}, {args.threads} thread(s), fp32")
     if args.json:
         from napari_rrim_sr.jsonable import jsonable
         from napari_rrim_sr.safe_write import atomic_write
 
         atomic_write(
             args.json,
-            json.dumps(jsonable({"native": rows, "skipped": skipped, "kodak24": kodak}), indent=1),
+            json.dumps(jsonable({"native": rows, "skipped": skipped, "kodak24": kodak, "train": train}), indent=1),
             overwrite=True,
         )
     return 0
