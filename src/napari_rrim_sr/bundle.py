@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import read_guard
 from .errors import InputError, OutputError
 from .image_io import PROVENANCE_KEY as META_KEY
 from .jsonable import jsonable
@@ -45,6 +46,7 @@ LAYER_FORMAT = "napari-rrim-sr-layer"
 BUNDLE_FORMAT = "napari-rrim-sr-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
+MAX_BUNDLE_LAYERS = 256  # bundles we write hold a handful (input, results, references)
 METRICS_FILE = "metrics.json"
 PROVENANCE_FILE = "provenance.json"
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -517,6 +519,7 @@ def read_bundle(path) -> list[LayerData]:
     manifest = _manifest(folder)
     if manifest is None:
         raise InputError(f"{folder}: not a napari-rrim-sr comparison bundle (no valid {MANIFEST})")
+    read_guard.register_read(folder, tree=True)
     metrics: Any = {}
     mfile = _inside_file(folder, METRICS_FILE)
     if mfile is not None and mfile.is_file():
@@ -532,7 +535,13 @@ def read_bundle(path) -> list[LayerData]:
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         raise InputError(f"{folder / MANIFEST}: 'layers' is {type(layers).__name__}, not a list of layers")
+    if len(layers) > MAX_BUNDLE_LAYERS:
+        raise InputError(f"{folder / MANIFEST}: lists {len(layers)} layers; a bundle holds at most {MAX_BUNDLE_LAYERS}")
     out = []
+    seen: set[Path] = set()
+    repeats = 0
+    total = 0
+    budget = _bundle_budget()
     for i, entry in enumerate(layers):
         if not isinstance(entry, dict):
             _warn(f"{folder / MANIFEST}: layer {i} is {type(entry).__name__}, not an object; skipped")
@@ -545,19 +554,49 @@ def read_bundle(path) -> list[LayerData]:
                 "(a path or a link pointing out of it); skipped, not followed"
             )
             continue
+        key = f  # the name listed (a link inside the bundle is its own layer)
+        if key in seen:  # a crafted manifest listing one file many times must not cost memory each time
+            repeats += 1
+            continue
+        seen.add(key)
+        try:
+            total += f.stat().st_size
+        except OSError:
+            pass
+        if total > budget:
+            raise InputError(
+                f"{folder}: its layers need more than {budget >> 20} MiB (the memory available to read "
+                "a bundle); open its TIFF files one by one"
+            )
         try:
             data, kwargs, kind = read_layer_tiff(f)
         except InputError as exc:
             _warn(f"{exc}; layer skipped")
             continue
+        total += max(0, int(getattr(data, "nbytes", 0)) - f.stat().st_size)
+        if total > budget:
+            raise InputError(
+                f"{folder}: its layers need more than {budget >> 20} MiB (the memory available to read "
+                "a bundle); open its TIFF files one by one"
+            )
         role = entry.get("role")
         kwargs["metadata"]["bundle_role"] = role if isinstance(role, str) else None
         if metrics:
             kwargs["metadata"]["bundle_metrics"] = metrics
         out.append((data, kwargs, kind))
+    if repeats:
+        _warn(f"{folder / MANIFEST}: {repeats} layer entries repeat a file already listed; read once")
     if not out:
         raise InputError(f"{folder}: no readable layer in the bundle")
     return out
+
+
+def _bundle_budget() -> int:
+    """Bytes a bundle's layers may take together: half the available memory (2 GiB if unknown)."""
+    from .memory import available_memory
+
+    avail = available_memory()
+    return int(0.5 * avail) if avail else 2 << 30
 
 
 def _png_is_ours(p: Path) -> bool:

@@ -32,10 +32,9 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as _futures_wait
 from dataclasses import asdict, dataclass, field
@@ -44,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from . import read_guard
 from .errors import InputError, OutputError, WeightsError
 from .ngff import Source, open_array
-from .safe_write import check_target, fsync_path
+from .safe_write import check_target, fsync_path, remove_output
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -107,12 +107,24 @@ class ChunkJob:
             for a in range(len(self.in_shape))
         )
 
+    def _ranges(self) -> list[range]:
+        return [range(-(-n // self.block)) if a in self.spatial else range(n) for a, n in enumerate(self.in_shape)]
+
+    def n_chunks(self) -> int:
+        """How many output chunks level 0 has (computed, not listed)."""
+        n = 1
+        for r in self._ranges():
+            n *= len(r)
+        return n
+
+    def iter_grid(self) -> Iterator[tuple[int, ...]]:
+        """Chunk indices (one per output chunk of level 0), generated lazily: a store declaring
+        10^13 chunks must not become a list in memory."""
+        return itertools.product(*self._ranges())
+
     def grid(self) -> list[tuple[int, ...]]:
-        """Chunk indices (one per output chunk of level 0)."""
-        ranges = []
-        for a, n in enumerate(self.in_shape):
-            ranges.append(range(-(-n // self.block)) if a in self.spatial else range(n))
-        return list(itertools.product(*ranges))
+        """Chunk indices as a list (small jobs, tests); prefer :meth:`iter_grid`."""
+        return list(self.iter_grid())
 
     def settings(self) -> dict:
         """What determines the result: a resume must match it exactly."""
@@ -214,14 +226,15 @@ def source_fingerprint(job: ChunkJob, n_blocks: int = FINGERPRINT_BLOCKS) -> dic
     over the chunk grid (first and last included) plus the array's shape and dtype. A resume
     compares it, so pixels changed in place (same shape and dtype) are not mixed with old chunks."""
     src = _source_array(job)
-    grid = job.grid()
-    k = min(n_blocks, len(grid))
-    picks = sorted({round(i * (len(grid) - 1) / max(1, k - 1)) for i in range(k)})
+    dims = [len(r) for r in job._ranges()]
+    n = job.n_chunks()  # the grid is indexed, not listed: a store may have 10^7 chunks
+    k = min(n_blocks, n)
+    picks = sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
     h = hashlib.sha256()
     h.update(json.dumps([list(job.in_shape), job.dtype]).encode())
     b = job.block
     for i in picks:
-        idx = grid[i]
+        idx = tuple(int(v) for v in np.unravel_index(i, dims))  # itertools.product order (C order)
         sel = tuple(
             slice(j * b, min(job.in_shape[a], (j + 1) * b)) if a in job.spatial else j for a, j in enumerate(idx)
         )
@@ -347,6 +360,9 @@ def plan_job(
     from . import engine
     from .normalize import compute_normalization
 
+    # bounded before anything reads the data (the automatic choice measures a plane); x4 is
+    # every built-in model's scale, the exact check follows once the model is known
+    check_declared(src, 4, max(1, int(chunk) // 4))
     arr = array if array is not None else src.open()
     if model is None or (isinstance(model, str) and model == "auto"):
         model = _auto_model(arr, src)
@@ -357,7 +373,8 @@ def plan_job(
         raise InputError(f"--chunk {chunk} must be a positive multiple of the model's scale ({s})")
     if halo < 0:
         raise InputError(f"--halo must be >= 0, got {halo}")
-    lazy = arr if type(arr).__module__.startswith("dask") else da.from_array(arr, chunks=_read_chunks(src))
+    check_declared(src, s, chunk // s)  # before any pass over the data and before any output exists
+    lazy = arr if type(arr).__module__.startswith("dask") else da.from_array(arr, chunks=_stats_chunks(src))
     norm = compute_normalization(lazy, normalization, percentiles=percentiles, bit_depth=bit_depth)
     if loaded.path is not None and loaded.sha256:
         model_arg: Any = str(loaded.path)
@@ -399,6 +416,62 @@ def _auto_model(arr, src: Source):
 
     choice = choose_for_layer(arr, rgb=False, spatial_axes=src.spatial, available_ids=installed_weight_ids())
     return choice.weights_id
+
+
+#: What a source may declare: a crafted 16 KB store can claim 10^9 x 10^9 pixels.
+MAX_ELEMENTS = 1 << 44  # 17.6 T input elements (35 TB of uint16): beyond any real acquisition
+MAX_CHUNKS = 1 << 24  # 16.7 M output chunks (one completion marker each)
+
+
+def check_declared(src: Source, scale: int, block: int) -> None:
+    """Refuse sources whose declared size no run could finish (one clear line, no output made)."""
+    from .memory import format_bytes
+
+    shape = tuple(int(n) for n in src.shape)
+    if any(n <= 0 for n in shape):
+        raise InputError(f"{src.path}: declares an empty shape {list(shape)}; nothing to upscale")
+    n = 1
+    for v in shape:
+        n *= v
+    chunks = 1
+    for a, v in enumerate(shape):
+        chunks *= -(-v // block) if a in src.spatial else v
+    if n > MAX_ELEMENTS or chunks > MAX_CHUNKS:
+        raise InputError(
+            f"{src.path}: declares shape {list(shape)} ({n:.3g} elements, "
+            f"{format_bytes(n * np.dtype(src.dtype).itemsize)}, {chunks:.3g} output chunks of "
+            f"{block * scale} px); more than this tool processes ({MAX_ELEMENTS:.3g} elements, "
+            f"{MAX_CHUNKS:.3g} chunks): crop it, or raise --chunk"
+        )
+
+
+def _stats_chunks(src: Source, max_blocks: int = 4096, max_bytes: int = 64 << 20) -> tuple | str:
+    """Read chunks for the one statistics pass, grouped so the dask graph stays small: a store of
+    10^7 one-plane chunks would otherwise spend minutes building (and tokenising) its graph."""
+    chunks = _read_chunks(src)
+    if chunks == "auto" or not src.shape:
+        return chunks
+    shape = [int(n) for n in src.shape]
+    c = [min(int(x), n) for x, n in zip(chunks, shape)]
+    item = np.dtype(src.dtype).itemsize
+
+    def blocks() -> int:
+        n = 1
+        for x, s in zip(c, shape):
+            n *= -(-s // x)
+        return n
+
+    while blocks() > max_blocks:
+        grown = False
+        for a in range(len(c)):  # leading (plane) axes first
+            nbytes = item * int(np.prod(c, dtype=np.float64))
+            if c[a] < shape[a] and nbytes * 2 <= max_bytes:
+                c[a] = min(shape[a], c[a] * 2)
+                grown = True
+                break
+        if not grown:
+            break
+    return tuple(c)
 
 
 def _read_chunks(src: Source) -> tuple:
@@ -469,8 +542,27 @@ def open_scheduler(spec: str | None, *, memory_limit: str | None = None, dashboa
     return client, client.close, n
 
 
-def _pending_chunks(job: ChunkJob) -> list[tuple[int, ...]]:
-    return [idx for idx in job.grid() if _read_marker(marker_path(job.out_path, idx)) is None]
+def _n_markers(job: ChunkJob) -> int:
+    """Completion markers already in the store (counted from the folder, not per chunk)."""
+    try:
+        return sum(
+            1 for e in os.scandir(Path(job.out_path) / DONE_DIR) if not e.name.startswith(".") and e.name != COMPLETE
+        )
+    except OSError:
+        return 0
+
+
+def _pending_chunks(job: ChunkJob) -> Iterator[tuple[int, ...]]:
+    """Chunks without a completion marker, lazily; a fresh store (no markers) is not stat'ed
+    chunk by chunk (10^7 planes would take minutes)."""
+    done_dir = Path(job.out_path) / DONE_DIR
+    try:
+        empty = not any(os.scandir(done_dir))
+    except OSError:
+        empty = True
+    if empty:
+        return job.iter_grid()
+    return (idx for idx in job.iter_grid() if _read_marker(marker_path(job.out_path, idx)) is None)
 
 
 def _create_store(job: ChunkJob) -> None:
@@ -558,6 +650,7 @@ def prepare_output(
     when the run is over (:func:`run_job` does)."""
 
     out = Path(job.out_path)
+    read_guard.check_write(out, kind="dir", extra=protect)  # also on --resume: never into an input
     protect = [Path(p) for p in protect]
     for src in protect:
         if out.resolve() == src.resolve() or _inside(out, src) or _inside(src, out):
@@ -608,9 +701,9 @@ def _prepare(job, out, rec_path, lock, *, overwrite, resume, protect, command) -
             )
         return
     check_target(out, overwrite=overwrite, protect=protect, kind="dir")
-    if out.exists():  # --overwrite, checked above: never an input, never containing one
+    if out.exists():  # --overwrite, checked again by the writer: never an input, never containing one
         lock.release()
-        shutil.rmtree(out)
+        remove_output(out, overwrite=overwrite)
     _create_store(job)
     lock.acquire()
     rec = {
@@ -640,26 +733,32 @@ def _wait_first(client, pending):
 
 def run_chunks_iter(
     job: ChunkJob,
-    chunks: list[tuple[int, ...]],
+    chunks: Iterable[tuple[int, ...]],
     *,
     client=None,
     workers: int = 2,
     max_in_flight: int | None = None,
+    total: int | None = None,
 ):
     """Generator: run ``chunks`` on ``client`` (dask.distributed) or in-process threads, bounded
     in flight, yielding ``(done, total)`` after each finished chunk; returns the records.
-    Closing it (cancel) cancels the chunks not started and waits for the running ones: every
-    finished chunk keeps its marker, so a later ``resume`` continues from there."""
+    ``chunks`` may be a lazy iterator (consumed as tasks are submitted); ``total`` is the total
+    reported (default ``len(chunks)`` for a list). Closing it (cancel) cancels the chunks not
+    started and waits for the running ones: every finished chunk keeps its marker, so a later
+    ``resume`` continues from there."""
     limit = max_in_flight or max(2, 2 * workers)
     records: list[dict] = []
-    todo = list(chunks)
+    if total is None:
+        total = len(chunks) if hasattr(chunks, "__len__") else 0
+    it = iter(chunks)
+    nxt = next(it, None)
     pool = ThreadPoolExecutor(max_workers=max(1, workers)) if client is None else None
     job_ref = client.scatter(job, broadcast=True) if client is not None else job
     pending: set = set()
     try:
-        while todo or pending:
-            while todo and len(pending) < limit:
-                idx = todo.pop(0)
+        while nxt is not None or pending:
+            while nxt is not None and len(pending) < limit:
+                idx, nxt = nxt, next(it, None)
                 if client is None:
                     pending.add(pool.submit(process_chunk, job, idx))
                 else:
@@ -671,7 +770,7 @@ def run_chunks_iter(
                     records.append(f.result())
                 except OSError as exc:
                     raise _write_failed(exc, Path(job.out_path)) from None
-                yield len(records), len(chunks)
+                yield len(records), total
     finally:
         for f in pending:
             f.cancel()
@@ -694,17 +793,18 @@ def _write_failed(exc: OSError, out: Path) -> OutputError:
 
 def run_chunks(
     job: ChunkJob,
-    chunks: list[tuple[int, ...]],
+    chunks: Iterable[tuple[int, ...]],
     *,
     client=None,
     workers: int = 2,
     progress: Callable[[int, int], Any] | None = None,
     max_in_flight: int | None = None,
+    total: int | None = None,
 ) -> list[dict]:
     """:func:`run_chunks_iter` to its end; ``progress(done, total)`` after each chunk."""
     from .progress import drain
 
-    gen = run_chunks_iter(job, chunks, client=client, workers=workers, max_in_flight=max_in_flight)
+    gen = run_chunks_iter(job, chunks, client=client, workers=workers, max_in_flight=max_in_flight, total=total)
     return drain(gen, (lambda ev: progress(*ev)) if progress is not None else None)
 
 
@@ -780,13 +880,12 @@ def _run_prepared_iter(job, src, client, workers, command, provenance, provenanc
     from .progress import Progress
 
     out = Path(job.out_path)
-    grid = job.grid()
+    n = job.n_chunks()  # the grid is generated lazily, never listed (a store may declare 10^7 chunks)
+    skipped = min(n, _n_markers(job))
     todo = _pending_chunks(job)
-    n = len(grid)
-    skipped = n - len(todo)
     t0 = time.perf_counter()
     yield Progress(skipped, n, 0, 1, f"{skipped} of {n} chunks already done" if skipped else "starting")
-    gen = run_chunks_iter(job, todo, client=client, workers=workers)
+    gen = run_chunks_iter(job, todo, client=client, workers=workers, total=n - skipped)
     try:
         while True:
             try:
@@ -829,7 +928,7 @@ def _run_prepared_iter(job, src, client, workers, command, provenance, provenanc
                     "translate": src.translate,
                 },
                 "settings": job.settings(),
-                "chunks": len(grid),
+                "chunks": n,
                 "chunk_shape": list(job.out_chunks),
                 **(provenance_extra or {}),
             }
@@ -837,7 +936,7 @@ def _run_prepared_iter(job, src, client, workers, command, provenance, provenanc
         write_result_metadata(out, src, job.scale, paths, prov)
         _write_marker(complete, {"sha256": "", "levels": paths})
     return {
-        "chunks": len(grid),
+        "chunks": n,
         "computed": len(records),
         "skipped": skipped,
         "seconds": t_chunks,
@@ -897,6 +996,7 @@ def _model_provenance(job: ChunkJob) -> dict:
 # -- napari-facing ---------------------------------------------------------------------------
 
 
+@read_guard.guarded  # a scope of its own when called from napari or a script
 def upscale_to_store(
     array,
     out_path: Path | str,
@@ -920,10 +1020,16 @@ def upscale_to_store(
     ``axes`` (NGFF letters, default the last two ``yx`` and ``c``/``z``/``t`` before them in NGFF
     order), ``scale``/``translate`` the source's layer geometry. Runs in-process threads unless a
     ``client`` is given (then ``array`` must be a zarr array or another picklable array).
+
+    The stores ``array`` reads (a zarr array, or the zarr arrays in a dask graph) are recorded as
+    inputs (:mod:`.read_guard`): ``out_path`` may not be, contain or lie inside one of them, even
+    with ``overwrite=True``.
     """
     import dask.array as da
 
     from .ngff import _parse_axes
+
+    read_guard.register_array(array)
 
     shape = tuple(int(n) for n in array.shape)
     if axes is None:

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from . import read_guard
 from .errors import RRIMError
 
 #: subcommand modules, in the order ``--help`` lists them
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with read_guard.reading():  # every file the command opens is protected from its writes
+            return int(args.func(args) or 0)
     except RRIMError as exc:  # expected problems: a plain message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import read_guard
 from .errors import InputError
 from .jsonable import jsonable
 from .safe_write import atomic_write
@@ -67,6 +68,7 @@ def read_image(path) -> tuple[np.ndarray, dict]:
         raise InputError(f"{path}: no such file")
     if not p.is_file():
         raise InputError(f"{path}: not a file")
+    read_guard.register_read(p, tree=False)  # never replaced by this command's writes
     fmt = format_for(p, reading=True)
     try:
         if fmt == "tiff":
@@ -260,6 +262,26 @@ def _parse_provenance(raw, wrapped: bool) -> dict | None:
     return obj
 
 
+#: Where to go when a file does not fit in memory: the chunked, lazy path.
+LAZY_HINT = (
+    "use the lazy path: 'napari-rrim-sr upscale FILE.tif -o OUT --scheduler threads' reads it chunk "
+    "by chunk into an OME-Zarr store (or convert it to OME-Zarr)"
+)
+
+
+def _check_eager_read(p: Path, shape: tuple, dtype) -> None:
+    """Refuse an eager read the available memory cannot hold (bounded by what is available, not
+    by what a crafted header declares), naming the lazy path that works."""
+    from .memory import check_fits_in_memory
+
+    n = 1
+    for s in shape:
+        n *= int(s)
+    check_fits_in_memory(
+        n * np.dtype(dtype).itemsize, f"{p}: reading {shape} {np.dtype(dtype)}", suggestion=LAZY_HINT, fraction=0.5
+    )
+
+
 def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
     import tifffile
 
@@ -270,6 +292,7 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict]:
         series = tf.series[0]
         if len(tf.series) > 1:
             warnings.append(f"{len(tf.series)} image series: only the first is read")
+        _check_eager_read(p, tuple(series.shape), series.dtype)  # a 2 MB file may declare 32768^2
         arr = series.asarray()
         axes = series.axes
         page = tf.pages[0]

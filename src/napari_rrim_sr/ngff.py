@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from . import read_guard
 from .errors import InputError
 from .normalize import check_dtype
 
@@ -92,6 +93,7 @@ def open_array(kind: str, path: Path | str, array_path: str = "", series: int = 
     import zarr
 
     p = Path(path)
+    read_guard.register_read(p)  # the store (a tree) or the TIFF: never written by this command
     if kind == "tiff":
         import tifffile
 
@@ -100,8 +102,24 @@ def open_array(kind: str, path: Path | str, array_path: str = "", series: int = 
         if isinstance(z, zarr.Group):  # multi-resolution TIFF: level 0
             z = z[sorted(z.array_keys())[0]]
         return z
-    target = p / array_path if array_path else p
+    target = _dataset_path(p, array_path) if array_path else p
     return zarr.open_array(str(target), mode="r")
+
+
+def _dataset_path(group: Path, rel) -> Path:
+    """``group / rel`` for a multiscales dataset path, refused when it leaves the group.
+
+    An absolute path, ``..`` or a symlink pointing outside would make the command read (and its
+    overlap checks miss) data elsewhere on disk."""
+    s = str(rel)
+    if not s or s.startswith(("/", "\\")) or os.path.isabs(s) or ".." in Path(s).parts or "\\" in s:
+        raise InputError(f"{group}: dataset path {s!r}: dataset paths must stay inside their group")
+    target = group / s
+    try:
+        target.resolve().relative_to(group.resolve())
+    except ValueError:
+        raise InputError(f"{group}: dataset path {s!r}: dataset paths must stay inside their group") from None
+    return target
 
 
 def output_name(path: Path | str) -> str:
@@ -148,6 +166,7 @@ def open_source(path: Path | str, axes: str | None = None) -> Source:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
+    read_guard.register_read(p)  # the store (a tree) or the TIFF: never written by this command
     if p.is_file():
         if p.suffix.lower() not in TIFF_SUFFIXES:
             raise InputError(f"{p}: not a Zarr store or TIFF file (chunked processing reads OME-Zarr, Zarr, TIFF)")
@@ -271,8 +290,10 @@ def _open_multiscales(p: Path, attrs: dict, version: str, axes_override: str | N
     _check_axes(ax, str(p))
     shapes = []
     for d in datasets:
+        target = _dataset_path(p, d["path"])
+        read_guard.register_read(target)
         try:
-            z = zarr.open_array(str(p / d["path"]), mode="r")
+            z = zarr.open_array(str(target), mode="r")
         except Exception:  # noqa: BLE001
             raise InputError(f"{p}: inconsistent multiscales: dataset {d['path']!r} is not a readable array") from None
         if z.ndim != len(ax):

@@ -4,8 +4,10 @@ Every writer (images, reports, weights, bundles, logs a user names, exported pac
 through :func:`atomic_write` or :func:`atomic_dir`, so that three promises hold everywhere:
 
 * **No input is replaced.** A target that is the same file as anything the command reads
-  (same path, a symlink to it, or a hard link: compared by device and inode) is refused, even
-  with ``overwrite=True``.
+  (same path, a symlink to it, or a hard link: compared by device and inode), lies inside a
+  store it reads, or is a folder containing one, is refused, even with ``overwrite=True``.
+  What the command reads is recorded by the readers in :mod:`napari_rrim_sr.read_guard`, not
+  passed by hand, so a new command cannot forget an input.
 * **No partial output.** Content goes to a temporary name in the target's folder and is moved
   into place with one ``os.replace`` (atomic on POSIX within one filesystem). Any failure removes
   the temporary; a killed process leaves a ``.NAME.rrimtmp-PID-XXXX`` file that the next write in
@@ -28,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from . import read_guard
 from .errors import OutputError
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "clean_stale_temporaries",
     "fsync_path",
     "is_same_file",
+    "remove_output",
 ]
 
 #: Marker in temporary names; a later run removes ``.*.rrimtmp-PID-*`` whose PID is not alive.
@@ -85,11 +89,14 @@ def check_target(
 ) -> Path:
     """Validate ``path`` as an output before any work is done; return it as a :class:`Path`.
 
-    ``protect`` lists what the command reads (files or folders); the target may be none of
-    them, nor lie inside a protected folder, nor contain a protected path when it is a folder
-    that would be replaced. ``kind`` is ``"file"`` or ``"dir"``.
+    Everything the current command read (:mod:`napari_rrim_sr.read_guard`: data, weights, stores
+    and their arrays, recorded by the readers themselves) is refused as a target, with or without
+    ``overwrite``: the target may not be one of them, lie inside a store read, or be a folder
+    containing one. ``protect`` adds paths an API call protects by hand (files or folders).
+    ``kind`` is ``"file"`` or ``"dir"``.
     """
     p = Path(path)
+    read_guard.check_write(p, kind=kind)
     for src in protect:
         if src is None:
             continue
@@ -315,6 +322,16 @@ def atomic_dir(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return p
+
+
+def remove_output(path: PathLike, *, overwrite: bool) -> None:
+    """Delete an output folder (a store about to be recreated) after the same checks as a write:
+    never an input, never inside or containing one, only with ``overwrite``."""
+    p = check_target(path, overwrite=overwrite, kind="dir")
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
 
 
 def _discard(tmp: Path) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import read_guard
 from .errors import RegistryError, WeightsError
 from .jsonable import jsonable
 from .registry import get_registry, user_weights_dir
@@ -267,6 +268,7 @@ def load_state_dict(path) -> tuple[dict, dict]:
 
     path = Path(path)
     check_file(path)
+    read_guard.register_read(path, tree=False)  # never replaced by this command's writes
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         header = read_header(path)
@@ -280,6 +282,7 @@ def load_state_dict(path) -> tuple[dict, dict]:
         sd = canonical_state_dict(sd, path)  # converted checkpoints keep a `module.` prefix too
     elif suffix in PICKLE_SUFFIXES:
         meta = {}
+        _check_pth_archive(path)
         try:
             import warnings
 
@@ -293,8 +296,65 @@ def load_state_dict(path) -> tuple[dict, dict]:
         raise WeightsError(path, f"unknown weights format {suffix!r}; use .safetensors (or .pth)")
     if not sd:
         raise WeightsError(path, "contains no tensors")
+    _check_real_storage(sd, path)  # before .float(): an expanded float64 view would become gigabytes
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     return sd, meta
+
+
+#: Slack over a file's size that its tensors may claim (zip directory, pickle, alignment).
+_STORAGE_SLACK = 1 << 20
+
+
+def _check_pth_archive(path: Path) -> None:
+    """A ``.pth`` zip may not declare more bytes than it holds: ``torch.save`` stores entries
+    uncompressed, so a deflated archive expanding to gigabytes is refused before it is read."""
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # legacy format: torch.load(weights_only=True) reads what the file holds
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (OSError, zipfile.BadZipFile):
+        return  # torch.load reports it
+    declared = sum(i.file_size for i in infos)
+    if declared > size + _STORAGE_SLACK:
+        raise WeightsError(
+            path,
+            f"its archive declares {declared:,} bytes uncompressed in a {size:,}-byte file "
+            "(torch.save does not compress); refused before reading",
+        )
+
+
+def _check_real_storage(sd: Mapping[str, Any], path: Path) -> None:
+    """Every tensor must own the bytes it claims: a stride-0 view (``torch.zeros(1).expand(...)``)
+    is 4 bytes on disk and gigabytes once copied, so the memory a checkpoint may claim is bounded
+    by its real size on disk (storage bytes, not view shapes)."""
+    size = path.stat().st_size
+    storages: dict[int, int] = {}
+    claimed = 0
+    for k, v in sd.items():
+        if not hasattr(v, "untyped_storage"):
+            continue
+        need = int(v.numel()) * int(v.element_size())
+        st = v.untyped_storage()
+        have = int(st.nbytes())
+        if need > have:
+            raise WeightsError(
+                path,
+                f"tensor {k!r} claims {need:,} bytes over a storage of {have:,} bytes (an expanded / "
+                "stride-0 view); not a plain checkpoint",
+            )
+        storages[st.data_ptr()] = have
+        claimed += need
+    real = sum(storages.values())
+    if real > size + _STORAGE_SLACK or claimed > max(real, size) * 4 + _STORAGE_SLACK:
+        raise WeightsError(
+            path,
+            f"its tensors claim {claimed:,} bytes ({real:,} in storages) from a {size:,}-byte file; "
+            "not a plain checkpoint",
+        )
 
 
 # -- detecting -----------------------------------------------------------------------------
@@ -382,7 +442,54 @@ def _spec(registry, backbone_id: str, path) -> BackboneSpec:
         raise WeightsError(path, str(exc)) from None
 
 
+#: Sane architectural limits, checked before anything is built (shipped and public models use
+#: num_feat <= 64, embed_dim <= 240, window 8-16, <= 23 blocks); a crafted file declaring
+#: num_feat 4096 or window 100 would otherwise build gigabytes of layers or attention masks.
+HPARAM_LIMITS: dict[str, int] = {
+    "num_feat": 512,
+    "num_grow_ch": 512,
+    "embed_dim": 1024,
+    "window_size": 32,
+    "num_block": 256,
+    "num_conv": 256,
+    "in_channels": 16,
+    "out_channels": 16,
+    "scale": 16,
+    "depths": 64,
+    "num_heads": 64,
+    "img_size": 1024,
+    "mlp_ratio": 16,
+}
+
+
+def check_hparam_limits(hp: Mapping[str, Any], path) -> None:
+    """A :class:`WeightsError` when a hyper-parameter exceeds :data:`HPARAM_LIMITS` (lists: each
+    value, and at most 32 stages)."""
+    for key, limit in HPARAM_LIMITS.items():
+        if key not in hp:
+            continue
+        val = hp[key]
+        vals = list(val) if isinstance(val, (list, tuple)) else [val]
+        if len(vals) > 32:
+            raise WeightsError(path, f"hyper-parameter {key} lists {len(vals)} stages (at most 32)")
+        for v in vals:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if v > limit or v < 0:
+                raise WeightsError(
+                    path, f"hyper-parameter {key}={val!r} is outside sane limits (0..{limit}); refused before building"
+                )
+
+
 def _agreed_hparams(
+    spec: BackboneSpec, sd: Mapping[str, Any], meta: Mapping[str, Any], given: Mapping[str, Any], path
+) -> dict:
+    hp = _agreed_hparams_unchecked(spec, sd, meta, given, path)
+    check_hparam_limits(hp, path)
+    return hp
+
+
+def _agreed_hparams_unchecked(
     spec: BackboneSpec, sd: Mapping[str, Any], meta: Mapping[str, Any], given: Mapping[str, Any], path
 ) -> dict:
     """The hyper-parameters to build with, checked against what the tensors say.

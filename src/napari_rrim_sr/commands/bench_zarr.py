@@ -117,6 +117,12 @@ def run(args) -> int:
         print(f"error: bench-zarr needs {exc.name}", file=sys.stderr)
         return 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.json:  # refuse a --json that is the weights (or anything read) before minutes of benchmark
+        from ..safe_write import check_target
+        from ..upscaler import resolve_model
+
+        resolve_model(args.model, 1)  # the weights file is recorded as read (read_guard)
+        check_target(args.json, overwrite=True)
     results: dict = {
         "cpu": _cpu(),
         "cores": os.cpu_count(),

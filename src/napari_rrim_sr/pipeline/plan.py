@@ -392,6 +392,7 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
     output kind; raises :class:`~napari_rrim_sr.errors.InputError` (one line) for anything wrong
     that can be told without running the model. Loads the chosen weights (their metadata
     decides the normalisation). Creates nothing on disk."""
+    from ..image_io import LAZY_HINT
     from ..memory import check_fits_in_memory, output_nbytes
     from ..normalize import check_dtype
     from ..options import UpscaleOptions
@@ -498,7 +499,7 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
                     else "upscale one slice, or write an OME-Zarr store (a .zarr input or --scheduler)"
                 )
                 if stack
-                else "crop it first, or write an OME-Zarr store (command line: a .zarr input or --scheduler)"
+                else (LAZY_HINT if src.path is not None else "crop it first, or write an OME-Zarr store")
             ),
         )
     elif request.bicubic:

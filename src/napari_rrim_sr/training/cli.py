@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import read_guard
 from ..devices import COMPUTE_PRECISIONS, PRECISIONS, STORE_DTYPES
 from ..errors import RRIMError
 from .config import ConfigError, TrainConfig, field_help, load_toml, parse_scalar
@@ -369,6 +370,14 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
         threads=ns.threads,
         seed=ns.seed,
     )
+    if ns.json:  # refuse a --json onto the data or the --init weights before the run, not after it
+        from ..safe_write import check_target
+        from ..upscaler import resolve_model
+        from .data import find_images
+
+        find_images(ns.data)  # the data files are recorded as read (read_guard)
+        resolve_model(ns.init, 1)  # so is the --init weights file
+        check_target(ns.json, overwrite=True)
 
     def point(p: dict) -> None:
         print(
@@ -629,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     if first in TOOLS:
         rest = argv[argv.index(first) + 1 :]
         try:
-            return run_tool(first, rest)
+            with read_guard.reading():
+                return run_tool(first, rest)
         except RRIMError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -652,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(ns.func(ns) or 0)
+        with read_guard.reading():  # every file the command opens is protected from its writes
+            return int(ns.func(ns) or 0)
     except RRIMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -42,6 +42,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .. import read_guard
 from ..errors import RRIMError
 from .degradations import Degradations, gaussian_blur, jpeg_roundtrip  # noqa: F401 (re-exported)
 
@@ -85,6 +86,7 @@ def find_images(
             return
         seen.add(rp)
         files.append(p)
+        read_guard.register_read(p, tree=False)  # training data is never replaced by the run's outputs
 
     for src in sources:
         p = Path(src).expanduser()
@@ -93,6 +95,7 @@ def find_images(
                 if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."):
                     add(q)
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            read_guard.register_read(p, tree=False)
             for line in p.read_text().splitlines():
                 line = line.strip()
                 if not line or line.startswith("#"):

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import read_guard
 from ..errors import InputError, RRIMError, WeightsError
 from .data import ImageRecord, PatchDataset
 from .finetune_data import (  # noqa: F401 (re-exported: the data side of a fine-tune)
@@ -199,6 +200,7 @@ def shipped_weight_ids() -> set[str]:
     return ids
 
 
+@read_guard.guarded  # the data and --init are never replaced by the run's outputs, whoever calls it
 def finetune(
     settings: FinetuneSettings,
     *,

@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import devices
+from .. import devices, read_guard
 from ..jsonable import jsonable
 from ..safe_write import atomic_write
 from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_checkpoint: public here too
@@ -62,6 +62,8 @@ from .runlog import RunLog
 from .steps import EMA, LRSchedule, train_step
 from .validation import save_sample_grid, val_convention, validate_images
 
+#: Files every run writes at the top of its folder (never one of its training images).
+RUN_FILES = ("loss.png", "val.png", "data.json", "config.toml", "config.json", "log.csv")
 log = logging.getLogger(__name__)
 
 #: configuration keys that must not change when a run is resumed
@@ -117,6 +119,7 @@ class Trainer:
     describes them; in-memory layers, registered LR/HR pairs), with no validation images.
     """
 
+    @read_guard.guarded_method  # what __init__ reads (data, --init) stays protected in run()
     def __init__(
         self,
         cfg: TrainConfig,
@@ -361,6 +364,10 @@ class Trainer:
         )
         self.data_report: DataReport = report
         log.info("training data: %s", report.summary())  # skipped files were logged by load_records
+        from ..safe_write import check_target
+
+        for name in RUN_FILES:  # --out equal to --data: refuse now, not after the run (read_guard)
+            check_target(self.run_dir / name, overwrite=True)
         atomic_write(
             self.run_dir / "data.json", json.dumps(jsonable(report.as_dict()), indent=2) + "\n", overwrite=True
         )
@@ -598,6 +605,7 @@ class Trainer:
         return train_step(self, lr, hr)
 
     # -- the loop ---------------------------------------------------------------------------
+    @read_guard.guarded_method
     def run(self) -> TrainResult:
         cfg = self.cfg
         self._t_start = time.perf_counter()
