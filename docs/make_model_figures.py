@@ -39,10 +39,10 @@ def main(argv=None) -> int:
 
     from PIL import Image, ImageDraw
 
-    from napari_rrim_sr.engine import Upscaler, upscale_bicubic
-    from napari_rrim_sr.evaluate import make_lr
-    from napari_rrim_sr.image_io import read_image
-    from napari_rrim_sr.metrics import compare
+    from napari_rrim_sr.engine.api import Upscaler, upscale_bicubic
+    from napari_rrim_sr.io.images import read_image
+    from napari_rrim_sr.quality.evaluate import make_lr
+    from napari_rrim_sr.quality.metrics import compare
 
     ups = [Upscaler(m, channels=3, device="cpu", precision="fp32") for m in a.models]
     labels = a.labels or [u.model.id for u in ups]

@@ -31,7 +31,7 @@ def _prefer_pyqt6() -> None:
 
 def _ensure_weights() -> bool:
     """True when trained weights are available; else install tiny untrained ones (labelled)."""
-    from napari_rrim_sr.registry import get_registry, reset_registry
+    from napari_rrim_sr.registry.core import get_registry, reset_registry
 
     if get_registry().default_weights(1) is not None:
         return True
@@ -39,8 +39,8 @@ def _ensure_weights() -> bool:
     os.environ["NAPARI_RRIM_SR_WEIGHTS_DIR"] = str(tmp)
     import torch
 
-    from napari_rrim_sr.registry import Registry
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry.core import Registry
+    from napari_rrim_sr.registry.loading import save_weights
 
     torch.manual_seed(0)
     hp = {"in_channels": 1, "out_channels": 1, "scale": 4, "num_feat": 8, "num_block": 1}

@@ -18,7 +18,7 @@ if [[ " $* " == *" --headless "* ]]; then
   fi
   # Until trained weights ship (see weights/README.md), run the pipeline with a randomly
   # initialised model, loudly labelled as such in the report, rather than stopping.
-  if [[ " $* " != *" --model "* ]] && ! python -c "from napari_rrim_sr.registry import get_registry as g; raise SystemExit(0 if g().weights() else 1)"; then
+  if [[ " $* " != *" --model "* ]] && ! python -c "from napari_rrim_sr.registry.core import get_registry as g; raise SystemExit(0 if g().weights() else 1)"; then
     echo "[run] no trained weights installed: running the demo with --allow-untrained (results are NOT model quality)" >&2
     set -- "$@" --allow-untrained
   fi

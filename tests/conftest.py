@@ -11,7 +11,7 @@ folder at an empty directory, disables third-party plugin discovery
 
 The shipped weights in ``weights/`` are hidden from every test (``NAPARI_RRIM_SR_SHIPPED_WEIGHTS=0``,
 set here for the whole session and inherited by subprocesses) so that defaults resolve to the
-tiny test weights; ``tests/test_shipped_weights.py`` turns them back on to test them. Nothing
+tiny test weights; ``tests/registry/test_shipped_weights.py`` turns them back on to test them. Nothing
 else here is autouse.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_rrim_sr.hookspecs import hookimpl
+from napari_rrim_sr.registry.hookspecs import hookimpl
 
 os.environ["NAPARI_RRIM_SR_SHIPPED_WEIGHTS"] = "0"
 # OpenVINO conversions and compiled models (issue 25) go to a folder of this test session, not
@@ -53,8 +53,8 @@ TINY_IDS = ("tiny-rrim-x4-gray", "tiny-rrim-x4-rgb", "tiny-rrim-x4-rgb-psnr", "t
 def _make_tiny_weights(folder: Path) -> dict[str, Path]:
     import torch
 
-    from napari_rrim_sr.registry import Registry
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry.core import Registry
+    from napari_rrim_sr.registry.loading import save_weights
 
     reg = Registry(discover=False)
     out = {}
@@ -83,7 +83,7 @@ def tiny_weights_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def isolated_registry(tmp_path, monkeypatch):
     """A fresh process-wide registry that sees no user weights and no third-party plugins."""
-    from napari_rrim_sr import registry
+    from napari_rrim_sr.registry import core as registry
 
     empty = tmp_path / "user-weights"
     empty.mkdir()
@@ -114,7 +114,7 @@ def tiny_registry(isolated_registry, tiny_weights_files):
     return isolated_registry
 
 
-# -- the device of the device-parametrised tests (tests/test_device.py) ---------------------------
+# -- the device of the device-parametrised tests (tests/engine/test_device.py) ---------------------------
 
 DEVICE_ENV = "RRIM_TEST_DEVICE"
 
@@ -138,7 +138,7 @@ def test_device(request) -> str:
         if not torch.cuda.is_available():
             pytest.skip(f"device {dev} asked for, but CUDA is not available")
     elif dev == "mps":
-        from napari_rrim_sr.devices import mps_available
+        from napari_rrim_sr.engine.devices import mps_available
 
         if not mps_available():
             pytest.skip("device mps asked for, but MPS is not available")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_rrim_sr.cli import main
+from napari_rrim_sr.cli.main import main
 from napari_rrim_sr.errors import InputError, WeightsError
-from napari_rrim_sr.weights_io import check_hparam_limits, load_model, load_state_dict
+from napari_rrim_sr.registry.loading import check_hparam_limits, load_model, load_state_dict
 
 zarr = pytest.importorskip("zarr")
 
@@ -48,8 +48,8 @@ def test_stride0_tensors_are_refused_by_their_real_storage(tmp_path):
 
 
 def test_add_user_weights_does_not_install_an_expanded_file(tmp_path, isolated_registry):
-    from napari_rrim_sr.registry import user_weights_dir
-    from napari_rrim_sr.user_weights import add_user_weights
+    from napari_rrim_sr.registry.core import user_weights_dir
+    from napari_rrim_sr.registry.user_files import add_user_weights
 
     p = tmp_path / "small.pth"
     torch.save({"body.0.weight": torch.zeros(1).expand(1024, 1024, 3, 3)}, p)
@@ -109,8 +109,8 @@ def test_store_declaring_1e9_squared_is_refused_before_any_output(tmp_path, tiny
 
 
 def test_ten_million_planes_plan_lazily(tmp_path, tiny_weights_files):
-    from napari_rrim_sr import chunked
-    from napari_rrim_sr.ngff import open_source
+    from napari_rrim_sr.io.ngff import open_source
+    from napari_rrim_sr.pipeline import chunked
 
     src = open_source(_declaring_store(tmp_path / "planes.ome.zarr", (10**7, 16, 16), (1, 16, 16)))
     model = load_model(tiny_weights_files["tiny-rrim-x4-gray"])  # not part of planning
@@ -128,7 +128,7 @@ def test_ten_million_planes_plan_lazily(tmp_path, tiny_weights_files):
 def test_bundle_listing_one_tiff_many_times_reads_it_once(tmp_path):
     import json
 
-    from napari_rrim_sr.bundle import read_bundle, write_layer_tiff
+    from napari_rrim_sr.io.bundle import read_bundle, write_layer_tiff
 
     b = tmp_path / "b"
     b.mkdir()
@@ -147,8 +147,8 @@ def test_bundle_listing_one_tiff_many_times_reads_it_once(tmp_path):
 def test_tiff_declaring_more_than_memory_points_to_the_lazy_path(tmp_path, monkeypatch, tiny_weights_files, capsys):
     import tifffile
 
-    from napari_rrim_sr import memory
-    from napari_rrim_sr.image_io import read_image
+    from napari_rrim_sr.engine import memory
+    from napari_rrim_sr.io.images import read_image
 
     p = tmp_path / "big.tif"
     # a real 1024^2 tiled TIFF whose header then declares 32768 x 32768 uint16 (2 GiB)

@@ -53,7 +53,7 @@ def test_wheel_contains_every_shipped_weights_file(wheel):
 def test_editable_install_finds_the_root_manifest_and_weights():
     """In a checkout the package reads the root napari.yaml and weights/ (no stale copies)."""
     import napari_rrim_sr
-    from napari_rrim_sr.registry import shipped_weights_dir
+    from napari_rrim_sr.registry.core import shipped_weights_dir
 
     pkg = Path(napari_rrim_sr.__file__).resolve().parent
     assert (pkg / "napari.yaml").resolve().read_bytes() == (ROOT / "napari.yaml").read_bytes()

@@ -97,7 +97,7 @@ def ws(tmp_path_factory):
     from ome_zarr.writer import write_image
     from PIL import Image
 
-    from napari_rrim_sr import registry
+    from napari_rrim_sr.registry import core as registry
 
     d = tmp_path_factory.mktemp("readme")
     tifffile.imwrite(d / "img.tif", _smooth((4, 24, 24), 0, 800, 30000, np.uint16), photometric="minisblack")
@@ -133,7 +133,7 @@ def run(cmd: str) -> int:
         argv += sorted(glob.glob(a)) if any(c in a for c in "*?") else [a]
     assert argv[:2] == ["python", "-m"], cmd
     if argv[2] == "napari_rrim_sr":
-        from napari_rrim_sr.cli import main
+        from napari_rrim_sr.cli.main import main
     elif argv[2] == "napari_rrim_sr.training":
         from napari_rrim_sr.training.cli import main
     else:
@@ -302,7 +302,7 @@ def h_zarr_tcp(cmd, ws, capsys):
 
 
 def h_zarr_resume(cmd, ws, capsys):
-    # after a finished run (the README's case is a killed one; tests/test_zarr.py kills one)
+    # after a finished run (the README's case is a killed one; tests/pipeline/test_zarr.py kills one)
     _fresh("out")
     assert run(cmd.replace(" --resume", "")) == 0, capsys.readouterr().err
     assert run(cmd) == 0, capsys.readouterr().err
@@ -358,8 +358,8 @@ def _vgg(path: Path) -> Path:
 
 
 def h_train_psnr(cmd, ws, capsys):
-    from napari_rrim_sr.registry import get_registry, reset_registry
-    from napari_rrim_sr.weights_io import load_model
+    from napari_rrim_sr.registry.core import get_registry, reset_registry
+    from napari_rrim_sr.registry.loading import load_model
 
     cmd = cmd.replace("--steps 200000", "--steps 2") + " " + TINY_TRAIN
     _fresh("runs/my-psnr")

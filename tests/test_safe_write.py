@@ -119,8 +119,8 @@ def _links(tmp_path, src):
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
-    from napari_rrim_sr.registry import Registry
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry.core import Registry
+    from napari_rrim_sr.registry.loading import save_weights
 
     folder = tmp_path_factory.mktemp("w")
     out = []
@@ -133,8 +133,8 @@ def tiny_weights(tmp_path_factory):
 
 
 def test_evaluate_json_never_replaces_an_input_image(tmp_path, tiny_weights, capsys):
-    from napari_rrim_sr.cli import main
-    from napari_rrim_sr.image_io import write_image
+    from napari_rrim_sr.cli.main import main
+    from napari_rrim_sr.io.images import write_image
 
     img = write_image(tmp_path / "X.png", np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8))
     before = img.read_bytes()
@@ -159,7 +159,7 @@ def test_evaluate_json_never_replaces_an_input_image(tmp_path, tiny_weights, cap
 
 
 def test_bench_json_never_replaces_the_weights(tmp_path, tiny_weights, capsys):
-    from napari_rrim_sr.cli import main
+    from napari_rrim_sr.cli.main import main
 
     w = tiny_weights[1]
     before = w.read_bytes()
@@ -207,7 +207,7 @@ def test_training_interpolate_never_replaces_a_or_b(tmp_path, tiny_weights, caps
 
 
 def test_write_image_never_replaces_a_protected_file(tmp_path):
-    from napari_rrim_sr.image_io import write_image
+    from napari_rrim_sr.io.images import write_image
 
     src = tmp_path / "in.tif"
     src.write_bytes(b"not really a tiff, but precious")
@@ -219,7 +219,7 @@ def test_write_image_never_replaces_a_protected_file(tmp_path):
 
 
 def test_bundle_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    from napari_rrim_sr import bundle
+    from napari_rrim_sr.io import bundle
 
     layers = [(np.zeros((8, 8), np.uint8), {"name": "a"}, "image"), (np.ones((8, 8), np.uint8), {"name": "b"}, "image")]
     calls = []

@@ -69,13 +69,13 @@ class Files:
             axes="zyx",
             storage_options={"chunks": (1, 16, 16)},
         )
-        from napari_rrim_sr.ngff import open_source
+        from napari_rrim_sr.io.ngff import open_source
 
         self.level = self.store / open_source(self.store).array_path
 
 
 def _cli(argv: list[str]) -> int:
-    from napari_rrim_sr.cli import main
+    from napari_rrim_sr.cli.main import main
 
     return main(argv)
 

@@ -6,6 +6,6 @@ the napari integration lives in :mod:`napari_rrim_sr._napari`.
 
 __version__ = "0.1.0"
 
-from .errors import RegistryError, RRIMError, WeightsError  # noqa: E402
+from napari_rrim_sr.errors import RegistryError, RRIMError, WeightsError  # noqa: E402
 
 __all__ = ["__version__", "RRIMError", "WeightsError", "RegistryError"]

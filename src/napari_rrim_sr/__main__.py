@@ -1,3 +1,3 @@
-from .cli import main
+from napari_rrim_sr.cli.main import main
 
 raise SystemExit(main())

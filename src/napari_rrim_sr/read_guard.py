@@ -11,7 +11,7 @@ chunked store's creation/deletion) asks :func:`check_write` before it replaces, 
 writes inside anything. A new command inherits the guarantee without doing anything.
 
 Scope: :func:`reading` opens a *read scope* for one command or API call (the CLI ``main``s, the
-training CLI, :func:`napari_rrim_sr.chunked.upscale_to_store`...). It lives in a
+training CLI, :func:`napari_rrim_sr.pipeline.chunked.upscale_to_store`...). It lives in a
 :class:`contextvars.ContextVar`, so two commands in two threads (or two napari workers) never see
 each other's reads; a nested :func:`reading` joins the enclosing scope. Outside any scope
 :func:`register_read` records nothing, so a long-lived napari process does not accumulate paths;
@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputError
+from napari_rrim_sr.errors import OutputError
 
 __all__ = [
     "MAX_ENTRIES",

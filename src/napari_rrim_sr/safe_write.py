@@ -30,8 +30,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from . import read_guard
-from .errors import OutputError
+from napari_rrim_sr import read_guard
+from napari_rrim_sr.errors import OutputError
 
 __all__ = [
     "TMP_MARK",

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from napari_rrim_sr import bundle
 from napari_rrim_sr.errors import InputError, OutputError
-from napari_rrim_sr.layers import META_KEY
+from napari_rrim_sr.io import bundle
+from napari_rrim_sr.io.geometry import META_KEY
 
 napari = pytest.importorskip("napari")
 
@@ -85,7 +85,7 @@ def test_tiff_round_trip_keeps_data_dtype_scale_metadata(tmp_path, dtype, shape,
 
 
 def test_pixel_size_in_tiff_metadata(tmp_path):
-    from napari_rrim_sr.image_io import read_image
+    from napari_rrim_sr.io.images import read_image
 
     layer = Image(np.zeros((4, 4), np.uint16), scale=(0.065, 0.065), units=("um", "um"))
     d, meta, _ = layer.as_layer_data_tuple()
@@ -96,7 +96,7 @@ def test_pixel_size_in_tiff_metadata(tmp_path):
 
 
 def test_cli_written_tiff_opens_with_pixel_size(tmp_path):
-    from napari_rrim_sr.image_io import write_image
+    from napari_rrim_sr.io.images import write_image
 
     path = write_image(
         tmp_path / "cli.tif",
@@ -116,7 +116,7 @@ def test_reader_opens_16bit_rgb_and_provenance_pngs(tmp_path):
     import imagecodecs
     from PIL import Image as PILImage
 
-    from napari_rrim_sr.image_io import write_image
+    from napari_rrim_sr.io.images import write_image
 
     rgb48 = (np.arange(4 * 5 * 3, dtype=np.uint32).reshape(4, 5, 3) * 2311 + 3).astype(np.uint16)
     (tmp_path / "rgb48.png").write_bytes(imagecodecs.png_encode(rgb48))
@@ -314,7 +314,7 @@ def test_viewer_opens_samples(make_napari_viewer):
 
 
 def _own_tiff(path, arr, layer=None, **rec):
-    from napari_rrim_sr.image_io import write_image
+    from napari_rrim_sr.io.images import write_image
 
     record = {"format": bundle.LAYER_FORMAT, "version": 1, "layer": {"name": "n"} if layer is None else layer}
     record.update(rec)
@@ -365,7 +365,7 @@ def test_good_fields_survive_next_to_a_bad_one(tmp_path):
 def test_invalid_pixel_size_in_our_tiff_metadata_does_not_block_the_pixels(tmp_path):
     import tifffile
 
-    from napari_rrim_sr.image_io import read_image
+    from napari_rrim_sr.io.images import read_image
 
     p = tmp_path / "px.tif"
     tifffile.imwrite(p, np.ones((5, 5), np.uint8), metadata={"pixel_size": "abc", "unit": "µm", META_KEY: {"a": 1}})

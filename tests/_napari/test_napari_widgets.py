@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-from napari_rrim_sr import layers as L
+from napari_rrim_sr.io import geometry as L
 
 pytestmark = pytest.mark.gui
 
@@ -248,7 +248,7 @@ def test_too_large_for_memory_suggests_current_slice(viewer, qtbot, notes, monke
     viewer.add_image(_gray((4, 16, 16)), name="stack")
     w = _upscale_widget(viewer)
     w.current_slice.value = False
-    monkeypatch.setattr("napari_rrim_sr.memory.available_memory", lambda: 100_000)
+    monkeypatch.setattr("napari_rrim_sr.engine.memory.available_memory", lambda: 100_000)
     assert w.run() is None
     assert len(notes["error"]) == 1
     assert "Current slice only" in notes["error"][0] and "memory" in notes["error"][0]
@@ -258,14 +258,14 @@ def test_too_large_for_memory_suggests_current_slice(viewer, qtbot, notes, monke
 def test_errors_in_the_worker_are_notifications(viewer, qtbot, notes, monkeypatch):
     viewer.add_image(_gray((16, 16)), name="img")
     w = _upscale_widget(viewer)
-    from napari_rrim_sr import engine
+    from napari_rrim_sr.engine import api as engine
 
     def boom(*a, **k):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(engine.Upscaler, "upscale_iter", boom)
     released = []
-    from napari_rrim_sr import devices
+    from napari_rrim_sr.engine import devices
 
     real_release = devices.release_memory
     monkeypatch.setattr(devices, "release_memory", lambda d=None: (released.append(d), real_release(d)))
@@ -345,7 +345,7 @@ def test_percentile_normalisation_fields(viewer, qtbot, notes):
 
 def test_metrics_widget_compare_and_error_maps(viewer, qtbot, notes):
     from napari_rrim_sr._napari.widgets import MetricsWidget
-    from napari_rrim_sr.metrics import compare
+    from napari_rrim_sr.quality.metrics import compare
 
     rng = np.random.default_rng(6)
     hr = rng.integers(0, 256, size=(40, 44), dtype=np.uint8)
@@ -429,8 +429,8 @@ def test_upscale_widget_compute_metrics_fills_metrics_widget(viewer, qtbot, note
 
 
 def test_self_ensemble_checkbox_is_run_and_recorded(viewer, qtbot, notes):
-    from napari_rrim_sr import engine
-    from napari_rrim_sr.weights_io import load_model
+    from napari_rrim_sr.engine import api as engine
+    from napari_rrim_sr.registry.loading import load_model
 
     rng = np.random.default_rng(3)
     data = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
@@ -468,8 +468,8 @@ def choice_viewer(make_napari_viewer, tiny_registry, tmp_path, monkeypatch):
     between (clean / robust, gray / RGB), installed in the isolated user weights folder."""
     import torch
 
-    from napari_rrim_sr import registry as R
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry import core as R
+    from napari_rrim_sr.registry.loading import save_weights
 
     folder = Path(R.user_weights_dir(create=True))
     for i, wid in enumerate(CHOICE_IDS):
@@ -499,7 +499,7 @@ def _speckles_crop() -> np.ndarray:
 def _clean_lr() -> np.ndarray:
     from PIL import Image as PILImage
 
-    from napari_rrim_sr.evaluate import make_lr
+    from napari_rrim_sr.quality.evaluate import make_lr
 
     first = min(_need(KODAK).iterdir())
     _, lr = make_lr(np.asarray(PILImage.open(first).convert("L")), 4)  # bicubic x1/4: clean LR
@@ -578,7 +578,7 @@ def test_fourth_band_of_naip_is_a_band_not_alpha(choice_viewer, qtbot, notes):
     assert not nir.rgb and nir.data.shape == (128, 144)
     assert [viewer.layers[n].colormap.name for n in names[:3]] == ["red", "green", "blue"]
     # NIR is upscaled by the model, on its own: not bicubic, not opacity
-    from napari_rrim_sr import engine
+    from napari_rrim_sr.engine import api as engine
 
     want = engine.upscale(tile[..., 3], nir.metadata[L.META_KEY]["model_id"])
     np.testing.assert_allclose(nir.data.astype(int), want.astype(int), atol=1)
@@ -614,7 +614,7 @@ def test_channel_stack_becomes_channel_layers_and_batch(choice_viewer, qtbot, no
         assert f"ixm [C{i}] bicubic x4" in viewer.layers
     assert len({viewer.layers[n].colormap.name for n in rr}) == 3
     # each channel was normalised and upscaled on its own: equals the run of that channel alone
-    from napari_rrim_sr import engine
+    from napari_rrim_sr.engine import api as engine
 
     mid = viewer.layers[rr[1]]
     want = engine.upscale(stack[1], mid.metadata[L.META_KEY]["model_id"], normalization="range")
@@ -871,8 +871,8 @@ def test_registry_change_from_another_thread_updates_the_model_list(viewer, qtbo
     are listed at once, through ``registry.on_change``."""
     import threading
 
-    from napari_rrim_sr import registry as R
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry import core as R
+    from napari_rrim_sr.registry.loading import save_weights
 
     w = _upscale_widget(viewer)
     assert "fresh-weights" not in w.model.choices

@@ -12,7 +12,7 @@ import pytest
 napari = pytest.importorskip("napari")
 
 from napari_rrim_sr._napari.reader import get_reader  # noqa: E402
-from napari_rrim_sr.layers import META_KEY  # noqa: E402
+from napari_rrim_sr.io.geometry import META_KEY  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 IMG2D = DATA / "microscopy/stardist_samples/img2d.tif"
@@ -50,7 +50,7 @@ def test_remembered_reader_opens_foreign_and_own_tiffs_in_a_real_viewer(make_nap
     from napari.errors import MultipleReaderError
     from napari.settings import get_settings
 
-    from napari_rrim_sr.image_io import write_image
+    from napari_rrim_sr.io.images import write_image
 
     if not IMG2D.exists():
         pytest.skip("../shared/data not available")

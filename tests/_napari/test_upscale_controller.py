@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from napari_rrim_sr import layers as layer_logic
-from napari_rrim_sr.progress import Progress, drain
+from napari_rrim_sr.engine.progress import Progress, drain
+from napari_rrim_sr.io import geometry as layer_logic
 
 
 class FakeLayer:
@@ -107,7 +107,7 @@ def test_user_pick_and_back_to_automatic(tiny_registry):
 
 def test_plain_choice_sentence_and_numbers_in_the_tooltip():
     from napari_rrim_sr._napari.upscale.controller import plain_choice
-    from napari_rrim_sr.model_choice import ModelChoice, measure_condition
+    from napari_rrim_sr.registry.choice import ModelChoice, measure_condition
 
     cond = measure_condition(_gray((64, 64), seed=2).astype(float))
     jargon = ModelChoice("rrim-x4-gray-real", "noise σ 12 (raw) → rrim-x4-gray-real", cond, robust=True)
@@ -148,8 +148,8 @@ def test_fine_tuned_percentile_model_is_run_with_percentiles(tiny_registry, tmp_
 def _fine_tuned(registry, tmp_path):
     import torch
 
-    from napari_rrim_sr import registry as reg_module
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry import core as reg_module
+    from napari_rrim_sr.registry.loading import save_weights
 
     folder = reg_module.user_weights_dir(create=True)
     torch.manual_seed(5)

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-from napari_rrim_sr import layers as layer_logic
+from napari_rrim_sr.io import geometry as layer_logic
 
 pytestmark = pytest.mark.gui
 
@@ -97,8 +97,8 @@ def test_naip_bands_show_only_the_model_colour_composite(viewer, qtbot, notes):
 def _robust_weights_for_microscopy():
     import torch
 
-    from napari_rrim_sr import registry as reg_module
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry import core as reg_module
+    from napari_rrim_sr.registry.loading import save_weights
 
     reg = reg_module.get_registry()
     torch.manual_seed(8)

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-from napari_rrim_sr import layers as layer_logic
+from napari_rrim_sr.io import geometry as layer_logic
 
 pytestmark = pytest.mark.gui
 
@@ -109,8 +109,8 @@ def test_fine_tuned_percentile_model_runs_with_percentiles(viewer, qtbot, notes)
     'auto') runs it so, and records it."""
     import torch
 
-    from napari_rrim_sr import registry as reg_module
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry import core as reg_module
+    from napari_rrim_sr.registry.loading import save_weights
 
     reg = reg_module.get_registry()
     torch.manual_seed(3)

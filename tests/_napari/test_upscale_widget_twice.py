@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-from napari_rrim_sr import layers as layer_logic
+from napari_rrim_sr.io import geometry as layer_logic
 
 pytestmark = pytest.mark.gui
 
@@ -138,8 +138,8 @@ X2_IDS = ("tiny-a-x2-gray", "tiny-b-x2-gray")
 def x2_viewer(make_napari_viewer, tiny_registry):
     import torch
 
-    from napari_rrim_sr import registry as reg_module
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry import core as reg_module
+    from napari_rrim_sr.registry.loading import save_weights
 
     folder = Path(reg_module.user_weights_dir(create=True))
     for i, wid in enumerate(X2_IDS):

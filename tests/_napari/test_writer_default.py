@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-from napari_rrim_sr.layers import META_KEY  # noqa: E402
+from napari_rrim_sr.io.geometry import META_KEY  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

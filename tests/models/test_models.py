@@ -11,7 +11,7 @@ from torch import nn
 
 from napari_rrim_sr.models import common, discriminator, rrdbnet, rrim, srresnet
 from napari_rrim_sr.models.complexity import count_macs_per_pixel, count_params
-from napari_rrim_sr.registry import Registry
+from napari_rrim_sr.registry.core import Registry
 
 TINY = {
     "rrim": (rrim.RRIM, rrim.detect, {"num_feat": 8, "num_block": 1}),

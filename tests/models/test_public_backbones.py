@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_rrim_sr import engine
+from napari_rrim_sr.engine import api as engine
 from napari_rrim_sr.errors import WeightsError
-from napari_rrim_sr.registry import Registry
-from napari_rrim_sr.weights_io import detect_backbone, load_model, load_state_dict
+from napari_rrim_sr.registry.core import Registry
+from napari_rrim_sr.registry.loading import detect_backbone, load_model, load_state_dict
 
 CONF = Path(__file__).resolve().parents[3] / "shared" / "conformance"
 CASES = json.loads((CONF / "cases.json").read_text())["cases"] if (CONF / "cases.json").exists() else {}
@@ -145,7 +145,7 @@ def test_engine_untiled_equals_bare_module_and_tiled_equals_untiled(name, reg):
     tiled = engine.upscale(img, loaded, tile=64, normalization=(0.0, 1.0), precision="fp32")
     s = case["scale"]
     assert one.shape[:2] == (112 * s, 136 * s)
-    # as RRIM's (tests/test_engine.py): 1e-3 on 0..1 data, relative to the random net's output size
+    # as RRIM's (tests/engine/test_engine.py): 1e-3 on 0..1 data, relative to the random net's output size
     assert np.abs(one - tiled).max() <= 1e-3 * max(1.0, case["max_abs_output"])
 
 
@@ -165,7 +165,7 @@ def test_engine_honours_swinir_window_as_size_multiple(reg):
 @needs_conf
 @pytest.mark.parametrize("name", ["span_x2_rgb_ch32", "esrgan_old_x1_rgb_nf32", "compact_x2_gray_small"])
 def test_bicubic_reference_and_metrics_use_the_models_scale(name, reg):
-    from napari_rrim_sr.evaluate import evaluate
+    from napari_rrim_sr.quality.evaluate import evaluate
 
     case = CASES[name]
     loaded = load_model(CONF / f"{name}.pth", registry=reg)
@@ -363,7 +363,7 @@ def test_partial_state_dict_names_the_missing_tensors(reg, tmp_path):
 
 @needs_conf
 def test_add_user_weights_validates_and_installs_a_listed_copy(tmp_path, monkeypatch):
-    from napari_rrim_sr.user_weights import add_user_weights
+    from napari_rrim_sr.registry.user_files import add_user_weights
 
     monkeypatch.setenv("NAPARI_RRIM_SR_WEIGHTS_DIR", str(tmp_path / "user"))
     monkeypatch.setenv("NAPARI_RRIM_SR_PLUGINS", "none")

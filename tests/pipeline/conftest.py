@@ -16,7 +16,8 @@ KODAK = DATA / "val" / "Kodak24" / "kodim23.png"
 @pytest.fixture
 def shipped(tmp_path, monkeypatch):
     """The shipped weights visible (the root conftest hides them), nothing else."""
-    from napari_rrim_sr import engine, registry
+    from napari_rrim_sr.engine import api as engine
+    from napari_rrim_sr.registry import core as registry
 
     empty = tmp_path / "user"
     empty.mkdir()

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_rrim_sr.cli import main
-from napari_rrim_sr.image_io import read_image
+from napari_rrim_sr.cli.main import main
+from napari_rrim_sr.io.images import read_image
 
 from .conftest import assert_keeps_mean, dim_uint16, rgb_photo
 
@@ -83,7 +83,7 @@ def test_a_wrong_normalisation_is_a_visible_warning(tmp_path, shipped, capsys):
 
 def test_pipeline_layer_flow_twice_on_a_stack(shipped):
     """The widget's path (a layer, in memory): same result twice, checked against the input."""
-    from napari_rrim_sr.layers import source_from_data
+    from napari_rrim_sr.io.geometry import source_from_data
     from napari_rrim_sr.pipeline import Source, UpscaleRequest, plan, run
 
     a = dim_uint16(24)[None]

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from napari_rrim_sr.cli import main
+from napari_rrim_sr.cli.main import main
 from napari_rrim_sr.errors import Cancelled, InputError
 from napari_rrim_sr.pipeline import PROVENANCE_KEYS, Output, Source, UpscaleRequest, plan, run, run_iter
 
@@ -63,9 +63,9 @@ def test_auto_normalisation_is_the_whole_stacks_range_for_16_bit_and_dtype_for_8
 
 
 def test_weights_that_ask_for_percentile_normalisation_get_it(tmp_path, tiny_registry):
-    from napari_rrim_sr.registry import Registry
+    from napari_rrim_sr.registry.core import Registry
+    from napari_rrim_sr.registry.loading import save_weights
     from napari_rrim_sr.training.finetune_data import NORMALIZATION
-    from napari_rrim_sr.weights_io import save_weights
 
     hp = {"num_feat": 8, "num_block": 1, "scale": 4, "in_channels": 1, "out_channels": 1}
     w = save_weights(
@@ -94,7 +94,7 @@ def test_precision_auto_is_fp32_for_more_than_8_bits(tiny_registry):
 def test_black_stays_black_and_the_models_offset_is_recorded(tmp_path, tiny_registry, capsys):
     import tifffile
 
-    from napari_rrim_sr.image_io import read_image
+    from napari_rrim_sr.io.images import read_image
 
     tifffile.imwrite(tmp_path / "zero.tif", np.zeros((24, 20), np.uint16))
     assert main(["upscale", str(tmp_path / "zero.tif"), "-o", str(tmp_path / "o"), "--quiet"]) == 0
@@ -160,8 +160,8 @@ def test_channel_axis_gives_each_channel_its_own_normalisation(tiny_registry):
 def test_the_same_provenance_schema_from_cli_tiff_ome_zarr_and_layer(tmp_path, tiny_registry):
     import tifffile
 
-    from napari_rrim_sr.image_io import read_image
-    from napari_rrim_sr.layers import META_KEY
+    from napari_rrim_sr.io.geometry import META_KEY
+    from napari_rrim_sr.io.images import read_image
 
     a = stack_u16()
     tifffile.imwrite(tmp_path / "v.tif", a, metadata={"axes": "ZYX"})
@@ -180,7 +180,7 @@ def test_the_same_provenance_schema_from_cli_tiff_ome_zarr_and_layer(tmp_path, t
 
 
 def test_transitional_job_runs_the_pipeline_twice(tiny_registry):
-    from napari_rrim_sr import job as J
+    from napari_rrim_sr.pipeline import job as J
 
     class Layer:
         def __init__(self, data):

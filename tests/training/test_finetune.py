@@ -128,7 +128,7 @@ def test_cancel_keeps_the_best_checkpoint(tiny_registry, tmp_path):
     (lr 3e-2 makes the curve jump around) need not be the last one."""
     import threading
 
-    from napari_rrim_sr.weights_io import load_model
+    from napari_rrim_sr.registry.loading import load_model
 
     stop = threading.Event()
     points = []
@@ -219,7 +219,7 @@ def _pair(shift=(2.3, -1.7)):
     import tifffile
     from scipy import ndimage
 
-    from napari_rrim_sr.bicubic import bicubic_downscale
+    from napari_rrim_sr.engine.bicubic import bicubic_downscale
 
     big = tifffile.imread(NUCLEI).astype(np.float64)
     hr = ndimage.shift(big, shift, order=5, mode="reflect")[32:224, 32:224]
@@ -244,7 +244,7 @@ def test_unrelated_pair_is_refused_with_its_residual():
 
 
 def test_size_ratio_other_than_the_scale_is_refused():
-    from napari_rrim_sr.bicubic import imresize
+    from napari_rrim_sr.engine.bicubic import imresize
 
     _, hr = _pair()
     lr3 = imresize(hr, 1 / 3)  # a x3 pair for a x4 model

@@ -81,7 +81,7 @@ def test_tree_and_carry_fit_the_device_limit():
 
 
 def test_gpu_sampler_matches_the_full_image_lr_and_is_deterministic():
-    from napari_rrim_sr.bicubic import imresize_torch
+    from napari_rrim_sr.engine.bicubic import imresize_torch
 
     rng = np.random.default_rng(0)
     img = (rng.random((96, 120, 3)) * 255).astype(np.uint8)
@@ -156,7 +156,7 @@ def test_dry_run_end_to_end(tiny_carry, tmp_path):
     assert checks["passed"] >= 1 and checks["failed"] == 0
     bench = json.loads((out / "bench.json").read_text())
     assert bench["batched"]["rows"][0]["out_mpix_per_s"] > 0 and bench["cli"]["returncode"] == 0
-    from napari_rrim_sr.weights_io import load_model
+    from napari_rrim_sr.registry.loading import load_model
 
     lm = load_model(str(out / "rrim-x4-rgb-psnr-gpu.safetensors"))
     assert lm.backbone == "rrim" and lm.hparams["num_feat"] == 64

@@ -43,7 +43,7 @@ def _one_thread():
 @pytest.fixture
 def iso(tmp_path, monkeypatch):
     """Isolated registry: user weights in tmp_path, no third-party plugins."""
-    from napari_rrim_sr import registry
+    from napari_rrim_sr.registry import core as registry
 
     wdir = tmp_path / "user-weights"
     monkeypatch.setenv(registry.WEIGHTS_DIR_ENV, str(wdir))
@@ -119,8 +119,8 @@ def _tiny_vgg(path: Path, arch: str = "vgg16", width: int = 4) -> Path:
 
 
 def _save_tiny(path: Path, backbone="rrim", seed=0, extra=None, recipe=None, **hp):
-    from napari_rrim_sr.registry import get_registry
-    from napari_rrim_sr.weights_io import save_weights
+    from napari_rrim_sr.registry.core import get_registry
+    from napari_rrim_sr.registry.loading import save_weights
 
     torch.manual_seed(seed)
     params = dict(TINY, in_channels=3, out_channels=3, scale=4)
@@ -277,7 +277,7 @@ def test_16bit_rgb_png_keeps_its_low_byte(tmp_path):
 def test_lr_matches_full_image_bicubic_and_degradations(tmp_path):
     from PIL import Image
 
-    from napari_rrim_sr.bicubic import imresize
+    from napari_rrim_sr.engine.bicubic import imresize
     from napari_rrim_sr.training.data import Degradations, PatchDataset, load_records
 
     rng = np.random.default_rng(1)
@@ -387,10 +387,10 @@ def test_bad_data_errors_clearly(tmp_path, capsys):
 
 @needs_shared
 def test_psnr_training_loss_falls_exports_and_registers(tmp_path, data_dirs, iso):
-    from napari_rrim_sr import engine
-    from napari_rrim_sr.registry import get_registry
+    from napari_rrim_sr.engine import api as engine
+    from napari_rrim_sr.registry.core import get_registry
+    from napari_rrim_sr.registry.loading import load_model, read_metadata
     from napari_rrim_sr.training.trainer import Trainer
-    from napari_rrim_sr.weights_io import load_model, read_metadata
 
     losses = []
     cfg = _cfg(tmp_path, data_dirs, steps=40, val_every=20, name="tiny-test-psnr", ema=0.9)
@@ -601,7 +601,7 @@ def test_gan_stage_runs_from_psnr_weights(tmp_path, data_dirs, iso, gan_type):
     )
     after = tr.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    from napari_rrim_sr.weights_io import read_metadata
+    from napari_rrim_sr.registry.loading import read_metadata
 
     meta = read_metadata(res.weights)
     assert meta["recipe"]["stage"] == "gan" and meta["training"]["init"]["path"] == str(init)
@@ -610,8 +610,8 @@ def test_gan_stage_runs_from_psnr_weights(tmp_path, data_dirs, iso, gan_type):
 def test_gray_init_from_rgb_reproduces_rgb_model_on_replicated_gray(tmp_path, data_dirs, iso):
     """--init RGB weights for a 1-channel run: the new model starts as "RGB model on gray
     replicated to 3 channels, outputs averaged" (the engine's rule), to float precision."""
+    from napari_rrim_sr.registry.loading import load_model
     from napari_rrim_sr.training.trainer import Trainer
-    from napari_rrim_sr.weights_io import load_model
 
     init = _save_tiny(tmp_path / "rgb.safetensors", seed=5)
     tr = Trainer(_cfg(tmp_path, data_dirs, init=str(init), channels=1, hparams={}, steps=1))
@@ -704,9 +704,9 @@ def test_shared_vgg16_file_loads():
 
 
 def test_interpolate_same_backbone_and_refusals(tmp_path, iso, capsys):
+    from napari_rrim_sr.registry.loading import load_model, load_state_dict, read_metadata
     from napari_rrim_sr.training.cli import main
     from napari_rrim_sr.training.export import ExportError, interpolate
-    from napari_rrim_sr.weights_io import load_model, load_state_dict, read_metadata
 
     a = _save_tiny(tmp_path / "a.safetensors", seed=1)
     b = _save_tiny(tmp_path / "b.safetensors", seed=2)
@@ -738,7 +738,7 @@ def test_interpolate_same_backbone_and_refusals(tmp_path, iso, capsys):
 def test_ship_gan_script_interpolates_and_records_metrics(tmp_path, iso):
     """training.ship_gan (how the shipped GAN file is assembled): lerp of the two files, GAN
     recipe + interpolation record + the evaluate JSON's means in the metadata."""
-    from napari_rrim_sr.weights_io import file_sha256, load_state_dict, read_metadata
+    from napari_rrim_sr.registry.loading import file_sha256, load_state_dict, read_metadata
 
     a = _save_tiny(tmp_path / "psnr.safetensors", seed=1)
     # the GAN run read its --init from an out-of-git copy with the same bytes as the PSNR file
@@ -879,7 +879,7 @@ def test_grid_check_measures_a_periodic_pattern_not_content():
 def test_robust_check_degradations_and_overshoot():
     """training.measure.robust: the clean condition is exactly the evaluation LR, degradations
     are seeded; overshoot is ~0 for nearest-neighbour upscaling and reads a drawn dark hole."""
-    from napari_rrim_sr.evaluate import make_lr
+    from napari_rrim_sr.quality.evaluate import make_lr
     from napari_rrim_sr.training.measure import robust
 
     rng = np.random.default_rng(0)
@@ -905,7 +905,7 @@ def test_robust_check_degradations_and_overshoot():
 def test_robust_check_gray_conditions():
     """training.measure.robust --gray: clean LR is the antialiased bicubic x1/4; shot and read
     noise are seeded and stay in 0..1; the gray overshoot reads a drawn hole on the value scale."""
-    from napari_rrim_sr.bicubic import imresize
+    from napari_rrim_sr.engine.bicubic import imresize
     from napari_rrim_sr.training.measure import robust
 
     hr = np.random.default_rng(0).random((64, 48)).astype(np.float32)

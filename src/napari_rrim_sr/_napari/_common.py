@@ -1,7 +1,7 @@
 """What both dock widgets share: worker plumbing, layer lists, weights lists, progress text.
 
 Only wiring lives here (Qt, napari); every rule that the CLI also needs is in the core
-(:mod:`napari_rrim_sr.job`, :mod:`napari_rrim_sr.model_choice`, :mod:`napari_rrim_sr.layers`).
+(:mod:`napari_rrim_sr.pipeline.job`, :mod:`napari_rrim_sr.registry.choice`, :mod:`napari_rrim_sr.io.geometry`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, Signal
 
-from .. import layers as L
-from ..errors import RRIMError
-from .upscale.progress_text import ProgressText, eta_text  # noqa: F401 - Qt-free; the metrics widget shows it
+from napari_rrim_sr._napari.upscale.progress_text import ProgressText, eta_text  # noqa: F401 - Qt-free; the metrics widget shows it
+from napari_rrim_sr.errors import RRIMError
+from napari_rrim_sr.io import geometry as L
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def drive(gen):
 
 def release_memory() -> None:
     try:
-        from ..devices import release_memory as _release
+        from napari_rrim_sr.engine.devices import release_memory as _release
 
         _release(None)
     except Exception:  # pragma: no cover - best effort
@@ -61,7 +61,7 @@ def release_memory() -> None:
 
 
 def registry():
-    from ..registry import get_registry
+    from napari_rrim_sr.registry.core import get_registry
 
     return get_registry()
 
@@ -174,7 +174,7 @@ def param_count(path) -> int | None:
                         size *= int(d)
                     n += size
         else:
-            from ..weights_io import load_state_dict
+            from napari_rrim_sr.registry.loading import load_state_dict
 
             sd, _ = load_state_dict(p)
             n = int(sum(int(v.numel()) for v in sd.values() if hasattr(v, "numel")))
@@ -208,14 +208,14 @@ def describe_entry(e) -> str:
 
 
 class RegistryWatch(QObject):
-    """Turns :func:`napari_rrim_sr.registry.on_change` (called in any thread) into a Qt signal
+    """Turns :func:`napari_rrim_sr.registry.core.on_change` (called in any thread) into a Qt signal
     delivered in the GUI thread."""
 
     changed = Signal()
 
     def __init__(self):
         super().__init__()
-        from ..registry import on_change
+        from napari_rrim_sr.registry.core import on_change
 
         self._unsubscribe = on_change(lambda _reg: self.changed.emit())
 

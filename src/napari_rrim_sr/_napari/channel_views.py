@@ -2,8 +2,8 @@
 
 A (C, Y, X) channel stack and a 4-band image whose 4th band is not alpha (NAIP: RGB + NIR) are
 upscaled channel by channel with the gray model, as the CLI does
-(:mod:`napari_rrim_sr.channels`, :func:`napari_rrim_sr.bands.classify_fourth_band`); each
-:class:`ChannelView` has the attributes :func:`napari_rrim_sr.job.plan_upscale` reads from a
+(:mod:`napari_rrim_sr.io.channels`, :func:`napari_rrim_sr.io.bands.classify_fourth_band`); each
+:class:`ChannelView` has the attributes :func:`napari_rrim_sr.pipeline.job.plan_upscale` reads from a
 layer, so every channel goes through the one job pipeline and becomes one channel layer.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..bands import classify_fourth_band
-from ..model_choice import ModelChoice, choose_for_layer
+from napari_rrim_sr.io.bands import classify_fourth_band
+from napari_rrim_sr.registry.choice import ModelChoice, choose_for_layer
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _stack_displays(layer, n: int) -> tuple[list[str], list[Any]]:
     path = getattr(getattr(layer, "source", None), "path", None)
     if path:  # the file's own channel names and LUTs (ImageJ/OME), as the reader shows them
         try:
-            from ..channels import read_channel_displays
+            from napari_rrim_sr.io.channels import read_channel_displays
 
             shown = read_channel_displays(path, n)
             labels = [d.name for d in shown]

@@ -21,9 +21,9 @@ from napari.layers import Image
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, Signal
 
-from ..errors import RRIMError
-from . import _common as C
-from . import _fit as F
+from napari_rrim_sr._napari import _common as C
+from napari_rrim_sr._napari import _fit as F
+from napari_rrim_sr.errors import RRIMError
 
 if TYPE_CHECKING:
     import napari
@@ -243,7 +243,7 @@ class FinetuneWidget(C.ScrollableContainer):
 
     @staticmethod
     def _weights_choices(_widget=None) -> list[tuple[str, str]]:
-        from ..registry import get_registry
+        from napari_rrim_sr.registry.core import get_registry
 
         return [(f"{e.id}  (x{e.scale}, {e.in_channels} ch)", e.id) for e in get_registry().weights()]
 
@@ -259,8 +259,8 @@ class FinetuneWidget(C.ScrollableContainer):
     # -- settings ---------------------------------------------------------------------------
     def settings(self):
         """The widget's values as one FinetuneSettings (the core validates them)."""
-        from ..registry import user_weights_dir
-        from ..training.finetune import FinetuneSettings
+        from napari_rrim_sr.registry.core import user_weights_dir
+        from napari_rrim_sr.training.finetune import FinetuneSettings
 
         minutes = float(self.custom_minutes.value or self.minutes.value)
         name = self.name.value.strip()
@@ -292,14 +292,14 @@ class FinetuneWidget(C.ScrollableContainer):
     # -- preview ----------------------------------------------------------------------------
     def show_preview(self, *_):
         """Measure the first chosen layer and draw a synthetic LR patch next to the real data."""
-        from ..training import finetune as ft
+        from napari_rrim_sr.training import finetune as ft
 
         try:
             s = self.settings()
             planes = ft.load_planes(s.data[:1]).planes
             stats = ft.measure_statistics(planes)
             deg, why = ft.choose_degradations(stats, kind=s.degradations, blur=s.blur)
-            from ..registry import get_registry
+            from napari_rrim_sr.registry.core import get_registry
 
             scale = get_registry().find_weights(s.init).scale
             real, syn = ft.degradation_preview(planes[len(planes) // 2], deg, scale, size=64)
@@ -327,7 +327,7 @@ class FinetuneWidget(C.ScrollableContainer):
         except RRIMError as exc:
             self.status.value = f"⚠ {exc}"
             return None
-        from ..training.finetune import finetune
+        from napari_rrim_sr.training.finetune import finetune
 
         self._cancel.clear()
         self.curve_points, self.result = [], None

@@ -9,7 +9,7 @@ import napari.viewer
 from napari.layers import Image
 from napari.utils.notifications import show_info
 
-from . import PLUGIN_NAME, UPSCALE_WIDGET_NAME
+from napari_rrim_sr._napari import PLUGIN_NAME, UPSCALE_WIDGET_NAME
 
 
 def upscale_active_layer(viewer: napari.viewer.Viewer):

@@ -1,7 +1,7 @@
 """The *Super-resolution metrics* dock widget: RMSE / PSNR / SSIM / FSIM of an SR layer (and its
 bicubic sibling) against a reference, or a self-check of a source layer through a model.
 
-Thin wiring of :mod:`napari_rrim_sr.layer_metrics` and :func:`napari_rrim_sr.job.self_check_iter`
+Thin wiring of :mod:`napari_rrim_sr.quality.layer_metrics` and :func:`napari_rrim_sr.pipeline.job.self_check_iter`
 (run in a worker with progress and Cancel). The self-check uses the model the *Upscale* widget
 has selected for the same layer, else the automatic choice for the data, and says which.
 """
@@ -24,19 +24,19 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import create_worker
 
-from .. import job as J
-from .. import layer_metrics as LM
-from .. import layers as L
-from ..errors import InputError, RRIMError, user_message
-from . import _common as C
-from . import _fit as F
+from napari_rrim_sr._napari import _common as C
+from napari_rrim_sr._napari import _fit as F
+from napari_rrim_sr.errors import InputError, RRIMError, user_message
+from napari_rrim_sr.io import geometry as L
+from napari_rrim_sr.pipeline import job as J
+from napari_rrim_sr.quality import layer_metrics as LM
 
 if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
 
-#: what ``auto`` does (:func:`napari_rrim_sr.layer_metrics.metrics_data_range`), said as it is
+#: what ``auto`` does (:func:`napari_rrim_sr.quality.layer_metrics.metrics_data_range`), said as it is
 DATA_RANGE_TOOLTIP = (
     "The range PSNR/SSIM are relative to (the range used is stated under the table). auto: 255 for "
     "8-bit data; for 16-bit (integer) data the dtype's range when the reference uses at least a "
@@ -268,7 +268,7 @@ class MetricsWidget(C.ScrollableContainer):
         if src is None:
             self.model_note.value = ""
             return
-        from .channel_views import auto_choice
+        from napari_rrim_sr._napari.channel_views import auto_choice
 
         try:
             choice = auto_choice(src.data, rgb=bool(src.rgb), available_ids=ids, metadata=src.metadata)

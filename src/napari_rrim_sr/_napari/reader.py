@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..bundle import owned_reader_target, read_bundle, read_layer_tiff, read_png
+from napari_rrim_sr.io.bundle import owned_reader_target, read_bundle, read_layer_tiff, read_png
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ def _foreign_target(path) -> str | None:
 
 def read_foreign(path) -> list:
     """A TIFF/PNG not written by napari-rrim-sr, as plain image layer(s) with the file's own metadata."""
-    from ..bands import classify_fourth_band
-    from ..channels import channel_axis_from_axes, read_channel_displays
-    from ..image_io import read_image
+    from napari_rrim_sr.io.bands import classify_fourth_band
+    from napari_rrim_sr.io.channels import channel_axis_from_axes, read_channel_displays
+    from napari_rrim_sr.io.images import read_image
 
     p = Path(str(path))
     try:
@@ -126,7 +126,7 @@ def read_foreign(path) -> list:
         shown = read_channel_displays(p, data.shape[c_ax])
         kwargs["channel_axis"] = c_ax
         if info.get("photometric") == "rgb" and data.shape[c_ax] == 4:  # RGB + a band (NIR): true colour
-            from ..channels import ChannelDisplay
+            from napari_rrim_sr.io.channels import ChannelDisplay
 
             shown = [ChannelDisplay(n, c) for n, c in (("R", "red"), ("G", "green"), ("B", "blue"), ("band 4", "gray"))]
             kwargs["visible"] = [True, True, True, False]
@@ -136,7 +136,7 @@ def read_foreign(path) -> list:
         if all(d.contrast_limits for d in shown):
             kwargs["contrast_limits"] = [list(d.contrast_limits) for d in shown]
         kwargs.pop("rgb")
-    from ..bundle import _check_units
+    from napari_rrim_sr.io.bundle import _check_units
 
     _check_units(kwargs)
     return [(data, kwargs, "image")]

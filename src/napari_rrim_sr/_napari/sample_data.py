@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..layers import SUGGESTED_WEIGHTS_KEY
+from napari_rrim_sr.io.geometry import SUGGESTED_WEIGHTS_KEY
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 MICROSCOPY_FILE = SAMPLES_DIR / "nuclei_dsb2018_crop.tif"

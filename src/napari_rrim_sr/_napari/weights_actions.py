@@ -1,6 +1,6 @@
 """The upscale widget's *Weights file…* and *Export…* actions (a mixin of :class:`UpscaleWidget`).
 
-Both are one core call in a worker: :func:`napari_rrim_sr.user_weights.add_user_weights`
+Both are one core call in a worker: :func:`napari_rrim_sr.registry.user_files.add_user_weights`
 (validates a checkpoint by loading it; optionally installs a copy) and
 :func:`napari_rrim_sr.export.export_model` (bioimage.io package or ONNX; a missing ``export``
 extra is its clear error, shown here).
@@ -15,9 +15,9 @@ import numpy as np
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 
-from .. import job as J
-from ..errors import user_message
-from . import _common as C
+from napari_rrim_sr._napari import _common as C
+from napari_rrim_sr.errors import user_message
+from napari_rrim_sr.pipeline import job as J
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class WeightsActions:
         self.weights_file.enabled = False
 
         def task():
-            from ..user_weights import add_user_weights
+            from napari_rrim_sr.registry.user_files import add_user_weights
 
             yield f"checking {Path(path).name}"
             return add_user_weights(path, copy=copy, registry=C.registry())
@@ -224,7 +224,7 @@ class WeightsActions:
         registry = self._registry()
 
         def task():
-            from ..export import export_model
+            from napari_rrim_sr.export import export_model
 
             yield "export"
             return export_model(

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from ._common import Failure
-from .metrics_widget import MetricsWidget
-from .upscale.controller import PRECISIONS
-from .upscale.widget import UpscaleWidget
+from napari_rrim_sr._napari._common import Failure
+from napari_rrim_sr._napari.metrics_widget import MetricsWidget
+from napari_rrim_sr._napari.upscale.controller import PRECISIONS
+from napari_rrim_sr._napari.upscale.widget import UpscaleWidget
 
 __all__ = ["PRECISIONS", "Failure", "MetricsWidget", "UpscaleWidget"]

@@ -18,8 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..bundle import TIFF_SUFFIXES, write_layer_tiff
-from ..bundle import write_bundle as _write_bundle
+from napari_rrim_sr.io.bundle import TIFF_SUFFIXES, write_layer_tiff
+from napari_rrim_sr.io.bundle import write_bundle as _write_bundle
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .standalone import STANDALONE, ExportError
+from napari_rrim_sr.export.standalone import STANDALONE, ExportError
 
 FORMATS = ("bioimageio", "onnx")
 SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx"}
@@ -35,8 +35,8 @@ def export_model(
     itself: refused) and written atomically. ``progress(message)`` is called between steps.
     ``input_range`` is the value range a bioimage.io package maps to the network's 0..1.
     """
-    from ..safe_write import atomic_write, check_target
-    from ..weights_io import LoadedModel, load_model
+    from napari_rrim_sr.registry.loading import LoadedModel, load_model
+    from napari_rrim_sr.safe_write import atomic_write, check_target
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -50,7 +50,7 @@ def export_model(
         raise ExportError(f"{out}: --format {fmt} writes a {suffix} file; name the output {out.stem}{suffix}")
     check_exportable(loaded, registry=registry)
     if fmt == "onnx":
-        from .onnx_export import onnx_bytes
+        from napari_rrim_sr.export.onnx_export import onnx_bytes
 
         say("onnx")
         data = onnx_bytes(loaded)
@@ -58,7 +58,7 @@ def export_model(
     import shutil
     import tempfile
 
-    from .bioimageio_export import architecture_callable, build_package
+    from napari_rrim_sr.export.bioimageio_export import architecture_callable, build_package
 
     architecture_callable(loaded.backbone)  # unexportable architecture: refuse before any work
     with tempfile.TemporaryDirectory(prefix="rrim-export-") as tmp:
@@ -77,7 +77,7 @@ def check_exportable(loaded, registry=None) -> None:
     name = str(loaded.path or loaded.id)
     kind = "generator"
     try:
-        from ..registry import get_registry
+        from napari_rrim_sr.registry.core import get_registry
 
         kind = (registry or get_registry()).backbone(loaded.backbone).kind
     except Exception:  # noqa: BLE001 - an in-memory module of an unregistered backbone

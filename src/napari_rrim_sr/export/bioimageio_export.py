@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_export import OPSET, onnx_bytes, torchscript_bytes
-from .standalone import ExportError, architecture_callable, standalone_source
+from napari_rrim_sr.export.onnx_export import OPSET, onnx_bytes, torchscript_bytes
+from napari_rrim_sr.export.standalone import ExportError, architecture_callable, standalone_source
 
 TEST_SIZE = 64
 LICENSE = "BSD-3-Clause"
@@ -87,8 +87,8 @@ def sample_crop(channels: int) -> tuple[np.ndarray, str]:
 
 def engine_output(loaded, chw: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Our pipeline's float32 output on ``chw`` under the package's normalisation (untiled, no border pad)."""
-    from ..normalize import Normalization
-    from ..pipeline import Source, UpscaleRequest, plan, run
+    from napari_rrim_sr.engine.normalize import Normalization
+    from napari_rrim_sr.pipeline import Source, UpscaleRequest, plan, run
 
     norm = Normalization(lo, hi, np.dtype(np.float32), "explicit", None, lo, hi)
     x = chw.astype(np.float32)
@@ -112,7 +112,7 @@ def cover_png(chw: np.ndarray, sr: np.ndarray, scale: int, lo: float, hi: float,
     """LR (nearest) | bicubic | model, side by side, cropped to a 2:1 picture."""
     from PIL import Image
 
-    from ..engine import upscale_bicubic
+    from napari_rrim_sr.engine.api import upscale_bicubic
 
     x = chw.astype(np.float32)
     bic = upscale_bicubic(x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1), scale)
@@ -313,14 +313,14 @@ def _provenance(loaded) -> dict:
 
 
 def _jsonable_kwargs(d) -> dict:
-    from ..jsonable import jsonable
+    from napari_rrim_sr.jsonable import jsonable
 
     return jsonable(dict(d))
 
 
 def _backbone_spec(loaded, registry=None):
-    from ..errors import RegistryError
-    from ..registry import get_registry
+    from napari_rrim_sr.errors import RegistryError
+    from napari_rrim_sr.registry.core import get_registry
 
     try:
         return (registry or get_registry()).backbone(loaded.backbone)

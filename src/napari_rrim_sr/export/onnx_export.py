@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..jsonable import jsonable
-from .standalone import ExportError
+from napari_rrim_sr.export.standalone import ExportError
+from napari_rrim_sr.jsonable import jsonable
 
 #: ONNX opset written (Conv, LeakyRelu, DepthToSpace: supported by every current runtime)
 OPSET = 17

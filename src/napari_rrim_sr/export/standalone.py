@@ -15,7 +15,7 @@ import ast
 import inspect
 from importlib import import_module
 
-from ..errors import RRIMError
+from napari_rrim_sr.errors import RRIMError
 
 #: backbone id -> (module under napari_rrim_sr.models, callable building the generator)
 STANDALONE = {

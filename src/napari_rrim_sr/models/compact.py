@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import shape_of, warn_unused
+from napari_rrim_sr.models.common import shape_of, warn_unused
 
 
 class SRVGGNetCompact(nn.Module):

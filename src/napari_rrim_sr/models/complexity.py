@@ -87,7 +87,7 @@ def _cpu_ms(model: nn.Module, in_channels: int, size: int = 64, repeat: int = 3)
 
 
 def table(scale: int = 4, channels: int = 3, timing: bool = False) -> str:
-    from ..registry import Registry
+    from napari_rrim_sr.registry.core import Registry
 
     reg = Registry(discover=False)
     head = "| model | scale | params | MACs / LR pixel | GMACs for a 256×256 LR input |"

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .common import default_init_weights, shape_of, warn_unused
+from napari_rrim_sr.models.common import default_init_weights, shape_of, warn_unused
 
 
 class SRGANDiscriminator(nn.Module):

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import shape_of, warn_unused
-from .rrdbnet import RRDB
+from napari_rrim_sr.models.common import shape_of, warn_unused
+from napari_rrim_sr.models.rrdbnet import RRDB
 
 
 def _rrdb(nf: int, gc: int) -> RRDB:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import count_indexed, default_init_weights, shape_of, warn_unused
+from napari_rrim_sr.models.common import count_indexed, default_init_weights, shape_of, warn_unused
 
 _UNSHUFFLE = {1: 4, 2: 2, 4: 1}
 

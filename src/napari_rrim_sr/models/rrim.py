@@ -36,7 +36,13 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .common import PixelShuffleUpsample, count_indexed, default_init_weights, shape_of, warn_unused
+from napari_rrim_sr.models.common import (
+    PixelShuffleUpsample,
+    count_indexed,
+    default_init_weights,
+    shape_of,
+    warn_unused,
+)
 
 RESIDUAL_INIT_SCALE = 0.1
 

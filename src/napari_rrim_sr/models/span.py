@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import shape_of, warn_unused
+from napari_rrim_sr.models.common import shape_of, warn_unused
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 

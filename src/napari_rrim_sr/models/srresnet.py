@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .common import count_indexed, icnr_, shape_of, warn_unused
+from napari_rrim_sr.models.common import count_indexed, icnr_, shape_of, warn_unused
 
 
 class ResidualBlock(nn.Module):

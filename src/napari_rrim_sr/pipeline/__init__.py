@@ -6,8 +6,8 @@ cancel) -> :class:`Result` (arrays, the result-vs-input check, warnings, provena
 :func:`build_provenance`). Plain Python: no Qt, no napari import.
 """
 
-from .check import check_result, check_warnings, model_zero_offset
-from .plan import (
+from napari_rrim_sr.pipeline.check import check_result, check_warnings, model_zero_offset
+from napari_rrim_sr.pipeline.plan import (
     Part,
     Plan,
     engine_kwargs,
@@ -18,10 +18,10 @@ from .plan import (
     weight_ids,
     weights_normalization,
 )
-from .provenance import KEYS as PROVENANCE_KEYS
-from .provenance import build_provenance
-from .request import Output, Source, UpscaleRequest
-from .run import Result, run, run_iter
+from napari_rrim_sr.pipeline.provenance import KEYS as PROVENANCE_KEYS
+from napari_rrim_sr.pipeline.provenance import build_provenance
+from napari_rrim_sr.pipeline.request import Output, Source, UpscaleRequest
+from napari_rrim_sr.pipeline.run import Result, run, run_iter
 
 __all__ = [
     "PROVENANCE_KEYS",

@@ -78,7 +78,7 @@ def check_result(
     """
     import time
 
-    from ..bicubic import imresize
+    from napari_rrim_sr.engine.bicubic import imresize
 
     t0 = time.perf_counter()
     shape = tuple(int(n) for n in source.shape)
@@ -160,7 +160,7 @@ def model_zero_offset(model, *, channels: int, device: str = "auto", precision: 
     Measured once per model, device and precision on an 8x8 zero tile (cached)."""
     key = (model.sha256 or id(model.module), channels, str(device), str(precision))
     if key not in _ZERO_CACHE:
-        from ..engine import Upscaler
+        from napari_rrim_sr.engine.api import Upscaler
 
         up = Upscaler(model, device=device, precision=precision, channels=channels)
         try:

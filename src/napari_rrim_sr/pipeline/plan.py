@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from .request import Output, Source, UpscaleRequest
+from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.pipeline.request import Output, Source, UpscaleRequest
 
 __all__ = [
     "Part",
@@ -47,7 +47,7 @@ __all__ = [
 
 def no_weights_message() -> str:
     """The one "no weights" message of every entry point (CLI, widgets, demo)."""
-    from ..registry import user_weights_dir
+    from napari_rrim_sr.registry.core import user_weights_dir
 
     return (
         "No trained weights are installed, so there is no model to upscale with. "
@@ -58,10 +58,10 @@ def no_weights_message() -> str:
 
 
 def weight_ids(registry=None, scale: int = 4) -> list[str]:
-    """Ids of the installed weights of ``scale``: :func:`~napari_rrim_sr.model_choice.installed_weight_ids`
+    """Ids of the installed weights of ``scale``: :func:`~napari_rrim_sr.registry.choice.installed_weight_ids`
     (the one list), or the same filter over another registry (tests, plugins' own registries)."""
-    from ..model_choice import installed_weight_ids
-    from ..registry import get_registry
+    from napari_rrim_sr.registry.choice import installed_weight_ids
+    from napari_rrim_sr.registry.core import get_registry
 
     if registry is None or registry is get_registry():
         return installed_weight_ids(scale)
@@ -82,7 +82,7 @@ class Part:
     rgb: bool
     model: Any  # LoadedModel
     choice: dict  # {"weights", "reason", "robust", "condition"}
-    normalization: Any  # napari_rrim_sr.normalize.Normalization
+    normalization: Any  # napari_rrim_sr.engine.normalize.Normalization
     norm_reason: str
     constant: bool = False  # the whole part holds one value: the result is that value
     label: str = ""
@@ -144,7 +144,7 @@ class Plan:
 def engine_kwargs(request: UpscaleRequest, precision: str) -> dict:
     """Keyword arguments of the engine's ``Upscaler`` for this request (``backend`` only where
     the engine knows it)."""
-    from ..options import FIELDS
+    from napari_rrim_sr.engine.options import FIELDS
 
     kw = {
         "device": request.device,
@@ -165,9 +165,9 @@ def engine_kwargs(request: UpscaleRequest, precision: str) -> dict:
 def load_model_for(model, *, channels: int, pair=None, alpha=None, registry=None):
     """A ``LoadedModel`` from a LoadedModel, weights id, path, None (the default for
     ``channels``), or the network interpolation of a PSNR/GAN ``pair`` at ``alpha``."""
-    from ..interpolation import lerp_state_dicts
-    from ..registry import get_registry
-    from ..weights_io import LoadedModel, load_model
+    from napari_rrim_sr.registry.core import get_registry
+    from napari_rrim_sr.registry.interpolation import lerp_state_dicts
+    from napari_rrim_sr.registry.loading import LoadedModel, load_model
 
     registry = registry or get_registry()
     if isinstance(model, LoadedModel):
@@ -204,7 +204,7 @@ def load_model_for(model, *, channels: int, pair=None, alpha=None, registry=None
 
 
 def _choose(request: UpscaleRequest, data, *, rgb: bool, spatial, ids, registry) -> tuple[Any, dict]:
-    from ..model_choice import choose_for_layer
+    from napari_rrim_sr.registry.choice import choose_for_layer
 
     model = request.model
     channels = 3 if rgb else 1
@@ -248,7 +248,7 @@ def weights_normalization(metadata: dict | None) -> tuple[str, tuple[float, floa
 
 
 def _is_normalization(value) -> bool:
-    from ..normalize import Normalization
+    from napari_rrim_sr.engine.normalize import Normalization
 
     return isinstance(value, Normalization)
 
@@ -264,14 +264,20 @@ def _lazy(data):
 
 
 def _minmax(data) -> tuple[float, float]:
-    from ..normalize import _minmax as nmm
+    from napari_rrim_sr.engine.normalize import _minmax as nmm
 
     return nmm(data, type(data).__module__.startswith("dask"))
 
 
 def _normalization(request: UpscaleRequest, stats_data, model, *, rgb: bool):
     """(Normalization, reason) over ``stats_data`` (the whole stack/store of this part)."""
-    from ..normalize import Normalization, check_dtype, clip_limits, compute_normalization, dtype_limits
+    from napari_rrim_sr.engine.normalize import (
+        Normalization,
+        check_dtype,
+        clip_limits,
+        compute_normalization,
+        dtype_limits,
+    )
 
     dt = check_dtype(stats_data.dtype)
     if rgb and stats_data.shape[-1] == 4:
@@ -343,7 +349,7 @@ def _precision(request: UpscaleRequest, parts: list[Part]) -> tuple[str, str]:
 
 def _layout(src: Source, data, request: UpscaleRequest) -> tuple[tuple[int, int], bool, int | None]:
     """(spatial axes, rgb, channel axis) of the data; a 4th band that is not alpha becomes a band."""
-    from ..bands import classify_fourth_band
+    from napari_rrim_sr.io.bands import classify_fourth_band
 
     shape = tuple(int(n) for n in data.shape)
     nd = len(shape)
@@ -374,7 +380,7 @@ def _layout(src: Source, data, request: UpscaleRequest) -> tuple[tuple[int, int]
 def _source_record(src: Source, shape, dtype) -> dict:
     sha = None
     if src.path is not None and Path(src.path).is_file():
-        from ..weights_io import file_sha256
+        from napari_rrim_sr.registry.loading import file_sha256
 
         sha = file_sha256(src.path)
     return {
@@ -392,11 +398,11 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
     output kind; raises :class:`~napari_rrim_sr.errors.InputError` (one line) for anything wrong
     that can be told without running the model. Loads the chosen weights (their metadata
     decides the normalisation). Creates nothing on disk."""
-    from ..image_io import LAZY_HINT
-    from ..memory import check_fits_in_memory, output_nbytes
-    from ..normalize import check_dtype
-    from ..options import UpscaleOptions
-    from ..registry import get_registry
+    from napari_rrim_sr.engine.memory import check_fits_in_memory, output_nbytes
+    from napari_rrim_sr.engine.normalize import check_dtype
+    from napari_rrim_sr.engine.options import UpscaleOptions
+    from napari_rrim_sr.io.images import LAZY_HINT
+    from napari_rrim_sr.registry.core import get_registry
 
     registry = registry or get_registry()
     src = request.source
@@ -468,7 +474,7 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
     reasons.append(f"precision {precision}: {prec_reason}")
     # the data actually processed: the current slice (kept as a stack of one), or all of it
     if slice_index:
-        from ..layers import slice_key
+        from napari_rrim_sr.io.geometry import slice_key
 
         data = full[slice_key(nd, slice_index)]
         reasons.append(f"slices: the current slice {slice_index}")
@@ -476,7 +482,7 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
     out = request.output
     kind = out.kind
     if kind == "auto":
-        from ..chunked import plan_output
+        from napari_rrim_sr.pipeline.chunked import plan_output
 
         kind, why = plan_output(data.shape, data.dtype, scale, n_spatial=2)
         if kind == "store" and out.path is None:
@@ -527,9 +533,9 @@ def plan(request: UpscaleRequest, registry=None) -> Plan:
 
 def _plan_store(p: Plan) -> None:
     """The chunked job of a store output (validated now; the store is created by the run)."""
-    from .. import chunked
-    from ..ngff import Source as NgffSource
-    from ..ngff import _parse_axes
+    from napari_rrim_sr.io.ngff import Source as NgffSource
+    from napari_rrim_sr.io.ngff import _parse_axes
+    from napari_rrim_sr.pipeline import chunked
 
     req, out = p.request, p.output
     if len(p.parts) != 1 or p.rgb:

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..jsonable import jsonable
+from napari_rrim_sr.jsonable import jsonable
 
 __all__ = ["KEYS", "build_provenance", "versions"]
 
@@ -75,7 +75,7 @@ def versions() -> dict:
     """Versions that determine a result (this package, numpy, torch when loaded, Python)."""
     import sys
 
-    from .. import __version__
+    from napari_rrim_sr import __version__
 
     out = {"napari_rrim_sr": __version__, "numpy": np.__version__, "python": platform.python_version()}
     torch = sys.modules.get("torch")
@@ -112,7 +112,7 @@ def build_provenance(
 ) -> dict:
     """The record of one result (``kind`` "rrim" or "bicubic"); ``source`` is {name, path,
     sha256, shape, dtype, axes}; ``extra``: path-specific fields added on top."""
-    from .. import __version__
+    from napari_rrim_sr import __version__
 
     is_model = kind == "rrim"
     m = dict(model or {}) if is_model else {}

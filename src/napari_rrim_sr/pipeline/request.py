@@ -21,10 +21,10 @@ class Source:
 
     ``data``: numpy, dask or zarr array. ``spatial_axes`` (Y, X) default to the last two (before a
     trailing RGB(A) axis); ``rgb`` None = detect a trailing axis of 3 or 4 samples (``layer`` /
-    ``info`` may say). ``layer``: :func:`napari_rrim_sr.layers.source_info` of a napari layer (its
-    geometry, colormap, metadata) for the result layers; ``info``: :func:`napari_rrim_sr.image_io.read_image`'s
+    ``info`` may say). ``layer``: :func:`napari_rrim_sr.io.geometry.source_info` of a napari layer (its
+    geometry, colormap, metadata) for the result layers; ``info``: :func:`napari_rrim_sr.io.images.read_image`'s
     info of a file (axes, pixel size) for the written file; ``zarr``: an
-    :class:`napari_rrim_sr.ngff.Source` when the data is a store opened by :func:`napari_rrim_sr.ngff.open_source`.
+    :class:`napari_rrim_sr.io.ngff.Source` when the data is a store opened by :func:`napari_rrim_sr.io.ngff.open_source`.
     """
 
     data: Any
@@ -48,7 +48,7 @@ class Output:
     ``kind``: ``"memory"`` (arrays in the :class:`~.result.Result`), ``"files"`` (``path`` and, with
     the bicubic reference, ``bicubic_path``; format from the suffix), ``"store"`` (an OME-Zarr
     store at ``path``, chunk by chunk, resumable) or ``"auto"`` (memory when the result fits in
-    the memory budget, else a store at ``path``, see :func:`napari_rrim_sr.chunked.plan_output`).
+    the memory budget, else a store at ``path``, see :func:`napari_rrim_sr.pipeline.chunked.plan_output`).
     ``protect``: more paths the command reads (never replaced; the source path and the weights
     file are always protected). ``chunk``/``halo``/``client``/``workers``/``command``/``extra``:
     the store path's settings and provenance fields.
@@ -76,7 +76,7 @@ class UpscaleRequest:
     weights id, a weights file path or a loaded model. ``normalization``: ``"auto"`` (the data's
     own range, or what the weights' metadata asks, over the whole stack/store at once),
     ``"dtype"``, ``"range"``, ``"percentile"`` (``percentiles``), or a ready
-    :class:`~napari_rrim_sr.normalize.Normalization` (used as is: export test data). ``precision``: ``"auto"`` (fp32
+    :class:`~napari_rrim_sr.engine.normalize.Normalization` (used as is: export test data). ``precision``: ``"auto"`` (fp32
     for data with more than 8 significant bits, else the engine's choice), ``fp32``/``bf16``/``fp16``.
     ``backend``: ``"auto"``/``"torch"``/``"openvino"`` (passed to the engine when it knows it).
     ``slices``: ``"all"`` or ``"current"`` (then ``slice_index`` {axis: index}). ``channel_axis``:

@@ -1,10 +1,10 @@
 """The runner: a :class:`~.plan.Plan` executed for every output kind, with progress and cancel.
 
-:func:`run_iter` is a generator of :class:`napari_rrim_sr.progress.Progress` events that returns
+:func:`run_iter` is a generator of :class:`napari_rrim_sr.engine.progress.Progress` events that returns
 a :class:`Result` (a widget drives it in a worker; closing it cancels between tiles or chunks);
-:func:`run` drains it (:func:`napari_rrim_sr.progress.drain`, the one loop that does so).
+:func:`run` drains it (:func:`napari_rrim_sr.engine.progress.drain`, the one loop that does so).
 Memory and files: the engine on the planned data, each part with its own model and the
-normalisation computed once over the whole data. Store: :mod:`napari_rrim_sr.chunked`'s runner
+normalisation computed once over the whole data. Store: :mod:`napari_rrim_sr.pipeline.chunked`'s runner
 (resume, overwrite, progress, cancel). Then every result is checked against its input
 (:mod:`.check`) and described by the one provenance builder (:mod:`.provenance`).
 """
@@ -18,11 +18,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import Cancelled, InputError
-from ..progress import Progress, drain
-from .check import check_result, check_warnings, model_zero_offset
-from .plan import Plan, engine_kwargs
-from .provenance import build_provenance
+from napari_rrim_sr.engine.progress import Progress, drain
+from napari_rrim_sr.errors import Cancelled, InputError
+from napari_rrim_sr.pipeline.check import check_result, check_warnings, model_zero_offset
+from napari_rrim_sr.pipeline.plan import Plan, engine_kwargs
+from napari_rrim_sr.pipeline.provenance import build_provenance
 
 __all__ = ["Result", "run", "run_iter"]
 
@@ -75,7 +75,7 @@ class Result:
     def layer_kwargs(self, kind: str = "rrim", *, extra: Mapping[str, Any] | None = None) -> dict:
         """``viewer.add_image`` keyword arguments of the ``"rrim"`` or ``"bicubic"`` result, the
         provenance record in ``metadata["napari_rrim_sr"]``."""
-        from ..layers import result_layer_kwargs, source_from_data
+        from napari_rrim_sr.io.geometry import result_layer_kwargs, source_from_data
 
         src = self.plan.request.source
         layer = src.layer
@@ -209,8 +209,8 @@ def _protect(plan: Plan) -> list[Path]:
 
 
 def _memory_iter(plan: Plan):
-    from ..devices import release_memory
-    from ..engine import Upscaler, upscale_bicubic
+    from napari_rrim_sr.engine.api import Upscaler, upscale_bicubic
+    from napari_rrim_sr.engine.devices import release_memory
 
     req = plan.request
     data = plan.data
@@ -282,8 +282,8 @@ def _finish(plan: Plan, res: Result, sr):
     dev = req.device if res.device.startswith("none") else res.device
     res.zero_offset = _zero_offsets(plan, dev, plan.precision)
     if req.metrics:
-        from ..layers import representative_plane
-        from .selfcheck import self_check_images
+        from napari_rrim_sr.io.geometry import representative_plane
+        from napari_rrim_sr.pipeline.selfcheck import self_check_images
 
         yield Progress(0, 0, 0, 0, "self-check metrics")
         # drained here: its own "starting" would read as the next run of a batch
@@ -304,7 +304,7 @@ def _finish(plan: Plan, res: Result, sr):
 
 
 def _write_files(plan: Plan, res: Result) -> None:
-    from ..image_io import write_image
+    from napari_rrim_sr.io.images import write_image
 
     out, src = plan.output, plan.request.source
     protect = _protect(plan)
@@ -334,8 +334,8 @@ def _store_iter(plan: Plan):
     import dask.array as da
     import zarr
 
-    from .. import chunked
-    from ..layers import META_KEY
+    from napari_rrim_sr.io.geometry import META_KEY
+    from napari_rrim_sr.pipeline import chunked
 
     out = plan.output
     job, zsrc = plan.store_job, plan.store_source

@@ -1,6 +1,6 @@
 """The metrics self-check: how well the model recovers the data from its own bicubic LR.
 
-Protocol of :func:`napari_rrim_sr.evaluate.evaluate`: LR = MATLAB bicubic x1/scale of the
+Protocol of :func:`napari_rrim_sr.quality.evaluate.evaluate`: LR = MATLAB bicubic x1/scale of the
 mod-cropped plane (rounded to its dtype); the model (normalised by the planner's rules) and
 bicubic upscale the LR; both are scored against the plane. Used by the metrics widget and by
 ``metrics=True`` requests. (Moved here from ``job.py``.)
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from ..jsonable import jsonable
-from ..progress import Progress, drain
+from napari_rrim_sr.engine.progress import Progress, drain
+from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.jsonable import jsonable
 
 __all__ = ["self_check", "self_check_images", "self_check_images_iter", "self_check_iter"]
 
@@ -35,12 +35,12 @@ def self_check_images_iter(
     """Generator (yields ``Progress`` per tile; closing it cancels) returning ``({"model",
     "bicubic", "convention"}, {"hr", "lr", "model", "bicubic"} arrays)`` for one plane.
     ``y_channel`` defaults to True for RGB; ``border`` to the scale; ``data_range`` to
-    :func:`~napari_rrim_sr.layer_metrics.metrics_data_range` of the plane."""
-    from .. import engine
-    from ..devices import release_memory
-    from ..evaluate import make_lr
-    from ..layer_metrics import compare_arrays, metrics_data_range
-    from .plan import resolve_normalization
+    :func:`~napari_rrim_sr.quality.layer_metrics.metrics_data_range` of the plane."""
+    from napari_rrim_sr.engine import api as engine
+    from napari_rrim_sr.engine.devices import release_memory
+    from napari_rrim_sr.pipeline.plan import resolve_normalization
+    from napari_rrim_sr.quality.evaluate import make_lr
+    from napari_rrim_sr.quality.layer_metrics import compare_arrays, metrics_data_range
 
     plane = np.asarray(plane)
     expected = 3 if rgb else 2
@@ -93,9 +93,9 @@ def self_check_iter(
     registry=None,
 ):
     """Generator form of :func:`self_check` (the metrics widget shows its progress and cancels)."""
-    from ..devices import release_memory
-    from ..layer_metrics import data_range_choice, error_map
-    from .plan import load_model_for
+    from napari_rrim_sr.engine.devices import release_memory
+    from napari_rrim_sr.pipeline.plan import load_model_for
+    from napari_rrim_sr.quality.layer_metrics import data_range_choice, error_map
 
     yield Progress(0, 0, 0, 0, f"loading {weights_id}")
     model = load_model_for(weights_id, channels=3 if rgb else 1, registry=registry)

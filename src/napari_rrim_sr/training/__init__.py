@@ -14,18 +14,18 @@ Importing this package does not import torch; the submodules do.
 
 from __future__ import annotations
 
-from .config import TrainConfig
+from napari_rrim_sr.training.config import TrainConfig
 
 __all__ = ["TrainConfig", "train", "Trainer", "export_run", "interpolate"]
 
 
 def __getattr__(name):  # lazy: keep `import napari_rrim_sr.training` light
     if name in ("Trainer", "train", "TrainResult"):
-        from . import trainer
+        from napari_rrim_sr.training import trainer
 
         return getattr(trainer, name)
     if name in ("export_run", "interpolate"):
-        from . import export
+        from napari_rrim_sr.training import export
 
         return getattr(export, name)
     raise AttributeError(name)

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from napari_rrim_sr.training.cli import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import devices
+from napari_rrim_sr.engine import devices
 
 
 def bench_training(
@@ -33,7 +33,7 @@ def bench_training(
     progress=None,
 ) -> list[dict[str, Any]]:
     """One row per (precision, layout): seconds per step and HR patches/s."""
-    from ..registry import get_registry
+    from napari_rrim_sr.registry.core import get_registry
 
     registry = registry or get_registry()
     if threads:
@@ -127,7 +127,7 @@ def bench_loader(
     cache: str = "memory",
 ) -> dict[str, Any]:
     """Decode time and patches/s of the training data loader (LR made on the fly)."""
-    from .data import Degradations, PatchDataset, load_records, measure_loader
+    from napari_rrim_sr.training.data import Degradations, PatchDataset, load_records, measure_loader
 
     records, report = load_records(list(data), channels=channels, min_side=patch_size, cache=cache, cache_dir=None)
     ds = PatchDataset(

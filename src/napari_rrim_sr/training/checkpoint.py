@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import RRIMError
-from ..safe_write import atomic_write
+from napari_rrim_sr.errors import RRIMError
+from napari_rrim_sr.safe_write import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def adapt_channels(src: dict, dst: dict) -> dict:
         elif ws[1:] == ts[1:] and {ws[0], ts[0]} == {1, 3}:
             out[key] = w.mean(0, keepdim=True) if ts[0] == 1 else w.repeat(3, *([1] * (w.dim() - 1)))
         else:
-            from .config import ConfigError
+            from napari_rrim_sr.training.config import ConfigError
 
             raise ConfigError(f"--init tensor {key} has shape {ws}, the model needs {ts}")
     return out

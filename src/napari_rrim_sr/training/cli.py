@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import read_guard
-from ..devices import COMPUTE_PRECISIONS, PRECISIONS, STORE_DTYPES
-from ..errors import RRIMError
-from .config import ConfigError, TrainConfig, field_help, load_toml, parse_scalar
+from napari_rrim_sr import read_guard
+from napari_rrim_sr.engine.devices import COMPUTE_PRECISIONS, PRECISIONS, STORE_DTYPES
+from napari_rrim_sr.errors import RRIMError
+from napari_rrim_sr.training.config import ConfigError, TrainConfig, field_help, load_toml, parse_scalar
 
 SUBCOMMANDS = ("train", "export", "interpolate", "bench", "finetune")
 
@@ -326,7 +326,7 @@ def add_finetune_parser(sub) -> None:
 
 
 def _pair_files(lr_src: str, hr_src: str) -> list[tuple[str, str]]:
-    from .data import find_images
+    from napari_rrim_sr.training.data import find_images
 
     lr_p, hr_p = Path(lr_src), Path(hr_src)
     if lr_p.is_file() and hr_p.is_file():
@@ -341,8 +341,8 @@ def _pair_files(lr_src: str, hr_src: str) -> list[tuple[str, str]]:
 
 
 def cmd_finetune(ns: argparse.Namespace) -> int:
-    from ..jsonable import jsonable
-    from .finetune import FinetuneSettings, finetune
+    from napari_rrim_sr.jsonable import jsonable
+    from napari_rrim_sr.training.finetune import FinetuneSettings, finetune
 
     if not ns.data and not ns.pairs:
         raise ConfigError("finetune needs --data PATH... or --pairs LR_DIR HR_DIR")
@@ -371,9 +371,9 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
         seed=ns.seed,
     )
     if ns.json:  # refuse a --json onto the data or the --init weights before the run, not after it
-        from ..safe_write import check_target
-        from ..upscaler import resolve_model
-        from .data import find_images
+        from napari_rrim_sr.engine.upscaler import resolve_model
+        from napari_rrim_sr.safe_write import check_target
+        from napari_rrim_sr.training.data import find_images
 
         find_images(ns.data)  # the data files are recorded as read (read_guard)
         resolve_model(ns.init, 1)  # so is the --init weights file
@@ -399,7 +399,7 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
     if res.installed:
         print(f"registered as {res.name!r}: {res.installed}")
     if ns.json:
-        from ..safe_write import atomic_write
+        from napari_rrim_sr.safe_write import atomic_write
 
         doc = {
             "name": res.name,
@@ -442,7 +442,7 @@ def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, Any]:
     elif resume:
         saved = None
         if resume not in ("last", "auto"):
-            from .checkpoint import load_checkpoint
+            from napari_rrim_sr.training.checkpoint import load_checkpoint
 
             ck = Path(resume)
             saved = load_checkpoint(ck)["config"]
@@ -487,7 +487,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
             threads=cfg.threads,
             as_json=False,
         )
-    from .trainer import Trainer
+    from napari_rrim_sr.training.trainer import Trainer
 
     trainer = Trainer(cfg, resume=resume)
     print(f"run directory: {trainer.run_dir}")
@@ -520,7 +520,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from .export import export_run
+    from napari_rrim_sr.training.export import export_run
 
     res = export_run(
         ns.run_dir,
@@ -542,7 +542,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_interpolate(ns: argparse.Namespace) -> int:
-    from .export import interpolate
+    from napari_rrim_sr.training.export import interpolate
 
     res = interpolate(
         ns.a, ns.b, ns.alpha, ns.out, name=ns.name, register=ns.register, overwrite=ns.overwrite, dtype=ns.dtype
@@ -554,7 +554,7 @@ def cmd_interpolate(ns: argparse.Namespace) -> int:
 
 
 def _bench_rows(*, as_json: bool, **kwargs) -> int:
-    from .bench import bench_training
+    from napari_rrim_sr.training.bench import bench_training
 
     def show(row):
         if not as_json:
@@ -580,11 +580,11 @@ def _bench_rows(*, as_json: bool, **kwargs) -> int:
 def cmd_bench(ns: argparse.Namespace) -> int:
     out: dict[str, Any] = {}
     if ns.data:
-        from .bench import bench_loader
+        from napari_rrim_sr.training.bench import bench_loader
 
         deg = None
         if ns.degrade:
-            from .data import Degradations
+            from napari_rrim_sr.training.data import Degradations
 
             deg = Degradations(blur_sigma=(0.2, 2.0), noise_sigma=(1.0, 10.0), jpeg_quality=(50, 95))
         res = bench_loader(
@@ -624,7 +624,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         threads=ns.threads,
     )
     if ns.json:
-        from .bench import bench_training
+        from napari_rrim_sr.training.bench import bench_training
 
         out["training"] = bench_training(**kwargs)
         print(json.dumps(out, indent=2))
@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except BrokenPipeError:  # `... | head`
-            from ..cli import silence_broken_pipe
+            from napari_rrim_sr.cli.main import silence_broken_pipe
 
             silence_broken_pipe()
             return 0
@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `... | head`: the reader is gone
-        from ..cli import silence_broken_pipe
+        from napari_rrim_sr.cli.main import silence_broken_pipe
 
         silence_broken_pipe()
         return 0

@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import tomllib
 
-from ..devices import PRECISIONS, STORE_DTYPES
-from ..errors import RRIMError
+from napari_rrim_sr.engine.devices import PRECISIONS, STORE_DTYPES
+from napari_rrim_sr.errors import RRIMError
 
 
 class ConfigError(RRIMError, ValueError):
@@ -306,8 +306,8 @@ class TrainConfig:
 
     def save(self, folder: Path) -> None:
         """config.toml and config.json of a run (replaced atomically on resume)."""
-        from ..jsonable import jsonable
-        from ..safe_write import atomic_write
+        from napari_rrim_sr.jsonable import jsonable
+        from napari_rrim_sr.safe_write import atomic_write
 
         folder = Path(folder)
         atomic_write(folder / "config.toml", self.to_toml(), overwrite=True)

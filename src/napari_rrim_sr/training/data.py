@@ -20,7 +20,7 @@
   rotation, degradations), so a resumed run sees exactly the patches the interrupted one would
   have. The HR patch position is aligned to the scale grid and cropped with a margin, so its LR
   equals the corresponding crop of the full image's LR (the evaluation convention: MATLAB
-  bicubic x1/scale with antialiasing, :func:`napari_rrim_sr.bicubic.imresize_torch`).
+  bicubic x1/scale with antialiasing, :func:`napari_rrim_sr.engine.bicubic.imresize_torch`).
 * **Degradations** (optional, applied in this order as in the GAN service described in
   docs): Gaussian blur of the HR before downscaling, bicubic x1/scale, Gaussian noise, Poisson
   noise, quantisation to the source's bit depth, JPEG re-compression.
@@ -42,9 +42,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .. import read_guard
-from ..errors import RRIMError
-from .degradations import Degradations, gaussian_blur, jpeg_roundtrip  # noqa: F401 (re-exported)
+from napari_rrim_sr import read_guard
+from napari_rrim_sr.errors import RRIMError
+from napari_rrim_sr.training.degradations import Degradations, gaussian_blur, jpeg_roundtrip  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,10 @@ class Decoded:
 
 
 def decode_image(path: str | os.PathLike) -> Decoded:
-    """Decode an image file through the project's one decoder (:func:`napari_rrim_sr.image_io.decode_image`,
+    """Decode an image file through the project's one decoder (:func:`napari_rrim_sr.io.images.decode_image`,
     the CLI's and the reader's too); raises ``ValueError``/``OSError`` when it cannot be read."""
-    from ..image_io import as_planes
-    from ..image_io import decode_image as _decode
+    from napari_rrim_sr.io.images import as_planes
+    from napari_rrim_sr.io.images import decode_image as _decode
 
     return Decoded(*as_planes(*_decode(path)))
 
@@ -469,7 +469,7 @@ class PatchDataset:
     def __getitem__(self, i: int):
         import torch
 
-        from ..bicubic import imresize_torch
+        from napari_rrim_sr.engine.bicubic import imresize_torch
 
         rng = np.random.default_rng([self.seed, int(i)])
         hr_m, top, left, bits = self.sample_hr(rng)
@@ -599,7 +599,7 @@ def load_validation(
     """Validation images mapped like the training data (stacks: the middle plane), centre-cropped
     to ``crop`` (if > 0) and mod-cropped to ``scale``."""
     files, problems = find_images([source], exclude)
-    from ..layers import representative_plane
+    from napari_rrim_sr.io.geometry import representative_plane
 
     out: list[ValImage] = []
     for p in files:

@@ -2,11 +2,11 @@
 
 ``export_run(RUN_DIR)`` reads the run's last checkpoint (``weights_only=True``), takes the EMA
 generator (or the raw one), and writes ``RUN_DIR/NAME.safetensors`` with
-:func:`napari_rrim_sr.weights_io.save_weights`: backbone, hparams, the resolved config as the
+:func:`napari_rrim_sr.registry.loading.save_weights`: backbone, hparams, the resolved config as the
 recipe, the validation metrics with their evaluation convention and the bicubic baseline, and
 under ``training``: steps, wall time, hardware of every session, data description, the
 ``--init`` weights. With ``register=True`` the file is copied into the user weights folder
-(:func:`napari_rrim_sr.weights_io.install_weights`) so napari and the CLI list it at once.
+(:func:`napari_rrim_sr.registry.loading.install_weights`) so napari and the CLI list it at once.
 
 ``interpolate(A, B, alpha)`` is ESRGAN's network interpolation
 ``theta = (1 - alpha) * theta_A + alpha * theta_B`` of two weights of the same backbone and
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import RRIMError, WeightsError
+from napari_rrim_sr.errors import RRIMError, WeightsError
 
 #: at most this many skipped-file entries are copied into the weights' metadata
 MAX_SKIPPED_IN_METADATA = 50
@@ -61,9 +61,9 @@ def export_run(
     overwrite: bool = False,
 ) -> ExportResult:
     """Write ``RUN_DIR/NAME.safetensors`` from the run's checkpoint and optionally register it."""
-    from ..registry import user_weights_dir
-    from ..weights_io import install_weights, read_metadata
-    from .checkpoint import find_checkpoint, load_checkpoint
+    from napari_rrim_sr.registry.core import user_weights_dir
+    from napari_rrim_sr.registry.loading import install_weights, read_metadata
+    from napari_rrim_sr.training.checkpoint import find_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
     ckpt_path = Path(checkpoint) if checkpoint else find_checkpoint(run_dir)
@@ -157,8 +157,8 @@ def export_run(
 def _save(out: Path, state_dict, *, protect: list, overwrite: bool, **kw) -> Path:
     """``save_weights`` through the project's one writer: atomic, umask permissions, and never
     over a file this command reads (the checkpoint, the interpolated inputs), even with overwrite."""
-    from ..safe_write import atomic_write
-    from ..weights_io import save_weights
+    from napari_rrim_sr.registry.loading import save_weights
+    from napari_rrim_sr.safe_write import atomic_write
 
     return atomic_write(
         out, lambda tmp: save_weights(tmp, state_dict, overwrite=True, **kw), overwrite=overwrite, protect=protect
@@ -172,7 +172,7 @@ def _resolve_weights(source) -> Path:
     p = Path(str(source)).expanduser()
     if p.exists():
         return p
-    from ..registry import get_registry
+    from napari_rrim_sr.registry.core import get_registry
 
     try:
         return get_registry().find_weights(str(source)).path
@@ -195,8 +195,8 @@ class Interpolated:
 def lerp_weights(a, b, alpha: float) -> Interpolated:
     """``(1 - alpha) * A + alpha * B`` of two weights (ids or files), in memory; refuses different
     backbones, hyper-parameters, tensor names or shapes with a message naming the difference."""
-    from ..interpolation import lerp_state_dicts
-    from ..weights_io import detect_backbone, file_sha256, load_state_dict
+    from napari_rrim_sr.registry.interpolation import lerp_state_dicts
+    from napari_rrim_sr.registry.loading import detect_backbone, file_sha256, load_state_dict
 
     try:
         alpha = float(alpha)
@@ -254,8 +254,8 @@ def interpolate(
     dtype: str | None = None,
 ) -> ExportResult:
     """Write :func:`lerp_weights` of A and B to ``out`` (``.safetensors``)."""
-    from ..safe_write import check_target
-    from ..weights_io import install_weights, read_metadata
+    from napari_rrim_sr.registry.loading import install_weights, read_metadata
+    from napari_rrim_sr.safe_write import check_target
 
     out = Path(out)
     if out.suffix != ".safetensors":

@@ -13,7 +13,7 @@ whether the result beats the model they started from, on data it never trained o
   right-hand quarter of a single image (training uses the rest, minus a gap).
 * **Degradations** (:func:`choose_degradations`) from measured statistics
   (:func:`measure_statistics`): white noise in flat regions
-  (:func:`napari_rrim_sr.model_choice.measure_condition`) as read noise, the slope of the
+  (:func:`napari_rrim_sr.registry.choice.measure_condition`) as read noise, the slope of the
   local variance over the local mean as shot noise (photons at full scale = 1 / slope), and
   optional blur. :func:`degradation_preview` shows a synthetic LR patch next to real data.
 * **Budget** (:func:`plan_budget`): a few training steps are timed on this machine; the patch
@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import read_guard
-from ..errors import InputError, RRIMError, WeightsError
-from .data import ImageRecord, PatchDataset
-from .finetune_data import (  # noqa: F401 (re-exported: the data side of a fine-tune)
+from napari_rrim_sr import read_guard
+from napari_rrim_sr.errors import InputError, RRIMError, WeightsError
+from napari_rrim_sr.training.data import ImageRecord, PatchDataset
+from napari_rrim_sr.training.finetune_data import (  # noqa: F401 (re-exported: the data side of a fine-tune)
     BUDGET_LADDER,
     HELDOUT_FRACTION,
     MIN_STEPS,
@@ -167,7 +167,7 @@ def _is_cancelled(cancel) -> bool:
 
 
 def _prepare_pairs(settings: FinetuneSettings, scale: int, say: Callable[[str], None]):
-    from .pairs import register_pair
+    from napari_rrim_sr.training.pairs import register_pair
 
     loaded = []
     for lr_src, hr_src in settings.pairs:
@@ -187,7 +187,7 @@ def _prepare_pairs(settings: FinetuneSettings, scale: int, say: Callable[[str], 
 
 def shipped_weight_ids() -> set[str]:
     """Ids of the weights shipped in the package (whether or not they are enabled)."""
-    from ..registry import entry_from_file, shipped_weights_dir
+    from napari_rrim_sr.registry.core import entry_from_file, shipped_weights_dir
 
     ids = set()
     folder = shipped_weights_dir()
@@ -214,10 +214,10 @@ def finetune(
     (a ``threading.Event`` or a callable) stops after the current step, keeping the best so far."""
     import torch
 
-    from ..registry import get_registry
-    from ..weights_io import load_model
-    from .config import TrainConfig
-    from .trainer import Trainer
+    from napari_rrim_sr.registry.core import get_registry
+    from napari_rrim_sr.registry.loading import load_model
+    from napari_rrim_sr.training.config import TrainConfig
+    from napari_rrim_sr.training.trainer import Trainer
 
     say = on_status or (lambda msg: log.info("%s", msg))
     if not settings.out:
@@ -242,8 +242,8 @@ def finetune(
             "fine-tuned weights would silently replace them for every later run (auto included). "
             "Choose another name"
         )
-    from ..registry import user_weights_dir
-    from ..safe_write import check_target
+    from napari_rrim_sr.registry.core import user_weights_dir
+    from napari_rrim_sr.safe_write import check_target
 
     weights_path = out / f"{name}.safetensors"
     check_target(weights_path, overwrite=settings.overwrite)
@@ -320,7 +320,7 @@ def finetune(
     )
 
     if paired:
-        from .pairs import PairedDataset
+        from napari_rrim_sr.training.pairs import PairedDataset
 
         held = heldout_from_pairs(held_pairs, s, crops=settings.heldout_crops, side=settings.heldout_side, how=how)
         dataset = PairedDataset(train_pairs, patch_size=budget.patch_size, scale=s, channels=ch, seed=settings.seed)
@@ -542,10 +542,10 @@ def model_card(result: FinetuneResult, data_desc: dict, heldout_desc: dict) -> s
 def _write_outputs(
     result: FinetuneResult, state_dict, base, data_desc, heldout_desc, out: Path, settings: FinetuneSettings, registry
 ) -> None:
-    from ..jsonable import jsonable
-    from ..registry import user_weights_dir
-    from ..safe_write import atomic_write
-    from ..weights_io import save_weights
+    from napari_rrim_sr.jsonable import jsonable
+    from napari_rrim_sr.registry.core import user_weights_dir
+    from napari_rrim_sr.registry.loading import save_weights
+    from napari_rrim_sr.safe_write import atomic_write
 
     metrics = {
         **result.scores["model"],

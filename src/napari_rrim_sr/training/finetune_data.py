@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from .data import Degradations, decode_image, find_images, map_channels, to_unit_storage
+from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.training.data import Degradations, decode_image, find_images, map_channels, to_unit_storage
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_planes(sources: Sequence[Any], *, channels: int = 1, normalize: str = "
             a = a[..., None]
         elif a.ndim != 4:
             raise InputError(f"fine-tuning data must be 2D images or stacks of them, got shape {a.shape}")
-        from .data import Decoded
+        from napari_rrim_sr.training.data import Decoded
 
         arr = map_channels(Decoded(a, a.shape[-1] in (3, 4)), channels)
         u, bits = _unit_named(arr, normalize, f"array{tuple(np.shape(src))}")
@@ -207,7 +207,7 @@ def _mean_variance(q: np.ndarray, b: int = 8) -> tuple[float, float]:
 
 def measure_statistics(planes: Sequence[np.ndarray], max_planes: int = 4) -> DataStats:
     """Noise statistics of up to ``max_planes`` planes spread over the data (medians)."""
-    from ..model_choice import measure_condition
+    from napari_rrim_sr.registry.choice import measure_condition
 
     idx = np.unique(np.linspace(0, len(planes) - 1, min(max_planes, len(planes))).round().astype(int))
     conds, fits, means = [], [], []
@@ -277,8 +277,8 @@ def synthesize_lr(
     """LR of an (H, W, C) 0..1 HR plane with the training degradations (one draw), (H/s, W/s, C)."""
     import torch
 
-    from ..bicubic import imresize_torch
-    from .data import gaussian_blur
+    from napari_rrim_sr.engine.bicubic import imresize_torch
+    from napari_rrim_sr.training.data import gaussian_blur
 
     s = int(scale)
     h, w = hr.shape[0] // s * s, hr.shape[1] // s * s
@@ -337,7 +337,7 @@ def time_steps(
     """Seconds per training step (forward, L1, backward, Adam) on random data, after one warm-up."""
     import torch
 
-    from .. import devices
+    from napari_rrim_sr.engine import devices
 
     net = copy.deepcopy(module).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-6)
@@ -482,7 +482,7 @@ def _sr(net, lr: np.ndarray, channels: int) -> np.ndarray:
 
 def score(images: Sequence[np.ndarray], held: HeldOut, scale: int) -> dict:
     """Mean PSNR/SSIM of ``images`` against the held-out HR (0..1 range, ``scale``-px border)."""
-    from ..metrics import psnr, shave, ssim
+    from napari_rrim_sr.quality.metrics import psnr, shave, ssim
 
     ps, ss = [], []
     for sr, hr in zip(images, held.hr):
@@ -503,6 +503,6 @@ def score_model(net, held: HeldOut, scale: int, channels: int) -> dict:
 
 
 def score_bicubic(held: HeldOut, scale: int) -> dict:
-    from ..bicubic import bicubic_upscale
+    from napari_rrim_sr.engine.bicubic import bicubic_upscale
 
     return score([np.clip(bicubic_upscale(lr, scale, channel_axis=-1), 0, 1) for lr in held.lr], held, scale)

@@ -25,7 +25,7 @@ def run_device_tests(
     extra_env: dict | None = None,
     junit: Path | None = None,
 ) -> dict:
-    """``pytest tests/test_device.py`` with ``RRIM_TEST_DEVICE=device``; returns counts, failures, output tail."""
+    """``pytest tests/engine/test_device.py`` with ``RRIM_TEST_DEVICE=device``; returns counts, failures, output tail."""
     repo = Path(repo)
     junit = Path(junit or (repo / ".gpu-tests.xml"))
     cmd = [
@@ -39,7 +39,7 @@ def run_device_tests(
         "ignore::DeprecationWarning",
         "--junitxml",
         str(junit),
-        str(repo / "tests" / "test_device.py"),
+        str(repo / "tests" / "engine" / "test_device.py"),
     ]
     if select:
         cmd += ["-k", select]
@@ -96,8 +96,8 @@ def bench_batches(
     uses it. Cases not started before ``deadline`` (``time.perf_counter()``) are listed as skipped."""
     import torch
 
-    from .. import devices
-    from ..commands.bench_common import random_model
+    from napari_rrim_sr.cli.bench_common import random_model
+    from napari_rrim_sr.engine import devices
 
     dev = devices.resolve_device(device)
     rows: list[dict] = []

@@ -3,7 +3,7 @@
 On a fast GPU the CPU path of :class:`~.data.PatchDataset` (one patch at a time in numpy/torch
 on the CPU) would starve the model. Here every decoded training image is uploaded once as a
 uint8 tensor; each step draws ``batch`` windows (patch + bicubic margin), stacks them, makes the
-LR of the whole batch with :func:`~napari_rrim_sr.bicubic.imresize_torch` (MATLAB-style bicubic,
+LR of the whole batch with :func:`~napari_rrim_sr.engine.bicubic.imresize_torch` (MATLAB-style bicubic,
 antialiased: the evaluation convention), quantises it to 8 bit and applies the 8 flips/rotations,
 all as batched tensor operations on the device.
 
@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import ConfigError
+from napari_rrim_sr.training.config import ConfigError
 
 
 def check_supported(cfg) -> None:
@@ -93,7 +93,7 @@ class GpuPatchSampler:
         return out
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..bicubic import imresize_torch
+        from napari_rrim_sr.engine.bicubic import imresize_torch
 
         rng = np.random.default_rng([self.seed, 0x6E5, int(k)])
         p, s, win, m = self.p, self.s, self.win, self.margin

@@ -30,8 +30,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from ..jsonable import jsonable
+from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.jsonable import jsonable
 
 MiB = 1 << 20
 #: what the device tool lets travel (tracked + untracked-not-ignored files + carried paths)
@@ -114,7 +114,7 @@ def pack_images(
     Returns the manifest (also stored in the tar as ``manifest.json``): counts, pixels, bytes,
     what was skipped and why.
     """
-    from ..safe_write import atomic_write
+    from napari_rrim_sr.safe_write import atomic_write
 
     entries, skipped = [], []
     used = 0

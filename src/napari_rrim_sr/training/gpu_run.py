@@ -11,7 +11,7 @@ sees only the working tree (64 MiB with the carried folder ``.gpu-carry/``: the 
 
 1. ``env``: python, torch, CUDA, the modules we import; the packs unpacked to a scratch folder
    and their pixels verified.
-2. ``checks``: ``tests/test_device.py`` with ``RRIM_TEST_DEVICE=cuda`` (precision agreement with
+2. ``checks``: ``tests/engine/test_device.py`` with ``RRIM_TEST_DEVICE=cuda`` (precision agreement with
    CPU fp32 on real images, tiled = untiled, OOM back-off under a capped memory fraction, memory
    released after runs, errors and cancels), a batched throughput bench of every generator
    backbone (fp32/bf16/fp16), and the product's own ``bench --quick`` on the device.
@@ -44,7 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from ..jsonable import jsonable
+from napari_rrim_sr.jsonable import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def env_report(carry: Path) -> dict:
 
 
 def unpack_packs(carry: Path, scratch: Path) -> dict:
-    from .gpu_pack import TRAIN_TAR, VAL_TAR, unpack
+    from napari_rrim_sr.training.gpu_pack import TRAIN_TAR, VAL_TAR, unpack
 
     out = {}
     for role, name in (("train", TRAIN_TAR), ("val", VAL_TAR)):
@@ -173,7 +173,7 @@ def run_checks(
 ) -> tuple[dict, dict]:
     import subprocess
 
-    from .gpu_checks import bench_batches, format_bench, run_device_tests
+    from napari_rrim_sr.training.gpu_checks import bench_batches, format_bench, run_device_tests
 
     t = time.perf_counter()
     tests = run_device_tests(
@@ -235,7 +235,7 @@ def run_checks(
         if dry:  # in-process: the same command without a second torch start-up on a slow CPU
             import contextlib
 
-            from ..cli import main as cli_main
+            from napari_rrim_sr.cli.main import main as cli_main
 
             buf_out, buf_err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
@@ -337,8 +337,8 @@ class TimePlan:
 
 
 def _trainer_class():
-    from .gpu_data import GpuPatchSampler, check_supported
-    from .trainer import Trainer
+    from napari_rrim_sr.training.gpu_data import GpuPatchSampler, check_supported
+    from napari_rrim_sr.training.trainer import Trainer
 
     class GpuTrainer(Trainer):
         """The trainer with its batches made on the device by :class:`GpuPatchSampler`."""
@@ -384,7 +384,7 @@ def _trainer_class():
 def run_training(recipe: Path, clock: Clock, plan: dict, *, dry: bool, packs: dict, run_dir: Path, device: str) -> dict:
     import torch
 
-    from .config import TrainConfig, load_toml
+    from napari_rrim_sr.training.config import TrainConfig, load_toml
 
     cfg = TrainConfig.from_dict(load_toml(recipe))
     over = dict(DRY_OVERRIDES) if dry else {"device": device}
@@ -455,7 +455,7 @@ def run_training(recipe: Path, clock: Clock, plan: dict, *, dry: bool, packs: di
 
 
 def _json(path: Path, obj) -> None:
-    from ..safe_write import atomic_write
+    from napari_rrim_sr.safe_write import atomic_write
 
     atomic_write(path, json.dumps(jsonable(obj), indent=2) + "\n", overwrite=True)
 
@@ -463,7 +463,7 @@ def _json(path: Path, obj) -> None:
 def write_outputs(
     out: Path, run_dir: Path | None, summary: dict, checks: dict | None, bench: dict | None, packs: dict | None
 ) -> list[str]:
-    from ..safe_write import atomic_write
+    from napari_rrim_sr.safe_write import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -554,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RuntimeError("no CUDA device: this is the GPU run (use --dry-run on a CPU)")
         if not args.dry_run:
             try:
-                from .gpu_pack import check_fits
+                from napari_rrim_sr.training.gpu_pack import check_fits
 
                 summary["fits"] = check_fits(repo, [carry])
             except Exception as exc:  # noqa: BLE001 - no git on the device copy: informative only

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import RRIMError
+from napari_rrim_sr.errors import RRIMError
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

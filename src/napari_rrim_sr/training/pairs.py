@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
-from .data import finish_pair
+from napari_rrim_sr.errors import InputError
+from napari_rrim_sr.training.data import finish_pair
 
 #: pairs whose residual is above this are refused (noise-free synthetic pairs: < 0.05; unrelated: ~1)
 MAX_RESIDUAL = 0.5
@@ -91,7 +91,7 @@ def register_pair(lr, hr, scale: int, *, max_residual: float = MAX_RESIDUAL, ups
     from scipy import ndimage
     from skimage.registration import phase_cross_correlation
 
-    from ..bicubic import bicubic_downscale, bicubic_upscale
+    from napari_rrim_sr.engine.bicubic import bicubic_downscale, bicubic_upscale
 
     lr, hr = _plane(lr, "the LR image"), _plane(hr, "the HR image")
     s = int(scale)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..safe_write import atomic_write
+from napari_rrim_sr.safe_write import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+from napari_rrim_sr.registry.loading import save_weights, tensors_sha256
 from napari_rrim_sr.training.export import lerp_weights
-from napari_rrim_sr.weights_io import save_weights, tensors_sha256
 
 DTYPE = "fp16"  # as the other shipped weights
 

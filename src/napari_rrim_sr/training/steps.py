@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .checkpoint import TrainingError
+from napari_rrim_sr.training.checkpoint import TrainingError
 
 log = logging.getLogger("napari_rrim_sr.training.trainer")  # the messages users know
 

@@ -42,10 +42,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import devices, read_guard
-from ..jsonable import jsonable
-from ..safe_write import atomic_write
-from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_checkpoint: public here too
+from napari_rrim_sr import read_guard
+from napari_rrim_sr.engine import devices
+from napari_rrim_sr.jsonable import jsonable
+from napari_rrim_sr.safe_write import atomic_write
+from napari_rrim_sr.training.checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_checkpoint: public here too
     CKPT_FORMAT,
     TrainingError,
     adapt_channels,
@@ -56,11 +57,18 @@ from .checkpoint import (  # noqa: F401 - TrainingError, load_checkpoint, find_c
     save_checkpoint,
     set_rng_state,
 )
-from .config import ConfigError, TrainConfig
-from .data import DataReport, Degradations, PatchDataset, load_records, load_validation, make_loader
-from .runlog import RunLog
-from .steps import EMA, LRSchedule, train_step
-from .validation import save_sample_grid, val_convention, validate_images
+from napari_rrim_sr.training.config import ConfigError, TrainConfig
+from napari_rrim_sr.training.data import (
+    DataReport,
+    Degradations,
+    PatchDataset,
+    load_records,
+    load_validation,
+    make_loader,
+)
+from napari_rrim_sr.training.runlog import RunLog
+from napari_rrim_sr.training.steps import EMA, LRSchedule, train_step
+from napari_rrim_sr.training.validation import save_sample_grid, val_convention, validate_images
 
 #: Files every run writes at the top of its folder (never one of its training images).
 RUN_FILES = ("loss.png", "val.png", "data.json", "config.toml", "config.json", "log.csv")
@@ -129,7 +137,7 @@ class Trainer:
         registry=None,
         dataset=None,
     ):
-        from ..registry import get_registry
+        from napari_rrim_sr.registry.core import get_registry
 
         self.registry = registry or get_registry()
         self._dataset = dataset
@@ -215,7 +223,7 @@ class Trainer:
         cfg.validate()
         init_hp: dict = {}
         if cfg.init:
-            from ..weights_io import load_model
+            from napari_rrim_sr.registry.loading import load_model
 
             lm = load_model(cfg.init, registry=self.registry)
             if cfg.backbone and cfg.backbone != lm.backbone:
@@ -316,7 +324,7 @@ class Trainer:
             self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
         )
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._schedule())
-        from .losses import AdversarialLoss, pixel_loss
+        from napari_rrim_sr.training.losses import AdversarialLoss, pixel_loss
 
         self.pixel_loss = pixel_loss(cfg.pixel_loss)
         self.disc = None
@@ -332,7 +340,7 @@ class Trainer:
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, self._schedule())
             self.adv_loss = AdversarialLoss(cfg.gan_type)
             if self.gan_w["percep_weight"] > 0 or cfg.gram_weight > 0:
-                from .losses import perceptual_loss_for
+                from napari_rrim_sr.training.losses import perceptual_loss_for
 
                 self.percep = perceptual_loss_for(self.cfg).to(self.device)  # fills vgg_layers/vgg_input
                 if self.channels_last:
@@ -364,7 +372,7 @@ class Trainer:
         )
         self.data_report: DataReport = report
         log.info("training data: %s", report.summary())  # skipped files were logged by load_records
-        from ..safe_write import check_target
+        from napari_rrim_sr.safe_write import check_target
 
         for name in RUN_FILES:  # --out equal to --data: refuse now, not after the run (read_guard)
             check_target(self.run_dir / name, overwrite=True)
@@ -630,7 +638,7 @@ class Trainer:
             self.save_checkpoint()
             self._write_csv()
             self.plot()
-            from .export import ExportError, export_run
+            from napari_rrim_sr.training.export import ExportError, export_run
 
             try:
                 exported = export_run(self.run_dir, register=cfg.register, dtype=cfg.export_dtype)

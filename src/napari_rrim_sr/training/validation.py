@@ -1,8 +1,8 @@
 """Validation during training: the evaluation convention of ``napari-rrim-sr evaluate``.
 
-LR = :func:`napari_rrim_sr.evaluate.make_lr` of the (mod-cropped) HR image in its integer
+LR = :func:`napari_rrim_sr.quality.evaluate.make_lr` of the (mod-cropped) HR image in its integer
 storage (MATLAB bicubic x1/scale, rounded half away from zero as MATLAB's cast does), SR through
-the product's engine in fp32, scores by :func:`napari_rrim_sr.metrics.compare` (Y channel for RGB,
+the product's engine in fp32, scores by :func:`napari_rrim_sr.quality.metrics.compare` (Y channel for RGB,
 a ``scale``-px border, data range 255): the numbers a run logs are the numbers ``evaluate`` gives
 for its exported weights.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..safe_write import atomic_write
+from napari_rrim_sr.safe_write import atomic_write
 
 __all__ = ["infer", "save_sample_grid", "val_convention", "validate_images"]
 
@@ -33,11 +33,11 @@ def val_convention(cfg) -> str:
 def infer(net: nn.Module, lr01: np.ndarray, cfg, device) -> np.ndarray:
     """SR of an (h, w, C) 0..1 image, fp32, through the engine (tiling as in the product)."""
     try:
-        from ..engine import upscale
+        from napari_rrim_sr.engine.api import upscale
     except ImportError:
         upscale = None
     if upscale is not None:
-        from ..weights_io import LoadedModel
+        from napari_rrim_sr.registry.loading import LoadedModel
 
         lm = LoadedModel.from_module(net, cfg.backbone, cfg.hparams)
         kwargs = {"device": device, "precision": "fp32"}
@@ -57,7 +57,7 @@ def infer(net: nn.Module, lr01: np.ndarray, cfg, device) -> np.ndarray:
 
 def _lr_of(hr: np.ndarray, bits: int, scale: int) -> np.ndarray:
     """evaluate's LR of an HR image held as float 0..255 (``bits`` 8 or 16 storage), as 0..255."""
-    from ..evaluate import make_lr
+    from napari_rrim_sr.quality.evaluate import make_lr
 
     levels = 255.0 if bits == 8 else 65535.0
     dtype = np.uint8 if bits == 8 else np.uint16
@@ -79,8 +79,8 @@ def validate_images(net: nn.Module, images, cfg, device, *, bicubic: dict | None
     ``bits``). Returns ``(mean, bicubic_mean, first)``: bicubic's scores are computed once
     (``bicubic`` given: reused), ``first`` is ``(lr, sr, hr, scores)`` of the first image for
     the sample grid (None without images)."""
-    from ..bicubic import bicubic_upscale
-    from ..metrics import compare
+    from napari_rrim_sr.engine.bicubic import bicubic_upscale
+    from napari_rrim_sr.quality.metrics import compare
 
     s = cfg.scale
     was_training = net.training
@@ -115,7 +115,7 @@ def save_sample_grid(lr: np.ndarray, sr: np.ndarray, hr: np.ndarray, m: dict, *,
     """LR (nearest) | bicubic | SR | HR of a central crop, labelled, as a PNG at ``path``."""
     from PIL import Image, ImageDraw
 
-    from ..bicubic import bicubic_upscale
+    from napari_rrim_sr.engine.bicubic import bicubic_upscale
 
     s = scale
     h, w = hr.shape[:2]

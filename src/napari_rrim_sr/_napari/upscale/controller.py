@@ -22,10 +22,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ... import layers as layer_logic
-from ...errors import InputError, RRIMError
-from ...progress import Progress
-from .. import channel_views
+from napari_rrim_sr._napari import channel_views
+from napari_rrim_sr.engine.progress import Progress
+from napari_rrim_sr.errors import InputError, RRIMError
+from napari_rrim_sr.io import geometry as layer_logic
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class RunItem:
 
 @dataclass
 class ItemProgress(Progress):
-    """An engine :class:`~napari_rrim_sr.progress.Progress` of item ``item`` of ``items``."""
+    """An engine :class:`~napari_rrim_sr.engine.progress.Progress` of item ``item`` of ``items``."""
 
     item: int = 0
     items: int = 1
@@ -113,7 +113,7 @@ def interpolation_pair(weights_id: str | None, available_ids: Iterable[str]) -> 
 def plain_choice(choice) -> tuple[str, str]:
     """``(sentence, numbers)`` of a model choice: one sentence a microscopist would say, and the
     measured numbers for a tooltip. Uses the choice's own plain ``reason`` and ``details``
-    where :class:`~napari_rrim_sr.model_choice.ModelChoice` has them, else words it here."""
+    where :class:`~napari_rrim_sr.registry.choice.ModelChoice` has them, else words it here."""
     reason = str(getattr(choice, "reason", "") or "")
     if hasattr(choice, "details"):
         return reason, str(choice.details or reason)
@@ -164,7 +164,7 @@ class UpscaleController:
     def base_registry(self):
         if self._registry_fn is not None:
             return self._registry_fn()
-        from ...registry import get_registry
+        from napari_rrim_sr.registry.core import get_registry
 
         return get_registry()
 
@@ -206,7 +206,7 @@ class UpscaleController:
 
     def auto_choice(self, layer, form: FormValues | None, available_ids: Iterable[str]):
         """The automatic choice for ``layer`` as the view shows it (its first channel/band)."""
-        from ...model_choice import ModelChoice, choose_for_layer
+        from napari_rrim_sr.registry.choice import ModelChoice, choose_for_layer
 
         ids = list(available_ids)
         views = self.views(layer, form)
@@ -263,7 +263,7 @@ class UpscaleController:
         """``("memory" | "store", reason)`` for a lazy source, else None."""
         if layer is None or not self.is_lazy(layer) or layer.rgb:
             return None
-        from ...chunked import plan_output
+        from napari_rrim_sr.pipeline.chunked import plan_output
 
         shape = tuple(layer.data.shape)
         if form.current_slice and layer_logic.is_stack(layer.ndim):
@@ -272,7 +272,7 @@ class UpscaleController:
 
     # -- requests and plans --------------------------------------------------------------------
     def _request(self, view, layer, form: FormValues, *, point, model, output, bicubic: bool):
-        from ...pipeline import Source, UpscaleRequest
+        from napari_rrim_sr.pipeline import Source, UpscaleRequest
 
         slices, index = "all", {}
         if form.current_slice and layer_logic.is_stack(view.ndim):
@@ -319,7 +319,7 @@ class UpscaleController:
     def items_for(self, layers: list, form: FormValues, *, point=None, current=None) -> list[RunItem]:
         """One :class:`RunItem` per layer (or channel/band) of an in-memory run; checks what can
         be checked without the model (raises :class:`InputError`, one line)."""
-        from ...pipeline import Output
+        from napari_rrim_sr.pipeline import Output
 
         if not layers or layers[0] is None:
             raise InputError(
@@ -327,7 +327,7 @@ class UpscaleController:
                 "Open Sample ▸ RRIM super-resolution) and pick it as source."
             )
         if not form.weights_id:
-            from ...pipeline import no_weights_message
+            from napari_rrim_sr.pipeline import no_weights_message
 
             raise InputError(no_weights_message())
         items = []
@@ -359,7 +359,7 @@ class UpscaleController:
 
     def _check_memory(self, req, view, form: FormValues) -> None:
         """Refuse a result that cannot fit, in the widget's words ("Current slice only")."""
-        from ...memory import check_fits_in_memory, output_nbytes
+        from napari_rrim_sr.engine.memory import check_fits_in_memory, output_nbytes
 
         shape = list(view.data.shape)
         for a in req.slice_index:
@@ -381,7 +381,7 @@ class UpscaleController:
         :func:`napari_rrim_sr.pipeline.plan`; errors before anything runs). Items of lazy
         (dask/zarr) layers are planned by :meth:`run_iter`, in the worker: their whole-stack
         statistics read all the data."""
-        from ...pipeline import plan
+        from napari_rrim_sr.pipeline import plan
 
         reg = self.registry()
         for it in items:
@@ -393,12 +393,12 @@ class UpscaleController:
         """The item of a store run: the layer chunk by chunk into the OME-Zarr store ``path``;
         ``mode``: ``"new"``, ``"resume"`` (keep the finished chunks) or ``"replace"``. The
         bicubic comparison is not made (it would not fit in memory either)."""
-        from ...pipeline import Output
+        from napari_rrim_sr.pipeline import Output
 
         if mode not in STORE_MODES:
             raise ValueError(f"store mode must be one of {STORE_MODES}, not {mode!r}")
         if not form.weights_id:
-            from ...pipeline import no_weights_message
+            from napari_rrim_sr.pipeline import no_weights_message
 
             raise InputError(no_weights_message())
         out = Output("store", path=Path(path), resume=mode == "resume", overwrite=mode == "replace")
@@ -418,7 +418,7 @@ class UpscaleController:
         Closing it cancels between tiles/chunks."""
         from dataclasses import asdict
 
-        from ...pipeline import plan, run_iter
+        from napari_rrim_sr.pipeline import plan, run_iter
 
         n = len(items)
         results = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..weights_actions import WeightsActions
+from napari_rrim_sr._napari.weights_actions import WeightsActions
 
 
 class WeightsPanel(WeightsActions):

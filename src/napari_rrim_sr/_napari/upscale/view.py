@@ -22,9 +22,9 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ...devices import device_choices
-from ..weights_actions import EXPORT_FORMATS
-from .controller import BACKENDS, PRECISIONS
+from napari_rrim_sr._napari.upscale.controller import BACKENDS, PRECISIONS
+from napari_rrim_sr._napari.weights_actions import EXPORT_FORMATS
+from napari_rrim_sr.engine.devices import device_choices
 
 NORMALIZATION_CHOICES = (
     ("auto", "auto"),

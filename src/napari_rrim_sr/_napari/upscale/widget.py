@@ -21,13 +21,13 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 
-from ...errors import InputError, RRIMError, user_message
-from .. import METRICS_WIDGET_NAME, PLUGIN_NAME
-from .. import _common as common
-from .controller import FormValues, UpscaleController, interpolation_pair
-from .panels import StorePanel, WeightsPanel
-from .progress_text import ProgressText
-from .view import CONTROL_NAMES, UpscaleView
+from napari_rrim_sr._napari import METRICS_WIDGET_NAME, PLUGIN_NAME
+from napari_rrim_sr._napari import _common as common
+from napari_rrim_sr._napari.upscale.controller import FormValues, UpscaleController, interpolation_pair
+from napari_rrim_sr._napari.upscale.panels import StorePanel, WeightsPanel
+from napari_rrim_sr._napari.upscale.progress_text import ProgressText
+from napari_rrim_sr._napari.upscale.view import CONTROL_NAMES, UpscaleView
+from napari_rrim_sr.errors import InputError, RRIMError, user_message
 
 if TYPE_CHECKING:
     import napari
@@ -143,7 +143,7 @@ class UpscaleWidget(common.ScrollableContainer):
     def form(self) -> FormValues:
         """The view's values, as the controller takes them (what is offered, not what Qt
         shows: a hidden window reports every control as not visible)."""
-        from ..channel_views import is_rgba
+        from napari_rrim_sr._napari.channel_views import is_rgba
 
         layer = self.source.value
         wid = self.model.value or None
@@ -250,7 +250,7 @@ class UpscaleWidget(common.ScrollableContainer):
         self.p_high.visible = pct
 
     def _on_source_changed(self, *_):
-        from ..channel_views import classify_fourth_band, is_rgba
+        from napari_rrim_sr._napari.channel_views import classify_fourth_band, is_rgba
 
         layer = self.source.value
         rgba = layer is not None and is_rgba(layer)
@@ -265,7 +265,7 @@ class UpscaleWidget(common.ScrollableContainer):
         self._can_channels = can_channels
         self.channels.visible = can_channels
         with self.channels.changed.blocked():
-            from ..channel_views import leading_axis_is_channels
+            from napari_rrim_sr._napari.channel_views import leading_axis_is_channels
 
             self.channels.value = bool(can_channels and leading_axis_is_channels(layer))
         self._on_mode_changed()
@@ -277,7 +277,7 @@ class UpscaleWidget(common.ScrollableContainer):
         return self.controller.views(layer, self.form() if layer is self.source.value else None)
 
     def _on_mode_changed(self, *_):
-        from ... import layers as layer_logic
+        from napari_rrim_sr.io import geometry as layer_logic
 
         layer = self.source.value
         mode = self.controller.channel_mode(layer, self.form()) if layer is not None else None
@@ -320,7 +320,7 @@ class UpscaleWidget(common.ScrollableContainer):
         wid = self.model.value
         entry = self._entry(wid) if wid else None
         if not wid:
-            from ...pipeline import no_weights_message
+            from napari_rrim_sr.pipeline import no_weights_message
 
             self.model_info.value = "⚠ " + no_weights_message()
         elif entry is None:
@@ -406,7 +406,7 @@ class UpscaleWidget(common.ScrollableContainer):
         layer = self.source.value
         form = self.form()
         if not form.weights_id:
-            from ...pipeline import no_weights_message
+            from napari_rrim_sr.pipeline import no_weights_message
 
             raise InputError(no_weights_message())
         path = self.ask_store_path()
@@ -446,7 +446,7 @@ class UpscaleWidget(common.ScrollableContainer):
             if len(items) > 1:
                 what = f"{len(items)} images"
             else:
-                from ... import layers as layer_logic
+                from napari_rrim_sr.io import geometry as layer_logic
 
                 layer = items[0].layer
                 stack = layer_logic.is_stack(layer.ndim)

@@ -1,10 +1,10 @@
 """Measure the automatic model choice: false texture on native images, and Kodak24 clean LR.
 
 Native microscopy and satellite images have no HR, so the measure is the no-reference
-:func:`napari_rrim_sr.metrics.overshoot` (how far each output pixel leaves its 3x3 LR range, grey
+:func:`napari_rrim_sr.quality.metrics.overshoot` (how far each output pixel leaves its 3x3 LR range, grey
 levels of the crop's 0.1-99.9 % range) for the automatic choice, each fixed model of that channel
 count, and bicubic. The choice is made as ``upscale --model auto`` makes it: on the file's
-representative plane (:func:`napari_rrim_sr.model_choice.choose_for_layer`); the models run on a
+representative plane (:func:`napari_rrim_sr.registry.choice.choose_for_layer`); the models run on a
 centre crop of that plane (default 128 x 128 LR) with the widget's "auto" normalisation. Then on
 Kodak24 clean LR (``evaluate.make_lr``) the choice must keep the clean RGB model for every image,
 so its PSNR is the clean model's. ``--train`` adds (or, with ``--train-only``, only does) the
@@ -68,7 +68,7 @@ def _centre(a: np.ndarray, n: int) -> np.ndarray:
 
 
 def _run(wid: str, crop: np.ndarray, rgb: bool, threads: int) -> np.ndarray:
-    from napari_rrim_sr.engine import get_upscaler
+    from napari_rrim_sr.engine.api import get_upscaler
     from napari_rrim_sr.pipeline import resolve_normalization
 
     up = get_upscaler(wid, device="cpu", precision="fp32", threads=threads, channels=3 if rgb else 1)
@@ -77,10 +77,10 @@ def _run(wid: str, crop: np.ndarray, rgb: bool, threads: int) -> np.ndarray:
 
 
 def measure_native(root: Path, crop_px: int, threads: int, log=print) -> tuple[list[dict], list[str]]:
-    from napari_rrim_sr.engine import upscale_bicubic
-    from napari_rrim_sr.image_io import read_image
-    from napari_rrim_sr.metrics import overshoot
-    from napari_rrim_sr.model_choice import (
+    from napari_rrim_sr.engine.api import upscale_bicubic
+    from napari_rrim_sr.io.images import read_image
+    from napari_rrim_sr.quality.metrics import overshoot
+    from napari_rrim_sr.registry.choice import (
         CLEAN_ROBUST_PAIRS,
         choose_for_layer,
         installed_weight_ids,
@@ -131,9 +131,9 @@ def measure_native(root: Path, crop_px: int, threads: int, log=print) -> tuple[l
 def measure_kodak(root: Path, threads: int) -> dict:
     from PIL import Image
 
-    from napari_rrim_sr.evaluate import make_lr
-    from napari_rrim_sr.metrics import compare
-    from napari_rrim_sr.model_choice import choose_for_layer, installed_weight_ids
+    from napari_rrim_sr.quality.evaluate import make_lr
+    from napari_rrim_sr.quality.metrics import compare
+    from napari_rrim_sr.registry.choice import choose_for_layer, installed_weight_ids
 
     ids = installed_weight_ids()
     files = sorted((root / "val" / "Kodak24").glob("*.png"))
@@ -160,7 +160,7 @@ def _train_lr(path: Path, cache: Path | None) -> np.ndarray:
     """Clean LR of one training image (RGB, MATLAB bicubic x1/4), from ``cache`` when there."""
     from PIL import Image
 
-    from napari_rrim_sr.evaluate import make_lr
+    from napari_rrim_sr.quality.evaluate import make_lr
 
     dst = cache / f"{path.parent.name}__{path.stem}.npy" if cache else None
     if dst is not None and dst.is_file():
@@ -180,7 +180,7 @@ def _train_lr(path: Path, cache: Path | None) -> np.ndarray:
 
 def measure_train(root: Path, cache: Path | None = None, log=print) -> dict:
     """How often clean LR of the training images keeps the clean RGB model (the target: >= 98 %)."""
-    from napari_rrim_sr.model_choice import CLEAN_ROBUST_PAIRS, choose_weights
+    from napari_rrim_sr.registry.choice import CLEAN_ROBUST_PAIRS, choose_weights
 
     ids = list(CLEAN_ROBUST_PAIRS[3])
     sets: dict[str, dict] = {}

@@ -39,8 +39,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_rrim_sr.engine import Upscaler
-    from napari_rrim_sr.evaluate import evaluate
+    from napari_rrim_sr.engine.api import Upscaler
+    from napari_rrim_sr.quality.evaluate import evaluate
     from napari_rrim_sr.training.data import load_validation
 
     if a.threads:

@@ -39,10 +39,10 @@ def grid_amplitude(r: np.ndarray, period: int) -> float:
 
 
 def main(argv=None) -> int:
-    from napari_rrim_sr.engine import Upscaler, upscale_bicubic
-    from napari_rrim_sr.evaluate import make_lr
-    from napari_rrim_sr.image_io import read_image
-    from napari_rrim_sr.metrics import rgb_to_y
+    from napari_rrim_sr.engine.api import Upscaler, upscale_bicubic
+    from napari_rrim_sr.io.images import read_image
+    from napari_rrim_sr.quality.evaluate import make_lr
+    from napari_rrim_sr.quality.metrics import rgb_to_y
 
     ap = argparse.ArgumentParser(
         prog="python -m napari_rrim_sr.training grid-check", description=__doc__.split("\n\n")[0]

@@ -39,7 +39,7 @@ def _files(root: Path) -> list[Path]:
 
 
 def _crop(arr: np.ndarray, info: dict, n: int) -> tuple[np.ndarray, bool]:
-    from napari_rrim_sr.layers import representative_plane
+    from napari_rrim_sr.io.geometry import representative_plane
 
     rgb = bool(info.get("rgb"))
     plane = representative_plane(arr, spatial_axes=info.get("spatial_axes"), rgb=rgb)
@@ -56,8 +56,8 @@ def _shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def measure(root: Path, crop: int, log=print) -> list[dict]:
-    from napari_rrim_sr.engine import upscale_bicubic
-    from napari_rrim_sr.image_io import read_image
+    from napari_rrim_sr.engine.api import upscale_bicubic
+    from napari_rrim_sr.io.images import read_image
     from napari_rrim_sr.pipeline import Source, UpscaleRequest, plan, run
 
     rows = []

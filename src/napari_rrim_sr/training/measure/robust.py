@@ -55,7 +55,7 @@ def degraded_lr(
     """uint8 LR of an (H, W, 3) uint8 HR already cropped to a multiple of ``scale``."""
     import torch
 
-    from napari_rrim_sr.bicubic import imresize_torch
+    from napari_rrim_sr.engine.bicubic import imresize_torch
     from napari_rrim_sr.training.data import gaussian_blur, jpeg_roundtrip
 
     t = torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))).float() / 255.0
@@ -81,7 +81,7 @@ def degraded_lr_gray(
     hr: np.ndarray, photons: float, noise: float, alias: bool, seed: int, scale: int = 4
 ) -> np.ndarray:
     """float32 LR in 0..1 of a 2-D HR in 0..1 already cropped to a multiple of ``scale``."""
-    from napari_rrim_sr.bicubic import imresize
+    from napari_rrim_sr.engine.bicubic import imresize
 
     lr = imresize(hr.astype(np.float64), 1.0 / scale, antialias=not alias)
     rng = np.random.default_rng(seed)
@@ -93,8 +93,8 @@ def degraded_lr_gray(
 
 
 def overshoot(lr: np.ndarray, sr: np.ndarray, scale: int = 4) -> tuple[float, float]:
-    """:func:`napari_rrim_sr.metrics.overshoot` of values already on the 0..255 scale (as here)."""
-    from napari_rrim_sr.metrics import overshoot as _overshoot
+    """:func:`napari_rrim_sr.quality.metrics.overshoot` of values already on the 0..255 scale (as here)."""
+    from napari_rrim_sr.quality.metrics import overshoot as _overshoot
 
     return _overshoot(lr, sr, scale, data_range=255.0)
 
@@ -134,9 +134,9 @@ def main(argv=None) -> int:
     import torch
 
     from napari_rrim_sr._napari.sample_data import photo_array, satellite_array
-    from napari_rrim_sr.engine import Upscaler, upscale_bicubic
-    from napari_rrim_sr.image_io import SUFFIXES, read_image
-    from napari_rrim_sr.metrics import compare
+    from napari_rrim_sr.engine.api import Upscaler, upscale_bicubic
+    from napari_rrim_sr.io.images import SUFFIXES, read_image
+    from napari_rrim_sr.quality.metrics import compare
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,8 +212,8 @@ def report(args, title: str, key: str, conditions: dict, scores: dict, over: dic
 
 def main_gray(args) -> int:
     from napari_rrim_sr._napari.sample_data import microscopy_array
-    from napari_rrim_sr.engine import Upscaler, upscale_bicubic
-    from napari_rrim_sr.metrics import compare
+    from napari_rrim_sr.engine.api import Upscaler, upscale_bicubic
+    from napari_rrim_sr.quality.metrics import compare
     from napari_rrim_sr.training.data import load_validation
 
     images, problems = load_validation(args.heldout, channels=1, scale=4, normalize="auto", percentiles=(0.1, 99.9))

@@ -24,8 +24,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_rrim_sr.commands.bench_common import random_model
-    from napari_rrim_sr.engine import Upscaler
+    from napari_rrim_sr.cli.bench_common import random_model
+    from napari_rrim_sr.engine.api import Upscaler
 
     torch.set_num_threads(args.threads)
     img = (np.random.default_rng(0).random((192, 192, 3)) * 255).astype(np.uint8)

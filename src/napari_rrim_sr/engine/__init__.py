@@ -1,0 +1,1 @@
+"""The engine: arrays in, arrays out (normalise, tile, run the model, untile); no files, no Qt."""

@@ -1,0 +1,1 @@
+"""Files and layers in and out: images, OME-Zarr, bundles, bands, channels, layer geometry."""

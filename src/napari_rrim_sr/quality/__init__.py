@@ -1,0 +1,1 @@
+"""Measures of a result: metrics, per-layer metrics, evaluation against references."""
