@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from napari_rrim_sr.cli import add_self_ensemble_flag
+from napari_rrim_sr.cli.upscale_options import check_options
 from napari_rrim_sr.engine.devices import BACKENDS, DEVICES, PRECISIONS
 from napari_rrim_sr.errors import InputError, RRIMError
 
@@ -135,62 +136,6 @@ def _outputs(inputs: list[Path], outdir: Path, bicubic: bool) -> list[tuple[Path
     return plans
 
 
-def _check_options(args) -> None:
-    """Validation that does not depend on any input: done once, before any work."""
-    from napari_rrim_sr.engine import devices
-
-    tile = args.tile
-    if tile is not None and (tile < 0 or 0 < tile < 8):
-        raise InputError(f"--tile must be 0 (no tiling) or at least 8 pixels, got {tile}")
-    if args.overlap is not None and args.overlap < 0:
-        raise InputError(f"--overlap must be >= 0, got {args.overlap}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
-    if args.bit_depth is not None and not 1 <= args.bit_depth <= 64:
-        raise InputError(f"--bit-depth must be in 1..64, got {args.bit_depth}")
-    if args.normalize == "percentile":  # checked once here, not once per input
-        from napari_rrim_sr.engine.normalize import parse_percentiles
-
-        try:
-            parse_percentiles(args.percentiles)
-        except InputError as exc:
-            raise InputError(f"--percentiles: {exc}") from None
-    chunk = getattr(args, "chunk", None)
-    if chunk is not None and chunk < 1:
-        raise InputError(f"--chunk must be a positive number of pixels, got {chunk}")
-    halo = getattr(args, "halo", None)
-    if halo is not None and halo < 0:
-        raise InputError(f"--halo must be >= 0, got {halo}")
-    if getattr(args, "memory_limit", None) is not None:
-        parse_memory_limit(args.memory_limit)
-    devices.resolve_device(args.device)
-
-
-def parse_memory_limit(value: str) -> str | float:
-    """``--memory-limit`` as dask accepts it (``auto``, a fraction of the RAM, or a size such as
-    ``2GiB``), checked here so a typo is one line, not a traceback from inside dask."""
-    text = str(value).strip()
-    if text.lower() == "auto":
-        return "auto"
-    try:
-        frac = float(text)
-    except ValueError:
-        frac = None
-    if frac is not None:
-        if frac > 0 and frac == frac and frac != float("inf"):
-            return frac
-        raise InputError(f"--memory-limit must be positive, got {value!r}")
-    from dask.utils import parse_bytes
-
-    try:
-        n = parse_bytes(text)
-    except (ValueError, TypeError):
-        n = 0
-    if n <= 0:
-        raise InputError(f"--memory-limit {value!r} is not a size; use e.g. 2GiB, 500MB or auto")
-    return text
-
-
 def run(args) -> int:
     from napari_rrim_sr.cli import upscale_zarr
     from napari_rrim_sr.engine.progress import drain, drain_with_bar
@@ -209,13 +154,13 @@ def run(args) -> int:
         import argparse
 
         zarr_args = argparse.Namespace(**{**vars(args), "inputs": [p for p in args.inputs if is_zarr_path(p)]})
-        _check_options(args)
+        check_options(args)
         rc = upscale_zarr.run(zarr_args)
         args = argparse.Namespace(**{**vars(args), "inputs": others})
         return max(rc, run(args))
     inputs = [Path(p) for p in args.inputs]
     outdir = Path(args.outdir)
-    _check_options(args)
+    check_options(args)
     # the output folder must be creatable (not under a file, writable); it is not created here,
     # so a run whose every input fails leaves no empty folder behind
     check_target(outdir, overwrite=True, kind="dir")

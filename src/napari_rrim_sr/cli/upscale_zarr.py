@@ -69,12 +69,12 @@ def wants_chunked(args) -> bool:
 
 
 def run(args) -> int:
-    from napari_rrim_sr.cli.upscale import _check_options
+    from napari_rrim_sr.cli.upscale_options import check_options
     from napari_rrim_sr.engine.progress import drain, drain_with_bar
     from napari_rrim_sr.io.ngff import open_source, output_name
     from napari_rrim_sr.pipeline import Output, Source, UpscaleRequest, chunked, plan, run_iter
 
-    _check_options(args)  # once, before any work (--chunk 0, --memory-limit garbage...)
+    check_options(args)  # once, before any work (--chunk 0, --memory-limit garbage...)
     if args.bicubic:
         raise InputError("--bicubic is not available for Zarr/chunked output")
     outdir = Path(args.outdir)
