@@ -10,9 +10,8 @@ import pytest
 from napari_rrim_sr import pipeline as P
 from napari_rrim_sr.errors import InputError
 from napari_rrim_sr.io import geometry as L
-from napari_rrim_sr.pipeline import job as J
 from napari_rrim_sr.quality import layer_metrics as LM
-from napari_rrim_sr.registry.interpolation import lerp_state_dicts
+from napari_rrim_sr.registry.interpolation import interpolation_pair, lerp_state_dicts
 
 # -- names -----------------------------------------------------------------------------------
 
@@ -169,10 +168,10 @@ def test_memory_check_and_estimate():
 def test_interpolation_pair_and_state_dicts():
     torch = pytest.importorskip("torch")
     ids = ["rrim-x4-rgb-psnr", "rrim-x4-rgb-gan", "rrim-x4-gray", "other-psnr"]
-    assert J.interpolation_pair("rrim-x4-rgb-gan", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
-    assert J.interpolation_pair("rrim-x4-rgb-psnr", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
-    assert J.interpolation_pair("other-psnr", ids) is None  # no partner
-    assert J.interpolation_pair("rrim-x4-gray", ids) is None
+    assert interpolation_pair("rrim-x4-rgb-gan", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
+    assert interpolation_pair("rrim-x4-rgb-psnr", ids) == ("rrim-x4-rgb-psnr", "rrim-x4-rgb-gan")
+    assert interpolation_pair("other-psnr", ids) is None  # no partner
+    assert interpolation_pair("rrim-x4-gray", ids) is None
     a = {"w": torch.zeros(2), "n": torch.tensor([3])}
     b = {"w": torch.ones(2), "n": torch.tensor([3])}
     mid = lerp_state_dicts(a, b, 0.25)
@@ -317,7 +316,7 @@ def test_layers_module_imports_no_qt():
     import subprocess
 
     code = (
-        "import sys, napari_rrim_sr.io.geometry, napari_rrim_sr.pipeline.job, napari_rrim_sr.pipeline, napari_rrim_sr.io.bundle; "
+        "import sys, napari_rrim_sr.io.geometry, napari_rrim_sr.pipeline, napari_rrim_sr.io.bundle; "
         "bad = [m for m in sys.modules if m.startswith(('qtpy', 'PyQt5', 'PySide', 'napari.', 'magicgui'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -359,11 +358,11 @@ def test_preselected_weights_prefers_what_the_layer_asks_for(tiny_registry):
     assert L.preselected_weights({}, 1, [], tiny_registry) is None
 
 
-# -- the job pipeline (job.py): planning without a viewer ----------------------------------------
+# -- planning a layer's slice without a viewer (the widget's controller fills the same request) --
 
 
 class _FakeLayer:
-    """What plan_upscale reads of a napari Image layer (the GUI tests use real ones)."""
+    """What the pipeline reads of a napari Image layer (the GUI tests use real ones)."""
 
     def __init__(self, data, name="img", rgb=False, multiscale=False):
         self.data, self.name, self.rgb, self.multiscale = data, name, rgb, multiscale
@@ -376,36 +375,30 @@ class _FakeLayer:
         return tuple(point)
 
 
-def test_plan_upscale_checks_selects_the_slice_and_pairs_weights(tiny_registry, monkeypatch):
+def test_plan_selects_the_slice_pairs_weights_and_refuses_bad_settings(tiny_registry, monkeypatch):
     stack = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
-    s = J.UpscaleSettings(weights_id="tiny-rrim-x4-rgb-gan", alpha=None, current_slice=True)
-    job = J.plan_upscale(_FakeLayer(stack), s, point=(2.0, 0.0, 0.0), registry=tiny_registry)
-    assert job.slice_index == {0: 2} and job.data.shape == (1, 16, 16)  # kept as a stack of one
-    np.testing.assert_array_equal(job.data, stack[2:3])
-    assert job.pair == ("tiny-rrim-x4-rgb-psnr", "tiny-rrim-x4-rgb-gan") and job.alpha == 1.0  # the chosen end
-    job = J.plan_upscale(
-        _FakeLayer(stack),
-        J.UpscaleSettings("tiny-rrim-x4-gray", alpha=0.3, current_slice=False),
+    gan = "tiny-rrim-x4-rgb-gan"
+    one = P.plan(
+        P.UpscaleRequest(P.Source(stack, name="img"), model="tiny-rrim-x4-gray", slices="current", slice_index={0: 2}),
         registry=tiny_registry,
     )
-    assert job.slice_index == {} and job.data.shape == stack.shape and job.pair is None and job.alpha is None
-    with pytest.raises(InputError, match="multiscale"):
-        J.plan_upscale(_FakeLayer(stack, multiscale=True), s, registry=tiny_registry)
+    assert one.slice_index == {0: 2} and one.data.shape == (1, 16, 16)  # kept as a stack of one
+    np.testing.assert_array_equal(np.asarray(one.data), stack[2:3])
+    assert interpolation_pair(gan, [w.id for w in tiny_registry.weights()]) == ("tiny-rrim-x4-rgb-psnr", gan)
+    whole = P.plan(P.UpscaleRequest(P.Source(stack), model="tiny-rrim-x4-gray"), registry=tiny_registry)
+    assert whole.slice_index in ({}, None) and whole.data.shape == stack.shape
     with pytest.raises(InputError, match="cannot be upscaled"):
-        J.plan_upscale(_FakeLayer(np.zeros((8, 8), bool)), s, registry=tiny_registry)
-    with pytest.raises(InputError, match="No trained weights"):
-        J.plan_upscale(_FakeLayer(stack), J.UpscaleSettings(None), registry=tiny_registry)
+        P.plan(P.UpscaleRequest(P.Source(np.zeros((8, 8), bool)), model="tiny-rrim-x4-gray"), registry=tiny_registry)
     with pytest.raises(InputError, match="percentiles"):
-        J.plan_upscale(
-            _FakeLayer(stack),
-            J.UpscaleSettings("tiny-rrim-x4-gray", normalization="percentile", percentiles=(50, 10)),
+        P.plan(
+            P.UpscaleRequest(
+                P.Source(stack), model="tiny-rrim-x4-gray", normalization="percentile", percentiles=(50, 10)
+            ),
             registry=tiny_registry,
         )
     monkeypatch.setattr("napari_rrim_sr.engine.memory.available_memory", lambda: 1000)
-    with pytest.raises(InputError, match="Current slice only"):
-        J.plan_upscale(
-            _FakeLayer(stack), J.UpscaleSettings("tiny-rrim-x4-gray", current_slice=False), registry=tiny_registry
-        )
+    with pytest.raises(InputError, match="upscale one slice"):
+        P.plan(P.UpscaleRequest(P.Source(stack), model="tiny-rrim-x4-gray"), registry=tiny_registry)
 
 
 def test_run_job_result_describes_layers_like_the_widget(tiny_registry):

@@ -179,40 +179,6 @@ def test_the_same_provenance_schema_from_cli_tiff_ome_zarr_and_layer(tmp_path, t
     assert {"chunks", "scheduler", "settings"} <= set(zat)  # only path-specific fields on top
 
 
-def test_transitional_job_runs_the_pipeline_twice(tiny_registry):
-    from napari_rrim_sr.pipeline import job as J
-
-    class Layer:
-        def __init__(self, data):
-            self.data, self.name, self.rgb, self.multiscale = data, "img", False, False
-            self.ndim, self.scale, self.translate, self.metadata = data.ndim, (1.0,) * data.ndim, (0.0,) * data.ndim, {}
-
-        def world_to_data(self, p):
-            return tuple(p)
-
-    a = stack_u16(shape=(3, 16, 16))
-    outs = []
-    for _ in range(2):
-        job = J.plan_upscale(
-            Layer(a), J.UpscaleSettings("tiny-rrim-x4-gray"), point=(2.0, 0, 0), registry=tiny_registry
-        )
-        assert job.slice_index == {0: 2} and job.data.shape == (1, 16, 16)
-        gen = J.run_upscale(job)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                res = stop.value
-                break
-        kw = res.layer_kwargs("rrim")
-        assert res.sr.shape == (1, 64, 64) and res.bicubic.shape == (1, 64, 64)
-        assert kw["metadata"]["napari_rrim_sr"]["slice_index"] == {"0": 2} and res.check is not None
-        outs.append(res.sr)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    with pytest.raises(InputError, match="No trained weights"):
-        J.plan_upscale(Layer(a), J.UpscaleSettings(None), registry=tiny_registry)
-
-
 def test_run_iter_yields_progress_and_closing_it_cancels(tiny_registry):
     gen = run_iter(plan(UpscaleRequest(Source(stack_u16(shape=(2, 64, 64))), tile=32)))
     first, second = next(gen), next(gen)

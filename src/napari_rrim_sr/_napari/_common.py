@@ -1,7 +1,7 @@
 """What both dock widgets share: worker plumbing, layer lists, weights lists, progress text.
 
 Only wiring lives here (Qt, napari); every rule that the CLI also needs is in the core
-(:mod:`napari_rrim_sr.pipeline.job`, :mod:`napari_rrim_sr.registry.choice`, :mod:`napari_rrim_sr.io.geometry`).
+(:mod:`napari_rrim_sr.pipeline`, :mod:`napari_rrim_sr.registry.choice`, :mod:`napari_rrim_sr.io.geometry`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 A (C, Y, X) channel stack and a 4-band image whose 4th band is not alpha (NAIP: RGB + NIR) are
 upscaled channel by channel with the gray model, as the CLI does
 (:mod:`napari_rrim_sr.io.channels`, :func:`napari_rrim_sr.io.bands.classify_fourth_band`); each
-:class:`ChannelView` has the attributes :func:`napari_rrim_sr.pipeline.job.plan_upscale` reads from a
-layer, so every channel goes through the one job pipeline and becomes one channel layer.
+:class:`ChannelView` has the attributes the upscale controller reads from a layer, so every
+channel becomes one :class:`~napari_rrim_sr.pipeline.UpscaleRequest` through the one pipeline and
+one channel layer.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def channel_views(layer, mode: str | None) -> list:
 
 
 class ChannelView:
-    """One channel (or band) of a layer, with the attributes :func:`job.plan_upscale` reads from
+    """One channel (or band) of a layer, with the attributes the upscale controller reads from
     a layer: its result becomes one channel layer at the source's place."""
 
     multiscale = False

@@ -1,7 +1,7 @@
 """The *Super-resolution metrics* dock widget: RMSE / PSNR / SSIM / FSIM of an SR layer (and its
 bicubic sibling) against a reference, or a self-check of a source layer through a model.
 
-Thin wiring of :mod:`napari_rrim_sr.quality.layer_metrics` and :func:`napari_rrim_sr.pipeline.job.self_check_iter`
+Thin wiring of :mod:`napari_rrim_sr.quality.layer_metrics` and :func:`napari_rrim_sr.pipeline.selfcheck.self_check_iter`
 (run in a worker with progress and Cancel). The self-check uses the model the *Upscale* widget
 has selected for the same layer, else the automatic choice for the data, and says which.
 """
@@ -28,7 +28,9 @@ from napari_rrim_sr._napari import _common as C
 from napari_rrim_sr._napari import _fit as F
 from napari_rrim_sr.errors import InputError, RRIMError, user_message
 from napari_rrim_sr.io import geometry as L
-from napari_rrim_sr.pipeline import job as J
+from napari_rrim_sr.io.geometry import current_plane
+from napari_rrim_sr.pipeline import no_weights_message
+from napari_rrim_sr.pipeline.selfcheck import self_check_iter
 from napari_rrim_sr.quality import layer_metrics as LM
 
 if TYPE_CHECKING:
@@ -409,10 +411,10 @@ class MetricsWidget(C.ScrollableContainer):
         if src is None:
             raise InputError("Pick a source layer to self-check.")
         if not wid:
-            raise InputError(J.no_weights_message())
+            raise InputError(no_weights_message())
         if src.multiscale:
             raise InputError(f"'{src.name}' is multiscale; metrics need plain layers")
-        plane, slice_index = J.current_plane(src, self._viewer.dims.point)
+        plane, slice_index = current_plane(src, self._viewer.dims.point)
         ctx = {
             "mode": "self",
             "src": src,
@@ -420,7 +422,7 @@ class MetricsWidget(C.ScrollableContainer):
             "layers": [src],
             "title": f"Self-check of '{src.name}' with {wid}",
         }
-        gen = J.self_check_iter(
+        gen = self_check_iter(
             plane,
             wid,
             rgb=bool(src.rgb),

@@ -17,7 +17,7 @@ from qtpy.QtCore import QObject, Signal
 
 from napari_rrim_sr._napari import _common as C
 from napari_rrim_sr.errors import user_message
-from napari_rrim_sr.pipeline import job as J
+from napari_rrim_sr.pipeline import no_weights_message
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class WeightsActions:
         bioimage.io package asks for its input range (suggested from the weights or the source layer)."""
         wid = self.model.value
         if not wid:
-            C.notify_error(J.no_weights_message())
+            C.notify_error(no_weights_message())
             return None
         fmt = str(self.export_format.value)
         from_dialog = not path

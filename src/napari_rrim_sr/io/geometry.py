@@ -414,3 +414,13 @@ def error_map_layer(
         metadata={META_KEY: {"kind": "error_map", "of": label}},
         **geom,
     )
+
+
+def current_plane(layer, point=None) -> tuple[np.ndarray, dict]:
+    """The displayed 2-D (or 2-D + RGB) plane of ``layer`` at the world ``point`` and its slice index."""
+    ndim = layer.ndim
+    if not is_stack(ndim):
+        return np.asarray(layer.data), {}
+    world = point if point is not None else [0.0] * ndim
+    idx = current_slice_index(layer.data.shape, ndim, layer.world_to_data(world))
+    return np.asarray(layer.data[slice_key(ndim, idx)]), idx

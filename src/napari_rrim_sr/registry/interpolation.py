@@ -1,6 +1,6 @@
 """Network interpolation (ESRGAN, Wang et al. 2018): the one function that blends two state dicts.
 
-Both the widget's PSNR <-> GAN slider (:func:`napari_rrim_sr.pipeline.job.load_job_model`) and
+Both the widget's PSNR <-> GAN slider (:func:`napari_rrim_sr.pipeline.plan.load_model_for` with a pair) and
 ``python -m napari_rrim_sr.training interpolate`` (which made the shipped ``rrim-x4-rgb-gan``
 file at alpha 0.5) use it, so a slider position and an exported file hold the same tensors.
 
@@ -12,12 +12,12 @@ alpha 0.5 for the shipped fp16 weights).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from napari_rrim_sr.errors import InputError
 
-__all__ = ["lerp_state_dicts"]
+__all__ = ["interpolation_pair", "lerp_state_dicts"]
 
 
 def lerp_state_dicts(
@@ -47,3 +47,15 @@ def lerp_state_dicts(
             )
         out[k] = torch.lerp(ta.float(), tb.float(), alpha) if ta.is_floating_point() else ta.clone()
     return out
+
+
+def interpolation_pair(weights_id: str | None, available_ids: Iterable[str]) -> tuple[str, str] | None:
+    """``(psnr_id, gan_id)`` when ``weights_id`` ends in ``-psnr``/``-gan`` and its partner is
+    available (the PSNR <-> GAN slider is shown then); None otherwise."""
+    for suffix in ("-psnr", "-gan"):
+        if weights_id and weights_id.endswith(suffix):
+            stem = weights_id[: -len(suffix)]
+            pair = (f"{stem}-psnr", f"{stem}-gan")
+            ids = set(available_ids)
+            return pair if pair[0] in ids and pair[1] in ids else None
+    return None

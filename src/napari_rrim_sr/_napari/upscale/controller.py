@@ -26,6 +26,7 @@ from napari_rrim_sr._napari import channel_views
 from napari_rrim_sr.engine.progress import Progress
 from napari_rrim_sr.errors import InputError, RRIMError
 from napari_rrim_sr.io import geometry as layer_logic
+from napari_rrim_sr.registry.interpolation import interpolation_pair
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +97,6 @@ class ResultLayer:
     kwargs: dict
     kind: str
     item: RunItem
-
-
-def interpolation_pair(weights_id: str | None, available_ids: Iterable[str]) -> tuple[str, str] | None:
-    """``(psnr_id, gan_id)`` when ``weights_id`` ends in ``-psnr``/``-gan`` and its partner is
-    available (the PSNR <-> GAN slider is shown then); None otherwise."""
-    for suffix in ("-psnr", "-gan"):
-        if weights_id and weights_id.endswith(suffix):
-            stem = weights_id[: -len(suffix)]
-            pair = (f"{stem}-psnr", f"{stem}-gan")
-            ids = set(available_ids)
-            return pair if pair[0] in ids and pair[1] in ids else None
-    return None
 
 
 def plain_choice(choice) -> tuple[str, str]:

@@ -23,11 +23,12 @@ from napari.utils import progress as napari_progress
 
 from napari_rrim_sr._napari import METRICS_WIDGET_NAME, PLUGIN_NAME
 from napari_rrim_sr._napari import _common as common
-from napari_rrim_sr._napari.upscale.controller import FormValues, UpscaleController, interpolation_pair
+from napari_rrim_sr._napari.upscale.controller import FormValues, UpscaleController
 from napari_rrim_sr._napari.upscale.panels import StorePanel, WeightsPanel
 from napari_rrim_sr._napari.upscale.progress_text import ProgressText
 from napari_rrim_sr._napari.upscale.view import CONTROL_NAMES, UpscaleView
 from napari_rrim_sr.errors import InputError, RRIMError, user_message
+from napari_rrim_sr.registry.interpolation import interpolation_pair
 
 if TYPE_CHECKING:
     import napari
