@@ -440,7 +440,7 @@ def write_bundle(
 def _bundle_metrics(images, entries) -> dict:
     """Self-check metrics recorded in result layers, and SR/bicubic scored against any layer of
     the SR layer's shape (a high-resolution reference)."""
-    from napari_rrim_sr.io.geometry import compare_arrays, metrics_data_range
+    from napari_rrim_sr.quality.layer_metrics import compare_arrays, metrics_data_range
 
     out: dict[str, Any] = {"self_check": {}, "against_reference": {}}
     for e, (_, meta, _) in zip(entries, images):

@@ -32,10 +32,6 @@ import numpy as np
 
 from napari_rrim_sr.errors import InputError
 
-# re-exported for callers that read them from here (bundle.py)
-from napari_rrim_sr.jsonable import jsonable  # noqa: F401
-from napari_rrim_sr.quality.layer_metrics import compare_arrays, metrics_data_range  # noqa: F401
-
 #: key of our provenance dict in a layer's ``metadata`` (and in files' metadata)
 META_KEY = "napari_rrim_sr"
 
