@@ -42,8 +42,8 @@ def widget(make_napari_viewer, tiny_registry):
 
 
 def _replace(widget, name: str, func) -> None:
-    """Replace a dialog method on this widget instance (as a user's answer)."""
-    object.__setattr__(widget, name, func)
+    """Replace a dialog method (as a user's answer) on the widget's weights panel, which asks."""
+    object.__setattr__(getattr(widget, "weights", widget), name, func)
 
 
 def _wait(qtbot, w, worker):
@@ -120,12 +120,12 @@ def test_bioimageio_export_asks_the_input_range_and_shows_progress(widget, qtbot
     assert not notes["error"], notes["error"]
     assert asked and asked[0][0] == (0.0, 65535.0) and "uint16" in asked[0][1], asked
     assert calls["input_range"] == (0.0, 65535.0) and calls["fmt"] == "bioimageio"
-    assert w.export_steps == ["loading weights", "torchscript", "test tensors"]
+    assert w.weights.export_steps == ["loading weights", "torchscript", "test tensors"]
     assert "Exported" in w.status.value
     # 12-bit data in uint16: its own range is suggested; a cancelled range dialog exports nothing
     layer = w.source.value
     layer.data = (np.asarray(layer.data) // 16).astype(np.uint16)  # 0..3749
-    default, why = w.export_input_range("tiny-rrim-x4-gray")
+    default, why = w.weights.export_input_range("tiny-rrim-x4-gray")
     assert default == (float(layer.data.min()), float(layer.data.max())), (default, why)
     _replace(w, "ask_input_range", lambda default, why: None)
     n = len(calls)

@@ -25,6 +25,7 @@ class WeightsPanel(WeightsActions):
 
     def __init__(self, view, controller, *, native, reload: Callable, model_changed: Callable):
         self.model = view.model
+        self.source = view.source  # the layer whose dtype suggests an export's input range
         self.copy_weights = view.copy_weights
         self.weights_file = view.weights_file
         self.export_format = view.export_format
