@@ -208,11 +208,15 @@ def release_memory(device=None) -> None:
     """Return cached GPU memory to the driver (after runs and after errors), so napari and
     other processes can use it; a no-op on CPU."""
     torch = _torch()
-    gc.collect()
     dev_type = getattr(device, "type", str(device or ""))
-    if (dev_type in ("cuda", "") or device is None) and torch.cuda.is_available():
+    cuda = (dev_type in ("cuda", "") or device is None) and torch.cuda.is_available()
+    mps = (dev_type in ("mps", "") or device is None) and mps_available()
+    if not (cuda or mps):
+        return  # CPU: no cache to return; a full gc.collect() costs seconds in a large (napari) process
+    gc.collect()
+    if cuda:
         torch.cuda.empty_cache()
-    if (dev_type in ("mps", "") or device is None) and mps_available():
+    if mps:
         with contextlib.suppress(Exception):
             torch.mps.empty_cache()
 
