@@ -60,7 +60,7 @@ def test_finetune_curve_updates_cancel_keeps_best_and_registers(widget, qtbot, t
     # registered: the registry (what the upscale widget lists) knows the new weights
     ids = [e.id for e in tiny_registry.weights()]
     assert "gui-ft" in ids
-    from napari_rrim_sr._napari.upscale_widget import UpscaleWidget
+    from napari_rrim_sr._napari.upscale.widget import UpscaleWidget
 
     up = UpscaleWidget(widget.viewer)  # the upscale widget's model list offers them at once
     assert "gui-ft" in [v for _, v in up._weights_choices()]

@@ -172,8 +172,10 @@ def test_one_channel_model_on_rgb_runs_per_channel(photo):
     m = tiny(1, seed=5)
     out = engine.upscale(img, m, tile=0)
     assert out.shape == (120, 164, 3) and out.dtype == np.uint8
-    for c in range(3):
-        np.testing.assert_array_equal(out[..., c], engine.upscale(np.ascontiguousarray(img[..., c]), m, tile=0))
+    for c in range(3):  # one batch of 3 planes vs each alone: float rounding may flip a level, never more
+        alone = engine.upscale(np.ascontiguousarray(img[..., c]), m, tile=0)
+        diff = np.abs(out[..., c].astype(int) - alone.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 
 
 def test_three_channel_model_on_gray_replicates_and_averages(photo):

@@ -102,7 +102,9 @@ def test_standalone_architecture_imports_and_matches_without_the_project(tmp_pat
         env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert float(r.stdout.strip().splitlines()[-1]) == 0.0
+    # the same float32 computation; one thread there, the suite's threads here: summation order
+    # may differ in the last bits (a drifted copy differs by orders of magnitude more)
+    assert float(r.stdout.strip().splitlines()[-1]) <= 1e-5
 
 
 # -- ONNX -----------------------------------------------------------------------------------
