@@ -1,9 +1,12 @@
 """Issue 25: One 1024x1024 gray uint16 image: today's engine default (torch, precision auto) vs the new
 default (backend auto, precision auto), interleaved, each twice after one warm-up; AMD EPYC Zen 3."""
+
 import time
+
 import numpy as np
-from napari_rrim_sr.engine.upscaler import get_upscaler
+
 from napari_rrim_sr.engine.devices import default_threads
+from napari_rrim_sr.engine.upscaler import get_upscaler
 
 rng = np.random.default_rng(0)
 img = (rng.random((1024, 1024)) * 4000).astype(np.uint16)
