@@ -111,7 +111,10 @@ def main() -> int:
     if not up.last_layers:
         print("the run failed:", up.status.value, file=sys.stderr)
         return 1
-    # source, bicubic and RRIM side by side, aligned
+    # source, bicubic and RRIM side by side, aligned (the widget hid the first two after the run:
+    # one comparable set at a time; in a grid all three are side by side, so show them)
+    for lay in [src, *up.last_layers]:
+        lay.visible = True
     viewer.grid.enabled = True
     viewer.grid.shape = (1, 3)
     viewer.layers.selection.active = up.last_layers[-1]
