@@ -68,25 +68,6 @@ def default_input_range(metadata: dict | None, layer=None) -> tuple[tuple[float,
     return (lo, hi), f"the {dt} data of '{name}' ({lo:g}..{hi:g})"
 
 
-class RegistryWithFiles:
-    """The registry plus weights files the user loaded without copying (listed by path)."""
-
-    def __init__(self, base, files: dict):
-        self._base = base
-        self._files = files
-
-    def weights(self, refresh: bool = False):
-        return self._base.weights(refresh) + list(self._files.values())
-
-    def find_weights(self, weights_id: str):
-        if weights_id in self._files:
-            return self._files[weights_id]
-        return self._base.find_weights(weights_id)
-
-    def __getattr__(self, name):
-        return getattr(self._base, name)
-
-
 class WeightsActions:
     """Mixin: needs ``model``, ``copy_weights``, ``weights_file``, ``export_format``,
     ``export_button``, ``status``, ``_file_entries``, ``_registry()``, ``_reload_models()``,

@@ -280,7 +280,7 @@ _MEM_CHILD = textwrap.dedent(
                 if line.startswith(key):
                     return int(line.split()[1]) / 1024
     try:  # reset the kernel's peak-RSS counter (VmHWM) so it measures this run only
-        with open("/proc/self/clear_refs", "w") as fh:
+        with open("/proc/self/clear_refs", "w") as fh:  # direct-write: a kernel counter, not a file
             fh.write("5")
         how = "VmHWM after reset"
     except OSError:

@@ -199,14 +199,18 @@ def build_package(
         d = Path(tmpdir)
         say("architecture and weights")
         arch = d / f"{loaded.backbone}_architecture.py"
-        arch.write_text(standalone_source(loaded.backbone), encoding="utf-8")
+        # the package is assembled in this private temporary folder, then written atomically
+        src_text = standalone_source(loaded.backbone)
+        arch.write_text(src_text, encoding="utf-8")  # direct-write: private temporary folder
         torch.save(
             {k: v.detach().cpu().float().contiguous() for k, v in loaded.module.state_dict().items()}, d / "weights.pt"
         )
         say("torchscript")
-        (d / "weights_torchscript.pt").write_bytes(torchscript_bytes(loaded))
+        ts = torchscript_bytes(loaded)
+        (d / "weights_torchscript.pt").write_bytes(ts)  # direct-write: private temporary folder
         say("onnx")
-        (d / "weights.onnx").write_bytes(onnx_bytes(loaded))
+        ox = onnx_bytes(loaded)
+        (d / "weights.onnx").write_bytes(ox)  # direct-write: private temporary folder
         say("test tensors")
         chw, sample = sample_crop(c)
         test_in = chw.astype(np.float32)[None]
@@ -214,7 +218,8 @@ def build_package(
         np.save(d / "test_input.npy", test_in)
         np.save(d / "test_output.npy", test_out)
         cover_png(chw, test_out[0], s, lo, hi, d / "cover.png")
-        (d / "README.md").write_text(_readme(loaded, model_card(loaded.id), sample, lo, hi), encoding="utf-8")
+        readme = _readme(loaded, model_card(loaded.id), sample, lo, hi)
+        (d / "README.md").write_text(readme, encoding="utf-8")  # direct-write: private temporary folder
 
         names = [b.Identifier("gray")] if c == 1 else [b.Identifier(n) for n in ("red", "green", "blue")]
         space_in = [

@@ -430,7 +430,8 @@ def write_bundle(
         for e, (data, meta, _) in zip(entries, images):
             write_layer_tiff(tmp / e["file"], data, meta)
         for name, obj in ((METRICS_FILE, metrics), (PROVENANCE_FILE, provenance), (MANIFEST, manifest)):
-            (tmp / name).write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            text = json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
+            (tmp / name).write_text(text, encoding="utf-8")  # direct-write: inside atomic_dir's temporary
 
     # the whole folder appears at once (an old one is replaced only with overwrite, or if empty)
     atomic_dir(folder, build, overwrite=overwrite or empty)

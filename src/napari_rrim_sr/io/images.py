@@ -522,7 +522,7 @@ def _write_png16(tmp: Path, arr: np.ndarray, like: dict, prov, scale) -> None:
     if prov:
         text = json.dumps(prov)  # ASCII (ensure_ascii), so tEXt's Latin-1 is enough
         extra += _png_chunk(b"tEXt", PROVENANCE_KEY.encode("latin-1") + b"\0" + text.encode("latin-1"))
-    tmp.write_bytes(png[:ihdr_end] + extra + png[ihdr_end:])
+    tmp.write_bytes(png[:ihdr_end] + extra + png[ihdr_end:])  # direct-write: atomic_write's temporary
 
 
 def _write_tiff(tmp: Path, arr: np.ndarray, like: dict, prov, scale, axes, rgb) -> None:

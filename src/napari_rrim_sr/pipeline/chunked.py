@@ -178,7 +178,7 @@ def marker_path(out_path: str | Path, idx: tuple[int, ...]) -> Path:
 
 def _write_marker(path: Path, record: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "w") as fh:
+    with open(tmp, "w") as fh:  # direct-write: per-thread temporary, fsynced then renamed
         json.dump(record, fh)
         fh.flush()
         os.fsync(fh.fileno())

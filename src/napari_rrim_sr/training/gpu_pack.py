@@ -158,7 +158,7 @@ def pack_images(
     }
 
     def build(tmp: Path) -> None:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:  # direct-write: atomic temporary
             _add(tar, "manifest.json", (json.dumps(jsonable(manifest), indent=1) + "\n").encode())
             for name, data in blobs:
                 _add(tar, name, data)
@@ -188,7 +188,7 @@ def unpack(tar_path: Path, dest: Path, *, verify: bool = True) -> dict:
             data = tar.extractfile(name).read()
             if verify and pixel_sha256(_rgb(data)) != e["sha256_pixels"]:
                 raise InputError(f"{tar_path}: {name} decodes to different pixels here than where it was packed")
-            (dest / name).write_bytes(data)
+            (dest / name).write_bytes(data)  # direct-write: unpacking into a fresh scratch folder
     return manifest
 
 

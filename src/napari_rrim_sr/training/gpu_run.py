@@ -477,7 +477,7 @@ def write_outputs(
                 atomic_write(out / name, (run_dir / name).read_bytes(), overwrite=True)
                 written.append(name)
         buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
+        with tarfile.open(fileobj=buf, mode="w") as tar:  # direct-write: an in-memory buffer
             for p in sorted(run_dir.rglob("*")):
                 rel = p.relative_to(run_dir)
                 if (
