@@ -339,7 +339,10 @@ def _store_iter(plan: Plan):
 
     out = plan.output
     job, zsrc = plan.store_job, plan.store_source
-    res = Result(plan=plan, data=None, device=str(plan.request.device), precision=plan.precision)
+    from napari_rrim_sr.engine.devices import resolve_device
+
+    # the device the workers resolve "auto" to (the CLI line and provenance name it, not "auto")
+    res = Result(plan=plan, data=None, device=str(resolve_device(plan.request.device)), precision=plan.precision)
     res.engine = dict(job.engine_kw)
     res.tile, res.overlap = plan.request.tile, plan.request.overlap
     t0 = time.perf_counter()
