@@ -17,11 +17,6 @@ pytestmark = pytest.mark.gui
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture
-def viewer(make_napari_viewer, tiny_registry):
-    return make_napari_viewer()
-
-
 def _widget(viewer):
     from napari_rrim_sr._napari.metrics_widget import MetricsWidget
 

@@ -22,11 +22,6 @@ TIMEOUT_MS = 60_000
 
 
 @pytest.fixture
-def viewer(make_napari_viewer, tiny_registry):
-    return make_napari_viewer()
-
-
-@pytest.fixture
 def notes(monkeypatch):
     """Record the notifications the widgets show (instead of napari's notification manager)."""
     from napari_rrim_sr._napari import _common, menu

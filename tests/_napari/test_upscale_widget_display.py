@@ -26,21 +26,6 @@ NAIP_DIR = DATA / "satellite/opengeos_naip"
 IXM = DATA / "microscopy/bioimage_notebooks/IXMtest_A02_s9.tif"
 
 
-@pytest.fixture
-def viewer(make_napari_viewer, tiny_registry):
-    return make_napari_viewer()
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    from napari_rrim_sr._napari import _common
-
-    got = {"error": [], "info": []}
-    monkeypatch.setattr(_common, "show_error", lambda m: got["error"].append(m))
-    monkeypatch.setattr(_common, "show_info", lambda m: got["info"].append(m))
-    return got
-
-
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not available (../shared/data)")

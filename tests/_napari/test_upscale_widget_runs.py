@@ -17,21 +17,6 @@ pytestmark = pytest.mark.gui
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture
-def viewer(make_napari_viewer, tiny_registry):
-    return make_napari_viewer()
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    from napari_rrim_sr._napari import _common
-
-    got = {"error": [], "info": []}
-    monkeypatch.setattr(_common, "show_error", lambda m: got["error"].append(m))
-    monkeypatch.setattr(_common, "show_info", lambda m: got["info"].append(m))
-    return got
-
-
 def _widget(viewer):
     from napari_rrim_sr._napari.upscale.widget import UpscaleWidget
 

@@ -19,16 +19,6 @@ TIMEOUT_MS = 60_000
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    from napari_rrim_sr._napari import _common
-
-    got = {"error": [], "info": []}
-    monkeypatch.setattr(_common, "show_error", lambda m: got["error"].append(m))
-    monkeypatch.setattr(_common, "show_info", lambda m: got["info"].append(m))
-    return got
-
-
-@pytest.fixture
 def widget(make_napari_viewer, tiny_registry):
     from napari_rrim_sr._napari.widgets import UpscaleWidget
 
